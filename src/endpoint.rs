@@ -1,0 +1,292 @@
+//! Listener addresses in Postfix's own notation (`inet:host:port`, `unix:/path`), binding them,
+//! and accepting connections from either kind behind one stream type, so that the same string
+//! goes into `main.cf` and `submitgate.yaml`.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+
+/// Where a front end listens (or where a client connects).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `inet:host:port` (`inet:[::1]:port` for IPv6); port 0 picks a free port.
+    Inet { host: String, port: u16 },
+    /// `unix:/path/to/socket`.
+    Unix(PathBuf),
+}
+
+/// Why an endpoint string is not in Postfix notation.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EndpointError {
+    #[error("{0:?}: expected inet:HOST:PORT or unix:/PATH")]
+    Syntax(String),
+    #[error("{0:?}: invalid port")]
+    Port(String),
+}
+
+impl Endpoint {
+    /// Parses `inet:host:port`, `inet:[v6]:port`, `unix:/path` (Postfix notation). A bare
+    /// `host:port` is taken as `inet:`, as Postfix does.
+    pub fn parse(s: &str) -> Result<Self, EndpointError> {
+        let s = s.trim();
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(EndpointError::Syntax(s.to_string()));
+            }
+            return Ok(Endpoint::Unix(PathBuf::from(path)));
+        }
+        let rest = s.strip_prefix("inet:").unwrap_or(s);
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| EndpointError::Syntax(s.to_string()))?;
+            let port = after
+                .strip_prefix(':')
+                .ok_or_else(|| EndpointError::Syntax(s.to_string()))?;
+            (host, port)
+        } else {
+            rest.rsplit_once(':')
+                .ok_or_else(|| EndpointError::Syntax(s.to_string()))?
+        };
+        if host.is_empty() || host.contains(['/', ' ']) {
+            return Err(EndpointError::Syntax(s.to_string()));
+        }
+        let port = port
+            .parse::<u16>()
+            .map_err(|_| EndpointError::Port(s.to_string()))?;
+        Ok(Endpoint::Inet {
+            host: host.to_string(),
+            port,
+        })
+    }
+
+    /// Binds a listener; a stale unix socket left by an earlier run is replaced, and the socket
+    /// gets `mode`.
+    pub async fn bind(&self, unix_mode: u32) -> io::Result<Listener> {
+        match self {
+            Endpoint::Inet { host, port } => {
+                let l = TcpListener::bind((host.as_str(), *port)).await?;
+                Ok(Listener::Tcp(l))
+            }
+            Endpoint::Unix(path) => {
+                remove_stale_socket(path)?;
+                let l = UnixListener::bind(path)?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(unix_mode))?;
+                Ok(Listener::Unix(l, path.clone()))
+            }
+        }
+    }
+
+    /// Connects to the endpoint (used by the CLI and the tests).
+    pub async fn connect(&self) -> io::Result<Stream> {
+        match self {
+            Endpoint::Inet { host, port } => {
+                let s = TcpStream::connect((host.as_str(), *port)).await?;
+                s.set_nodelay(true)?;
+                Ok(Stream::Tcp(s))
+            }
+            Endpoint::Unix(path) => Ok(Stream::Unix(UnixStream::connect(path).await?)),
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Inet { host, port } if host.contains(':') => {
+                write!(f, "inet:[{host}]:{port}")
+            }
+            Endpoint::Inet { host, port } => write!(f, "inet:{host}:{port}"),
+            Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// Removes a unix socket file left behind by a previous run; refuses to remove anything that is
+/// not a socket, and refuses to steal a socket that a live process still answers on.
+fn remove_stale_socket(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(md) if md.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{} is in use by another process", path.display()),
+                ));
+            }
+            std::fs::remove_file(path)
+        }
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a socket", path.display()),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A bound listener of either kind.
+#[derive(Debug)]
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+impl Listener {
+    /// Accepts one connection and names its peer for log lines.
+    pub async fn accept(&self) -> io::Result<(Stream, String)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, addr) = l.accept().await?;
+                // Replies are small and latency-bound: never wait for Nagle.
+                let _ = s.set_nodelay(true);
+                Ok((Stream::Tcp(s), addr.to_string()))
+            }
+            Listener::Unix(l, path) => {
+                let (s, _) = l.accept().await?;
+                Ok((Stream::Unix(s), format!("unix:{}", path.display())))
+            }
+        }
+    }
+
+    /// The bound address (with the real port when port 0 was asked for).
+    pub fn local_endpoint(&self) -> io::Result<Endpoint> {
+        match self {
+            Listener::Tcp(l) => {
+                let a: SocketAddr = l.local_addr()?;
+                Ok(Endpoint::Inet {
+                    host: a.ip().to_string(),
+                    port: a.port(),
+                })
+            }
+            Listener::Unix(_, p) => Ok(Endpoint::Unix(p.clone())),
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// A connected stream of either kind.
+#[derive(Debug)]
+pub enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Tcp(s) => s.is_write_vectored(),
+            Stream::Unix(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_postfix_notation() {
+        assert_eq!(
+            Endpoint::parse("inet:127.0.0.1:10040").unwrap(),
+            Endpoint::Inet {
+                host: "127.0.0.1".into(),
+                port: 10040
+            }
+        );
+        assert_eq!(
+            Endpoint::parse("inet:[::1]:10041").unwrap(),
+            Endpoint::Inet {
+                host: "::1".into(),
+                port: 10041
+            }
+        );
+        assert_eq!(
+            Endpoint::parse("unix:/run/sg.sock").unwrap(),
+            Endpoint::Unix("/run/sg.sock".into())
+        );
+        assert_eq!(
+            Endpoint::parse("localhost:25").unwrap(),
+            Endpoint::Inet {
+                host: "localhost".into(),
+                port: 25
+            }
+        );
+        assert_eq!(
+            Endpoint::parse("inet:[::1]:10041").unwrap().to_string(),
+            "inet:[::1]:10041"
+        );
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(Endpoint::parse("inet:127.0.0.1").is_err());
+        assert!(Endpoint::parse("inet:127.0.0.1:99999").is_err());
+        assert!(Endpoint::parse("unix:").is_err());
+        assert!(Endpoint::parse("inet::25").is_err());
+        assert!(Endpoint::parse("inet:[::1]10041").is_err());
+    }
+}

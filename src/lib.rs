@@ -1,0 +1,14 @@
+//! submitgate: Exchange Online's SMTP AUTH submission controls for Postfix.
+//!
+//! Module map (see DESIGN.md):
+//! - [`config`]: the daemon's YAML configuration, validated as a whole.
+//! - [`endpoint`]: listener addresses in Postfix notation, bound and accepted.
+//! - [`policy`]: organization/mailbox policy files → [`policy::PolicySnapshot`]; pure
+//!   [`policy::evaluate`].
+//! - [`postfix_policy`]: the Postfix policy delegation front end (`codec` + `server`).
+//! - [`limiter`]: per-mailbox session leases.
+//! - [`audit`]: typed audit events and their JSON-lines writer.
+//! - [`daemon`]: wires the parts together and runs until shutdown.
+
+pub mod endpoint;
+pub mod policy;

@@ -1,0 +1,95 @@
+//! The decision for one submission, computed from a snapshot alone: no I/O, no clock, no
+//! protocol. The front ends turn a [`Decision`] into their own replies and the limiter applies
+//! [`Allowed::limit`].
+
+use super::{effective_sent_items, PolicySnapshot, SentItems};
+
+/// What the front ends know about a submission when they ask.
+#[derive(Debug, Clone, Copy)]
+pub struct Submission<'a> {
+    /// The SASL login (`sasl_username` / `{auth_authen}`), as the client gave it.
+    pub login: &'a str,
+}
+
+/// Why a submission is refused by policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    /// `Set-TransportConfig -SmtpClientAuthenticationDisabled $true` and no mailbox override.
+    OrgDisabled,
+    /// `Set-CASMailbox -SmtpClientAuthenticationDisabled $true`.
+    MailboxDisabled,
+    /// No organization claims the login's domain and there is no `"*"` organization.
+    UnknownOrganization,
+}
+
+impl RejectReason {
+    /// The audit/report name of the reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::OrgDisabled => "org_disabled",
+            RejectReason::MailboxDisabled => "mailbox_disabled",
+            RejectReason::UnknownOrganization => "unknown_organization",
+        }
+    }
+}
+
+/// A submission the policy allows, with what the front ends need next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allowed {
+    /// Normalized address: the key of limits, leases and the Sent Items copy.
+    pub mailbox: String,
+    pub organization: String,
+    /// Concurrent sessions allowed for this mailbox (mailbox ?? organization).
+    pub limit: u32,
+    /// Where the Sent Items copy goes.
+    pub sent_items: SentItems,
+}
+
+/// The policy's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow(Allowed),
+    Reject {
+        reason: RejectReason,
+        mailbox: String,
+        organization: Option<String>,
+    },
+}
+
+/// `effective_disabled = mailbox ?? organization`; an unknown organization is refused unless a
+/// `"*"` organization exists (deny by default).
+pub fn evaluate(snapshot: &PolicySnapshot, submission: &Submission<'_>) -> Decision {
+    let mailbox = snapshot.normalize(submission.login);
+    let Some(org_idx) = snapshot.org_index_for(&mailbox) else {
+        return Decision::Reject {
+            reason: RejectReason::UnknownOrganization,
+            mailbox,
+            organization: None,
+        };
+    };
+    let org = &snapshot.orgs[org_idx];
+    let own = snapshot.mailboxes.get(&mailbox).map(|e| &e.settings);
+    let disabled = own
+        .and_then(|s| s.smtp_client_authentication_disabled)
+        .map(|v| (v, RejectReason::MailboxDisabled))
+        .unwrap_or((
+            org.smtp_client_authentication_disabled,
+            RejectReason::OrgDisabled,
+        ));
+    if disabled.0 {
+        return Decision::Reject {
+            reason: disabled.1,
+            mailbox,
+            organization: Some(org.name.clone()),
+        };
+    }
+    Decision::Allow(Allowed {
+        limit: own
+            .and_then(|s| s.max_concurrent_sessions_per_mailbox)
+            .unwrap_or(org.max_concurrent_sessions_per_mailbox),
+        sent_items: effective_sent_items(org, own),
+        organization: org.name.clone(),
+        mailbox,
+    })
+}

@@ -1,0 +1,280 @@
+//! The organization and mailbox policy: YAML files in `policies/` (one organization each),
+//! compiled into an immutable [`PolicySnapshot`], and the pure [`evaluate`] that turns a login
+//! into a [`Decision`] (`effective_disabled = mailbox ?? organization`). No protocol knowledge
+//! and no I/O beyond reading the policy files.
+
+mod evaluate;
+mod load;
+pub mod yaml;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+pub use evaluate::{evaluate, Allowed, Decision, RejectReason, Submission};
+pub use load::{load_dir, load_files, LoadOptions};
+
+/// Default number of concurrent sessions per mailbox (Exchange Online's value).
+pub const DEFAULT_MAX_SESSIONS: u32 = 3;
+/// Default Sent Items folder name.
+pub const DEFAULT_SENT_FOLDER: &str = "Sent Items";
+/// The `domains` entry that makes an organization the fallback for every other domain.
+pub const WILDCARD_DOMAIN: &str = "*";
+
+/// One problem found while loading the policies, with its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    pub file: PathBuf,
+    /// 1-based; 0 when the problem is with the file as a whole (unreadable).
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.message
+            )
+        }
+    }
+}
+
+/// Every problem found in one load, in file order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct PolicyErrors(pub Vec<PolicyError>);
+
+impl fmt::Display for PolicyErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Where the Sent Items copy goes, as the policy says.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SentItems {
+    pub enabled: bool,
+    pub folder: String,
+}
+
+impl Default for SentItems {
+    fn default() -> Self {
+        SentItems {
+            enabled: true,
+            folder: DEFAULT_SENT_FOLDER.to_string(),
+        }
+    }
+}
+
+/// An organization (tenant): `Set-TransportConfig`'s scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Organization {
+    pub name: String,
+    /// Lower-case domains; may include [`WILDCARD_DOMAIN`].
+    pub domains: Vec<String>,
+    pub smtp_client_authentication_disabled: bool,
+    pub max_concurrent_sessions_per_mailbox: u32,
+    pub sent_items: SentItems,
+    /// The file it was loaded from.
+    pub file: PathBuf,
+}
+
+/// A mailbox's own settings (`Set-CASMailbox`); `None` inherits from the organization.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MailboxSettings {
+    pub smtp_client_authentication_disabled: Option<bool>,
+    pub max_concurrent_sessions_per_mailbox: Option<u32>,
+    pub sent_items_enabled: Option<bool>,
+    pub sent_items_folder: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MailboxEntry {
+    org: usize,
+    settings: MailboxSettings,
+}
+
+/// The compiled policy: what every decision reads. Immutable; a reload builds a new one and
+/// swaps it in, so a session never sees a mix of two versions.
+#[derive(Debug, Clone)]
+pub struct PolicySnapshot {
+    orgs: Vec<Organization>,
+    by_domain: HashMap<String, usize>,
+    wildcard: Option<usize>,
+    mailboxes: HashMap<String, MailboxEntry>,
+    default_domain: Option<String>,
+    /// Short hash of the files' names and contents: equal policies have equal versions.
+    pub version: String,
+    pub loaded_at: SystemTime,
+    /// The files this snapshot was built from.
+    pub files: Vec<PathBuf>,
+}
+
+/// Where an effective value comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Mailbox,
+    Organization,
+    /// No organization claims the domain: submissions are refused.
+    UnknownOrganization,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Source::Mailbox => "mailbox",
+            Source::Organization => "organization",
+            Source::UnknownOrganization => "unknown_organization",
+        })
+    }
+}
+
+/// Everything `submitgate mailbox get` shows for one address (the `Get-CASMailbox` analogue).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MailboxView {
+    pub address: String,
+    pub organization: Option<String>,
+    /// Whether the mailbox has an entry of its own in the policy file.
+    pub listed: bool,
+    /// The mailbox's own value: `Some(true|false)` or `None` (`$null`, inherits).
+    pub mailbox_smtp_client_authentication_disabled: Option<bool>,
+    pub organization_smtp_client_authentication_disabled: Option<bool>,
+    pub effective_smtp_client_authentication_disabled: bool,
+    pub source: Source,
+    pub mailbox_max_concurrent_sessions: Option<u32>,
+    pub effective_max_concurrent_sessions: Option<u32>,
+    pub sent_items: Option<SentItems>,
+}
+
+impl PolicySnapshot {
+    /// An empty policy: every login is an unknown organization.
+    pub fn empty() -> Self {
+        PolicySnapshot {
+            orgs: Vec::new(),
+            by_domain: HashMap::new(),
+            wildcard: None,
+            mailboxes: HashMap::new(),
+            default_domain: None,
+            version: "empty".to_string(),
+            loaded_at: SystemTime::now(),
+            files: Vec::new(),
+        }
+    }
+
+    /// All organizations, in file order.
+    pub fn organizations(&self) -> &[Organization] {
+        &self.orgs
+    }
+
+    /// The organization with this name (case-insensitive).
+    pub fn organization(&self, name: &str) -> Option<&Organization> {
+        self.orgs.iter().find(|o| o.name.eq_ignore_ascii_case(name))
+    }
+
+    /// Number of mailboxes with settings of their own.
+    pub fn mailbox_count(&self) -> usize {
+        self.mailboxes.len()
+    }
+
+    /// Turns a login into the normalized mailbox address: trimmed, lower-case, and completed
+    /// with the default domain when it has no `@`.
+    pub fn normalize(&self, login: &str) -> String {
+        normalize_login(login, self.default_domain.as_deref())
+    }
+
+    /// The organization a normalized address belongs to: its domain's, else the `"*"` one.
+    fn org_index_for(&self, address: &str) -> Option<usize> {
+        let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        self.by_domain.get(domain).copied().or(self.wildcard)
+    }
+
+    /// The `Get-CASMailbox` view of one address.
+    pub fn describe(&self, login: &str) -> MailboxView {
+        let address = self.normalize(login);
+        let entry = self.mailboxes.get(&address);
+        let org = self.org_index_for(&address).map(|i| &self.orgs[i]);
+        let own = entry.and_then(|e| e.settings.smtp_client_authentication_disabled);
+        let (effective, source) = match (own, org) {
+            (Some(v), Some(_)) => (v, Source::Mailbox),
+            (None, Some(o)) => (o.smtp_client_authentication_disabled, Source::Organization),
+            (_, None) => (true, Source::UnknownOrganization),
+        };
+        let own_limit = entry.and_then(|e| e.settings.max_concurrent_sessions_per_mailbox);
+        MailboxView {
+            listed: entry.is_some(),
+            organization: org.map(|o| o.name.clone()),
+            mailbox_smtp_client_authentication_disabled: own,
+            organization_smtp_client_authentication_disabled: org
+                .map(|o| o.smtp_client_authentication_disabled),
+            effective_smtp_client_authentication_disabled: effective,
+            source,
+            mailbox_max_concurrent_sessions: own_limit,
+            effective_max_concurrent_sessions: org
+                .map(|o| own_limit.unwrap_or(o.max_concurrent_sessions_per_mailbox)),
+            sent_items: org.map(|o| effective_sent_items(o, entry.map(|e| &e.settings))),
+            address,
+        }
+    }
+
+    /// The mailboxes with settings of their own that belong to `org`, sorted by address.
+    pub fn mailboxes_of(&self, org: &str) -> Vec<(&str, &MailboxSettings)> {
+        let Some(idx) = self
+            .orgs
+            .iter()
+            .position(|o| o.name.eq_ignore_ascii_case(org))
+        else {
+            return Vec::new();
+        };
+        let mut v: Vec<_> = self
+            .mailboxes
+            .iter()
+            .filter(|(_, e)| e.org == idx)
+            .map(|(a, e)| (a.as_str(), &e.settings))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(b.0));
+        v
+    }
+}
+
+fn effective_sent_items(org: &Organization, mailbox: Option<&MailboxSettings>) -> SentItems {
+    SentItems {
+        enabled: mailbox
+            .and_then(|m| m.sent_items_enabled)
+            .unwrap_or(org.sent_items.enabled),
+        folder: mailbox
+            .and_then(|m| m.sent_items_folder.clone())
+            .unwrap_or_else(|| org.sent_items.folder.clone()),
+    }
+}
+
+/// Normalizes a login or address: trimmed, ASCII lower-case, default domain appended when the
+/// login has no `@`.
+pub fn normalize_login(login: &str, default_domain: Option<&str>) -> String {
+    let login = login.trim();
+    let mut s = String::with_capacity(login.len() + default_domain.map_or(0, |d| d.len() + 1));
+    s.push_str(login);
+    s.make_ascii_lowercase();
+    if !s.contains('@') {
+        if let Some(d) = default_domain {
+            s.push('@');
+            s.push_str(&d.to_ascii_lowercase());
+        }
+    }
+    s
+}

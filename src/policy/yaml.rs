@@ -1,0 +1,335 @@
+//! A YAML document as a tree of nodes that remember where they came from (line, column and
+//! character range), built from `saphyr-parser` events. Policy validation uses the positions for
+//! its error messages and the policy editor uses the ranges to change one value in place.
+
+use std::fmt;
+
+use saphyr_parser::{Event, Parser, ScalarStyle, Span};
+
+/// A position in a file: 1-based line and column, and the character offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pos {
+    pub line: usize,
+    pub column: usize,
+    /// Offset in characters (not bytes) from the start of the text.
+    pub index: usize,
+}
+
+impl fmt::Display for Pos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.column)
+    }
+}
+
+/// One node of the tree.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub kind: NodeKind,
+    pub start: Pos,
+    pub end: Pos,
+}
+
+/// What a node holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeKind {
+    /// A scalar with its text and whether it was quoted or a block (never a bool/int/null then).
+    Scalar {
+        text: String,
+        quoted: bool,
+    },
+    Seq(Vec<Node>),
+    /// Keys in file order; duplicates are kept so validation can report them.
+    Map(Vec<(Node, Node)>),
+}
+
+/// A typed reading of a scalar under YAML 1.2's core schema.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scalar<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Str(&'a str),
+}
+
+impl Node {
+    /// The scalar's value under YAML 1.2's core schema (`yes`/`no` are strings, as in YAML 1.2).
+    pub fn scalar(&self) -> Option<Scalar<'_>> {
+        let NodeKind::Scalar { text, quoted } = &self.kind else {
+            return None;
+        };
+        if *quoted {
+            return Some(Scalar::Str(text));
+        }
+        Some(match text.as_str() {
+            "" | "~" | "null" | "Null" | "NULL" => Scalar::Null,
+            "true" | "True" | "TRUE" => Scalar::Bool(true),
+            "false" | "False" | "FALSE" => Scalar::Bool(false),
+            t => match parse_int(t) {
+                Some(i) => Scalar::Int(i),
+                None => Scalar::Str(t),
+            },
+        })
+    }
+
+    /// A short description of what the node is, for "expected X, found Y" messages.
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            NodeKind::Seq(_) => "a list".to_string(),
+            NodeKind::Map(_) => "a mapping".to_string(),
+            NodeKind::Scalar { .. } => match self.scalar() {
+                Some(Scalar::Null) => "null".to_string(),
+                Some(Scalar::Bool(b)) => b.to_string(),
+                Some(Scalar::Int(i)) => i.to_string(),
+                Some(Scalar::Str(s)) => format!("{:?}", truncate(s, 60)),
+                None => "a scalar".to_string(),
+            },
+        }
+    }
+
+    /// The mapping's entries, if this is a mapping.
+    pub fn as_map(&self) -> Option<&[(Node, Node)]> {
+        match &self.kind {
+            NodeKind::Map(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The value of `key` in a mapping (first occurrence).
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        self.as_map()?
+            .iter()
+            .find(|(k, _)| matches!(&k.kind, NodeKind::Scalar { text, .. } if text == key))
+            .map(|(_, v)| v)
+    }
+
+    /// The key's text, when this node is a scalar.
+    pub fn text(&self) -> Option<&str> {
+        match &self.kind {
+            NodeKind::Scalar { text, .. } => Some(text),
+            _ => None,
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(max).collect();
+        t.push('…');
+        t
+    }
+}
+
+fn parse_int(t: &str) -> Option<i64> {
+    let (neg, digits) = match t.as_bytes().first()? {
+        b'-' => (true, &t[1..]),
+        b'+' => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let v = if let Some(hex) = digits.strip_prefix("0x") {
+        i64::from_str_radix(hex, 16).ok()?
+    } else if let Some(oct) = digits.strip_prefix("0o") {
+        i64::from_str_radix(oct, 8).ok()?
+    } else {
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse::<i64>().ok()?
+    };
+    Some(if neg { -v } else { v })
+}
+
+/// A syntax error (or an unsupported YAML feature) with its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyntaxError {
+    pub pos: Pos,
+    pub message: String,
+}
+
+fn pos(m: saphyr_parser::Marker) -> Pos {
+    Pos {
+        line: m.line(),
+        column: m.col() + 1,
+        index: m.index(),
+    }
+}
+
+/// Deepest nesting accepted: policy files are three levels deep; this bounds recursion on
+/// hostile input.
+const MAX_DEPTH: usize = 32;
+
+/// Parses a whole file into one document. An empty file is an empty mapping.
+pub fn parse(text: &str) -> Result<Node, SyntaxError> {
+    let mut parser = Parser::new_from_str(text);
+    let mut stack: Vec<(Node, Option<Node>)> = Vec::new();
+    let mut root: Option<Node> = None;
+    let mut documents = 0;
+    loop {
+        let (event, span): (Event<'_>, Span) = match parser.next_event() {
+            None => break,
+            Some(Ok(ev)) => ev,
+            Some(Err(e)) => {
+                return Err(SyntaxError {
+                    pos: pos(*e.marker()),
+                    message: e.info().to_string(),
+                })
+            }
+        };
+        let start = pos(span.start);
+        let end = pos(span.end);
+        let unsupported = |what: &str| SyntaxError {
+            pos: start,
+            message: format!("{what} are not supported in policy files"),
+        };
+        let node = match event {
+            Event::StreamStart | Event::Nothing | Event::DocumentEnd => continue,
+            Event::StreamEnd => break,
+            Event::DocumentStart(_) => {
+                documents += 1;
+                if documents > 1 {
+                    return Err(SyntaxError {
+                        pos: start,
+                        message: "a policy file holds one YAML document; found a second".into(),
+                    });
+                }
+                continue;
+            }
+            Event::Alias(_) => return Err(unsupported("aliases (*name)")),
+            Event::Scalar(_, _, anchor, _)
+            | Event::SequenceStart(anchor, _)
+            | Event::MappingStart(anchor, _)
+                if anchor != 0 =>
+            {
+                return Err(unsupported("anchors (&name)"))
+            }
+            Event::Scalar(_, _, _, Some(_))
+            | Event::SequenceStart(_, Some(_))
+            | Event::MappingStart(_, Some(_)) => return Err(unsupported("tags (!tag)")),
+            Event::Scalar(value, style, _, None) => Node {
+                kind: NodeKind::Scalar {
+                    text: value.into_owned(),
+                    quoted: !matches!(style, ScalarStyle::Plain),
+                },
+                start,
+                end,
+            },
+            Event::SequenceStart(..) | Event::MappingStart(..) => {
+                if stack.len() >= MAX_DEPTH {
+                    return Err(SyntaxError {
+                        pos: start,
+                        message: format!("nesting deeper than {MAX_DEPTH} levels"),
+                    });
+                }
+                let kind = if matches!(event, Event::SequenceStart(..)) {
+                    NodeKind::Seq(Vec::new())
+                } else {
+                    NodeKind::Map(Vec::new())
+                };
+                stack.push((Node { kind, start, end }, None));
+                continue;
+            }
+            Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
+                Some((mut node, _)) => {
+                    node.end = end;
+                    node
+                }
+                None => {
+                    return Err(SyntaxError {
+                        pos: start,
+                        message: "unbalanced collection end".into(),
+                    })
+                }
+            },
+        };
+        // Attach the finished node to its parent (or make it the root).
+        match stack.last_mut() {
+            None => root = Some(node),
+            Some((parent, pending_key)) => match &mut parent.kind {
+                NodeKind::Seq(items) => items.push(node),
+                NodeKind::Map(entries) => match pending_key.take() {
+                    None => *pending_key = Some(node),
+                    Some(key) => entries.push((key, node)),
+                },
+                NodeKind::Scalar { .. } => {
+                    return Err(SyntaxError {
+                        pos: start,
+                        message: "internal: scalar parent".into(),
+                    })
+                }
+            },
+        }
+    }
+    Ok(root.unwrap_or(Node {
+        kind: NodeKind::Map(Vec::new()),
+        start: Pos {
+            line: 1,
+            column: 1,
+            index: 0,
+        },
+        end: Pos {
+            line: 1,
+            column: 1,
+            index: 0,
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_a_tree_with_positions() {
+        let doc = parse("a: 1\nb:\n  - x\n  - 'true'\nc: {d: null}\n").unwrap();
+        let a = doc.get("a").unwrap();
+        assert_eq!(a.scalar(), Some(Scalar::Int(1)));
+        assert_eq!((a.start.line, a.start.column), (1, 4));
+        let NodeKind::Seq(items) = &doc.get("b").unwrap().kind else {
+            panic!("b is a list")
+        };
+        assert_eq!(items[1].scalar(), Some(Scalar::Str("true")));
+        assert_eq!(items[1].start.line, 4);
+        let c = doc.get("c").unwrap();
+        assert_eq!(c.get("d").unwrap().scalar(), Some(Scalar::Null));
+    }
+
+    #[test]
+    fn core_schema_scalars() {
+        let doc = parse("a: yes\nb: ~\nc: -12\nd: 0x10\ne: 1.5\nf: TRUE\n").unwrap();
+        assert_eq!(doc.get("a").unwrap().scalar(), Some(Scalar::Str("yes")));
+        assert_eq!(doc.get("b").unwrap().scalar(), Some(Scalar::Null));
+        assert_eq!(doc.get("c").unwrap().scalar(), Some(Scalar::Int(-12)));
+        assert_eq!(doc.get("d").unwrap().scalar(), Some(Scalar::Int(16)));
+        assert_eq!(doc.get("e").unwrap().scalar(), Some(Scalar::Str("1.5")));
+        assert_eq!(doc.get("f").unwrap().scalar(), Some(Scalar::Bool(true)));
+    }
+
+    #[test]
+    fn syntax_errors_have_positions() {
+        let e = parse("a: 1\nb: [1, 2\n").unwrap_err();
+        assert!(e.pos.line >= 2, "{e:?}");
+        let e = parse("a: &x 1\nb: *x\n").unwrap_err();
+        assert!(e.message.contains("anchors"));
+        let e = parse("a: 1\n---\nb: 2\n").unwrap_err();
+        assert_eq!(e.pos.line, 2);
+    }
+
+    #[test]
+    fn empty_is_an_empty_mapping() {
+        assert_eq!(parse("").unwrap().as_map().map(|m| m.len()), Some(0));
+        assert_eq!(
+            parse("# only a comment\n")
+                .unwrap()
+                .as_map()
+                .map(|m| m.len()),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        let text = "[".repeat(100) + &"]".repeat(100);
+        assert!(parse(&text).is_err());
+    }
+}
