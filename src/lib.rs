@@ -11,4 +11,5 @@
 //! - [`daemon`]: wires the parts together and runs until shutdown.
 
 pub mod endpoint;
+pub mod milter;
 pub mod policy;
