@@ -12,3 +12,4 @@
 
 pub mod endpoint;
 pub mod policy;
+pub mod sent_items;
