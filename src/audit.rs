@@ -95,6 +95,32 @@ pub struct AuditEvent {
     pub message: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errors: Option<Vec<String>>,
+    /// Sent Items folder (copy events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub folder: Option<String>,
+    /// The message's Message-ID header (copy events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// Spool entry id (copy events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spool_entry: Option<String>,
+    /// Which store took the copy: `maildir` or `imap`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<&'static str>,
+    /// Delivery attempts it took (copy events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// Milliseconds from submission to stored or failed (copy events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    /// `UIDVALIDITY` and `UID` from the server's `APPENDUID`, when it gave them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid_validity: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// The copy was found already stored (an earlier attempt's outcome was unknown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub already_stored: Option<bool>,
 }
 
 impl AuditEvent {
@@ -121,6 +147,15 @@ impl AuditEvent {
             version: None,
             message: None,
             errors: None,
+            folder: None,
+            message_id: None,
+            spool_entry: None,
+            store: None,
+            attempts: None,
+            delay_ms: None,
+            uid_validity: None,
+            uid: None,
+            already_stored: None,
         }
     }
 }

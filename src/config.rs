@@ -183,6 +183,213 @@ fn check_maildir_root(root: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A duration setting: `default` when absent, an error (and `default`) when unparsable or
+/// shorter than `min`.
+fn duration_at(
+    err: &mut impl FnMut(&[&str], String),
+    keys: &[&str],
+    value: Option<&str>,
+    default: Duration,
+    min: Duration,
+) -> Duration {
+    match value {
+        None => default,
+        Some(s) => match humantime::parse_duration(s) {
+            Ok(d) if d >= min => d,
+            _ => {
+                err(
+                    keys,
+                    format!(
+                        "{s:?} is not a duration of at least {} (e.g. 30s, 15m, 5d)",
+                        humantime::format_duration(min)
+                    ),
+                );
+                default
+            }
+        },
+    }
+}
+
+/// `HOST:PORT`, `[V6]:PORT`; the host without brackets.
+fn parse_host_port(s: &str) -> Result<(String, u16), String> {
+    let bad =
+        || format!("{s:?} is not HOST:PORT (e.g. 127.0.0.1:143, [::1]:993, imap.example.com:993)");
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = match port.parse() {
+        Ok(p) if p > 0 => p,
+        _ => return Err(bad()),
+    };
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.strip_suffix(']').ok_or_else(bad)?,
+        None if host.contains(':') => return Err(bad()),
+        None => host,
+    };
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad());
+    }
+    Ok((host.to_string(), port))
+}
+
+impl RawStore {
+    /// The imap-only keys that are set.
+    fn imap_keys(&self) -> Vec<&'static str> {
+        let set = [
+            ("address", self.address.is_some()),
+            ("tls", self.tls.is_some()),
+            ("tls_server_name", self.tls_server_name.is_some()),
+            ("ca_file", self.ca_file.is_some()),
+            ("tls_verify", self.tls_verify.is_some()),
+            ("login", self.login.is_some()),
+            ("master_user", self.master_user.is_some()),
+            ("master_password_file", self.master_password_file.is_some()),
+            ("master_separator", self.master_separator.is_some()),
+            ("idle_timeout", self.idle_timeout.is_some()),
+            ("timeout", self.timeout.is_some()),
+        ];
+        set.iter().filter(|(_, on)| *on).map(|(k, _)| *k).collect()
+    }
+}
+
+/// Validates the imap store settings, reporting every problem through `err`.
+fn imap_config(st: &RawStore, err: &mut impl FnMut(&[&str], String)) -> ImapConfig {
+    let key = |k: &'static str| ["sent_items", "store", k];
+    let (host, port) = match st.address.as_deref() {
+        None => {
+            err(
+                &["sent_items", "store"],
+                "the imap backend needs `address` (e.g. \"127.0.0.1:143\")".into(),
+            );
+            ("127.0.0.1".to_string(), 143)
+        }
+        Some(a) => parse_host_port(a).unwrap_or_else(|e| {
+            err(&key("address"), e);
+            ("127.0.0.1".to_string(), 143)
+        }),
+    };
+    let tls = match st.tls.as_deref() {
+        None | Some("starttls") => ImapTls::Starttls,
+        Some("none") => ImapTls::None,
+        Some("implicit") => ImapTls::Implicit,
+        Some(other) => {
+            err(
+                &key("tls"),
+                format!("unknown TLS mode {other:?}; expected none, starttls or implicit"),
+            );
+            ImapTls::Starttls
+        }
+    };
+    let tls_server_name = match st.tls_server_name.as_deref() {
+        None => host.clone(),
+        Some(n) => {
+            if tokio_rustls::rustls::pki_types::ServerName::try_from(n).is_err() {
+                err(
+                    &key("tls_server_name"),
+                    format!("{n:?} is not a DNS name or IP address"),
+                );
+            }
+            n.to_string()
+        }
+    };
+    if tls != ImapTls::None
+        && st.tls_server_name.is_none()
+        && tokio_rustls::rustls::pki_types::ServerName::try_from(host.as_str()).is_err()
+    {
+        err(
+            &key("address"),
+            format!("{host:?} cannot be checked against a certificate; set tls_server_name"),
+        );
+    }
+    if tls == ImapTls::None {
+        for (k, set) in [
+            ("ca_file", st.ca_file.is_some()),
+            ("tls_verify", st.tls_verify.is_some()),
+            ("tls_server_name", st.tls_server_name.is_some()),
+        ] {
+            if set {
+                err(&key(k), "has no effect with tls: none".into());
+            }
+        }
+    }
+    let login = match st.login.as_deref() {
+        None | Some("master_user") => ImapLogin::MasterUser,
+        Some("sasl_authzid") => ImapLogin::SaslAuthzid,
+        Some(other) => {
+            err(
+                &key("login"),
+                format!("unknown login mode {other:?}; expected master_user or sasl_authzid"),
+            );
+            ImapLogin::MasterUser
+        }
+    };
+    let master_user = match st.master_user.as_deref() {
+        Some(u) if !u.is_empty() && !u.chars().any(|c| c.is_control()) => u.to_string(),
+        Some(u) => {
+            err(&key("master_user"), format!("{u:?} is not a user name"));
+            String::new()
+        }
+        None => {
+            err(
+                &["sent_items", "store"],
+                "the imap backend needs `master_user`".into(),
+            );
+            String::new()
+        }
+    };
+    let master_password_file = match &st.master_password_file {
+        Some(p) if !p.as_os_str().is_empty() => p.clone(),
+        _ => {
+            err(
+                &["sent_items", "store"],
+                "the imap backend needs `master_password_file` (a file holding the secret)".into(),
+            );
+            PathBuf::new()
+        }
+    };
+    let master_separator = match st.master_separator.as_deref() {
+        None => "*".to_string(),
+        Some(s) if !s.is_empty() && !s.chars().any(|c| c.is_control() || c == '"') => s.to_string(),
+        Some(s) => {
+            err(
+                &key("master_separator"),
+                format!("{s:?} is not a usable separator"),
+            );
+            "*".to_string()
+        }
+    };
+    if login == ImapLogin::SaslAuthzid && st.master_separator.is_some() {
+        err(
+            &key("master_separator"),
+            "applies to login: master_user only".into(),
+        );
+    }
+    ImapConfig {
+        host,
+        port,
+        tls,
+        tls_server_name,
+        ca_file: st.ca_file.clone(),
+        tls_verify: st.tls_verify.unwrap_or(true),
+        login,
+        master_user,
+        master_password_file,
+        master_separator,
+        idle_timeout: duration_at(
+            err,
+            &key("idle_timeout"),
+            st.idle_timeout.as_deref(),
+            Duration::from_secs(30),
+            Duration::ZERO,
+        ),
+        timeout: duration_at(
+            err,
+            &key("timeout"),
+            st.timeout.as_deref(),
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+        ),
+    }
+}
+
 /// Which limiter backend holds the session leases.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LimiterConfig {
@@ -210,6 +417,78 @@ pub struct AuditConfig {
 pub enum StoreConfig {
     /// Maildir++ under a root template with `{domain}`, `{local}`, `{mailbox}`.
     Maildir { root: String },
+    /// IMAP APPEND into the mailbox, logged in on its behalf.
+    Imap(ImapConfig),
+}
+
+/// How the connection to the IMAP server is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImapTls {
+    /// Plain TCP (loopback or a trusted network only).
+    None,
+    /// Plain TCP, then `STARTTLS` before logging in.
+    Starttls,
+    /// TLS from the first byte (port 993).
+    Implicit,
+}
+
+/// How submitgate logs in on behalf of a mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImapLogin {
+    /// Dovecot master user: `LOGIN "<mailbox>*<master_user>" secret`.
+    MasterUser,
+    /// `AUTHENTICATE PLAIN` with authorization identity = mailbox, authentication identity =
+    /// `master_user`.
+    SaslAuthzid,
+}
+
+/// The `imap` store backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImapConfig {
+    /// Host name or address to connect to.
+    pub host: String,
+    pub port: u16,
+    pub tls: ImapTls,
+    /// The name the server certificate must carry (default: `host`).
+    pub tls_server_name: String,
+    /// Trust these CA certificates (PEM) instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Verify the server certificate (on unless explicitly turned off).
+    pub tls_verify: bool,
+    pub login: ImapLogin,
+    /// The master (or SASL authentication) user.
+    pub master_user: String,
+    /// File holding the master user's secret (first line); never logged.
+    pub master_password_file: PathBuf,
+    /// Separator between mailbox and master user for [`ImapLogin::MasterUser`]
+    /// (Dovecot's `auth_master_user_separator`).
+    pub master_separator: String,
+    /// How long an idle logged-in connection is kept for reuse.
+    pub idle_timeout: Duration,
+    /// Limit for connecting, TLS, and each command.
+    pub timeout: Duration,
+}
+
+/// Delivery retry timing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryConfig {
+    /// Delay after the first transient failure; doubled after each further one.
+    pub initial: Duration,
+    /// Largest delay between attempts.
+    pub max: Duration,
+    /// Attempts that end in an authentication or authorization failure (wrong master
+    /// password, unknown mailbox) before the entry is moved to `failed/`.
+    pub auth_failure_attempts: u32,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            initial: Duration::from_secs(10),
+            max: Duration::from_secs(15 * 60),
+            auth_failure_attempts: 3,
+        }
+    }
 }
 
 /// The Sent Items copy: the durable spool the milter writes and the store the workers fill.
@@ -217,6 +496,17 @@ pub enum StoreConfig {
 pub struct SentItemsConfig {
     pub spool: PathBuf,
     pub store: StoreConfig,
+    /// True when the file has a `sent_items` section: the daemon then opens the spool and
+    /// runs the delivery workers.
+    pub configured: bool,
+    /// Concurrent deliveries.
+    pub workers: usize,
+    /// An entry still undelivered this long after its first attempt is moved to `failed/`.
+    pub max_age: Duration,
+    pub retry: RetryConfig,
+    /// How often the spool directory is rescanned even without a wake-up (entries put back by
+    /// `submitgate spool retry`, or committed by another process).
+    pub scan_interval: Duration,
 }
 
 /// The validated daemon configuration.
@@ -259,6 +549,18 @@ struct RawConfig {
 struct RawSentItems {
     spool: Option<PathBuf>,
     store: Option<RawStore>,
+    workers: Option<usize>,
+    max_age: Option<String>,
+    retry: Option<RawRetry>,
+    scan_interval: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    initial: Option<String>,
+    max: Option<String>,
+    auth_failure_attempts: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -266,6 +568,17 @@ struct RawSentItems {
 struct RawStore {
     backend: String,
     root: Option<String>,
+    address: Option<String>,
+    tls: Option<String>,
+    tls_server_name: Option<String>,
+    ca_file: Option<PathBuf>,
+    tls_verify: Option<bool>,
+    login: Option<String>,
+    master_user: Option<String>,
+    master_password_file: Option<PathBuf>,
+    master_separator: Option<String>,
+    idle_timeout: Option<String>,
+    timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -491,12 +804,27 @@ impl Config {
                         if let Err(e) = check_maildir_root(&root) {
                             err(&["sent_items", "store", "root"], e);
                         }
+                        for key in st.imap_keys() {
+                            err(
+                                &["sent_items", "store", key],
+                                "applies to the imap backend only".into(),
+                            );
+                        }
                         StoreConfig::Maildir { root }
+                    }
+                    "imap" => {
+                        if st.root.is_some() {
+                            err(
+                                &["sent_items", "store", "root"],
+                                "applies to the maildir backend only".into(),
+                            );
+                        }
+                        StoreConfig::Imap(imap_config(st, &mut err))
                     }
                     other => {
                         err(
                             &["sent_items", "store", "backend"],
-                            format!("unknown backend {other:?}; expected maildir"),
+                            format!("unknown backend {other:?}; expected maildir or imap"),
                         );
                         StoreConfig::Maildir {
                             root: DEFAULT_MAILDIR_ROOT.to_string(),
@@ -504,7 +832,75 @@ impl Config {
                     }
                 },
             };
-            SentItemsConfig { spool, store }
+            let workers = match raw_si.and_then(|s| s.workers) {
+                None => 4,
+                Some(n) if (1..=256).contains(&n) => n,
+                Some(n) => {
+                    err(
+                        &["sent_items", "workers"],
+                        format!("{n} is not between 1 and 256"),
+                    );
+                    4
+                }
+            };
+            let max_age = duration_at(
+                &mut err,
+                &["sent_items", "max_age"],
+                raw_si.and_then(|s| s.max_age.as_deref()),
+                Duration::from_secs(5 * 24 * 3600),
+                Duration::from_secs(60),
+            );
+            let scan_interval = duration_at(
+                &mut err,
+                &["sent_items", "scan_interval"],
+                raw_si.and_then(|s| s.scan_interval.as_deref()),
+                Duration::from_secs(10),
+                Duration::from_millis(100),
+            );
+            let mut retry = RetryConfig::default();
+            if let Some(r) = raw_si.and_then(|s| s.retry.as_ref()) {
+                retry.initial = duration_at(
+                    &mut err,
+                    &["sent_items", "retry", "initial"],
+                    r.initial.as_deref(),
+                    retry.initial,
+                    Duration::from_millis(10),
+                );
+                retry.max = duration_at(
+                    &mut err,
+                    &["sent_items", "retry", "max"],
+                    r.max.as_deref(),
+                    retry.max,
+                    Duration::from_millis(10),
+                );
+                if retry.max < retry.initial {
+                    err(
+                        &["sent_items", "retry", "max"],
+                        format!(
+                            "{} is shorter than retry.initial ({})",
+                            humantime::format_duration(retry.max),
+                            humantime::format_duration(retry.initial)
+                        ),
+                    );
+                }
+                match r.auth_failure_attempts {
+                    None => {}
+                    Some(n) if (1..=1000).contains(&n) => retry.auth_failure_attempts = n,
+                    Some(n) => err(
+                        &["sent_items", "retry", "auth_failure_attempts"],
+                        format!("{n} is not between 1 and 1000"),
+                    ),
+                }
+            }
+            SentItemsConfig {
+                spool,
+                store,
+                configured: raw_si.is_some(),
+                workers,
+                max_age,
+                retry,
+                scan_interval,
+            }
         };
         if raw.policy.is_empty() {
             err(

@@ -17,6 +17,7 @@ use crate::endpoint::Endpoint;
 use crate::limiter::Limiter;
 use crate::policy::{self, PolicyErrors, PolicySnapshot, RejectReason};
 use crate::postfix_policy;
+use crate::sent_items::{spool::Spool, store::Store, worker};
 
 /// How long shutdown waits for connections to finish their current request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -33,6 +34,8 @@ pub enum StartError {
         endpoint: Endpoint,
         source: std::io::Error,
     },
+    #[error("sent items: {0}")]
+    SentItems(String),
 }
 
 /// Counters that are not worth an audit line.
@@ -83,6 +86,14 @@ pub struct Daemon {
     policy_endpoints: Vec<Endpoint>,
     audit_writer: AuditWriter,
     reload_lock: Mutex<()>,
+    sent_items: Option<SentItems>,
+}
+
+/// The Sent Items spool and its delivery workers, when `sent_items` is configured.
+#[derive(Debug, Clone)]
+pub struct SentItems {
+    pub spool: Spool,
+    pub delivery: worker::Delivery,
 }
 
 impl Daemon {
@@ -142,6 +153,11 @@ impl Daemon {
                 tracker.clone(),
             ));
         }
+        let sent_items = if config.sent_items.configured {
+            Some(start_sent_items(&config, &ctx, &shutdown, &tracker).await?)
+        } else {
+            None
+        };
         Ok(Daemon {
             config: Arc::new(config),
             ctx,
@@ -150,7 +166,13 @@ impl Daemon {
             policy_endpoints,
             audit_writer,
             reload_lock: Mutex::new(()),
+            sent_items,
         })
+    }
+
+    /// The Sent Items spool and its workers (`None` without a `sent_items` section).
+    pub fn sent_items(&self) -> Option<&SentItems> {
+        self.sent_items.as_ref()
     }
 
     /// The addresses the policy front end listens on (real ports when 0 was configured).
@@ -221,6 +243,31 @@ impl Daemon {
         drop(ctx);
         audit_writer.finish().await;
     }
+}
+
+/// Opens the spool (as its owner) and starts the delivery workers into the configured store.
+async fn start_sent_items(
+    config: &Config,
+    ctx: &Context,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<SentItems, StartError> {
+    let si = &config.sent_items;
+    let dir = si.spool.clone();
+    let spool = tokio::task::spawn_blocking(move || Spool::open(dir))
+        .await
+        .map_err(|e| StartError::SentItems(format!("opening the spool: {e}")))?
+        .map_err(|e| StartError::SentItems(e.to_string()))?;
+    let store = Store::from_config(&si.store).map_err(|e| StartError::SentItems(e.to_string()))?;
+    let delivery = worker::start(
+        spool.clone(),
+        Arc::new(store),
+        ctx.audit.clone(),
+        worker::Settings::from_config(si),
+        shutdown.clone(),
+        tracker,
+    );
+    Ok(SentItems { spool, delivery })
 }
 
 fn join_error(e: tokio::task::JoinError) -> PolicyErrors {

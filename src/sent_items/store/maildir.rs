@@ -1,0 +1,354 @@
+//! The `maildir` store: writes each copy straight into the mailbox's Maildir++ folder
+//! (`<root>/.<folder>/cur/<name>:2,S`), the layout Dovecot reads, marked seen.
+//!
+//! The file name is derived from the spool entry id (`<secs>.M<usecs>P<pid>Q<seq>.<host>`), so
+//! storing the same entry twice — after a crash between the rename and the spool's `complete`
+//! — renames onto the same name and leaves one copy: the store is idempotent and the workers
+//! need no intent record for it. Sequence per copy: write `tmp/<name>`, `fdatasync`, rename to
+//! `cur/<name>:2,S`, `fsync` the `cur/` directory.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::{split_mailbox, SentCopy, SentItemsStore, StoreError, Stored};
+use crate::sent_items::spool::EntryId;
+
+const FILE_MODE: u32 = 0o600;
+const DIR_MODE: u32 = 0o700;
+
+/// Maildir++ delivery under a root template with `{domain}`, `{local}` and `{mailbox}`.
+#[derive(Debug)]
+pub struct MaildirStore {
+    root: String,
+    host: String,
+    /// Folder directories known to exist with `tmp/`, `new/`, `cur/`.
+    ready: Mutex<HashSet<PathBuf>>,
+}
+
+impl MaildirStore {
+    /// A store for the (already validated) root template.
+    pub fn new(root: String) -> MaildirStore {
+        MaildirStore {
+            root,
+            host: maildir_host(&hostname()),
+            ready: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The folder directory for a mailbox and folder, or why the names cannot be used in a
+    /// path.
+    pub fn folder_dir(&self, mailbox: &str, folder: &str) -> Result<PathBuf, String> {
+        let root = expand_root(&self.root, mailbox)?;
+        Ok(match folder_component(folder)? {
+            None => root,
+            Some(component) => root.join(component),
+        })
+    }
+
+    fn is_ready(&self, dir: &Path) -> bool {
+        self.ready.lock().is_ok_and(|set| set.contains(dir))
+    }
+
+    fn mark_ready(&self, dir: PathBuf) {
+        if let Ok(mut set) = self.ready.lock() {
+            set.insert(dir);
+        }
+    }
+}
+
+impl SentItemsStore for MaildirStore {
+    fn name(&self) -> &'static str {
+        "maildir"
+    }
+
+    fn idempotent(&self) -> bool {
+        true
+    }
+
+    async fn deliver(&self, copy: SentCopy<'_>) -> Result<Stored, StoreError> {
+        let dir = self
+            .folder_dir(&copy.meta.mailbox, &copy.meta.folder)
+            .map_err(StoreError::permanent)?;
+        let base = file_base(&copy.id, &self.host);
+        let ready = self.is_ready(&dir);
+        let maybe_stored = copy.maybe_stored;
+        let message = copy.message;
+        let size = message.len();
+        let task_dir = dir.clone();
+        let result = tokio::task::spawn_blocking(move || -> Result<Stored, StoreError> {
+            let dir = task_dir;
+            if !ready {
+                ensure_folder(&dir).map_err(|e| StoreError::transient(e.to_string()))?;
+            }
+            if maybe_stored && find_existing(&dir, &base).map_err(transient)? {
+                return Ok(Stored {
+                    appenduid: None,
+                    already_stored: true,
+                });
+            }
+            let tmp = dir.join("tmp").join(&base);
+            let name = format!("{base},S={size}:2,S");
+            let dest = dir.join("cur").join(&name);
+            let written = (|| {
+                let mut file = OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(FILE_MODE)
+                    .open(&tmp)
+                    .map_err(|e| at("create", &tmp, e))?;
+                let mut reader = message.into_read();
+                let copied = io::copy(&mut reader, &mut file).map_err(|e| at("write", &tmp, e))?;
+                if copied != size {
+                    return Err(StoreError::transient(format!(
+                        "maildir: {}: copied {copied} of {size} bytes (spool entry changed?)",
+                        tmp.display()
+                    )));
+                }
+                file.flush().map_err(|e| at("write", &tmp, e))?;
+                file.sync_data().map_err(|e| at("fsync", &tmp, e))?;
+                fs::rename(&tmp, &dest).map_err(|e| at("rename into place", &dest, e))?;
+                fsync_dir(&dir.join("cur"))
+            })();
+            if written.is_err() {
+                let _ = fs::remove_file(&tmp);
+            }
+            written.map(|()| Stored::default())
+        })
+        .await
+        .map_err(|e| StoreError::transient(format!("maildir: delivery task failed: {e}")))?;
+        if result.is_ok() && !ready {
+            self.mark_ready(dir);
+        } else if result.is_err() {
+            // Perhaps the folder was removed under us: check it again next time.
+            if let Ok(mut set) = self.ready.lock() {
+                set.remove(&dir);
+            }
+        }
+        result
+    }
+
+    async fn release_idle(&self, _all: bool) {}
+}
+
+fn at(op: &str, path: &Path, e: io::Error) -> StoreError {
+    StoreError::transient(format!("maildir: cannot {op} {}: {e}", path.display()))
+}
+
+fn transient(e: io::Error) -> StoreError {
+    StoreError::transient(format!("maildir: {e}"))
+}
+
+/// The unique part of the file name for an entry: Maildir's `<secs>.M<usecs>P<pid>Q<seq>.<host>`
+/// with the entry's commit time, committing process and counter.
+pub fn file_base(id: &EntryId, host: &str) -> String {
+    // EntryId's text form is `<secs>.<usecs, 6 digits>-<pid>-<seq>`.
+    let text = id.to_string();
+    let parsed = text.split_once('.').and_then(|(secs, rest)| {
+        let mut parts = rest.splitn(3, '-');
+        let usecs = parts.next()?.trim_start_matches('0');
+        Some((secs, usecs, parts.next()?, parts.next()?))
+    });
+    match parsed {
+        Some((secs, usecs, pid, seq)) => {
+            let usecs = if usecs.is_empty() { "0" } else { usecs };
+            format!("{secs}.M{usecs}P{pid}Q{seq}.{host}")
+        }
+        None => format!("{text}.{host}"),
+    }
+}
+
+/// The host part of a Maildir name: `/` and `:` are written as `\057` and `\072`, as Maildir
+/// readers expect.
+pub fn maildir_host(host: &str) -> String {
+    let host = if host.is_empty() { "localhost" } else { host };
+    host.replace('/', "\\057").replace(':', "\\072")
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into the buffer we own.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".to_string();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// Expands `{domain}`, `{local}`, `{mailbox}` in a (validated) root template. The address parts
+/// come from a login, so they are refused when they could leave the intended directory.
+pub fn expand_root(template: &str, mailbox: &str) -> Result<PathBuf, String> {
+    let (local, domain) = split_mailbox(mailbox);
+    for (what, part) in [
+        ("mailbox", mailbox),
+        ("local part", local),
+        ("domain", domain),
+    ] {
+        if part.contains('/') || part.contains('\0') || part == "." || part == ".." {
+            return Err(format!(
+                "maildir: {what} of {mailbox:?} cannot be used in a path"
+            ));
+        }
+    }
+    if local.is_empty() {
+        return Err(format!(
+            "maildir: mailbox {mailbox:?} has an empty local part"
+        ));
+    }
+    let path = template
+        .replace("{mailbox}", mailbox)
+        .replace("{local}", local)
+        .replace("{domain}", domain);
+    Ok(PathBuf::from(path))
+}
+
+/// The Maildir++ directory of a folder: `.Sent Items` (`.` separates levels: `.Archive.2024`);
+/// `None` for `INBOX`, the root itself.
+pub fn folder_component(folder: &str) -> Result<Option<String>, String> {
+    if folder.eq_ignore_ascii_case("INBOX") {
+        return Ok(None);
+    }
+    let bad = folder.is_empty()
+        || folder.contains('/')
+        || folder.contains('\0')
+        || folder.starts_with('.')
+        || folder.ends_with('.')
+        || folder.contains("..");
+    if bad {
+        return Err(format!(
+            "maildir: folder {folder:?} cannot be used as a Maildir++ folder"
+        ));
+    }
+    Ok(Some(format!(".{folder}")))
+}
+
+/// Creates the folder with `tmp/`, `new/`, `cur/` (and the root's own, and the
+/// `maildirfolder` marker) where missing, fsyncing each parent of a new directory.
+fn ensure_folder(dir: &Path) -> Result<(), StoreError> {
+    let is_sub = dir
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+    let mut roots = vec![dir.to_path_buf()];
+    if is_sub {
+        if let Some(root) = dir.parent() {
+            roots.push(root.to_path_buf());
+        }
+    }
+    for d in &roots {
+        for sub in ["tmp", "new", "cur"] {
+            ensure_dir(&d.join(sub))?;
+        }
+    }
+    if is_sub {
+        let marker = dir.join("maildirfolder");
+        if !marker.exists() {
+            File::create(&marker).map_err(|e| at("create", &marker, e))?;
+            fsync_dir(dir)?;
+        }
+    }
+    Ok(())
+}
+
+fn ensure_dir(path: &Path) -> Result<(), StoreError> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        if !parent.as_os_str().is_empty() && !parent.is_dir() {
+            ensure_dir(parent)?;
+        }
+    }
+    match fs::DirBuilder::new().mode(DIR_MODE).create(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(at("create directory", path, e)),
+    }
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => fsync_dir(parent),
+        _ => Ok(()),
+    }
+}
+
+fn fsync_dir(path: &Path) -> Result<(), StoreError> {
+    File::open(path)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| at("fsync directory", path, e))
+}
+
+/// Whether `cur/` or `new/` already holds a file with this base name (whatever its flags).
+fn find_existing(dir: &Path, base: &str) -> io::Result<bool> {
+    for sub in ["cur", "new"] {
+        for entry in fs::read_dir(dir.join(sub))? {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            let stem = name.split([',', ':']).next().unwrap_or_default();
+            if stem == base {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_templates_expand_and_refuse_escapes() {
+        let t = "/var/mail/{domain}/{local}/Maildir";
+        assert_eq!(
+            expand_root(t, "alice@contoso.com").unwrap(),
+            PathBuf::from("/var/mail/contoso.com/alice/Maildir")
+        );
+        assert_eq!(
+            expand_root("/m/{mailbox}", "alice@contoso.com").unwrap(),
+            PathBuf::from("/m/alice@contoso.com")
+        );
+        assert_eq!(
+            expand_root(t, "printer").unwrap(),
+            PathBuf::from("/var/mail//printer/Maildir")
+        );
+        for bad in [
+            "../x@contoso.com",
+            "a/b@contoso.com",
+            "x@..",
+            "x@a/b",
+            "@contoso.com",
+            "..",
+        ] {
+            assert!(expand_root(t, bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn folders_map_to_maildirplusplus() {
+        assert_eq!(
+            folder_component("Sent Items").unwrap().as_deref(),
+            Some(".Sent Items")
+        );
+        assert_eq!(
+            folder_component("Archive.2024").unwrap().as_deref(),
+            Some(".Archive.2024")
+        );
+        assert_eq!(folder_component("inbox").unwrap(), None);
+        for bad in ["", "a/b", ".hidden", "x.", "a..b"] {
+            assert!(folder_component(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_come_from_the_entry_id() {
+        let id: EntryId = "1718022896.000042-4242-7".parse().unwrap();
+        assert_eq!(file_base(&id, "mx1"), "1718022896.M42P4242Q7.mx1");
+        let id: EntryId = "1718022896.000000-1-0".parse().unwrap();
+        assert_eq!(file_base(&id, "mx1"), "1718022896.M0P1Q0.mx1");
+        assert_eq!(maildir_host("a/b:c"), "a\\057b\\072c");
+        assert_eq!(maildir_host(""), "localhost");
+    }
+}

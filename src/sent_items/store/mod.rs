@@ -1,0 +1,168 @@
+//! Where a Sent Items copy ends up: the [`SentItemsStore`] interface and its two backends,
+//! [`maildir`] (files written straight into the mailbox's Maildir++ folder) and [`imap`]
+//! (`APPEND` over IMAP, logged in on the mailbox's behalf). [`Store`] picks one from the
+//! configuration. A store only stores; retries and bookkeeping belong to the workers.
+
+pub mod imap;
+pub mod maildir;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::config::StoreConfig;
+use crate::sent_items::spool::{EntryId, EntryMeta, Message};
+
+/// One copy to store.
+#[derive(Debug)]
+pub struct SentCopy<'a> {
+    /// The spool entry (idempotent stores derive their file name from it).
+    pub id: EntryId,
+    pub meta: &'a EntryMeta,
+    pub message: Message,
+    /// An earlier attempt may have stored this copy: look for it before storing again.
+    pub maybe_stored: bool,
+}
+
+/// What a successful delivery reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stored {
+    /// `(UIDVALIDITY, UID)` from the server's `APPENDUID` (IMAP with UIDPLUS), or of the copy
+    /// found by the search.
+    pub appenduid: Option<(u32, u32)>,
+    /// The copy was already there (an earlier attempt stored it); nothing new was written.
+    pub already_stored: bool,
+}
+
+/// How a failed delivery should be treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Connection refused or lost, timeout, `BYE`, a `NO` that may clear: try again later.
+    Transient,
+    /// The server refused the login (wrong master secret, unknown mailbox): retried a few
+    /// times, in case an operator is fixing it, then given up.
+    Auth,
+    /// Retrying cannot help (an unusable mailbox name, a message the server cannot take).
+    Permanent,
+}
+
+/// A failed delivery: its kind, what happened (naming the server or path), and whether the
+/// copy may nevertheless be stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct StoreError {
+    pub kind: FailureKind,
+    pub message: String,
+    /// After this attempt the copy may be in the store (e.g. the connection was lost after the
+    /// `APPEND` went out); the next attempt must look for it first.
+    pub outcome_unknown: bool,
+}
+
+impl StoreError {
+    /// A transient failure after which the copy is known not to be stored.
+    pub fn transient(message: impl Into<String>) -> StoreError {
+        StoreError {
+            kind: FailureKind::Transient,
+            message: message.into(),
+            outcome_unknown: false,
+        }
+    }
+
+    /// A permanent failure.
+    pub fn permanent(message: impl Into<String>) -> StoreError {
+        StoreError {
+            kind: FailureKind::Permanent,
+            message: message.into(),
+            outcome_unknown: false,
+        }
+    }
+
+    /// A refused login.
+    pub fn auth(message: impl Into<String>) -> StoreError {
+        StoreError {
+            kind: FailureKind::Auth,
+            message: message.into(),
+            outcome_unknown: false,
+        }
+    }
+
+    /// Marks the outcome as unknown (or keeps it known) for the next attempt.
+    pub fn maybe_stored(mut self, maybe: bool) -> StoreError {
+        self.outcome_unknown = maybe;
+        self
+    }
+}
+
+/// A place that takes Sent Items copies.
+pub trait SentItemsStore: Send + Sync + 'static {
+    /// Short name for logs and audit (`maildir`, `imap`).
+    fn name(&self) -> &'static str;
+
+    /// True when storing the same entry twice leaves a single copy, so that the workers need
+    /// not record an attempt before making it.
+    fn idempotent(&self) -> bool;
+
+    /// Stores one copy, marked seen, into `copy.meta.folder` of `copy.meta.mailbox`.
+    fn deliver(
+        &self,
+        copy: SentCopy<'_>,
+    ) -> impl Future<Output = Result<Stored, StoreError>> + Send;
+
+    /// Releases what the store keeps between deliveries (idle IMAP connections that have
+    /// outlived their idle time; everything when `all`).
+    fn release_idle(&self, all: bool) -> impl Future<Output = ()> + Send;
+}
+
+/// The configured backend.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Maildir(Arc<maildir::MaildirStore>),
+    Imap(Arc<imap::ImapStore>),
+}
+
+impl Store {
+    /// Builds the configured store. Reads the IMAP CA file and master secret once, so that a
+    /// mistake shows at start-up rather than at the first delivery.
+    pub fn from_config(config: &StoreConfig) -> Result<Store, StoreError> {
+        Ok(match config {
+            StoreConfig::Maildir { root } => {
+                Store::Maildir(Arc::new(maildir::MaildirStore::new(root.clone())))
+            }
+            StoreConfig::Imap(imap) => Store::Imap(Arc::new(imap::ImapStore::new(imap.clone())?)),
+        })
+    }
+}
+
+impl SentItemsStore for Store {
+    fn name(&self) -> &'static str {
+        match self {
+            Store::Maildir(s) => s.name(),
+            Store::Imap(s) => s.name(),
+        }
+    }
+
+    fn idempotent(&self) -> bool {
+        match self {
+            Store::Maildir(s) => s.idempotent(),
+            Store::Imap(s) => s.idempotent(),
+        }
+    }
+
+    async fn deliver(&self, copy: SentCopy<'_>) -> Result<Stored, StoreError> {
+        match self {
+            Store::Maildir(s) => s.deliver(copy).await,
+            Store::Imap(s) => s.deliver(copy).await,
+        }
+    }
+
+    async fn release_idle(&self, all: bool) {
+        match self {
+            Store::Maildir(s) => s.release_idle(all).await,
+            Store::Imap(s) => s.release_idle(all).await,
+        }
+    }
+}
+
+/// Splits a mailbox address into local part and domain (the domain is empty without `@`).
+pub fn split_mailbox(mailbox: &str) -> (&str, &str) {
+    mailbox.rsplit_once('@').unwrap_or((mailbox, ""))
+}

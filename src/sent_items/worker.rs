@@ -1,0 +1,528 @@
+//! Delivery workers: drain the spool into the configured store, at least once and without
+//! duplicates.
+//!
+//! A dispatcher task lists the spool (at start-up, whenever [`Delivery::wake`] is called — the
+//! milter does after each commit —, after each finished attempt when nothing else is queued, and
+//! every `scan_interval`), and hands due entries, oldest first, to at most `workers` concurrent
+//! attempts. One attempt:
+//!
+//! 1. read the entry's [`DeliveryState`]; not yet due → come back at `next_attempt_at`;
+//! 2. past `max_age` since its first attempt → `fail` (moved to `failed/`), audit
+//!    `sent_copy_failed`;
+//! 3. for a store that is not idempotent (IMAP), durably record the attempt first
+//!    (`attempts + 1`, `outcome_unknown = true`): if the process dies from here on, the next
+//!    attempt searches the folder before storing again;
+//! 4. deliver; success → `complete` (entry removed), audit `sent_copy_stored`;
+//!    transient failure → back off exponentially with jitter, capped, state written;
+//!    permanent failure, or too many refused logins → `fail`, audit `sent_copy_failed`.
+//!
+//! On shutdown no new attempt starts; running ones get [`Settings::shutdown_grace`] to finish,
+//! then are abandoned — safe, since step 3 makes an abandoned attempt look "outcome unknown".
+
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::spool::{DeliveryState, EntryId, EntryMeta, Spool, SpoolError};
+use super::store::{FailureKind, SentCopy, SentItemsStore, StoreError, Stored};
+use crate::audit::{Audit, AuditEvent, EventKind};
+use crate::config::{RetryConfig, SentItemsConfig};
+
+/// Worker settings (from `sent_items` in the configuration).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Concurrent deliveries.
+    pub workers: usize,
+    /// Give up on an entry this long after its first attempt.
+    pub max_age: Duration,
+    pub retry: RetryConfig,
+    /// Rescan the spool at least this often.
+    pub scan_interval: Duration,
+    /// How long running attempts may go on after shutdown was asked for.
+    pub shutdown_grace: Duration,
+}
+
+impl Settings {
+    /// The settings of a validated configuration.
+    pub fn from_config(config: &SentItemsConfig) -> Settings {
+        Settings {
+            workers: config.workers,
+            max_age: config.max_age,
+            retry: config.retry.clone(),
+            scan_interval: config.scan_interval,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A handle on running workers.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    wake: Arc<Notify>,
+}
+
+impl Delivery {
+    /// Tells the workers that the spool has a new entry (cheap; wake-ups coalesce).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// Starts the dispatcher on `tracker`; it stops when `shutdown` is cancelled, after running
+/// attempts finished or were abandoned, and after the store released its connections.
+pub fn start<S: SentItemsStore>(
+    spool: Spool,
+    store: Arc<S>,
+    audit: Audit,
+    settings: Settings,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> Delivery {
+    let wake = Arc::new(Notify::new());
+    let shared = Arc::new(Shared {
+        spool,
+        store,
+        audit,
+        settings,
+        shutdown,
+        wake: wake.clone(),
+        schedule: Mutex::new(Schedule::default()),
+        jitter: RandomState::new(),
+    });
+    tracker.spawn(dispatch(shared));
+    Delivery { wake }
+}
+
+struct Shared<S> {
+    spool: Spool,
+    store: Arc<S>,
+    audit: Audit,
+    settings: Settings,
+    shutdown: CancellationToken,
+    wake: Arc<Notify>,
+    schedule: Mutex<Schedule>,
+    jitter: RandomState,
+}
+
+/// What the dispatcher knows between scans.
+#[derive(Default)]
+struct Schedule {
+    in_flight: HashSet<EntryId>,
+    /// Entries not to be tried before the given time.
+    deferred: HashMap<EntryId, SystemTime>,
+}
+
+/// How an attempt ended, for the dispatcher.
+enum Next {
+    /// Delivered, failed for good, or gone from the queue.
+    Done,
+    /// Try again at this time.
+    NotBefore(SystemTime),
+}
+
+async fn dispatch<S: SentItemsStore>(shared: Arc<Shared<S>>) {
+    let attempts = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(shared.settings.workers));
+    let mut ready: VecDeque<EntryId> = VecDeque::new();
+    let mut queued: HashSet<EntryId> = HashSet::new();
+    let mut rescan = true;
+    let mut last_scan = tokio::time::Instant::now();
+    tracing::info!(
+        spool = %shared.spool.path().display(),
+        store = shared.store.name(),
+        workers = shared.settings.workers,
+        "Sent Items delivery started"
+    );
+    'run: loop {
+        if shared.shutdown.is_cancelled() {
+            break;
+        }
+        let now = SystemTime::now();
+        if rescan || ready.is_empty() && last_scan.elapsed() >= shared.settings.scan_interval {
+            rescan = false;
+            last_scan = tokio::time::Instant::now();
+            match shared.spool.pending().await {
+                Ok(ids) => {
+                    let present: HashSet<EntryId> = ids.iter().copied().collect();
+                    let schedule = lock(&shared.schedule);
+                    let mut schedule = schedule;
+                    schedule.deferred.retain(|id, _| present.contains(id));
+                    for id in ids {
+                        let due = !schedule.deferred.get(&id).is_some_and(|at| *at > now);
+                        if due && !schedule.in_flight.contains(&id) && queued.insert(id) {
+                            ready.push_back(id);
+                        }
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot list the spool; retrying"),
+            }
+        }
+        {
+            let mut schedule = lock(&shared.schedule);
+            let due: Vec<EntryId> = schedule
+                .deferred
+                .iter()
+                .filter(|(_, at)| **at <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in due {
+                schedule.deferred.remove(&id);
+                if !schedule.in_flight.contains(&id) && queued.insert(id) {
+                    ready.push_back(id);
+                }
+            }
+        }
+        while let Some(id) = ready.pop_front() {
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break 'run,
+                },
+                _ = shared.shutdown.cancelled() => break 'run,
+            };
+            queued.remove(&id);
+            lock(&shared.schedule).in_flight.insert(id);
+            let shared = shared.clone();
+            attempts.spawn(async move {
+                let next = attempt_bounded(&shared, id).await;
+                {
+                    let mut schedule = lock(&shared.schedule);
+                    schedule.in_flight.remove(&id);
+                    if let Some(Next::NotBefore(at)) = next {
+                        schedule.deferred.insert(id, at);
+                    }
+                }
+                drop(permit);
+                shared.wake.notify_one();
+            });
+        }
+        // Sleep until something is due, a wake-up, or the next scan.
+        let next_due = lock(&shared.schedule).deferred.values().min().copied();
+        let mut sleep_for = shared
+            .settings
+            .scan_interval
+            .saturating_sub(last_scan.elapsed());
+        if let Some(at) = next_due {
+            sleep_for = sleep_for.min(at.duration_since(SystemTime::now()).unwrap_or_default());
+        }
+        tokio::select! {
+            _ = shared.wake.notified() => rescan = true,
+            _ = tokio::time::sleep(sleep_for) => {}
+            _ = shared.shutdown.cancelled() => break,
+        }
+        shared.store.release_idle(false).await;
+    }
+    attempts.close();
+    attempts.wait().await;
+    shared.store.release_idle(true).await;
+    tracing::info!("Sent Items delivery stopped");
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The data stays consistent even if a holder panicked (plain inserts and removes).
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One attempt, abandoned when shutdown's grace period runs out (`None` then).
+async fn attempt_bounded<S: SentItemsStore>(shared: &Shared<S>, id: EntryId) -> Option<Next> {
+    let grace = async {
+        shared.shutdown.cancelled().await;
+        tokio::time::sleep(shared.settings.shutdown_grace).await;
+    };
+    tokio::select! {
+        next = attempt(shared, id) => Some(next),
+        _ = grace => {
+            tracing::warn!(entry = %id, "delivery abandoned at shutdown; it will be checked and retried at the next start");
+            None
+        }
+    }
+}
+
+async fn attempt<S: SentItemsStore>(shared: &Shared<S>, id: EntryId) -> Next {
+    let spool = &shared.spool;
+    let retry_later = |what: &str, e: &SpoolError| {
+        tracing::error!(entry = %id, error = %e, "{what}; retrying later");
+        Next::NotBefore(SystemTime::now() + shared.settings.retry.initial)
+    };
+    let mut state = match spool.read_state(&id).await {
+        Ok(state) => state,
+        Err(SpoolError::UnknownEntry { .. }) => return Next::Done,
+        Err(e) if e.is_corrupt() => {
+            // Treat as "maybe stored": the damaged state may have recorded an attempt.
+            tracing::warn!(entry = %id, error = %e, "unreadable delivery state; starting afresh");
+            DeliveryState {
+                outcome_unknown: true,
+                ..DeliveryState::default()
+            }
+        }
+        Err(e) => return retry_later("cannot read delivery state", &e),
+    };
+    let now = SystemTime::now();
+    if let Some(at) = state.next_attempt_at {
+        if at > now {
+            return Next::NotBefore(at);
+        }
+    }
+    let meta = match spool.read_meta(&id).await {
+        Ok(meta) => meta,
+        Err(SpoolError::UnknownEntry { .. }) => return Next::Done,
+        Err(e) if e.is_corrupt() => {
+            give_up(shared, id, None, &state, "corrupt", e.to_string()).await;
+            return Next::Done;
+        }
+        Err(e) => return retry_later("cannot read spool entry", &e),
+    };
+    let first = state.first_attempt.unwrap_or(now);
+    if state.attempts > 0 && age(first, now) >= shared.settings.max_age {
+        let reason = format!(
+            "not delivered within max_age ({}) after {} attempt(s); last error: {}",
+            humantime::format_duration(shared.settings.max_age),
+            state.attempts,
+            state.last_error.as_deref().unwrap_or("none")
+        );
+        give_up(shared, id, Some(&meta), &state, "max_age", reason).await;
+        return Next::Done;
+    }
+    let maybe_stored = state.outcome_unknown;
+    state.attempts += 1;
+    state.first_attempt = Some(first);
+    state.next_attempt_at = None;
+    if !shared.store.idempotent() {
+        state.outcome_unknown = true;
+        if let Err(e) = spool.write_state(&id, &state).await {
+            return match e {
+                SpoolError::UnknownEntry { .. } => Next::Done,
+                e => retry_later("cannot record the attempt", &e),
+            };
+        }
+    }
+    let message = match spool.open_message(&id).await {
+        Ok(message) => message,
+        Err(SpoolError::UnknownEntry { .. }) => return Next::Done,
+        Err(e) => return retry_later("cannot open spooled message", &e),
+    };
+    let copy = SentCopy {
+        id,
+        meta: &meta,
+        message,
+        maybe_stored,
+    };
+    match shared.store.deliver(copy).await {
+        Ok(stored) => {
+            if let Err(e) = spool.complete(&id).await {
+                // Stored but still queued: the next attempt finds it (or, for Maildir,
+                // overwrites the same file), so no duplicate.
+                tracing::error!(entry = %id, error = %e, "copy stored but the spool entry could not be removed");
+                return Next::NotBefore(SystemTime::now() + shared.settings.retry.initial);
+            }
+            record_stored(shared, id, &meta, &state, stored).await;
+            Next::Done
+        }
+        Err(e) => failed_attempt(shared, id, &meta, state, e, now).await,
+    }
+}
+
+async fn failed_attempt<S: SentItemsStore>(
+    shared: &Shared<S>,
+    id: EntryId,
+    meta: &EntryMeta,
+    mut state: DeliveryState,
+    error: StoreError,
+    now: SystemTime,
+) -> Next {
+    let settings = &shared.settings;
+    state.last_error = Some(error.message.clone());
+    state.outcome_unknown = error.outcome_unknown;
+    let first = state.first_attempt.unwrap_or(now);
+    let give_up_reason = match error.kind {
+        FailureKind::Permanent => Some("permanent"),
+        FailureKind::Auth if state.attempts >= settings.retry.auth_failure_attempts => {
+            Some("login_refused")
+        }
+        _ if age(first, SystemTime::now()) >= settings.max_age => Some("max_age"),
+        _ => None,
+    };
+    if let Some(reason) = give_up_reason {
+        // Keep the record of attempts with the entry in failed/.
+        if let Err(e) = shared.spool.write_state(&id, &state).await {
+            tracing::warn!(entry = %id, error = %e, "cannot record the last attempt");
+        }
+        let text = format!(
+            "{} after {} attempt(s): {}",
+            match reason {
+                "permanent" => "permanent failure",
+                "login_refused" => "login refused",
+                _ => "max_age reached",
+            },
+            state.attempts,
+            error.message
+        );
+        give_up(shared, id, Some(meta), &state, reason, text).await;
+        return Next::Done;
+    }
+    let delay = backoff(
+        &settings.retry,
+        state.attempts,
+        jitter_unit(&shared.jitter, &id, state.attempts),
+    );
+    let at = SystemTime::now() + delay;
+    state.next_attempt_at = Some(at);
+    tracing::warn!(
+        entry = %id,
+        mailbox = %meta.mailbox,
+        attempts = state.attempts,
+        retry_in = %humantime::format_duration(Duration::from_secs(delay.as_secs())),
+        outcome_unknown = state.outcome_unknown,
+        error = %error,
+        "Sent Items copy not stored; will retry"
+    );
+    if let Err(e) = shared.spool.write_state(&id, &state).await {
+        tracing::error!(entry = %id, error = %e, "cannot record the failed attempt");
+    }
+    Next::NotBefore(at)
+}
+
+/// Moves the entry to `failed/` and audits `sent_copy_failed`.
+async fn give_up<S: SentItemsStore>(
+    shared: &Shared<S>,
+    id: EntryId,
+    meta: Option<&EntryMeta>,
+    state: &DeliveryState,
+    reason: &'static str,
+    text: String,
+) {
+    tracing::error!(entry = %id, reason, error = %text, "Sent Items copy given up; `submitgate spool retry` puts it back");
+    if let Err(e) = shared.spool.fail(&id, text.clone()).await {
+        tracing::error!(entry = %id, error = %e, "cannot move the entry to failed/");
+    }
+    let mut ev = copy_event(
+        EventKind::SentCopyFailed,
+        shared.store.name(),
+        id,
+        meta,
+        state,
+    );
+    ev.reason = Some(reason);
+    ev.message = Some(text);
+    shared.audit.record(ev).await;
+}
+
+async fn record_stored<S: SentItemsStore>(
+    shared: &Shared<S>,
+    id: EntryId,
+    meta: &EntryMeta,
+    state: &DeliveryState,
+    stored: Stored,
+) {
+    tracing::debug!(entry = %id, mailbox = %meta.mailbox, already = stored.already_stored, "Sent Items copy stored");
+    let mut ev = copy_event(
+        EventKind::SentCopyStored,
+        shared.store.name(),
+        id,
+        Some(meta),
+        state,
+    );
+    if let Some((validity, uid)) = stored.appenduid {
+        ev.uid_validity = Some(validity);
+        ev.uid = Some(uid);
+    }
+    if stored.already_stored {
+        ev.already_stored = Some(true);
+    }
+    shared.audit.record(ev).await;
+}
+
+fn copy_event(
+    kind: EventKind,
+    store: &'static str,
+    id: EntryId,
+    meta: Option<&EntryMeta>,
+    state: &DeliveryState,
+) -> AuditEvent {
+    let mut ev = AuditEvent::new(kind);
+    ev.spool_entry = Some(id.to_string());
+    ev.store = Some(store);
+    ev.attempts = Some(state.attempts);
+    let since = meta.map_or(id.committed_at(), |m| m.submitted_at);
+    ev.delay_ms =
+        Some(u64::try_from(age(since, SystemTime::now()).as_millis()).unwrap_or(u64::MAX));
+    if let Some(meta) = meta {
+        ev.mailbox = Some(meta.mailbox.clone());
+        ev.organization = Some(meta.organization.clone());
+        ev.folder = Some(meta.folder.clone());
+        ev.queue_id = Some(meta.queue_id.clone());
+        ev.message_id = meta.message_id.clone();
+        ev.size = Some(meta.size);
+    }
+    ev
+}
+
+fn age(since: SystemTime, now: SystemTime) -> Duration {
+    now.duration_since(since).unwrap_or_default()
+}
+
+/// A number in `[0, 1)` that differs per process, entry and attempt.
+fn jitter_unit(state: &RandomState, id: &EntryId, attempt: u32) -> f64 {
+    let mut h = state.build_hasher();
+    std::hash::Hash::hash(id, &mut h);
+    h.write_u32(attempt);
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Delay before the attempt after `attempts` failed ones: `initial · 2^(attempts-1)`, capped at
+/// `max`, then "equal jitter": half of it fixed, the other half scaled by `unit` ∈ [0, 1).
+pub fn backoff(retry: &RetryConfig, attempts: u32, unit: f64) -> Duration {
+    let exp = attempts.saturating_sub(1).min(32);
+    let base = retry
+        .initial
+        .checked_mul(1u32 << exp.min(31))
+        .unwrap_or(retry.max)
+        .min(retry.max);
+    let half = base / 2;
+    half + half.mul_f64(unit.clamp(0.0, 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retry() -> RetryConfig {
+        RetryConfig {
+            initial: Duration::from_secs(10),
+            max: Duration::from_secs(600),
+            auth_failure_attempts: 3,
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let r = retry();
+        let top = |n| backoff(&r, n, 0.999_999);
+        let bottom = |n| backoff(&r, n, 0.0);
+        assert_eq!(bottom(1), Duration::from_secs(5));
+        assert!(top(1) <= Duration::from_secs(10) && top(1) > Duration::from_millis(9_999));
+        assert_eq!(bottom(2), Duration::from_secs(10));
+        assert_eq!(bottom(3), Duration::from_secs(20));
+        assert_eq!(bottom(7), Duration::from_secs(300));
+        assert_eq!(bottom(8), Duration::from_secs(300));
+        assert_eq!(bottom(u32::MAX), Duration::from_secs(300));
+        assert!(top(u32::MAX) <= Duration::from_secs(600));
+        assert_eq!(backoff(&r, 0, 0.0), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn jitter_spreads() {
+        let state = RandomState::new();
+        let id: EntryId = "1718022896.000042-4242-7".parse().unwrap();
+        let values: Vec<f64> = (1..50).map(|a| jitter_unit(&state, &id, a)).collect();
+        assert!(values.iter().all(|v| (0.0..1.0).contains(v)));
+        let distinct: HashSet<u64> = values.iter().map(|v| v.to_bits()).collect();
+        assert!(distinct.len() > 40);
+    }
+}
