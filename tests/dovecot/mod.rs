@@ -1,0 +1,479 @@
+//! A private Dovecot for the Sent Items tests (see shared/REAL-PEERS.md): its own config,
+//! loopback port and mail directory under a temp dir; master user `submitgate`. Tests call
+//! [`Dovecot::start`], which returns `None` (after printing a note) where Dovecot is not
+//! installed, so that they pass without it; `tests/dovecot/run.sh` runs them where it is.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime};
+
+use imap_client::client::tokio::Client;
+use imap_client::imap_next::imap_types::fetch::{MessageDataItem, MessageDataItemName};
+use imap_client::imap_next::imap_types::flag::{Flag, FlagFetch};
+use imap_client::imap_next::imap_types::sequence::SequenceSet;
+use submitgate::audit::Audit;
+use submitgate::config::Config;
+use submitgate::sent_items::spool::{EntryId, EntryMeta, Spool};
+use submitgate::sent_items::store::Store;
+use submitgate::sent_items::worker::{self, Delivery, Settings};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The master user's name and secret in every test Dovecot.
+pub const MASTER: &str = "submitgate";
+pub const SECRET: &str = "m4ster-secret";
+
+/// Options for one Dovecot.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `Sent Items` exists for every user (`auto = subscribe`); otherwise APPEND gets TRYCREATE.
+    pub auto_sent: bool,
+    /// `mail_location` root; default `<dir>/mail/%u`.
+    pub mail_location: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            auto_sent: true,
+            mail_location: None,
+        }
+    }
+}
+
+/// A running private Dovecot.
+pub struct Dovecot {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    conf: PathBuf,
+}
+
+/// True (after a note on stderr) when the tests that need Dovecot must be skipped.
+pub fn skip(test: &str) -> bool {
+    let found = Path::new("/usr/sbin/dovecot").exists()
+        || Command::new("dovecot").arg("--version").output().is_ok();
+    if !found {
+        eprintln!(
+            "note: {test}: dovecot is not installed; skipped (tests/dovecot/run.sh installs it)"
+        );
+    }
+    !found
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl Dovecot {
+    /// Starts Dovecot, or returns `None` when it is not installed.
+    pub fn start(test: &str, options: Options) -> Option<Dovecot> {
+        if skip(test) {
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("sgd")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let root = dir.path();
+        chmod(root, 0o755);
+        let mail = root.join("mail");
+        std::fs::create_dir_all(&mail).expect("mail dir");
+        chown_vmail(&mail);
+        let port = free_port();
+        let mail_location = options
+            .mail_location
+            .clone()
+            .unwrap_or_else(|| format!("maildir:{}/%u", mail.display()));
+        std::fs::write(
+            root.join("master.passwd"),
+            format!("{MASTER}:{{PLAIN}}{SECRET}\n"),
+        )
+        .expect("master passwd");
+        let sent = if options.auto_sent {
+            "mailbox \"Sent Items\" {\n    special_use = \\Sent\n    auto = subscribe\n  }"
+        } else {
+            ""
+        };
+        let conf = root.join("dovecot.conf");
+        let text = format!(
+            r#"base_dir = {root}/run
+state_dir = {root}/state
+log_path = {root}/dovecot.log
+info_log_path = {root}/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+auth_failure_delay = 0
+auth_master_user_separator = *
+default_login_user = dovenull
+default_internal_user = dovecot
+mail_uid = vmail
+mail_gid = vmail
+first_valid_uid = 1
+first_valid_gid = 1
+mail_location = {mail_location}
+passdb {{
+  driver = passwd-file
+  args = {root}/master.passwd
+  master = yes
+  result_success = continue
+}}
+passdb {{
+  driver = static
+  args = password=user-secret
+}}
+userdb {{
+  driver = static
+  args = uid=vmail gid=vmail home={mail}/%u
+}}
+namespace inbox {{
+  inbox = yes
+  separator = /
+  {sent}
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service stats {{
+  unix_listener stats-writer {{
+    mode = 0666
+  }}
+}}
+"#,
+            root = root.display(),
+            mail = mail.display(),
+        );
+        std::fs::write(&conf, text).expect("dovecot.conf");
+        let d = Dovecot { dir, port, conf };
+        d.run_master();
+        Some(d)
+    }
+
+    fn run_master(&self) {
+        // The daemon keeps inherited descriptors open: give it none to wait on.
+        let errors = self.dir.path().join("dovecot.stderr");
+        let status = Command::new("dovecot")
+            .arg("-c")
+            .arg(&self.conf)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&errors).expect("stderr file"))
+            .status()
+            .expect("run dovecot");
+        assert!(
+            status.success(),
+            "dovecot failed to start: {}\n{}",
+            std::fs::read_to_string(&errors).unwrap_or_default(),
+            self.log()
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "dovecot not listening:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server (the mail stays).
+    pub fn stop(&self) {
+        let _ = Command::new("doveadm")
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("stop")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            || self.dir.path().join("run/master.pid").exists()
+        {
+            if Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts it again after [`Dovecot::stop`].
+    pub fn restart(&self) {
+        self.run_master();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("dovecot.log")).unwrap_or_default()
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Writes the master secret (or any text) to a file and returns its path.
+    pub fn secret_file(&self, secret: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("secret-{}", secret.len()));
+        std::fs::write(&path, format!("{secret}\n")).expect("secret file");
+        path
+    }
+
+    /// A `sent_items.store` YAML flow mapping for this server.
+    pub fn store_yaml(&self, login: &str, secret_file: &Path) -> String {
+        format!(
+            "{{ backend: imap, address: \"{}\", tls: none, login: {login}, master_user: {MASTER}, master_password_file: \"{}\", timeout: 10s }}",
+            self.address(),
+            secret_file.display()
+        )
+    }
+
+    /// Every message in `folder` of `user`, fetched over IMAP as the master user: body and
+    /// whether it is `\Seen`, in UID order.
+    pub async fn fetch(&self, user: &str, folder: &str) -> Vec<(Vec<u8>, bool)> {
+        fetch(self.port, user, folder).await
+    }
+
+    /// Whether `folder` is subscribed for `user`.
+    pub fn subscribed(&self, user: &str, folder: &str) -> bool {
+        let out = Command::new("doveadm")
+            .arg("-c")
+            .arg(&self.conf)
+            .args(["mailbox", "list", "-s", "-u", user])
+            .output()
+            .expect("doveadm mailbox list");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.trim() == folder)
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Fetches every message of a folder over IMAP (master user login).
+pub async fn fetch(port: u16, user: &str, folder: &str) -> Vec<(Vec<u8>, bool)> {
+    let mut client = Client::insecure("127.0.0.1", port).await.expect("connect");
+    client
+        .login(format!("{user}*{MASTER}"), SECRET)
+        .await
+        .expect("login");
+    let selected = client.examine(folder).await;
+    if selected.is_err() {
+        return Vec::new();
+    }
+    let items = vec![
+        MessageDataItemName::BodyExt {
+            section: None,
+            partial: None,
+            peek: true,
+        },
+        MessageDataItemName::Flags,
+    ];
+    let set = SequenceSet::try_from("1:*").expect("sequence set");
+    let mut found: Vec<_> = client
+        .uid_fetch(set, items.into())
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    found.sort_by_key(|(uid, _)| *uid);
+    found
+        .into_iter()
+        .map(|(_, items)| {
+            let mut body = Vec::new();
+            let mut seen = false;
+            for item in items.into_iter() {
+                match item {
+                    MessageDataItem::BodyExt { data, .. } => {
+                        if let Some(s) = data.0 {
+                            body = s.as_ref().to_vec();
+                        }
+                    }
+                    MessageDataItem::Flags(flags) => {
+                        seen = flags
+                            .iter()
+                            .any(|f| matches!(f, FlagFetch::Flag(Flag::Seen)));
+                    }
+                    _ => {}
+                }
+            }
+            (body, seen)
+        })
+        .collect()
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// Gives a directory tree to the `vmail` user Dovecot's mail processes run as.
+pub fn chown_vmail(path: &Path) {
+    let status = Command::new("chown")
+        .args(["-R", "vmail:vmail"])
+        .arg(path)
+        .status()
+        .expect("chown");
+    assert!(status.success(), "chown vmail {}", path.display());
+}
+
+/// A test message of about `size` bytes with a unique Message-ID.
+pub fn message(n: usize, size: usize) -> (Vec<u8>, String) {
+    let message_id = format!("<test-{n}-{}@contoso.com>", std::process::id());
+    let mut m = format!(
+        "From: alice@contoso.com\r\nTo: bob@example.org\r\nSubject: copy {n}\r\nMessage-ID: {message_id}\r\nDate: Mon, 10 Jun 2024 12:34:56 +0000\r\n\r\n"
+    )
+    .into_bytes();
+    let mut line = 0;
+    while m.len() + 2 < size {
+        let text =
+            format!("line {line} of message {n}: caf\u{e9} 8-bit body text ............\r\n");
+        m.extend_from_slice(text.as_bytes());
+        line += 1;
+    }
+    (m, message_id)
+}
+
+/// Commits one message for `mailbox` to the spool.
+pub async fn commit(spool: &Spool, mailbox: &str, body: &[u8], message_id: &str) -> EntryId {
+    let mut w = spool.begin();
+    w.write(body).await.expect("spool write");
+    w.commit(EntryMeta {
+        mailbox: mailbox.into(),
+        organization: "contoso".into(),
+        folder: "Sent Items".into(),
+        queue_id: "4TestQ1".into(),
+        message_id: Some(message_id.into()),
+        sender: mailbox.into(),
+        recipients: vec!["bob@example.org".into()],
+        submitted_at: SystemTime::now(),
+        size: 0,
+    })
+    .await
+    .expect("spool commit")
+}
+
+/// Waits until `check` holds, up to `limit`.
+pub async fn wait_for<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// JSON lines of an audit log.
+pub fn audit_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Delivery workers running in the test process over a fresh spool.
+pub struct Rig {
+    pub dir: tempfile::TempDir,
+    pub spool: Spool,
+    pub delivery: Delivery,
+    pub audit: Audit,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    writer: Option<submitgate::audit::AuditWriter>,
+}
+
+impl Rig {
+    /// Starts workers for a `sent_items` YAML body (without `spool:`, which the rig sets).
+    pub fn start(sent_items: &str) -> Rig {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool_dir = dir.path().join("spool");
+        let text = format!(
+            "policy: [\"inet:127.0.0.1:0\"]\naudit: {{ path: \"{}\" }}\nsent_items:\n  spool: \"{}\"\n{sent_items}",
+            dir.path().join("audit.log").display(),
+            spool_dir.display()
+        );
+        let config = Config::parse(&dir.path().join("submitgate.yaml"), &text)
+            .unwrap_or_else(|e| panic!("config: {e}\n{text}"));
+        let spool = Spool::open(&spool_dir).expect("spool");
+        let store = Store::from_config(&config.sent_items.store).expect("store");
+        let (audit, writer) = Audit::start(&config.audit).expect("audit");
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let delivery = worker::start(
+            spool.clone(),
+            std::sync::Arc::new(store),
+            audit.clone(),
+            Settings::from_config(&config.sent_items),
+            shutdown.clone(),
+            &tracker,
+        );
+        Rig {
+            dir,
+            spool,
+            delivery,
+            audit,
+            shutdown,
+            tracker,
+            writer: Some(writer),
+        }
+    }
+
+    /// Commits a message and wakes the workers.
+    pub async fn commit(&self, mailbox: &str, body: &[u8], message_id: &str) -> EntryId {
+        let id = commit(&self.spool, mailbox, body, message_id).await;
+        self.delivery.wake();
+        id
+    }
+
+    /// Waits until the queue is empty.
+    pub async fn drained(&self, limit: Duration) {
+        let spool = self.spool.clone();
+        wait_for(limit, "the spool to drain", move || {
+            let spool = spool.clone();
+            async move { spool.pending().await.map(|p| p.is_empty()).unwrap_or(false) }
+        })
+        .await;
+    }
+
+    /// Audit events so far.
+    pub async fn events(&self) -> Vec<serde_json::Value> {
+        self.audit.flush().await;
+        audit_lines(&self.dir.path().join("audit.log"))
+    }
+
+    /// Stops the workers and the audit writer.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+        let writer = self.writer.take();
+        drop(self.delivery);
+        drop(self.audit);
+        if let Some(w) = writer {
+            w.finish().await;
+        }
+    }
+}

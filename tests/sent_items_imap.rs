@@ -1,0 +1,276 @@
+//! Sent Items delivery into a real Dovecot over IMAP: both login modes, byte-identical `\Seen`
+//! copies, TRYCREATE, a wrong master secret, an outage, and a connection cut right after the
+//! APPEND (through a small proxy in the test). Skipped, with a note, without Dovecot.
+
+mod dovecot;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dovecot::{message, Dovecot, Options, Rig, SECRET};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const ALICE: &str = "alice@contoso.com";
+const FAST_RETRY: &str =
+    "  retry: { initial: 100ms, max: 300ms, auth_failure_attempts: 2 }\n  scan_interval: 200ms\n";
+
+async fn delivers_in_mode(login: &str) {
+    let Some(dovecot) = Dovecot::start(login, Options::default()) else {
+        return;
+    };
+    let secret = dovecot.secret_file(SECRET);
+    let rig = Rig::start(&format!(
+        "  store: {}\n{FAST_RETRY}",
+        dovecot.store_yaml(login, &secret)
+    ));
+    let mut sent = Vec::new();
+    for n in 0..3 {
+        let (body, mid) = message(n, 10 * 1024);
+        rig.commit(ALICE, &body, &mid).await;
+        sent.push((body, mid));
+    }
+    // 8-bit and a bare, unusual but legal layout survive too.
+    let odd =
+        b"Subject: odd\r\nMessage-ID: <odd@contoso.com>\r\n\r\n\xff\xfe binary-ish\r\n.\r\n..\r\n"
+            .to_vec();
+    rig.commit(ALICE, &odd, "<odd@contoso.com>").await;
+    sent.push((odd, "<odd@contoso.com>".into()));
+    rig.drained(Duration::from_secs(20)).await;
+
+    let stored = dovecot.fetch(ALICE, "Sent Items").await;
+    assert_eq!(stored.len(), sent.len(), "{}", dovecot.log());
+    for (body, _) in &sent {
+        let found: Vec<_> = stored.iter().filter(|(b, _)| b == body).collect();
+        assert_eq!(found.len(), 1, "one byte-identical copy");
+        assert!(found[0].1, "copy is \\Seen");
+    }
+    let events = rig.events().await;
+    let stored_events: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "sent_copy_stored")
+        .collect();
+    assert_eq!(stored_events.len(), sent.len());
+    for e in &stored_events {
+        assert_eq!(e["mailbox"], ALICE);
+        assert_eq!(e["folder"], "Sent Items");
+        assert_eq!(e["store"], "imap");
+        assert_eq!(e["attempts"], 1);
+        assert!(e["uid"].as_u64().is_some(), "APPENDUID reported: {e}");
+        assert!(e["uid_validity"].as_u64().is_some());
+        assert!(e["message_id"].as_str().is_some());
+    }
+    assert!(
+        !dovecot.log().contains(SECRET),
+        "the secret never appears in logs"
+    );
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn delivers_with_master_user_login() {
+    delivers_in_mode("master_user").await;
+}
+
+#[tokio::test]
+async fn delivers_with_sasl_authzid() {
+    delivers_in_mode("sasl_authzid").await;
+}
+
+#[tokio::test]
+async fn missing_folder_is_created_after_trycreate() {
+    let Some(dovecot) = Dovecot::start(
+        "missing_folder_is_created_after_trycreate",
+        Options {
+            auto_sent: false,
+            ..Options::default()
+        },
+    ) else {
+        return;
+    };
+    assert!(dovecot.fetch(ALICE, "Sent Items").await.is_empty());
+    let secret = dovecot.secret_file(SECRET);
+    let rig = Rig::start(&format!(
+        "  store: {}\n{FAST_RETRY}",
+        dovecot.store_yaml("master_user", &secret)
+    ));
+    let (body, mid) = message(1, 2048);
+    rig.commit(ALICE, &body, &mid).await;
+    rig.drained(Duration::from_secs(20)).await;
+    let stored = dovecot.fetch(ALICE, "Sent Items").await;
+    assert_eq!(stored, vec![(body, true)]);
+    assert!(dovecot.subscribed(ALICE, "Sent Items"), "folder subscribed");
+    let events = rig.events().await;
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "sent_copy_stored" && e["attempts"] == 1));
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_master_secret_is_retried_then_failed() {
+    let Some(dovecot) = Dovecot::start(
+        "wrong_master_secret_is_retried_then_failed",
+        Options::default(),
+    ) else {
+        return;
+    };
+    let secret = dovecot.secret_file("not-the-secret");
+    let rig = Rig::start(&format!(
+        "  store: {}\n{FAST_RETRY}",
+        dovecot.store_yaml("master_user", &secret)
+    ));
+    let (body, mid) = message(1, 1024);
+    let id = rig.commit(ALICE, &body, &mid).await;
+    rig.drained(Duration::from_secs(20)).await;
+    let failed = rig.spool.list(true).await.expect("list failed");
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].id, id);
+    assert_eq!(failed[0].attempts, 2, "retried once before giving up");
+    let reason = failed[0].last_error.clone().unwrap_or_default();
+    assert!(reason.contains("AUTHENTICATIONFAILED"), "{reason}");
+    assert!(reason.contains("login refused"), "{reason}");
+    assert!(
+        !reason.contains("not-the-secret"),
+        "secret not in the reason"
+    );
+    let events = rig.events().await;
+    let failed_ev: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "sent_copy_failed")
+        .collect();
+    assert_eq!(failed_ev.len(), 1);
+    assert_eq!(failed_ev[0]["reason"], "login_refused");
+    assert!(dovecot.fetch(ALICE, "Sent Items").await.is_empty());
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn outage_is_ridden_out_and_each_copy_stored_once() {
+    let Some(dovecot) = Dovecot::start(
+        "outage_is_ridden_out_and_each_copy_stored_once",
+        Options::default(),
+    ) else {
+        return;
+    };
+    let secret = dovecot.secret_file(SECRET);
+    dovecot.stop();
+    let rig = Rig::start(&format!(
+        "  store: {}\n{FAST_RETRY}",
+        dovecot.store_yaml("master_user", &secret)
+    ));
+    let mut sent = Vec::new();
+    for n in 0..5 {
+        let (body, mid) = message(n, 4096);
+        rig.commit(ALICE, &body, &mid).await;
+        sent.push(body);
+    }
+    // Let every entry fail at least once.
+    let spool = rig.spool.clone();
+    dovecot::wait_for(Duration::from_secs(10), "failed attempts", move || {
+        let spool = spool.clone();
+        async move {
+            spool
+                .list(false)
+                .await
+                .map(|l| {
+                    l.len() == 5 && l.iter().all(|e| e.attempts >= 1 && e.last_error.is_some())
+                })
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    let queued = rig.spool.list(false).await.expect("list");
+    assert!(queued[0]
+        .last_error
+        .as_deref()
+        .unwrap_or_default()
+        .contains("cannot connect"));
+    dovecot.restart();
+    rig.drained(Duration::from_secs(20)).await;
+    let stored = dovecot.fetch(ALICE, "Sent Items").await;
+    assert_eq!(stored.len(), 5);
+    for body in &sent {
+        assert_eq!(
+            stored.iter().filter(|(b, seen)| b == body && *seen).count(),
+            1
+        );
+    }
+    assert!(rig.spool.list(true).await.expect("failed").is_empty());
+    rig.stop().await;
+}
+
+/// Forwards to `upstream`; while `armed`, drops both sides instead of passing on the server's
+/// answer to an APPEND — the copy is stored, the client cannot know.
+async fn cutting_proxy(upstream: u16, armed: Arc<AtomicBool>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let armed = armed.clone();
+            tokio::spawn(async move {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                });
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match sr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let chunk = &buf[..n];
+                    let is_append_ok = chunk
+                        .windows(16)
+                        .any(|w| w.eq_ignore_ascii_case(b"Append completed"));
+                    if is_append_ok && armed.swap(false, Ordering::SeqCst) {
+                        break;
+                    }
+                    if cw.write_all(chunk).await.is_err() {
+                        break;
+                    }
+                }
+                up.abort();
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn connection_cut_after_append_gives_exactly_one_copy() {
+    let Some(dovecot) = Dovecot::start(
+        "connection_cut_after_append_gives_exactly_one_copy",
+        Options::default(),
+    ) else {
+        return;
+    };
+    let armed = Arc::new(AtomicBool::new(true));
+    let proxy = cutting_proxy(dovecot.port, armed.clone()).await;
+    let secret = dovecot.secret_file(SECRET);
+    let rig = Rig::start(&format!(
+        "  store: {{ backend: imap, address: \"127.0.0.1:{proxy}\", tls: none, login: master_user, master_user: {}, master_password_file: \"{}\", timeout: 10s }}\n{FAST_RETRY}",
+        dovecot::MASTER,
+        secret.display()
+    ));
+    let (body, mid) = message(7, 10 * 1024);
+    rig.commit(ALICE, &body, &mid).await;
+    rig.drained(Duration::from_secs(20)).await;
+    assert!(!armed.load(Ordering::SeqCst), "the proxy cut a connection");
+    let stored = dovecot.fetch(ALICE, "Sent Items").await;
+    assert_eq!(stored, vec![(body, true)], "exactly one copy");
+    let events = rig.events().await;
+    let ev: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "sent_copy_stored")
+        .collect();
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0]["already_stored"], true, "{}", ev[0]);
+    assert_eq!(ev[0]["attempts"], 2);
+    rig.stop().await;
+}
