@@ -30,7 +30,8 @@ pub const SECRET: &str = "m4ster-secret";
 pub struct Options {
     /// `Sent Items` exists for every user (`auto = subscribe`); otherwise APPEND gets TRYCREATE.
     pub auto_sent: bool,
-    /// `mail_location` root; default `<dir>/mail/%u`.
+    /// `mail_location`, where `{mail}` stands for the mail directory; default
+    /// `maildir:{mail}/%u`.
     pub mail_location: Option<String>,
 }
 
@@ -87,7 +88,8 @@ impl Dovecot {
         let port = free_port();
         let mail_location = options
             .mail_location
-            .clone()
+            .as_deref()
+            .map(|m| m.replace("{mail}", &mail.display().to_string()))
             .unwrap_or_else(|| format!("maildir:{}/%u", mail.display()));
         std::fs::write(
             root.join("master.passwd"),
@@ -214,6 +216,11 @@ service stats {{
     /// Starts it again after [`Dovecot::stop`].
     pub fn restart(&self) {
         self.run_master();
+    }
+
+    /// The directory that holds the mail (owned by `vmail`).
+    pub fn mail_dir(&self) -> PathBuf {
+        self.dir.path().join("mail")
     }
 
     pub fn log(&self) -> String {

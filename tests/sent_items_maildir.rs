@@ -1,0 +1,142 @@
+//! Sent Items delivery into Maildir++: one `:2,S` file per entry, byte-identical, idempotent
+//! after a crash; and a real Dovecot reading that Maildir lists the copy `\Seen` (skipped,
+//! with a note, without Dovecot).
+
+mod dovecot;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dovecot::{message, Dovecot, Options, Rig};
+use submitgate::sent_items::spool::Spool;
+use submitgate::sent_items::store::maildir::MaildirStore;
+use submitgate::sent_items::store::{SentCopy, SentItemsStore};
+
+const ALICE: &str = "alice@contoso.com";
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn committed_entry_becomes_one_seen_file() {
+    let mail = tempfile::tempdir().expect("tempdir");
+    let rig = Rig::start(&format!(
+        "  store: {{ backend: maildir, root: \"{}/{{domain}}/{{local}}/Maildir\" }}\n",
+        mail.path().display()
+    ));
+    let (body, mid) = message(1, 10 * 1024);
+    let id = rig.commit(ALICE, &body, &mid).await;
+    rig.drained(Duration::from_secs(10)).await;
+
+    let folder = mail.path().join("contoso.com/alice/Maildir/.Sent Items");
+    let cur = files(&folder.join("cur"));
+    assert_eq!(cur.len(), 1, "{cur:?}");
+    let name = cur[0]
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    assert!(name.ends_with(":2,S"), "{name}");
+    assert!(name.contains(&format!(",S={}", body.len())), "{name}");
+    assert_eq!(
+        std::fs::read(&cur[0]).expect("read"),
+        body,
+        "byte-identical"
+    );
+    assert!(files(&folder.join("new")).is_empty());
+    assert!(files(&folder.join("tmp")).is_empty());
+    assert!(folder.join("maildirfolder").exists());
+    for sub in ["cur", "new", "tmp"] {
+        assert!(mail
+            .path()
+            .join("contoso.com/alice/Maildir")
+            .join(sub)
+            .is_dir());
+    }
+    let events = rig.events().await;
+    let stored: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "sent_copy_stored")
+        .collect();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0]["store"], "maildir");
+    assert_eq!(stored[0]["spool_entry"], id.to_string());
+    assert_eq!(stored[0]["message_id"], mid);
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn delivering_the_same_entry_again_leaves_one_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = Spool::open(dir.path().join("spool")).expect("spool");
+    let (body, mid) = message(2, 3000);
+    let id = dovecot::commit(&spool, ALICE, &body, &mid).await;
+    let meta = spool.read_meta(&id).await.expect("meta");
+    let store = MaildirStore::new(format!("{}/m/{{mailbox}}", dir.path().display()));
+    // As after a crash between the rename and the spool's complete(): same entry again, both
+    // as a fresh attempt and as one whose outcome is unknown.
+    for maybe_stored in [false, false, true] {
+        let copy = SentCopy {
+            id,
+            meta: &meta,
+            message: spool.open_message(&id).await.expect("message"),
+            maybe_stored,
+        };
+        let stored = store.deliver(copy).await.expect("deliver");
+        assert_eq!(stored.already_stored, maybe_stored);
+    }
+    let cur = files(&dir.path().join("m/alice@contoso.com/.Sent Items/cur"));
+    assert_eq!(cur.len(), 1, "{cur:?}");
+    assert_eq!(std::fs::read(&cur[0]).expect("read"), body);
+}
+
+#[tokio::test]
+async fn unusable_mailbox_names_fail_permanently() {
+    let mail = tempfile::tempdir().expect("tempdir");
+    let rig = Rig::start(&format!(
+        "  store: {{ backend: maildir, root: \"{}/{{domain}}/{{local}}/Maildir\" }}\n",
+        mail.path().display()
+    ));
+    let (body, mid) = message(3, 100);
+    rig.commit("../../etc@contoso.com", &body, &mid).await;
+    rig.drained(Duration::from_secs(10)).await;
+    let failed = rig.spool.list(true).await.expect("failed");
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0]
+        .last_error
+        .as_deref()
+        .unwrap_or_default()
+        .contains("cannot be used in a path"));
+    assert!(files(mail.path()).is_empty(), "nothing written anywhere");
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn dovecot_lists_the_maildir_copy_as_seen() {
+    let Some(dovecot) = Dovecot::start(
+        "dovecot_lists_the_maildir_copy_as_seen",
+        Options {
+            auto_sent: false,
+            mail_location: Some("maildir:{mail}/%d/%n/Maildir".into()),
+        },
+    ) else {
+        return;
+    };
+    let rig = Rig::start(&format!(
+        "  store: {{ backend: maildir, root: \"{}/{{domain}}/{{local}}/Maildir\" }}\n",
+        dovecot.mail_dir().display()
+    ));
+    let (body, mid) = message(4, 10 * 1024);
+    rig.commit(ALICE, &body, &mid).await;
+    rig.drained(Duration::from_secs(10)).await;
+    rig.stop().await;
+    // submitgate runs as the mail user in production; here the test runs as root.
+    dovecot::chown_vmail(&dovecot.mail_dir());
+    let stored = dovecot.fetch(ALICE, "Sent Items").await;
+    assert_eq!(stored, vec![(body, true)], "{}", dovecot.log());
+}
