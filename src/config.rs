@@ -1015,6 +1015,134 @@ replies:
     }
 
     #[test]
+    fn imap_store_and_delivery_settings() {
+        let c = parse(
+            "policy: [\"inet:127.0.0.1:1\"]
+sent_items:
+  spool: /var/spool/submitgate
+  workers: 8
+  max_age: 2d
+  retry: { initial: 30s, max: 1h, auth_failure_attempts: 5 }
+  store:
+    backend: imap
+    address: \"imap.contoso.com:993\"
+    tls: implicit
+    ca_file: /etc/ssl/contoso-ca.pem
+    login: sasl_authzid
+    master_user: submitgate
+    master_password_file: /etc/submitgate/imap.secret
+    idle_timeout: 10s
+",
+        )
+        .unwrap();
+        let si = &c.sent_items;
+        assert!(si.configured);
+        assert_eq!(si.workers, 8);
+        assert_eq!(si.max_age, Duration::from_secs(2 * 86400));
+        assert_eq!(si.retry.initial, Duration::from_secs(30));
+        assert_eq!(si.retry.max, Duration::from_secs(3600));
+        assert_eq!(si.retry.auth_failure_attempts, 5);
+        let StoreConfig::Imap(imap) = &si.store else {
+            panic!("imap expected: {:?}", si.store);
+        };
+        assert_eq!(imap.host, "imap.contoso.com");
+        assert_eq!(imap.port, 993);
+        assert_eq!(imap.tls, ImapTls::Implicit);
+        assert_eq!(imap.tls_server_name, "imap.contoso.com");
+        assert!(imap.tls_verify);
+        assert_eq!(imap.login, ImapLogin::SaslAuthzid);
+        assert_eq!(imap.master_separator, "*");
+        assert_eq!(imap.idle_timeout, Duration::from_secs(10));
+        assert_eq!(imap.timeout, Duration::from_secs(60));
+
+        let c = parse("policy: [\"inet:127.0.0.1:1\"]\nsent_items: { store: { backend: imap, address: \"[::1]:143\", master_user: m, master_password_file: /s } }\n").unwrap();
+        let StoreConfig::Imap(imap) = &c.sent_items.store else {
+            panic!("imap expected");
+        };
+        assert_eq!((imap.host.as_str(), imap.port), ("::1", 143));
+        assert_eq!(imap.tls, ImapTls::Starttls, "STARTTLS by default");
+        assert_eq!(imap.login, ImapLogin::MasterUser);
+
+        let c = parse("policy: [\"inet:127.0.0.1:1\"]\n").unwrap();
+        assert!(!c.sent_items.configured);
+        assert_eq!(c.sent_items.workers, 4);
+        assert_eq!(c.sent_items.max_age, Duration::from_secs(5 * 86400));
+    }
+
+    #[test]
+    fn sent_items_errors_all_at_once_with_positions() {
+        let text = "\
+policy: [\"inet:127.0.0.1:1\"]
+sent_items:
+  workers: 0
+  max_age: forever
+  retry: { initial: 1m, max: 10s }
+  store:
+    backend: imap
+    address: \"imap.contoso.com\"
+    tls: sometimes
+    login: kerberos
+    root: /var/mail/{local}
+    timeout: 1ms
+";
+        let e = parse(text).unwrap_err();
+        let s = e.to_string();
+        for expected in [
+            "sg.yaml:3:12: sent_items.workers: 0 is not between 1 and 256",
+            "sg.yaml:4:12: sent_items.max_age",
+            "sg.yaml:5:30: sent_items.retry.max: 10s is shorter than retry.initial (1m)",
+            "sg.yaml:8:14: sent_items.store.address",
+            "sg.yaml:9:10: sent_items.store.tls: unknown TLS mode \"sometimes\"",
+            "sg.yaml:10:12: sent_items.store.login: unknown login mode \"kerberos\"",
+            "sg.yaml:11:11: sent_items.store.root: applies to the maildir backend only",
+            "sg.yaml:12:14: sent_items.store.timeout",
+            "sent_items.store: the imap backend needs `master_user`",
+            "sent_items.store: the imap backend needs `master_password_file`",
+        ] {
+            assert!(s.contains(expected), "missing {expected:?} in:\n{s}");
+        }
+
+        let e = parse("policy: [\"inet:127.0.0.1:1\"]\nsent_items:\n  store: { backend: maildir, tls: none, master_user: x }\n").unwrap_err();
+        let s = e.to_string();
+        assert!(
+            s.contains("sent_items.store.tls: applies to the imap backend only"),
+            "{s}"
+        );
+        assert!(
+            s.contains("sent_items.store.master_user: applies to the imap backend only"),
+            "{s}"
+        );
+
+        let e = parse("policy: [\"inet:127.0.0.1:1\"]\nsent_items: { store: { backend: imap, address: \"127.0.0.1:143\", tls: none, ca_file: /ca.pem, master_user: m, master_password_file: /s } }\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("sent_items.store.ca_file: has no effect with tls: none"),
+            "{e}"
+        );
+        let e = parse("policy: [\"inet:127.0.0.1:1\"]\nsent_items: { store: { backend: pop3 } }\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("expected maildir or imap"), "{e}");
+    }
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(
+            parse_host_port("127.0.0.1:143").unwrap(),
+            ("127.0.0.1".into(), 143)
+        );
+        assert_eq!(parse_host_port("[::1]:993").unwrap(), ("::1".into(), 993));
+        assert_eq!(
+            parse_host_port("imap.example.com:993").unwrap(),
+            ("imap.example.com".into(), 993)
+        );
+        for bad in [
+            "imap", "::1:143", ":143", "h:0", "h:70000", "[::1:143", "a b:1",
+        ] {
+            assert!(parse_host_port(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn reply_validation() {
         assert!(SmtpReply::from_str("421 4.3.2 busy").is_ok());
         assert!(SmtpReply::from_str("550 5.7.1 no").is_ok());

@@ -123,6 +123,7 @@ async fn dovecot_lists_the_maildir_copy_as_seen() {
         Options {
             auto_sent: false,
             mail_location: Some("maildir:{mail}/%d/%n/Maildir".into()),
+            ..Options::default()
         },
     ) else {
         return;

@@ -33,6 +33,9 @@ pub struct Options {
     /// `mail_location`, where `{mail}` stands for the mail directory; default
     /// `maildir:{mail}/%u`.
     pub mail_location: Option<String>,
+    /// Serve TLS (STARTTLS on the imap port, implicit on [`Dovecot::imaps_port`]) with a
+    /// certificate for `localhost`/`127.0.0.1` from a test CA (`<dir>/ca.pem`).
+    pub tls: bool,
 }
 
 impl Default for Options {
@@ -40,6 +43,7 @@ impl Default for Options {
         Options {
             auto_sent: true,
             mail_location: None,
+            tls: false,
         }
     }
 }
@@ -48,6 +52,8 @@ impl Default for Options {
 pub struct Dovecot {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    /// Implicit TLS port (0 without [`Options::tls`]).
+    pub imaps_port: u16,
     conf: PathBuf,
 }
 
@@ -76,6 +82,7 @@ impl Dovecot {
         if skip(test) {
             return None;
         }
+        ensure_vmail();
         let dir = tempfile::Builder::new()
             .prefix("sgd")
             .tempdir_in("/tmp")
@@ -96,6 +103,18 @@ impl Dovecot {
             format!("{MASTER}:{{PLAIN}}{SECRET}\n"),
         )
         .expect("master passwd");
+        let (ssl, imaps_port) = if options.tls {
+            make_certificates(root);
+            (
+                format!(
+                    "ssl = yes\nssl_cert = <{root}/server.pem\nssl_key = <{root}/server.key\n",
+                    root = root.display()
+                ),
+                free_port(),
+            )
+        } else {
+            ("ssl = no\n".to_string(), 0)
+        };
         let sent = if options.auto_sent {
             "mailbox \"Sent Items\" {\n    special_use = \\Sent\n    auto = subscribe\n  }"
         } else {
@@ -109,8 +128,7 @@ log_path = {root}/dovecot.log
 info_log_path = {root}/dovecot.log
 protocols = imap
 listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
+{ssl}disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_failure_delay = 0
 auth_master_user_separator = *
@@ -146,7 +164,8 @@ service imap-login {{
     port = {port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = 127.0.0.1
+    port = {imaps_port}
   }}
 }}
 service stats {{
@@ -159,7 +178,12 @@ service stats {{
             mail = mail.display(),
         );
         std::fs::write(&conf, text).expect("dovecot.conf");
-        let d = Dovecot { dir, port, conf };
+        let d = Dovecot {
+            dir,
+            port,
+            imaps_port,
+            conf,
+        };
         d.run_master();
         Some(d)
     }
@@ -325,6 +349,26 @@ pub async fn fetch(port: u16, user: &str, folder: &str) -> Vec<(Vec<u8>, bool)> 
         .collect()
 }
 
+/// Creates the `vmail` system user Dovecot's mail processes run as, when missing.
+fn ensure_vmail() {
+    let known = Command::new("getent")
+        .args(["passwd", "vmail"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !known {
+        let _ = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "vmail",
+            ])
+            .status();
+    }
+}
+
 fn chmod(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
@@ -483,4 +527,70 @@ impl Rig {
             w.finish().await;
         }
     }
+}
+
+/// A test CA and a server certificate for `localhost` and `127.0.0.1`, made with openssl.
+fn make_certificates(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n",
+    )
+    .expect("ext.cnf");
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=submitgate-test-ca",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
 }
