@@ -459,7 +459,11 @@ pub struct Rig {
 impl Rig {
     /// Starts workers for a `sent_items` YAML body (without `spool:`, which the rig sets).
     pub fn start(sent_items: &str) -> Rig {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Rig::start_in(tempfile::tempdir().expect("tempdir"), sent_items)
+    }
+
+    /// Like [`Rig::start`], with the spool at `<dir>/spool` (which may already hold entries).
+    pub fn start_in(dir: tempfile::TempDir, sent_items: &str) -> Rig {
         let spool_dir = dir.path().join("spool");
         let text = format!(
             "policy: [\"inet:127.0.0.1:0\"]\naudit: {{ path: \"{}\" }}\nsent_items:\n  spool: \"{}\"\n{sent_items}",

@@ -1,0 +1,75 @@
+//! Sent Items delivery benchmark: a backlog of 10 KiB copies drained into a private Dovecot over
+//! IMAP and into Maildir, with 1 and 8 workers; prints copies per second and drain time.
+//!
+//! ```text
+//! cargo run --release --example delivery_bench [-- ENTRIES [MAILBOXES]]
+//! ```
+//!
+//! Needs Dovecot (see tests/dovecot/run.sh) and root, like the tests it borrows its harness from.
+
+#[path = "../tests/dovecot/mod.rs"]
+#[allow(dead_code)]
+mod dovecot;
+
+use std::time::{Duration, Instant};
+
+use dovecot::{message, Dovecot, Options, Rig, SECRET};
+use submitgate::sent_items::spool::Spool;
+
+async fn run(label: &str, store: &str, workers: usize, entries: usize, mailboxes: usize) -> f64 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let spool = Spool::open(dir.path().join("spool")).expect("spool");
+        for n in 0..entries {
+            let (body, mid) = message(n, 10 * 1024);
+            let mailbox = format!("user{}@contoso.com", n % mailboxes);
+            dovecot::commit(&spool, &mailbox, &body, &mid).await;
+        }
+    }
+    let started = Instant::now();
+    let rig = Rig::start_in(
+        dir,
+        &format!("  workers: {workers}\n  scan_interval: 1s\n  store: {store}\n"),
+    );
+    rig.drained(Duration::from_secs(1800)).await;
+    let took = started.elapsed();
+    let failed = rig.spool.list(true).await.expect("failed").len();
+    rig.stop().await;
+    let rate = entries as f64 / took.as_secs_f64();
+    println!(
+        "{label:<8} workers={workers}  {entries} copies of 10 KiB in {:>7.2} s  = {rate:>7.0} copies/s{}",
+        took.as_secs_f64(),
+        if failed > 0 {
+            format!("  ({failed} FAILED)")
+        } else {
+            String::new()
+        }
+    );
+    rate
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let entries: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    let mailboxes: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(16);
+    println!("backlog of {entries} entries over {mailboxes} mailboxes, drained from start to empty queue");
+
+    let mail = tempfile::tempdir().expect("tempdir");
+    let maildir = format!(
+        "{{ backend: maildir, root: \"{}/{{domain}}/{{local}}/Maildir\" }}",
+        mail.path().display()
+    );
+    for workers in [1, 8] {
+        run("maildir", &maildir, workers, entries, mailboxes).await;
+    }
+
+    let Some(dovecot) = Dovecot::start("delivery_bench", Options::default()) else {
+        return;
+    };
+    let secret = dovecot.secret_file(SECRET);
+    let imap = dovecot.store_yaml("master_user", &secret);
+    for workers in [1, 8] {
+        run("imap", &imap, workers, entries, mailboxes).await;
+    }
+}
