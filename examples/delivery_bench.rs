@@ -8,7 +8,6 @@
 //! Needs Dovecot (see tests/dovecot/run.sh) and root, like the tests it borrows its harness from.
 
 #[path = "../tests/dovecot/mod.rs"]
-#[allow(dead_code)]
 mod dovecot;
 
 use std::time::{Duration, Instant};
