@@ -2,7 +2,7 @@
 //! IMAP and into Maildir, with 1 and 8 workers; prints copies per second and drain time.
 //!
 //! ```text
-//! cargo run --release --example delivery_bench [-- ENTRIES [MAILBOXES]]
+//! cargo run --release --example delivery_bench [-- ENTRIES [MAILBOXES [imap|maildir]]]
 //! ```
 //!
 //! Needs Dovecot (see tests/dovecot/run.sh) and root, like the tests it borrows its harness from.
@@ -52,6 +52,7 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let entries: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let mailboxes: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(16);
+    let only = args.next().unwrap_or_default();
     println!("backlog of {entries} entries over {mailboxes} mailboxes, drained from start to empty queue");
 
     let mail = tempfile::tempdir().expect("tempdir");
@@ -59,8 +60,13 @@ async fn main() {
         "{{ backend: maildir, root: \"{}/{{domain}}/{{local}}/Maildir\" }}",
         mail.path().display()
     );
-    for workers in [1, 8] {
-        run("maildir", &maildir, workers, entries, mailboxes).await;
+    if only != "imap" {
+        for workers in [1, 8] {
+            run("maildir", &maildir, workers, entries, mailboxes).await;
+        }
+    }
+    if only == "maildir" {
+        return;
     }
 
     let Some(dovecot) = Dovecot::start("delivery_bench", Options::default()) else {

@@ -4,8 +4,8 @@
 
 mod dovecot;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dovecot::{message, Dovecot, Options, Rig, SECRET};
@@ -99,7 +99,11 @@ async fn missing_folder_is_created_after_trycreate() {
     rig.commit(ALICE, &body, &mid).await;
     rig.drained(Duration::from_secs(20)).await;
     let stored = dovecot.fetch(ALICE, "Sent Items").await;
-    assert_eq!(stored, vec![(body, true)]);
+    assert!(
+        stored == vec![(body.clone(), true)],
+        "expected one byte-identical \\Seen copy, found {} message(s)",
+        stored.len()
+    );
     assert!(dovecot.subscribed(ALICE, "Sent Items"), "folder subscribed");
     let events = rig.events().await;
     assert!(events
@@ -201,14 +205,15 @@ async fn outage_is_ridden_out_and_each_copy_stored_once() {
     rig.stop().await;
 }
 
-/// Forwards to `upstream`; while `armed`, drops both sides instead of passing on the server's
-/// answer to an APPEND — the copy is stored, the client cannot know.
-async fn cutting_proxy(upstream: u16, armed: Arc<AtomicBool>) -> u16 {
+/// Forwards to `upstream`, but drops both sides instead of passing on the server's answer
+/// that matches the next of `cuts` (e.g. `Append completed`: the copy is stored, the client
+/// cannot know). Each pattern cuts once, in order.
+async fn cutting_proxy(upstream: u16, cuts: Arc<Mutex<VecDeque<&'static [u8]>>>) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy bind");
     let port = listener.local_addr().expect("addr").port();
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
-            let armed = armed.clone();
+            let cuts = cuts.clone();
             tokio::spawn(async move {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
                     return;
@@ -225,13 +230,19 @@ async fn cutting_proxy(upstream: u16, armed: Arc<AtomicBool>) -> u16 {
                         Ok(n) => n,
                     };
                     let chunk = &buf[..n];
-                    let is_append_ok = chunk
-                        .windows(16)
-                        .any(|w| w.eq_ignore_ascii_case(b"Append completed"));
-                    if is_append_ok && armed.swap(false, Ordering::SeqCst) {
-                        break;
-                    }
-                    if cw.write_all(chunk).await.is_err() {
+                    let cut = {
+                        let mut cuts = cuts.lock().unwrap_or_else(|p| p.into_inner());
+                        let hit = cuts.front().is_some_and(|pattern| {
+                            chunk
+                                .windows(pattern.len())
+                                .any(|w| w.eq_ignore_ascii_case(pattern))
+                        });
+                        if hit {
+                            cuts.pop_front();
+                        }
+                        hit
+                    };
+                    if cut || cw.write_all(chunk).await.is_err() {
                         break;
                     }
                 }
@@ -242,16 +253,12 @@ async fn cutting_proxy(upstream: u16, armed: Arc<AtomicBool>) -> u16 {
     port
 }
 
-#[tokio::test]
-async fn connection_cut_after_append_gives_exactly_one_copy() {
-    let Some(dovecot) = Dovecot::start(
-        "connection_cut_after_append_gives_exactly_one_copy",
-        Options::default(),
-    ) else {
+async fn cut_run(cuts: &[&'static [u8]], expect_attempts: u64) {
+    let Some(dovecot) = Dovecot::start("connection cut", Options::default()) else {
         return;
     };
-    let armed = Arc::new(AtomicBool::new(true));
-    let proxy = cutting_proxy(dovecot.port, armed.clone()).await;
+    let cuts = Arc::new(Mutex::new(cuts.iter().copied().collect::<VecDeque<_>>()));
+    let proxy = cutting_proxy(dovecot.port, cuts.clone()).await;
     let secret = dovecot.secret_file(SECRET);
     let rig = Rig::start(&format!(
         "  store: {{ backend: imap, address: \"127.0.0.1:{proxy}\", tls: none, login: master_user, master_user: {}, master_password_file: \"{}\", timeout: 10s }}\n{FAST_RETRY}",
@@ -261,9 +268,16 @@ async fn connection_cut_after_append_gives_exactly_one_copy() {
     let (body, mid) = message(7, 10 * 1024);
     rig.commit(ALICE, &body, &mid).await;
     rig.drained(Duration::from_secs(20)).await;
-    assert!(!armed.load(Ordering::SeqCst), "the proxy cut a connection");
+    assert!(
+        cuts.lock().map(|c| c.is_empty()).unwrap_or(false),
+        "every cut happened"
+    );
     let stored = dovecot.fetch(ALICE, "Sent Items").await;
-    assert_eq!(stored, vec![(body, true)], "exactly one copy");
+    assert!(
+        stored == vec![(body.clone(), true)],
+        "expected one byte-identical \\Seen copy, found {} message(s)",
+        stored.len()
+    );
     let events = rig.events().await;
     let ev: Vec<_> = events
         .iter()
@@ -271,6 +285,18 @@ async fn connection_cut_after_append_gives_exactly_one_copy() {
         .collect();
     assert_eq!(ev.len(), 1);
     assert_eq!(ev[0]["already_stored"], true, "{}", ev[0]);
-    assert_eq!(ev[0]["attempts"], 2);
+    assert_eq!(ev[0]["attempts"], expect_attempts);
     rig.stop().await;
+}
+
+#[tokio::test]
+async fn connection_cut_after_append_gives_exactly_one_copy() {
+    cut_run(&[b"Append completed"], 2).await;
+}
+
+/// The retry's search is cut too: the copy must still count as "maybe stored" on the third
+/// attempt, which searches again instead of appending a second copy.
+#[tokio::test]
+async fn connection_cut_during_the_search_keeps_the_outcome_unknown() {
+    cut_run(&[b"Append completed", b"Search completed"], 3).await;
 }

@@ -197,16 +197,33 @@ impl ImapStore {
         .map_err(|e| StoreError::transient(format!("imap {}: TLS handshake: {e}", self.server())))
     }
 
-    /// Steps 2 and 3 of the module doc on one logged-in connection.
+    /// Steps 2 and 3 of the module doc on one logged-in connection. A failure keeps the copy
+    /// "maybe stored" unless this attempt proved it absent.
     async fn store_on(
         &self,
         conn: &mut Connection,
         meta: &EntryMeta,
-        mut maybe_stored: bool,
+        maybe_stored: bool,
+        bytes: &[u8],
+    ) -> Result<Stored, StoreError> {
+        let mut still_maybe = maybe_stored;
+        self.store_steps(conn, meta, &mut still_maybe, bytes)
+            .await
+            .map_err(|e| {
+                let unknown = e.outcome_unknown || still_maybe;
+                e.maybe_stored(unknown)
+            })
+    }
+
+    async fn store_steps(
+        &self,
+        conn: &mut Connection,
+        meta: &EntryMeta,
+        maybe_stored: &mut bool,
         bytes: &[u8],
     ) -> Result<Stored, StoreError> {
         let folder = mailbox_name(&meta.folder)?;
-        if maybe_stored {
+        if *maybe_stored {
             match &meta.message_id {
                 Some(message_id) => {
                     if let Some(found) = conn.find(&folder, message_id).await? {
@@ -215,7 +232,7 @@ impl ImapStore {
                             already_stored: true,
                         });
                     }
-                    maybe_stored = false;
+                    *maybe_stored = false;
                 }
                 None => tracing::warn!(
                     mailbox = %meta.mailbox,
@@ -239,9 +256,7 @@ impl ImapStore {
                     Ok(()) => {}
                     // Created meanwhile by someone else: fine.
                     Err(TaskError::UnexpectedNoResponse(b)) if code_is(&b, b"ALREADYEXISTS") => {}
-                    Err(e) => {
-                        return Err(no_or_bad(e, &conn.server, "CREATE").maybe_stored(maybe_stored))
-                    }
+                    Err(e) => return Err(no_or_bad(e, &conn.server, "CREATE")),
                 }
                 if let Err(e) = conn.run(SubscribeTask(folder.clone())).await? {
                     tracing::warn!(mailbox = %meta.mailbox, folder = %meta.folder, error = %e, "SUBSCRIBE failed");
@@ -255,7 +270,7 @@ impl ImapStore {
                 appenduid: uid.map(|(uid, validity)| (validity.get(), uid.get())),
                 already_stored: false,
             }),
-            Err(e) => Err(no_or_bad(e, &conn.server, "APPEND").maybe_stored(maybe_stored)),
+            Err(e) => Err(no_or_bad(e, &conn.server, "APPEND")),
         }
     }
 }
