@@ -416,7 +416,10 @@ pub struct AuditConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreConfig {
     /// Maildir++ under a root template with `{domain}`, `{local}`, `{mailbox}`.
-    Maildir { root: String },
+    Maildir {
+        /// The template, checked to contain `{local}` or `{mailbox}`.
+        root: String,
+    },
     /// IMAP APPEND into the mailbox, logged in on its behalf.
     Imap(ImapConfig),
 }
@@ -447,7 +450,9 @@ pub enum ImapLogin {
 pub struct ImapConfig {
     /// Host name or address to connect to.
     pub host: String,
+    /// TCP port.
     pub port: u16,
+    /// Connection protection.
     pub tls: ImapTls,
     /// The name the server certificate must carry (default: `host`).
     pub tls_server_name: String,
@@ -455,6 +460,7 @@ pub struct ImapConfig {
     pub ca_file: Option<PathBuf>,
     /// Verify the server certificate (on unless explicitly turned off).
     pub tls_verify: bool,
+    /// How to log in on a mailbox's behalf.
     pub login: ImapLogin,
     /// The master (or SASL authentication) user.
     pub master_user: String,
@@ -494,7 +500,9 @@ impl Default for RetryConfig {
 /// The Sent Items copy: the durable spool the milter writes and the store the workers fill.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SentItemsConfig {
+    /// The spool directory.
     pub spool: PathBuf,
+    /// Where copies go.
     pub store: StoreConfig,
     /// True when the file has a `sent_items` section: the daemon then opens the spool and
     /// runs the delivery workers.
@@ -503,6 +511,7 @@ pub struct SentItemsConfig {
     pub workers: usize,
     /// An entry still undelivered this long after its first attempt is moved to `failed/`.
     pub max_age: Duration,
+    /// Backoff and login-failure limits.
     pub retry: RetryConfig,
     /// How often the spool directory is rescanned even without a wake-up (entries put back by
     /// `submitgate spool retry`, or committed by another process).

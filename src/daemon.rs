@@ -34,6 +34,7 @@ pub enum StartError {
         endpoint: Endpoint,
         source: std::io::Error,
     },
+    /// The spool cannot be opened or the store cannot be set up.
     #[error("sent items: {0}")]
     SentItems(String),
 }
@@ -92,7 +93,9 @@ pub struct Daemon {
 /// The Sent Items spool and its delivery workers, when `sent_items` is configured.
 #[derive(Debug, Clone)]
 pub struct SentItems {
+    /// The spool, opened (and locked) by the daemon; the milter commits into it.
     pub spool: Spool,
+    /// Wake the workers after a commit ([`worker::Delivery::wake`]).
     pub delivery: worker::Delivery,
 }
 

@@ -41,6 +41,7 @@ pub struct Settings {
     pub workers: usize,
     /// Give up on an entry this long after its first attempt.
     pub max_age: Duration,
+    /// Backoff and login-failure limits.
     pub retry: RetryConfig,
     /// Rescan the spool at least this often.
     pub scan_interval: Duration,

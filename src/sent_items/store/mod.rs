@@ -17,7 +17,9 @@ use crate::sent_items::spool::{EntryId, EntryMeta, Message};
 pub struct SentCopy<'a> {
     /// The spool entry (idempotent stores derive their file name from it).
     pub id: EntryId,
+    /// Mailbox, folder, Message-ID, submission time, …
     pub meta: &'a EntryMeta,
+    /// The message bytes, exactly as captured.
     pub message: Message,
     /// An earlier attempt may have stored this copy: look for it before storing again.
     pub maybe_stored: bool,
@@ -50,7 +52,9 @@ pub enum FailureKind {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct StoreError {
+    /// How the workers treat it.
     pub kind: FailureKind,
+    /// What happened, naming the server or path (never a secret).
     pub message: String,
     /// After this attempt the copy may be in the store (e.g. the connection was lost after the
     /// `APPEND` went out); the next attempt must look for it first.
@@ -115,7 +119,9 @@ pub trait SentItemsStore: Send + Sync + 'static {
 /// The configured backend.
 #[derive(Debug, Clone)]
 pub enum Store {
+    /// `backend: maildir`.
     Maildir(Arc<maildir::MaildirStore>),
+    /// `backend: imap`.
     Imap(Arc<imap::ImapStore>),
 }
 
