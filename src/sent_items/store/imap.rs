@@ -53,7 +53,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::rustls::{self, pki_types::ServerName};
 use tokio_rustls::TlsConnector;
 
-use super::{SentCopy, SentItemsStore, StoreError, Stored};
+use super::{modified_utf7, SentCopy, SentItemsStore, StoreError, Stored};
 use crate::config::{ImapConfig, ImapLogin, ImapTls};
 use crate::sent_items::spool::EntryMeta;
 
@@ -581,7 +581,7 @@ fn no_or_bad(e: TaskError, server: &str, command: &str) -> StoreError {
 }
 
 fn mailbox_name(folder: &str) -> Result<Mailbox<'static>, StoreError> {
-    Mailbox::try_from(folder.to_string())
+    Mailbox::try_from(modified_utf7(folder))
         .map_err(|e| StoreError::permanent(format!("imap: folder {folder:?} cannot be named: {e}")))
 }
 

@@ -14,7 +14,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::{split_mailbox, SentCopy, SentItemsStore, StoreError, Stored};
+use super::{modified_utf7, split_mailbox, SentCopy, SentItemsStore, StoreError, Stored};
 use crate::sent_items::spool::EntryId;
 
 const FILE_MODE: u32 = 0o600;
@@ -207,8 +207,9 @@ pub fn expand_root(template: &str, mailbox: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(path))
 }
 
-/// The Maildir++ directory of a folder: `.Sent Items` (`.` separates levels: `.Archive.2024`);
-/// `None` for `INBOX`, the root itself.
+/// The Maildir++ directory of a folder: `.Sent Items` (`.` separates levels: `.Archive.2024`;
+/// names beyond ASCII in modified UTF-7, as Dovecot stores them); `None` for `INBOX`, the root
+/// itself.
 pub fn folder_component(folder: &str) -> Result<Option<String>, String> {
     if folder.eq_ignore_ascii_case("INBOX") {
         return Ok(None);
@@ -224,7 +225,7 @@ pub fn folder_component(folder: &str) -> Result<Option<String>, String> {
             "maildir: folder {folder:?} cannot be used as a Maildir++ folder"
         ));
     }
-    Ok(Some(format!(".{folder}")))
+    Ok(Some(format!(".{}", modified_utf7(folder))))
 }
 
 /// Creates the folder with `tmp/`, `new/`, `cur/` (and the root's own, and the
@@ -337,6 +338,10 @@ mod tests {
             Some(".Archive.2024")
         );
         assert_eq!(folder_component("inbox").unwrap(), None);
+        assert_eq!(
+            folder_component("Éléments envoyés").unwrap().as_deref(),
+            Some(".&AMk-l&AOk-ments envoy&AOk-s")
+        );
         for bad in ["", "a/b", ".hidden", "x.", "a..b"] {
             assert!(folder_component(bad).is_err(), "{bad}");
         }

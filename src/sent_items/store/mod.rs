@@ -172,3 +172,70 @@ impl SentItemsStore for Store {
 pub fn split_mailbox(mailbox: &str) -> (&str, &str) {
     mailbox.rsplit_once('@').unwrap_or((mailbox, ""))
 }
+
+/// A folder name in IMAP's modified UTF-7 (RFC 3501 5.1.3), as servers without `UTF8=ACCEPT`
+/// expect it: printable ASCII stays (`&` becomes `&-`), anything else is written as
+/// `&<modified base64 of UTF-16BE>-`.
+pub fn modified_utf7(name: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,";
+    fn flush(out: &mut String, units: &mut Vec<u16>) {
+        if units.is_empty() {
+            return;
+        }
+        let bytes: Vec<u8> = units.iter().flat_map(|u| u.to_be_bytes()).collect();
+        out.push('&');
+        for chunk in bytes.chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            let sextets = chunk.len() + 1;
+            for i in 0..sextets {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            }
+        }
+        out.push('-');
+        units.clear();
+    }
+    let mut out = String::with_capacity(name.len());
+    let mut pending: Vec<u16> = Vec::new();
+    for c in name.chars() {
+        if (' '..='~').contains(&c) {
+            flush(&mut out, &mut pending);
+            if c == '&' {
+                out.push_str("&-");
+            } else {
+                out.push(c);
+            }
+        } else {
+            let mut buf = [0u16; 2];
+            pending.extend_from_slice(c.encode_utf16(&mut buf));
+        }
+    }
+    flush(&mut out, &mut pending);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folder_names_in_modified_utf7() {
+        assert_eq!(modified_utf7("Sent Items"), "Sent Items");
+        assert_eq!(modified_utf7("R&D"), "R&-D");
+        // RFC 3501's own example.
+        assert_eq!(
+            modified_utf7("~peter/mail/台北/日本語"),
+            "~peter/mail/&U,BTFw-/&ZeVnLIqe-"
+        );
+        assert_eq!(
+            modified_utf7("Éléments envoyés"),
+            "&AMk-l&AOk-ments envoy&AOk-s"
+        );
+        assert_eq!(modified_utf7("Gesendete Objekte"), "Gesendete Objekte");
+        assert_eq!(modified_utf7("😀"), "&2D3eAA-");
+    }
+}
