@@ -145,3 +145,76 @@ async fn dovecot_lists_the_maildir_copy_as_seen() {
         stored.len()
     );
 }
+
+#[tokio::test]
+async fn transient_failures_back_off_then_fail_at_max_age() {
+    use std::sync::Arc;
+    use submitgate::audit::Audit;
+    use submitgate::config::{AuditConfig, AuditTarget, RetryConfig};
+    use submitgate::sent_items::worker::{self, Settings};
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A root below a plain file: every delivery fails with "Not a directory".
+    std::fs::write(dir.path().join("blocker"), b"").expect("file");
+    let store = MaildirStore::new(format!("{}/blocker/{{mailbox}}", dir.path().display()));
+    let spool = Spool::open(dir.path().join("spool")).expect("spool");
+    let audit_path = dir.path().join("audit.log");
+    let (audit, writer) = Audit::start(&AuditConfig {
+        target: AuditTarget::File(audit_path.clone()),
+        queue: 16,
+    })
+    .expect("audit");
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let delivery = worker::start(
+        spool.clone(),
+        Arc::new(store),
+        audit.clone(),
+        Settings {
+            workers: 2,
+            max_age: Duration::from_millis(600),
+            retry: RetryConfig {
+                initial: Duration::from_millis(40),
+                max: Duration::from_millis(80),
+                auth_failure_attempts: 3,
+            },
+            scan_interval: Duration::from_millis(50),
+            shutdown_grace: Duration::from_secs(1),
+        },
+        shutdown.clone(),
+        &tracker,
+    );
+    let (body, mid) = message(5, 100);
+    let id = dovecot::commit(&spool, ALICE, &body, &mid).await;
+    delivery.wake();
+    let s = spool.clone();
+    dovecot::wait_for(Duration::from_secs(10), "the entry to fail", move || {
+        let s = s.clone();
+        async move { s.list(true).await.map(|l| l.len() == 1).unwrap_or(false) }
+    })
+    .await;
+    let failed = spool.list(true).await.expect("failed");
+    assert_eq!(failed[0].id, id);
+    assert!(failed[0].attempts >= 4, "retried with backoff: {}", failed[0].attempts);
+    let reason = failed[0].last_error.clone().unwrap_or_default();
+    assert!(reason.contains("max_age"), "{reason}");
+    assert!(reason.contains("Not a directory") || reason.contains("blocker"), "{reason}");
+    shutdown.cancel();
+    tracker.close();
+    tracker.wait().await;
+    drop(delivery);
+    audit.flush().await;
+    drop(audit);
+    writer.finish().await;
+    let events = dovecot::audit_lines(&audit_path);
+    let ev: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "sent_copy_failed")
+        .collect();
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0]["reason"], "max_age");
+    assert_eq!(ev[0]["mailbox"], ALICE);
+    assert!(ev[0]["attempts"].as_u64().unwrap_or(0) >= 4);
+}
