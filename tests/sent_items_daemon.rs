@@ -1,6 +1,6 @@
-//! The real `submitgate` binary with Sent Items: `kill -9` during deliveries into Dovecot, then a
-//! restart, delivers every entry exactly once (skipped, with a note, without Dovecot); and the
-//! `spool list` / `spool retry` commands beside it.
+//! The real `submitgate` binary with Sent Items: `kill -9` (or SIGTERM) during deliveries into
+//! Dovecot, then a restart, delivers every entry exactly once (skipped, with a note, without
+//! Dovecot); and the `spool list` / `spool retry` commands beside it.
 
 mod dovecot;
 
@@ -54,12 +54,10 @@ fn stored_count(dir: &Path) -> usize {
         .count()
 }
 
-#[tokio::test]
-async fn kill_9_during_deliveries_then_restart_delivers_each_once() {
-    let Some(dovecot) = Dovecot::start(
-        "kill_9_during_deliveries_then_restart_delivers_each_once",
-        Options::default(),
-    ) else {
+/// Stops the daemon in the middle of a backlog (`kill -9`, or SIGTERM with `graceful`),
+/// restarts it, and checks that every entry reached Dovecot exactly once.
+async fn interrupted_then_restarted(test: &str, graceful: bool) {
+    let Some(dovecot) = Dovecot::start(test, Options::default()) else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
@@ -67,7 +65,7 @@ async fn kill_9_during_deliveries_then_restart_delivers_each_once() {
     let config = write_config(
         dir.path(),
         &format!(
-            "  workers: 4\n  retry: {{ initial: 100ms, max: 500ms }}\n  scan_interval: 200ms\n  store: {}\n",
+            "  workers: 4\n  retry: {{ initial: 1s, max: 2s }}\n  scan_interval: 200ms\n  store: {}\n",
             dovecot.store_yaml("master_user", &secret)
         ),
     );
@@ -88,10 +86,16 @@ async fn kill_9_during_deliveries_then_restart_delivers_each_once() {
         async move { stored_count(&d) >= N / 5 }
     })
     .await;
-    child.kill().expect("kill -9");
-    let _ = child.wait();
+    if graceful {
+        let _ = Command::new("kill").arg(child.id().to_string()).status();
+        let status = child.wait().expect("wait");
+        assert!(status.success(), "clean exit after SIGTERM: {status:?}");
+    } else {
+        child.kill().expect("kill -9");
+        let _ = child.wait();
+    }
     let before = stored_count(dir.path());
-    assert!(before < N, "killed before the end ({before} stored)");
+    assert!(before < N, "stopped before the end ({before} stored)");
 
     let mut child = serve(&config);
     let spool = Spool::attach(dir.path().join("spool")).expect("attach");
@@ -120,6 +124,24 @@ async fn kill_9_during_deliveries_then_restart_delivers_each_once() {
     }
     assert_eq!(seen_ids.len(), N);
     assert!(seen_ids.values().all(|&c| c == 1));
+}
+
+#[tokio::test]
+async fn kill_9_during_deliveries_then_restart_delivers_each_once() {
+    interrupted_then_restarted(
+        "kill_9_during_deliveries_then_restart_delivers_each_once",
+        false,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sigterm_during_deliveries_then_restart_delivers_each_once() {
+    interrupted_then_restarted(
+        "sigterm_during_deliveries_then_restart_delivers_each_once",
+        true,
+    )
+    .await;
 }
 
 fn cli(config: &Path, args: &[&str]) -> (bool, String) {

@@ -197,10 +197,17 @@ async fn transient_failures_back_off_then_fail_at_max_age() {
     .await;
     let failed = spool.list(true).await.expect("failed");
     assert_eq!(failed[0].id, id);
-    assert!(failed[0].attempts >= 4, "retried with backoff: {}", failed[0].attempts);
+    assert!(
+        failed[0].attempts >= 4,
+        "retried with backoff: {}",
+        failed[0].attempts
+    );
     let reason = failed[0].last_error.clone().unwrap_or_default();
     assert!(reason.contains("max_age"), "{reason}");
-    assert!(reason.contains("Not a directory") || reason.contains("blocker"), "{reason}");
+    assert!(
+        reason.contains("Not a directory") || reason.contains("blocker"),
+        "{reason}"
+    );
     shutdown.cancel();
     tracker.close();
     tracker.wait().await;

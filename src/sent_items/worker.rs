@@ -10,8 +10,9 @@
 //! 2. past `max_age` since its first attempt → `fail` (moved to `failed/`), audit
 //!    `sent_copy_failed`;
 //! 3. for a store that is not idempotent (IMAP), durably record the attempt first
-//!    (`attempts + 1`, `outcome_unknown = true`): if the process dies from here on, the next
-//!    attempt searches the folder before storing again;
+//!    (`attempts + 1`, `outcome_unknown = true`, not to be retried before `retry.initial` has
+//!    passed): if the process dies from here on, the next attempt — once the server has had time
+//!    to finish an `APPEND` it was still working on — searches the folder before storing again;
 //! 4. deliver; success → `complete` (entry removed), audit `sent_copy_stored`;
 //!    transient failure → back off exponentially with jitter, capped, state written;
 //!    permanent failure, or too many refused logins → `fail`, audit `sent_copy_failed`.
@@ -296,6 +297,10 @@ async fn attempt<S: SentItemsStore>(shared: &Shared<S>, id: EntryId) -> Next {
     state.next_attempt_at = None;
     if !shared.store.idempotent() {
         state.outcome_unknown = true;
+        // Should this attempt be cut short (crash, lost connection), the server may still be
+        // finishing the APPEND for a moment: a search made sooner could miss it and store a
+        // second copy. So an interrupted attempt is looked at again no sooner than this.
+        state.next_attempt_at = Some(now + shared.settings.retry.initial);
         if let Err(e) = spool.write_state(&id, &state).await {
             return match e {
                 SpoolError::UnknownEntry { .. } => Next::Done,
@@ -367,11 +372,15 @@ async fn failed_attempt<S: SentItemsStore>(
         give_up(shared, id, Some(meta), &state, reason, text).await;
         return Next::Done;
     }
-    let delay = backoff(
+    let mut delay = backoff(
         &settings.retry,
         state.attempts,
         jitter_unit(&shared.jitter, &id, state.attempts),
     );
+    if state.outcome_unknown {
+        // Give the server time to finish an APPEND it may still be working on (see step 3).
+        delay = delay.max(settings.retry.initial);
+    }
     let at = SystemTime::now() + delay;
     state.next_attempt_at = Some(at);
     tracing::warn!(

@@ -82,6 +82,10 @@ impl Dovecot {
         if skip(test) {
             return None;
         }
+        if options.tls && Command::new("openssl").arg("version").output().is_err() {
+            eprintln!("note: {test}: openssl is not installed; skipped (tests/dovecot/run.sh installs it)");
+            return None;
+        }
         ensure_vmail();
         let dir = tempfile::Builder::new()
             .prefix("sgd")
