@@ -130,15 +130,26 @@ impl Daemon {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let connections = Arc::new(Semaphore::new(config.max_connections));
+        // Before the listeners: the milter needs the spool, and a spool or store problem
+        // should stop the start before anything is served.
+        let sent_items = if config.sent_items.configured {
+            Some(start_sent_items(&config, &ctx, &shutdown, &tracker).await?)
+        } else {
+            None
+        };
 
         let mut policy_endpoints = Vec::new();
         for endpoint in &config.policy_listeners {
             let listener = endpoint
                 .bind(config.unix_socket_mode)
                 .await
-                .map_err(|source| StartError::Bind {
-                    endpoint: endpoint.clone(),
-                    source,
+                .map_err(|source| {
+                    // Stop what already runs (the delivery workers).
+                    shutdown.cancel();
+                    StartError::Bind {
+                        endpoint: endpoint.clone(),
+                        source,
+                    }
                 })?;
             let bound = listener
                 .local_endpoint()
@@ -156,11 +167,6 @@ impl Daemon {
                 tracker.clone(),
             ));
         }
-        let sent_items = if config.sent_items.configured {
-            Some(start_sent_items(&config, &ctx, &shutdown, &tracker).await?)
-        } else {
-            None
-        };
         Ok(Daemon {
             config: Arc::new(config),
             ctx,
