@@ -254,7 +254,16 @@ async fn cutting_proxy(upstream: u16, cuts: Arc<Mutex<VecDeque<&'static [u8]>>>)
 }
 
 async fn cut_run(cuts: &[&'static [u8]], expect_attempts: u64) {
-    let Some(dovecot) = Dovecot::start("connection cut", Options::default()) else {
+    cut_run_with(Options::default(), cuts, expect_attempts, true).await;
+}
+
+async fn cut_run_with(
+    options: Options,
+    cuts: &[&'static [u8]],
+    expect_attempts: u64,
+    expect_found: bool,
+) {
+    let Some(dovecot) = Dovecot::start("connection cut", options) else {
         return;
     };
     let cuts = Arc::new(Mutex::new(cuts.iter().copied().collect::<VecDeque<_>>()));
@@ -284,7 +293,11 @@ async fn cut_run(cuts: &[&'static [u8]], expect_attempts: u64) {
         .filter(|e| e["event"] == "sent_copy_stored")
         .collect();
     assert_eq!(ev.len(), 1);
-    assert_eq!(ev[0]["already_stored"], true, "{}", ev[0]);
+    if expect_found {
+        assert_eq!(ev[0]["already_stored"], true, "{}", ev[0]);
+    } else {
+        assert!(ev[0].get("already_stored").is_none(), "{}", ev[0]);
+    }
     assert_eq!(ev[0]["attempts"], expect_attempts);
     rig.stop().await;
 }
@@ -299,4 +312,20 @@ async fn connection_cut_after_append_gives_exactly_one_copy() {
 #[tokio::test]
 async fn connection_cut_during_the_search_keeps_the_outcome_unknown() {
     cut_run(&[b"Append completed", b"Search completed"], 3).await;
+}
+
+/// Cut while the folder does not exist yet: the retry's EXAMINE is told `NONEXISTENT`, which
+/// proves the copy absent, so it creates the folder and appends once.
+#[tokio::test]
+async fn connection_cut_before_the_folder_exists_appends_once() {
+    cut_run_with(
+        Options {
+            auto_sent: false,
+            ..Options::default()
+        },
+        &[b"TRYCREATE"],
+        2,
+        false,
+    )
+    .await;
 }

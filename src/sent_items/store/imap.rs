@@ -30,6 +30,7 @@ use imap_client::tasks::resolver::Resolver;
 use imap_client::tasks::tasks::appenduid::AppendUidTask;
 use imap_client::tasks::tasks::capability::CapabilityTask;
 use imap_client::tasks::tasks::create::CreateTask;
+use imap_client::tasks::tasks::list::ListTask;
 use imap_client::tasks::tasks::login::LoginTask;
 use imap_client::tasks::tasks::logout::LogoutTask;
 use imap_client::tasks::tasks::search::SearchTask;
@@ -43,7 +44,7 @@ use imap_next::imap_types::core::{AString, Literal, LiteralMode, Vec1};
 use imap_next::imap_types::datetime::DateTime;
 use imap_next::imap_types::extensions::binary::{Literal8, LiteralOrLiteral8};
 use imap_next::imap_types::flag::Flag;
-use imap_next::imap_types::mailbox::Mailbox;
+use imap_next::imap_types::mailbox::{ListMailbox, Mailbox};
 use imap_next::imap_types::response::{
     Capability, Code, CommandContinuationRequest, Data, GreetingKind, StatusBody, StatusKind,
 };
@@ -501,8 +502,32 @@ impl Connection {
         }
     }
 
+    /// Whether `LIST "" <folder>` shows the folder as an existing mailbox.
+    async fn exists(&mut self, folder: &Mailbox<'static>) -> Result<bool, StoreError> {
+        let pattern = match folder {
+            Mailbox::Inbox => "INBOX".to_string(),
+            Mailbox::Other(other) => String::from_utf8_lossy(other.as_ref()).into_owned(),
+        };
+        let reference = Mailbox::try_from("")
+            .map_err(|e| StoreError::permanent(format!("imap: LIST reference: {e}")))?;
+        let pattern = ListMailbox::try_from(pattern.clone()).map_err(|e| {
+            StoreError::permanent(format!("imap: folder {pattern:?} as a LIST pattern: {e}"))
+        })?;
+        let listed = self
+            .run(ListTask::new(reference, pattern))
+            .await?
+            .map_err(|e| no_or_bad(e, &self.server, "LIST"))?;
+        Ok(listed.iter().any(|(name, _, attributes)| {
+            name == folder
+                && !attributes.iter().any(|a| {
+                    let a = a.to_string();
+                    a.eq_ignore_ascii_case("\\NonExistent") || a.eq_ignore_ascii_case("\\Noselect")
+                })
+        }))
+    }
+
     /// `EXAMINE` + `UID SEARCH HEADER Message-ID`: the `(UIDVALIDITY, UID)` of a copy already
-    /// in `folder`, if any. A missing folder holds nothing.
+    /// in `folder`, if any. A folder the server says does not exist holds nothing.
     async fn find(
         &mut self,
         folder: &Mailbox<'static>,
@@ -510,7 +535,18 @@ impl Connection {
     ) -> Result<Option<(u32, u32)>, StoreError> {
         let selected = match self.run(SelectTask::read_only(folder.clone())).await? {
             Ok(data) => data,
-            Err(TaskError::UnexpectedNoResponse(_)) => return Ok(None),
+            // Only a folder known not to exist holds nothing (Dovecot 2.3 refuses without a
+            // code, so ask LIST); any other refusal leaves the question open.
+            Err(TaskError::UnexpectedNoResponse(body)) => {
+                if code_is(&body, b"NONEXISTENT") || !self.exists(folder).await? {
+                    return Ok(None);
+                }
+                return Err(no_or_bad(
+                    TaskError::UnexpectedNoResponse(body),
+                    &self.server,
+                    "EXAMINE",
+                ));
+            }
             Err(e) => return Err(no_or_bad(e, &self.server, "EXAMINE")),
         };
         let id = AString::try_from(message_id.to_string()).map_err(|e| {
