@@ -10,5 +10,11 @@
 //! - [`audit`]: typed audit events and their JSON-lines writer.
 //! - [`daemon`]: wires the parts together and runs until shutdown.
 
+pub mod audit;
+pub mod config;
+pub mod daemon;
 pub mod endpoint;
+pub mod limiter;
 pub mod policy;
+pub mod postfix_policy;
+pub mod yaml;

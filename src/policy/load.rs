@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use super::yaml::{self, Node, NodeKind, Pos, Scalar};
 use super::{
     MailboxEntry, MailboxSettings, Organization, PolicyError, PolicyErrors, PolicySnapshot,
     SentItems, DEFAULT_MAX_SESSIONS, WILDCARD_DOMAIN,
 };
+use crate::yaml::{self, Node, NodeKind, Pos, Scalar};
 
 /// Largest policy file accepted (100 000 mailboxes take about 6 MiB).
 pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
@@ -120,6 +120,9 @@ pub fn load_files(
     if errors.is_empty() {
         Ok(snap)
     } else {
+        // Report in reading order: file by file, top to bottom.
+        let file_index = |p: &Path| files.iter().position(|(f, _)| f == p);
+        errors.sort_by_key(|e| (file_index(&e.file), e.line, e.column));
         Err(PolicyErrors(errors))
     }
 }
@@ -646,7 +649,7 @@ fn valid_org_name(name: &str) -> bool {
 }
 
 /// A lower-case ASCII domain: dot-separated labels of letters, digits and hyphens.
-pub(crate) fn valid_domain(d: &str) -> bool {
+pub fn valid_domain(d: &str) -> bool {
     !d.is_empty()
         && d.len() <= 253
         && d.split('.').all(|label| {
@@ -661,7 +664,7 @@ pub(crate) fn valid_domain(d: &str) -> bool {
 }
 
 /// `local@domain` with a sane local part (no spaces or control characters).
-pub(crate) fn valid_address(a: &str) -> bool {
+pub fn valid_address(a: &str) -> bool {
     match a.rsplit_once('@') {
         Some((local, domain)) => {
             !local.is_empty()

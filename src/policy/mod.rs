@@ -5,7 +5,6 @@
 
 mod evaluate;
 mod load;
-pub mod yaml;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -13,7 +12,7 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 pub use evaluate::{evaluate, Allowed, Decision, RejectReason, Submission};
-pub use load::{load_dir, load_files, LoadOptions};
+pub use load::{is_policy_file, load_dir, load_files, valid_address, valid_domain, LoadOptions};
 
 /// Default number of concurrent sessions per mailbox (Exchange Online's value).
 pub const DEFAULT_MAX_SESSIONS: u32 = 3;
@@ -278,3 +277,6 @@ pub fn normalize_login(login: &str, default_domain: Option<&str>) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests;

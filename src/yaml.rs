@@ -1,6 +1,6 @@
 //! A YAML document as a tree of nodes that remember where they came from (line, column and
-//! character range), built from `saphyr-parser` events. Policy validation uses the positions for
-//! its error messages and the policy editor uses the ranges to change one value in place.
+//! character range), built from `saphyr-parser` events. Policy and configuration errors use the
+//! positions in their messages, and the policy editor uses the ranges to change one value in place.
 
 use std::fmt;
 
@@ -102,6 +102,23 @@ impl Node {
             .map(|(_, v)| v)
     }
 
+    /// The node at a path of mapping keys (`["replies", "tenant_disabled"]`), or the deepest
+    /// node found on the way: used to point an error at the right line.
+    pub fn locate(&self, path: &[&str]) -> &Node {
+        let mut node = self;
+        for key in path {
+            match node.as_map().and_then(|m| {
+                m.iter()
+                    .find(|(k, _)| k.text() == Some(key))
+                    .map(|(_, v)| v)
+            }) {
+                Some(next) => node = next,
+                None => break,
+            }
+        }
+        node
+    }
+
     /// The key's text, when this node is a scalar.
     pub fn text(&self) -> Option<&str> {
         match &self.kind {
@@ -180,7 +197,7 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
         let end = pos(span.end);
         let unsupported = |what: &str| SyntaxError {
             pos: start,
-            message: format!("{what} are not supported in policy files"),
+            message: format!("{what} are not supported in submitgate files"),
         };
         let node = match event {
             Event::StreamStart | Event::Nothing | Event::DocumentEnd => continue,
@@ -190,7 +207,7 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
                 if documents > 1 {
                     return Err(SyntaxError {
                         pos: start,
-                        message: "a policy file holds one YAML document; found a second".into(),
+                        message: "expected one YAML document; found a second".into(),
                     });
                 }
                 continue;

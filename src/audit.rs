@@ -1,0 +1,332 @@
+//! The audit log: one JSON object per line for every decision and lifecycle event, written by
+//! a dedicated thread behind a bounded queue. Producers wait when the queue is full
+//! (back-pressure) — an event is never dropped. SIGUSR1 (via [`Audit::reopen`]) reopens the file
+//! for logrotate. Operational logs (tracing) never go here.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{AuditConfig, AuditTarget};
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A submission was allowed, rejected or deferred.
+    SubmissionDecision,
+    /// An allowed submission reached END-OF-MESSAGE (policy front end).
+    SubmissionCompleted,
+    SessionOpened,
+    SessionClosed,
+    SentCopyStored,
+    SentCopyFailed,
+    PolicyReloaded,
+    PolicyReloadFailed,
+    LimiterUnavailable,
+}
+
+/// The outcome of a submission decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Allow,
+    /// Permanent refusal (5xx).
+    Reject,
+    /// Temporary refusal (4xx): over the limit, or submitgate unable to decide.
+    Defer,
+}
+
+/// Which front end saw the event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FrontEnd {
+    Policy,
+    Milter,
+    AuthPolicy,
+}
+
+/// One audit record. Fields that do not apply are left out of the JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEvent {
+    /// RFC 3339, UTC, milliseconds.
+    pub ts: String,
+    pub event: EventKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mailbox: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub organization: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub front_end: Option<FrontEnd>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Outcome>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sessions_in_use: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply: Option<String>,
+    /// TLS protocol (`TLSv1.3`), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sasl_method: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipient_count: Option<u32>,
+    /// Policy version (reload events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Human-readable detail: reload errors, failure reasons.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<String>>,
+}
+
+impl AuditEvent {
+    /// A new event stamped with the current time.
+    pub fn new(event: EventKind) -> Self {
+        AuditEvent {
+            ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            event,
+            mailbox: None,
+            organization: None,
+            front_end: None,
+            client_address: None,
+            queue_id: None,
+            decision: None,
+            reason: None,
+            sessions_in_use: None,
+            limit: None,
+            reply: None,
+            tls: None,
+            sasl_method: None,
+            sender: None,
+            size: None,
+            recipient_count: None,
+            version: None,
+            message: None,
+            errors: None,
+        }
+    }
+}
+
+enum Msg {
+    Event(Box<AuditEvent>),
+    Reopen,
+    Flush(oneshot::Sender<()>),
+}
+
+/// A handle for recording events; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Audit {
+    tx: mpsc::Sender<Msg>,
+}
+
+/// The writer thread; [`AuditWriter::finish`] waits until every recorded event is written.
+#[derive(Debug)]
+pub struct AuditWriter {
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl AuditWriter {
+    /// Waits for the writer to drain (all [`Audit`] handles must be dropped first).
+    pub async fn finish(self) {
+        let _ = tokio::task::spawn_blocking(move || self.thread.join()).await;
+    }
+}
+
+impl Audit {
+    /// Opens the target (so a bad path fails at start, not at the first event) and starts the
+    /// writer thread.
+    pub fn start(config: &AuditConfig) -> io::Result<(Audit, AuditWriter)> {
+        let sink = Sink::open(&config.target)?;
+        let (tx, rx) = mpsc::channel(config.queue);
+        let thread = std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer_loop(sink, rx))?;
+        Ok((Audit { tx }, AuditWriter { thread }))
+    }
+
+    /// Records an event; waits when the queue is full rather than dropping it.
+    pub async fn record(&self, event: AuditEvent) {
+        if self.tx.send(Msg::Event(Box::new(event))).await.is_err() {
+            tracing::error!("audit writer has stopped; event not written");
+        }
+    }
+
+    /// Reopens the file (after logrotate moved it away).
+    pub async fn reopen(&self) {
+        let _ = self.tx.send(Msg::Reopen).await;
+    }
+
+    /// Waits until every event recorded before this call is written and flushed.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+enum Sink {
+    Stdout(io::Stdout),
+    File { path: PathBuf, out: BufWriter<File> },
+}
+
+impl Sink {
+    fn open(target: &AuditTarget) -> io::Result<Sink> {
+        Ok(match target {
+            AuditTarget::Stdout => Sink::Stdout(io::stdout()),
+            AuditTarget::File(path) => Sink::File {
+                out: BufWriter::with_capacity(64 * 1024, open_append(path)?),
+                path: path.clone(),
+            },
+        })
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Sink::Stdout(s) => s.lock().write_all(bytes),
+            Sink::File { out, .. } => out.write_all(bytes),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sink::Stdout(s) => s.lock().flush(),
+            Sink::File { out, .. } => out.flush(),
+        }
+    }
+
+    fn reopen(&mut self) -> io::Result<()> {
+        if let Sink::File { path, out } = self {
+            out.flush()?;
+            *out = BufWriter::with_capacity(64 * 1024, open_append(path)?);
+        }
+        Ok(())
+    }
+}
+
+fn open_append(path: &PathBuf) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("audit log {}: {e}", path.display())))
+}
+
+/// Writes batches: everything queued is serialized and written, then flushed once.
+/// A failing disk is retried (the queue fills and producers wait) rather than losing events.
+fn writer_loop(mut sink: Sink, mut rx: mpsc::Receiver<Msg>) {
+    let mut line = Vec::with_capacity(512);
+    let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Event(ev) => {
+                    line.clear();
+                    if let Err(e) = serde_json::to_writer(&mut line, &ev) {
+                        tracing::error!("audit event not serializable: {e}");
+                        continue;
+                    }
+                    line.push(b'\n');
+                    retry("write", || sink.write_all(&line));
+                }
+                Msg::Reopen => retry("reopen", || sink.reopen()),
+                Msg::Flush(done) => waiting.push(done),
+            }
+            next = rx.try_recv().ok();
+        }
+        retry("flush", || sink.flush());
+        for w in waiting.drain(..) {
+            let _ = w.send(());
+        }
+    }
+    retry("flush", || sink.flush());
+}
+
+fn retry(what: &str, mut op: impl FnMut() -> io::Result<()>) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match op() {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::error!("audit log {what} failed: {e}; retrying in {delay:?}");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn writes_json_lines_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let (audit, writer) = Audit::start(&AuditConfig {
+            target: AuditTarget::File(path.clone()),
+            queue: 2,
+        })
+        .unwrap();
+        for i in 0..10 {
+            let mut ev = AuditEvent::new(EventKind::SubmissionDecision);
+            ev.mailbox = Some(format!("m{i}@x"));
+            ev.decision = Some(Outcome::Allow);
+            audit.record(ev).await;
+        }
+        audit.flush().await;
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 10);
+        assert_eq!(lines[3]["mailbox"], "m3@x");
+        assert_eq!(lines[3]["event"], "submission_decision");
+        assert_eq!(lines[3]["decision"], "allow");
+        assert!(lines[3].get("queue_id").is_none());
+        assert!(lines[3]["ts"].as_str().unwrap().ends_with('Z'));
+
+        // logrotate: move the file away, reopen, new events go to a new file.
+        std::fs::rename(&path, dir.path().join("audit.log.1")).unwrap();
+        audit.reopen().await;
+        audit
+            .record(AuditEvent::new(EventKind::PolicyReloaded))
+            .await;
+        drop(audit);
+        writer.finish().await;
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 1);
+        assert!(text.contains("policy_reloaded"));
+    }
+
+    #[test]
+    fn bad_path_fails_at_start() {
+        let e = Audit::start(&AuditConfig {
+            target: AuditTarget::File("/nonexistent-dir/x/audit.log".into()),
+            queue: 8,
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("/nonexistent-dir/x/audit.log"));
+    }
+}

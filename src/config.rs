@@ -1,0 +1,521 @@
+//! The daemon configuration (`submitgate.yaml`): raw serde types that refuse unknown keys, then
+//! one validation pass that reports every problem at once, each with file, line and column.
+//! Only the validated [`Config`] reaches the rest of the daemon.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::endpoint::Endpoint;
+use crate::yaml;
+
+/// Where the CLI looks when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/submitgate/submitgate.yaml";
+
+/// One configuration problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based; 0 when the problem is with the file as a whole.
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.message
+            )
+        }
+    }
+}
+
+/// Every problem of one configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// An SMTP reply: `550 5.7.139 text`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmtpReply {
+    pub code: u16,
+    pub enhanced: String,
+    pub text: String,
+}
+
+impl fmt::Display for SmtpReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {}", self.code, self.enhanced, self.text)
+    }
+}
+
+impl FromStr for SmtpReply {
+    type Err = String;
+
+    /// Parses and checks `NNN X.Y.Z text`: a 4xx or 5xx code, an enhanced status code of the
+    /// same class, and printable ASCII text (it goes into SMTP and the policy/milter protocols).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut parts = s.trim().splitn(3, ' ');
+        let code = parts.next().unwrap_or_default();
+        let enhanced = parts.next().unwrap_or_default();
+        let text = parts.next().unwrap_or_default().trim();
+        let code_num: u16 = match code.parse() {
+            Ok(n) if code.len() == 3 && (400..600).contains(&n) => n,
+            _ => {
+                return Err(format!(
+                    "{s:?}: the reply must start with a 4xx or 5xx code"
+                ))
+            }
+        };
+        let class = code.as_bytes()[0];
+        let fields: Vec<&str> = enhanced.split('.').collect();
+        let valid_enhanced = fields.len() == 3
+            && fields[0].as_bytes() == [class]
+            && fields[1..]
+                .iter()
+                .all(|f| !f.is_empty() && f.len() <= 3 && f.bytes().all(|b| b.is_ascii_digit()));
+        if !valid_enhanced {
+            return Err(format!(
+                "{s:?}: after the code comes an enhanced status code of the same class ({}.X.Y)",
+                class as char
+            ));
+        }
+        if text.is_empty() || text.len() > 400 || !text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return Err(format!(
+                "{s:?}: the text must be 1 to 400 printable ASCII characters"
+            ));
+        }
+        Ok(SmtpReply {
+            code: code_num,
+            enhanced: enhanced.to_string(),
+            text: text.to_string(),
+        })
+    }
+}
+
+/// The replies submitgate gives; Exchange Online's texts by default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replies {
+    pub tenant_disabled: SmtpReply,
+    pub mailbox_disabled: SmtpReply,
+    pub concurrency_limit: SmtpReply,
+    /// When submitgate itself cannot do its part (limiter down with `on_error: tempfail`,
+    /// spool unwritable).
+    pub tempfail: SmtpReply,
+}
+
+/// Exchange Online's reply when the organization disables SMTP AUTH.
+pub const TENANT_DISABLED: &str =
+    "550 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant.";
+/// Exchange Online's reply when the mailbox disables SMTP AUTH.
+pub const MAILBOX_DISABLED: &str =
+    "550 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox.";
+/// Exchange Online's reply over the concurrency limit.
+pub const CONCURRENCY_LIMIT: &str = "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded";
+/// Our own temporary failure.
+pub const TEMPFAIL: &str = "451 4.3.0 Temporary submission failure, try again later";
+
+impl Default for Replies {
+    fn default() -> Self {
+        let p = |s: &str| {
+            SmtpReply::from_str(s).unwrap_or_else(|e| unreachable!("built-in reply: {e}"))
+        };
+        Replies {
+            tenant_disabled: p(TENANT_DISABLED),
+            mailbox_disabled: p(MAILBOX_DISABLED),
+            concurrency_limit: p(CONCURRENCY_LIMIT),
+            tempfail: p(TEMPFAIL),
+        }
+    }
+}
+
+/// Which limiter backend holds the session leases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimiterConfig {
+    /// In this process (one MTA).
+    Memory,
+}
+
+/// Where audit events go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditTarget {
+    Stdout,
+    File(PathBuf),
+}
+
+/// The audit log settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    pub target: AuditTarget,
+    /// Events buffered between the front ends and the writer before they wait (back-pressure).
+    pub queue: usize,
+}
+
+/// The validated daemon configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from (for messages and reloads).
+    pub path: PathBuf,
+    pub policy_listeners: Vec<Endpoint>,
+    pub control: Option<Endpoint>,
+    pub policies_dir: PathBuf,
+    pub default_domain: Option<String>,
+    pub lease_idle_timeout: Duration,
+    pub unix_socket_mode: u32,
+    pub max_connections: usize,
+    pub limiter: LimiterConfig,
+    pub audit: AuditConfig,
+    pub replies: Replies,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    policy: Vec<String>,
+    control: Option<String>,
+    policies: Option<PathBuf>,
+    default_domain: Option<String>,
+    lease_idle_timeout: Option<String>,
+    unix_socket_mode: Option<String>,
+    max_connections: Option<usize>,
+    limiter: Option<RawLimiter>,
+    audit: Option<RawAudit>,
+    replies: Option<RawReplies>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimiter {
+    backend: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    path: String,
+    queue: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReplies {
+    tenant_disabled: Option<String>,
+    mailbox_disabled: Option<String>,
+    concurrency_limit: Option<String>,
+    tempfail: Option<String>,
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read: {e}"),
+            }])
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates configuration text; `path` names it in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+        let at = |line: usize, column: usize, message: String| ConfigError {
+            file: path.to_path_buf(),
+            line,
+            column,
+            message,
+        };
+        // An empty file is a valid (all-defaults) configuration.
+        let raw: RawConfig = if text.trim().is_empty() {
+            serde_yaml::from_str("{}")
+        } else {
+            serde_yaml::from_str(text)
+        }
+        .map_err(|e| {
+            let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+            ConfigErrors(vec![at(line, column, e.to_string())])
+        })?;
+        // The positioned tree points each semantic error at its line.
+        let tree = yaml::parse(text).ok();
+        let mut errors = Vec::new();
+        let mut err = |keys: &[&str], message: String| {
+            let (line, column) = tree.as_ref().map_or((0, 0), |t| {
+                let n = t.locate(keys);
+                (n.start.line, n.start.column)
+            });
+            errors.push(at(line, column, format!("{}: {message}", keys.join("."))));
+        };
+
+        let mut policy_listeners = Vec::new();
+        for (i, s) in raw.policy.iter().enumerate() {
+            match Endpoint::parse(s) {
+                Ok(e) => policy_listeners.push(e),
+                Err(e) => err(&["policy"], format!("entry {}: {e}", i + 1)),
+            }
+        }
+        let control = raw
+            .control
+            .as_deref()
+            .and_then(|s| match Endpoint::parse(s) {
+                Ok(e @ Endpoint::Unix(_)) => Some(e),
+                Ok(_) => {
+                    err(
+                        &["control"],
+                        format!("{s:?}: the control socket must be unix:/PATH"),
+                    );
+                    None
+                }
+                Err(e) => {
+                    err(&["control"], e.to_string());
+                    None
+                }
+            });
+        let default_domain = raw.default_domain.as_deref().and_then(|d| {
+            let d = d.trim().to_ascii_lowercase();
+            if crate::policy::valid_domain(&d) {
+                Some(d)
+            } else {
+                err(&["default_domain"], format!("{d:?} is not a domain name"));
+                None
+            }
+        });
+        let lease_idle_timeout = match raw.lease_idle_timeout.as_deref() {
+            None => Duration::from_secs(300),
+            Some(s) => match humantime::parse_duration(s) {
+                Ok(d) if d >= Duration::from_secs(1) => d,
+                _ => {
+                    err(
+                        &["lease_idle_timeout"],
+                        format!("{s:?} is not a duration of at least 1s (e.g. 300s, 5m)"),
+                    );
+                    Duration::from_secs(300)
+                }
+            },
+        };
+        let unix_socket_mode = match raw.unix_socket_mode.as_deref() {
+            None => 0o666,
+            Some(s) => match u32::from_str_radix(s.trim_start_matches("0o"), 8) {
+                Ok(m) if m <= 0o777 => m,
+                _ => {
+                    err(
+                        &["unix_socket_mode"],
+                        format!("{s:?} is not an octal file mode (e.g. \"0660\")"),
+                    );
+                    0o666
+                }
+            },
+        };
+        let max_connections = match raw.max_connections {
+            None => 1024,
+            Some(n) if (1..=1_000_000).contains(&n) => n,
+            Some(n) => {
+                err(
+                    &["max_connections"],
+                    format!("{n} is not between 1 and 1000000"),
+                );
+                1024
+            }
+        };
+        let limiter = match raw.limiter.as_ref().map(|l| l.backend.as_str()) {
+            None | Some("memory") => LimiterConfig::Memory,
+            Some(other) => {
+                err(
+                    &["limiter", "backend"],
+                    format!("unknown backend {other:?}; expected memory"),
+                );
+                LimiterConfig::Memory
+            }
+        };
+        let audit = match &raw.audit {
+            None => AuditConfig {
+                target: AuditTarget::File(PathBuf::from("./audit.log")),
+                queue: 4096,
+            },
+            Some(a) => {
+                let target = match a.path.as_str() {
+                    "-" => AuditTarget::Stdout,
+                    "" => {
+                        err(
+                            &["audit", "path"],
+                            "must be a file path or \"-\" (stdout)".into(),
+                        );
+                        AuditTarget::Stdout
+                    }
+                    p => AuditTarget::File(PathBuf::from(p)),
+                };
+                let queue = match a.queue {
+                    None => 4096,
+                    Some(q) if (1..=1_000_000).contains(&q) => q,
+                    Some(q) => {
+                        err(
+                            &["audit", "queue"],
+                            format!("{q} is not between 1 and 1000000"),
+                        );
+                        4096
+                    }
+                };
+                AuditConfig { target, queue }
+            }
+        };
+        let mut replies = Replies::default();
+        if let Some(r) = &raw.replies {
+            let fields = [
+                (
+                    "tenant_disabled",
+                    &r.tenant_disabled,
+                    &mut replies.tenant_disabled,
+                ),
+                (
+                    "mailbox_disabled",
+                    &r.mailbox_disabled,
+                    &mut replies.mailbox_disabled,
+                ),
+                (
+                    "concurrency_limit",
+                    &r.concurrency_limit,
+                    &mut replies.concurrency_limit,
+                ),
+                ("tempfail", &r.tempfail, &mut replies.tempfail),
+            ];
+            for (name, raw, slot) in fields {
+                if let Some(s) = raw {
+                    match SmtpReply::from_str(s) {
+                        Ok(reply) => *slot = reply,
+                        Err(e) => err(&["replies", name], e),
+                    }
+                }
+            }
+        }
+        if raw.policy.is_empty() {
+            err(
+                &["policy"],
+                "no front end configured: list at least one policy listener (e.g. [\"inet:127.0.0.1:10040\"])"
+                    .into(),
+            );
+        }
+
+        if !errors.is_empty() {
+            errors.sort_by_key(|e| (e.line, e.column));
+            return Err(ConfigErrors(errors));
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            policy_listeners,
+            control,
+            policies_dir: raw.policies.unwrap_or_else(|| PathBuf::from("./policies")),
+            default_domain,
+            lease_idle_timeout,
+            unix_socket_mode,
+            max_connections,
+            limiter,
+            audit,
+            replies,
+        })
+    }
+
+    /// The options policy loading needs from the daemon configuration.
+    pub fn policy_options(&self) -> crate::policy::LoadOptions {
+        crate::policy::LoadOptions {
+            default_domain: self.default_domain.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::parse(Path::new("sg.yaml"), text)
+    }
+
+    #[test]
+    fn example_parses_with_defaults() {
+        let c = parse("policy: [\"inet:127.0.0.1:10040\", \"unix:/tmp/sg.sock\"]\n").unwrap();
+        assert_eq!(c.policy_listeners.len(), 2);
+        assert_eq!(c.lease_idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.policies_dir, PathBuf::from("./policies"));
+        assert_eq!(c.replies.concurrency_limit.to_string(), CONCURRENCY_LIMIT);
+        assert_eq!(c.replies.tenant_disabled.to_string(), TENANT_DISABLED);
+        assert_eq!(c.unix_socket_mode, 0o666);
+        assert_eq!(
+            c.audit.target,
+            AuditTarget::File(PathBuf::from("./audit.log"))
+        );
+    }
+
+    #[test]
+    fn unknown_key_has_position() {
+        let e = parse("policy: [\"inet:127.0.0.1:1\"]\npolicys: x\n").unwrap_err();
+        assert_eq!(e.0.len(), 1);
+        assert_eq!(e.0[0].line, 2);
+        assert!(e.0[0].message.contains("unknown field `policys`"), "{e}");
+    }
+
+    #[test]
+    fn every_semantic_error_at_once_with_lines() {
+        let text = "\
+policy: [\"inet:127.0.0.1\"]
+lease_idle_timeout: soon
+unix_socket_mode: \"999\"
+control: \"inet:127.0.0.1:5\"
+replies:
+  tenant_disabled: \"250 2.0.0 fine\"
+  concurrency_limit: \"432 5.3.2 mixed classes\"
+  mailbox_disabled: \"550 5.7.139 bad\\r\\ntext\"
+";
+        let e = parse(text).unwrap_err();
+        let lines: Vec<usize> = e.0.iter().map(|x| x.line).collect();
+        assert_eq!(lines, vec![1, 2, 3, 4, 6, 7, 8], "{e}");
+        let s = e.to_string();
+        assert!(s.contains("sg.yaml:6:20: replies.tenant_disabled"), "{s}");
+    }
+
+    #[test]
+    fn reply_validation() {
+        assert!(SmtpReply::from_str("421 4.3.2 busy").is_ok());
+        assert!(SmtpReply::from_str("550 5.7.1 no").is_ok());
+        assert!(SmtpReply::from_str("550 4.7.1 wrong class").is_err());
+        assert!(SmtpReply::from_str("650 6.7.1 bad code").is_err());
+        assert!(SmtpReply::from_str("55 5.7.1 short").is_err());
+        assert!(SmtpReply::from_str("550 5.7 two fields").is_err());
+        assert!(SmtpReply::from_str("550 5.7.1").is_err());
+        assert!(SmtpReply::from_str("550 5.7.1 caf\u{e9}").is_err());
+    }
+
+    #[test]
+    fn replies_can_be_overridden() {
+        let c = parse(
+            "policy: [\"inet:127.0.0.1:1\"]\nreplies: { concurrency_limit: \"421 4.7.0 Too many sessions\" }\n",
+        )
+        .unwrap();
+        assert_eq!(c.replies.concurrency_limit.code, 421);
+        assert_eq!(c.replies.tenant_disabled.to_string(), TENANT_DISABLED);
+    }
+}

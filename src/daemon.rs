@@ -1,0 +1,233 @@
+//! Wires the parts together: loads the policy, opens the audit log, binds every listener and
+//! runs the front ends until shutdown. [`Daemon`] is what `submitgate serve` runs and what the
+//! integration tests start on port 0.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{Mutex, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::audit::{Audit, AuditEvent, AuditWriter, EventKind};
+use crate::config::{Config, LimiterConfig, Replies, SmtpReply};
+use crate::endpoint::Endpoint;
+use crate::limiter::Limiter;
+use crate::policy::{self, PolicyErrors, PolicySnapshot, RejectReason};
+use crate::postfix_policy;
+
+/// How long shutdown waits for connections to finish their current request.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("policy files are invalid:\n{0}")]
+    Policy(PolicyErrors),
+    #[error("audit log: {0}")]
+    Audit(std::io::Error),
+    #[error("cannot listen on {endpoint}: {source}")]
+    Bind {
+        endpoint: Endpoint,
+        source: std::io::Error,
+    },
+}
+
+/// Counters that are not worth an audit line.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Policy requests without a login (not submissions).
+    pub unauthenticated: AtomicU64,
+}
+
+impl Replies {
+    /// The reply for a policy refusal (an unknown organization gets the Tenant text).
+    pub fn for_reject(&self, reason: RejectReason) -> &SmtpReply {
+        match reason {
+            RejectReason::MailboxDisabled => &self.mailbox_disabled,
+            RejectReason::OrgDisabled | RejectReason::UnknownOrganization => &self.tenant_disabled,
+        }
+    }
+}
+
+/// What every front end shares: the current policy, the limiter, the audit log.
+#[derive(Clone)]
+pub struct Context {
+    pub policy: Arc<ArcSwap<PolicySnapshot>>,
+    pub limiter: Limiter,
+    pub audit: Audit,
+    pub replies: Arc<Replies>,
+    pub stats: Arc<Stats>,
+}
+
+/// The result of a reload.
+#[derive(Debug, Clone)]
+pub enum ReloadOutcome {
+    Reloaded {
+        version: String,
+        organizations: usize,
+        mailboxes: usize,
+    },
+    /// The old policy stays in force.
+    Failed(PolicyErrors),
+}
+
+/// A running daemon.
+pub struct Daemon {
+    config: Arc<Config>,
+    ctx: Context,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    policy_endpoints: Vec<Endpoint>,
+    audit_writer: AuditWriter,
+    reload_lock: Mutex<()>,
+}
+
+impl Daemon {
+    /// Loads the policy (an invalid policy stops the start), opens the audit log, binds every
+    /// listener and starts serving.
+    pub async fn start(config: Config) -> Result<Daemon, StartError> {
+        let opts = config.policy_options();
+        let dir = config.policies_dir.clone();
+        let snapshot = tokio::task::spawn_blocking(move || policy::load_dir(&dir, &opts))
+            .await
+            .unwrap_or_else(|e| Err(join_error(e)))
+            .map_err(StartError::Policy)?;
+        tracing::info!(
+            dir = %config.policies_dir.display(),
+            version = %snapshot.version,
+            organizations = snapshot.organizations().len(),
+            mailboxes = snapshot.mailbox_count(),
+            "policy loaded"
+        );
+        let (audit, audit_writer) = Audit::start(&config.audit).map_err(StartError::Audit)?;
+        let limiter = match config.limiter {
+            LimiterConfig::Memory => Limiter::memory(),
+        };
+        let ctx = Context {
+            policy: Arc::new(ArcSwap::from_pointee(snapshot)),
+            limiter,
+            audit,
+            replies: Arc::new(config.replies.clone()),
+            stats: Arc::new(Stats::default()),
+        };
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let connections = Arc::new(Semaphore::new(config.max_connections));
+
+        let mut policy_endpoints = Vec::new();
+        for endpoint in &config.policy_listeners {
+            let listener = endpoint
+                .bind(config.unix_socket_mode)
+                .await
+                .map_err(|source| StartError::Bind {
+                    endpoint: endpoint.clone(),
+                    source,
+                })?;
+            let bound = listener
+                .local_endpoint()
+                .unwrap_or_else(|_| endpoint.clone());
+            tracing::info!(listener = %bound, "policy front end listening");
+            policy_endpoints.push(bound);
+            tracker.spawn(postfix_policy::server::serve(
+                listener,
+                ctx.clone(),
+                postfix_policy::server::Settings {
+                    lease_idle_timeout: config.lease_idle_timeout,
+                },
+                connections.clone(),
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+        }
+        Ok(Daemon {
+            config: Arc::new(config),
+            ctx,
+            shutdown,
+            tracker,
+            policy_endpoints,
+            audit_writer,
+            reload_lock: Mutex::new(()),
+        })
+    }
+
+    /// The addresses the policy front end listens on (real ports when 0 was configured).
+    pub fn policy_endpoints(&self) -> &[Endpoint] {
+        &self.policy_endpoints
+    }
+
+    /// The shared context (policy, limiter, audit).
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// Reloads the policy files. A broken set keeps the old policy, logs every error and
+    /// audits `policy_reload_failed`.
+    pub async fn reload(&self) -> ReloadOutcome {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let opts = self.config.policy_options();
+        let dir = self.config.policies_dir.clone();
+        let loaded = tokio::task::spawn_blocking(move || policy::load_dir(&dir, &opts))
+            .await
+            .unwrap_or_else(|e| Err(join_error(e)));
+        match loaded {
+            Ok(snapshot) => {
+                let outcome = ReloadOutcome::Reloaded {
+                    version: snapshot.version.clone(),
+                    organizations: snapshot.organizations().len(),
+                    mailboxes: snapshot.mailbox_count(),
+                };
+                let mut ev = AuditEvent::new(EventKind::PolicyReloaded);
+                ev.version = Some(snapshot.version.clone());
+                tracing::info!(version = %snapshot.version, "policy reloaded");
+                self.ctx.policy.store(Arc::new(snapshot));
+                self.ctx.audit.record(ev).await;
+                outcome
+            }
+            Err(errors) => {
+                for e in &errors.0 {
+                    tracing::error!("policy reload failed, keeping the old policy: {e}");
+                }
+                let mut ev = AuditEvent::new(EventKind::PolicyReloadFailed);
+                ev.version = Some(self.ctx.policy.load().version.clone());
+                ev.errors = Some(errors.0.iter().map(|e| e.to_string()).collect());
+                self.ctx.audit.record(ev).await;
+                ReloadOutcome::Failed(errors)
+            }
+        }
+    }
+
+    /// Reopens the audit log (SIGUSR1, after logrotate).
+    pub async fn reopen_audit(&self) {
+        self.ctx.audit.reopen().await;
+    }
+
+    /// Stops accepting, lets connections answer what they are working on, releases every
+    /// lease and writes every audit event before returning.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still busy after {SHUTDOWN_GRACE:?}; stopping anyway");
+        }
+        let Daemon {
+            ctx, audit_writer, ..
+        } = self;
+        drop(ctx);
+        audit_writer.finish().await;
+    }
+}
+
+fn join_error(e: tokio::task::JoinError) -> PolicyErrors {
+    PolicyErrors(vec![policy::PolicyError {
+        file: "policies".into(),
+        line: 0,
+        column: 0,
+        message: format!("policy loader failed: {e}"),
+    }])
+}

@@ -1,0 +1,406 @@
+//! Tests of policy loading and evaluation: the truth table of DESIGN's precedence and every
+//! validation error with its position.
+
+use std::path::PathBuf;
+
+use super::*;
+
+fn load(files: &[(&str, &str)]) -> Result<PolicySnapshot, PolicyErrors> {
+    let files: Vec<(PathBuf, String)> = files
+        .iter()
+        .map(|(n, t)| (PathBuf::from(n), t.to_string()))
+        .collect();
+    load_files(
+        &files,
+        &LoadOptions {
+            default_domain: Some("contoso.com".into()),
+        },
+    )
+}
+
+fn org(name: &str, domains: &str, disabled: &str, mailboxes: &str) -> String {
+    format!(
+        "organization: {name}\ndomains: {domains}\nsmtp_client_authentication_disabled: {disabled}\nmailboxes:\n{mailboxes}"
+    )
+}
+
+fn decide(snap: &PolicySnapshot, login: &str) -> Decision {
+    evaluate(snap, &Submission { login })
+}
+
+#[test]
+fn precedence_truth_table() {
+    // org value × mailbox value (true / false / null / absent) → effective, reason.
+    for org_disabled in [false, true] {
+        for (mb, expect_disabled, reason) in [
+            (
+                "{ smtp_client_authentication_disabled: true }",
+                Some(true),
+                RejectReason::MailboxDisabled,
+            ),
+            (
+                "{ smtp_client_authentication_disabled: false }",
+                Some(false),
+                RejectReason::MailboxDisabled,
+            ),
+            (
+                "{ smtp_client_authentication_disabled: null }",
+                None,
+                RejectReason::OrgDisabled,
+            ),
+            ("{}", None, RejectReason::OrgDisabled),
+        ] {
+            let text = org(
+                "contoso",
+                "[contoso.com]",
+                &org_disabled.to_string(),
+                &format!("  user@contoso.com: {mb}\n"),
+            );
+            let snap = load(&[("c.yaml", &text)]).unwrap();
+            let effective = expect_disabled.unwrap_or(org_disabled);
+            let d = decide(&snap, "User@Contoso.com");
+            if effective {
+                assert_eq!(
+                    d,
+                    Decision::Reject {
+                        reason,
+                        mailbox: "user@contoso.com".into(),
+                        organization: Some("contoso".into()),
+                    },
+                    "org={org_disabled} mailbox={mb}"
+                );
+            } else {
+                assert!(
+                    matches!(d, Decision::Allow(_)),
+                    "org={org_disabled} mailbox={mb}: {d:?}"
+                );
+            }
+            // A mailbox without an entry follows the organization.
+            let other = decide(&snap, "nobody@contoso.com");
+            assert_eq!(matches!(other, Decision::Reject { .. }), org_disabled);
+        }
+    }
+}
+
+#[test]
+fn unknown_organization_is_denied_unless_a_fallback_exists() {
+    let snap = load(&[("c.yaml", &org("contoso", "[contoso.com]", "false", ""))]).unwrap();
+    assert_eq!(
+        decide(&snap, "x@elsewhere.org"),
+        Decision::Reject {
+            reason: RejectReason::UnknownOrganization,
+            mailbox: "x@elsewhere.org".into(),
+            organization: None,
+        }
+    );
+    let snap = load(&[
+        ("c.yaml", &org("contoso", "[contoso.com]", "false", "")),
+        (
+            "z.yaml",
+            &org(
+                "rest",
+                "[\"*\"]",
+                "false",
+                "  guest@elsewhere.org: { max_concurrent_sessions_per_mailbox: 7 }\n",
+            ),
+        ),
+    ])
+    .unwrap();
+    match decide(&snap, "x@elsewhere.org") {
+        Decision::Allow(a) => {
+            assert_eq!(a.organization, "rest");
+            assert_eq!(a.limit, 3);
+        }
+        d => panic!("{d:?}"),
+    }
+    match decide(&snap, "guest@elsewhere.org") {
+        Decision::Allow(a) => assert_eq!(a.limit, 7),
+        d => panic!("{d:?}"),
+    }
+    // The specific domain still wins over "*".
+    match decide(&snap, "a@contoso.com") {
+        Decision::Allow(a) => assert_eq!(a.organization, "contoso"),
+        d => panic!("{d:?}"),
+    }
+}
+
+#[test]
+fn login_without_domain_uses_default_domain() {
+    let snap = load(&[(
+        "c.yaml",
+        &org(
+            "contoso",
+            "[contoso.com]",
+            "false",
+            "  alice@contoso.com: { smtp_client_authentication_disabled: true }\n",
+        ),
+    )])
+    .unwrap();
+    assert!(matches!(
+        decide(&snap, " ALICE "),
+        Decision::Reject {
+            reason: RejectReason::MailboxDisabled,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn limits_and_sent_items_inherit() {
+    let text = "\
+organization: contoso
+domains: [contoso.com]
+max_concurrent_sessions_per_mailbox: 5
+sent_items: { enabled: true, folder: Gesendet }
+mailboxes:
+  printer@contoso.com:
+    max_concurrent_sessions_per_mailbox: 10
+    sent_items: { enabled: false }
+  bob@contoso.com: {}
+  carol@contoso.com:
+";
+    let snap = load(&[("c.yaml", text)]).unwrap();
+    let Decision::Allow(p) = decide(&snap, "printer@contoso.com") else {
+        panic!()
+    };
+    assert_eq!(p.limit, 10);
+    assert!(!p.sent_items.enabled);
+    assert_eq!(p.sent_items.folder, "Gesendet");
+    let Decision::Allow(b) = decide(&snap, "bob@contoso.com") else {
+        panic!()
+    };
+    assert_eq!(b.limit, 5);
+    assert_eq!(
+        b.sent_items,
+        SentItems {
+            enabled: true,
+            folder: "Gesendet".into()
+        }
+    );
+    assert_eq!(snap.mailbox_count(), 3);
+}
+
+#[test]
+fn defaults() {
+    let snap = load(&[("c.yaml", "organization: contoso\ndomains: [contoso.com]\n")]).unwrap();
+    let Decision::Allow(a) = decide(&snap, "x@contoso.com") else {
+        panic!()
+    };
+    assert_eq!(a.limit, DEFAULT_MAX_SESSIONS);
+    assert_eq!(a.sent_items, SentItems::default());
+}
+
+#[test]
+fn describe_shows_own_org_and_effective_values() {
+    let text = org(
+        "contoso",
+        "[contoso.com]",
+        "true",
+        "  printer@contoso.com: { smtp_client_authentication_disabled: false, max_concurrent_sessions_per_mailbox: 10 }\n",
+    );
+    let snap = load(&[("c.yaml", &text)]).unwrap();
+    let v = snap.describe("printer@contoso.com");
+    assert_eq!(v.mailbox_smtp_client_authentication_disabled, Some(false));
+    assert_eq!(
+        v.organization_smtp_client_authentication_disabled,
+        Some(true)
+    );
+    assert!(!v.effective_smtp_client_authentication_disabled);
+    assert_eq!(v.source, Source::Mailbox);
+    assert_eq!(v.effective_max_concurrent_sessions, Some(10));
+    let v = snap.describe("x@contoso.com");
+    assert_eq!(v.mailbox_smtp_client_authentication_disabled, None);
+    assert!(v.effective_smtp_client_authentication_disabled);
+    assert_eq!(v.source, Source::Organization);
+    assert!(!v.listed);
+    let v = snap.describe("x@nowhere.example");
+    assert_eq!(v.source, Source::UnknownOrganization);
+    assert!(v.effective_smtp_client_authentication_disabled);
+}
+
+fn errors(files: &[(&str, &str)]) -> Vec<String> {
+    match load(files) {
+        Ok(_) => panic!("expected errors"),
+        Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+#[test]
+fn every_error_in_a_file_at_once_with_positions() {
+    let text = "\
+organization: contoso
+domains: [contoso.com, \"bad domain\"]
+smtp_client_authentication_disabled: yes
+max_concurrent_sessions_per_mailbox: 0
+sent_item: {}
+sent_items: { enabled: true, folder: 3 }
+mailboxes:
+  alice@contoso.com: { smtp_client_authentication_disabled: maybe }
+  Alice@contoso.com: {}
+  bob@fabrikam.com: {}
+  not-an-address: {}
+  carol@contoso.com: { max_concurrent_sessions_per_mailbox: lots, colour: red }
+";
+    let e = errors(&[("c.yaml", text)]);
+    let expect = [
+        "c.yaml:2:24: \"bad domain\" is not a domain name",
+        "c.yaml:3:38: smtp_client_authentication_disabled must be true, false or null, found \"yes\"",
+        "c.yaml:4:38: max_concurrent_sessions_per_mailbox must be a whole number from 1 to 100000 (or null), found 0",
+        "c.yaml:5:1: unknown key \"sent_item\" in an organization file (did you mean \"sent_items\"?)",
+        "c.yaml:6:38: sent_items.folder must be a string, found 3",
+        "c.yaml:8:60: smtp_client_authentication_disabled must be true, false or null, found \"maybe\"",
+        "c.yaml:9:3: mailbox alice@contoso.com is already listed at c.yaml:8",
+        "c.yaml:10:3: mailbox bob@fabrikam.com is outside organization \"contoso\"'s domains (contoso.com)",
+        "c.yaml:11:3: \"not-an-address\" is not a mailbox address",
+        "c.yaml:12:60: max_concurrent_sessions_per_mailbox must be a whole number",
+        "c.yaml:12:68: unknown key \"colour\" in mailbox carol@contoso.com",
+    ];
+    assert_eq!(e.len(), expect.len(), "{e:#?}");
+    for (got, want) in e.iter().zip(expect) {
+        assert!(got.starts_with(want), "\n got: {got}\nwant: {want}");
+    }
+}
+
+#[test]
+fn cross_file_errors() {
+    let a = org(
+        "contoso",
+        "[contoso.com, shared.com]",
+        "false",
+        "  a@contoso.com: {}\n",
+    );
+    let b = org(
+        "fabrikam",
+        "[fabrikam.com, shared.com]",
+        "false",
+        "  a@contoso.com: {}\n  b@fabrikam.com: {}\n",
+    );
+    let c = org("Contoso", "[\"*\"]", "false", "");
+    let d = org("rest", "[\"*\"]", "false", "");
+    let e = errors(&[
+        ("a.yaml", &a),
+        ("b.yaml", &b),
+        ("c.yaml", &c),
+        ("d.yaml", &d),
+    ]);
+    let expect = [
+        "b.yaml:2:25: domain \"shared.com\" already belongs to the organization at a.yaml:2",
+        "b.yaml:5:3: mailbox a@contoso.com is already listed at a.yaml:5",
+        "c.yaml:1:15: organization \"Contoso\" is already defined at a.yaml:1",
+        "d.yaml:2:11: a second fallback organization (\"*\"); the first is at c.yaml:2",
+    ];
+    assert_eq!(e.len(), expect.len(), "{e:#?}");
+    for (got, want) in e.iter().zip(expect) {
+        assert!(got.starts_with(want), "\n got: {got}\nwant: {want}");
+    }
+}
+
+#[test]
+fn a_mailbox_under_the_fallback_org_must_not_belong_to_another() {
+    let a = org("contoso", "[contoso.com]", "false", "");
+    let z = org(
+        "rest",
+        "[\"*\"]",
+        "false",
+        "  x@contoso.com: {}\n  y@other.org: {}\n",
+    );
+    let e = errors(&[("a.yaml", &a), ("z.yaml", &z)]);
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(e[0].starts_with("z.yaml:5:3: mailbox x@contoso.com is outside organization \"rest\"'s domains: contoso.com belongs to organization \"contoso\""), "{}", e[0]);
+}
+
+#[test]
+fn missing_keys_wrong_shapes_and_syntax() {
+    let e = errors(&[("a.yaml", "smtp_client_authentication_disabled: false\n")]);
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(e[0].contains("missing key \"organization\""));
+    assert!(e[1].contains("missing key \"domains\""));
+
+    let e = errors(&[("a.yaml", "- just\n- a list\n")]);
+    assert!(
+        e[0].starts_with("a.yaml:1:1: an organization file must be a mapping"),
+        "{e:?}"
+    );
+
+    let e = errors(&[(
+        "a.yaml",
+        "organization: x\ndomains: contoso.com\nmailboxes: [a]\n",
+    )]);
+    assert!(
+        e[0].starts_with("a.yaml:2:10: domains must be a list"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].starts_with("a.yaml:3:12: mailboxes must be a mapping"),
+        "{e:?}"
+    );
+
+    let e = errors(&[(
+        "a.yaml",
+        "organization: x\ndomains: [a.com]\nmailboxes:\n  a@a.com: {\n",
+    )]);
+    assert_eq!(e.len(), 1);
+    assert!(e[0].starts_with("a.yaml:"), "{e:?}");
+
+    let e = errors(&[(
+        "a.yaml",
+        "organization: x\norganization: y\ndomains: [a.com]\n",
+    )]);
+    assert!(
+        e[0].starts_with("a.yaml:2:1: duplicate key \"organization\""),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn errors_from_several_files_are_all_reported() {
+    let e = errors(&[
+        ("a.yaml", "organization: a\ndomains: [a.com]\nbogus: 1\n"),
+        (
+            "b.yaml",
+            "organization: b\ndomains: [b.com]\nmax_concurrent_sessions_per_mailbox: -1\n",
+        ),
+    ]);
+    assert_eq!(e.len(), 2);
+    assert!(e[0].starts_with("a.yaml:3:1:"));
+    assert!(e[1].starts_with("b.yaml:3:38:"));
+}
+
+#[test]
+fn load_dir_reads_yaml_files_only_and_names_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        "organization: a\ndomains: [a.com]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("b.yml"),
+        "organization: b\ndomains: [b.com]\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join(".a.yaml.swp"), "garbage: [").unwrap();
+    std::fs::write(dir.path().join("README"), "not yaml: [").unwrap();
+    let snap = load_dir(dir.path(), &LoadOptions::default()).unwrap();
+    assert_eq!(snap.organizations().len(), 2);
+    assert_eq!(snap.files.len(), 2);
+    let v1 = snap.version.clone();
+    assert_eq!(
+        load_dir(dir.path(), &LoadOptions::default())
+            .unwrap()
+            .version,
+        v1
+    );
+
+    std::fs::write(dir.path().join("c.yaml"), b"organization: \xff\n").unwrap();
+    let e = load_dir(dir.path(), &LoadOptions::default()).unwrap_err();
+    assert_eq!(e.0.len(), 1);
+    assert!(
+        e.0[0].to_string().contains("c.yaml: not valid UTF-8"),
+        "{}",
+        e
+    );
+
+    let e = load_dir(&dir.path().join("missing"), &LoadOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("cannot read directory"));
+}

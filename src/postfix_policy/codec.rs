@@ -1,0 +1,311 @@
+//! The policy delegation wire format (Postfix's SMTPD_POLICY_README): a request is
+//! `name=value` lines ended by an empty line; the reply is `action=...` and an empty line.
+//! Sizes are bounded; attributes we do not use are skipped without being decoded; a malformed
+//! request is a [`CodecError`] and ends that connection.
+
+use bytes::{BufMut, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+
+/// Largest request accepted (Postfix's own requests are about 700 bytes).
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Most attributes accepted in one request (Postfix 3.7 sends 28).
+pub const MAX_ATTRIBUTES: usize = 512;
+
+/// Why a request was refused; the connection is then closed.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("request larger than {MAX_REQUEST_BYTES} bytes")]
+    TooLarge,
+    #[error("more than {MAX_ATTRIBUTES} attributes in one request")]
+    TooManyAttributes,
+    #[error("line {0} has no '='")]
+    MissingEquals(usize),
+    #[error("attribute {0} is not valid UTF-8")]
+    InvalidUtf8(&'static str),
+    #[error("empty request (a blank line with no attributes)")]
+    Empty,
+    #[error("connection closed in the middle of a request")]
+    Truncated,
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The attributes submitgate uses; everything else Postfix sends is ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Request {
+    /// `smtpd_access_policy` for every request from smtpd.
+    pub request: String,
+    /// `RCPT`, `DATA`, `END-OF-MESSAGE`, `MAIL`, ...
+    pub protocol_state: String,
+    pub client_address: String,
+    pub client_port: String,
+    pub server_address: String,
+    pub server_port: String,
+    /// Changes with each mail transaction of a session.
+    pub instance: String,
+    pub queue_id: String,
+    pub sender: String,
+    pub recipient: String,
+    pub recipient_count: Option<u32>,
+    pub size: Option<u64>,
+    pub sasl_method: String,
+    pub sasl_username: String,
+    pub encryption_protocol: String,
+}
+
+impl Request {
+    /// Whether this is the last request of a transaction (smtpd_end_of_data_restrictions).
+    pub fn is_end_of_message(&self) -> bool {
+        self.protocol_state.eq_ignore_ascii_case("END-OF-MESSAGE")
+    }
+}
+
+/// A reply: the text after `action=`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response(pub String);
+
+impl Response {
+    /// `action=DUNNO`: no opinion, Postfix goes on with its restrictions.
+    pub fn dunno() -> Self {
+        Response("DUNNO".to_string())
+    }
+}
+
+/// Decoder/encoder for one policy connection.
+#[derive(Debug, Default)]
+pub struct PolicyCodec {
+    /// How far the buffer has been searched for the end of the request.
+    scanned: usize,
+}
+
+impl PolicyCodec {
+    pub fn new() -> Self {
+        PolicyCodec::default()
+    }
+}
+
+fn text(name: &'static str, v: &[u8]) -> Result<String, CodecError> {
+    std::str::from_utf8(v)
+        .map(str::to_owned)
+        .map_err(|_| CodecError::InvalidUtf8(name))
+}
+
+/// Parses one complete request (without its terminating empty line).
+pub fn parse_request(block: &[u8]) -> Result<Request, CodecError> {
+    let mut req = Request::default();
+    let mut count = 0;
+    for (i, line) in block.split(|b| *b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        count += 1;
+        if count > MAX_ATTRIBUTES {
+            return Err(CodecError::TooManyAttributes);
+        }
+        let eq = line
+            .iter()
+            .position(|b| *b == b'=')
+            .ok_or(CodecError::MissingEquals(i + 1))?;
+        let (name, value) = (&line[..eq], &line[eq + 1..]);
+        let slot: (&'static str, &mut String) = match name {
+            b"request" => ("request", &mut req.request),
+            b"protocol_state" => ("protocol_state", &mut req.protocol_state),
+            b"client_address" => ("client_address", &mut req.client_address),
+            b"client_port" => ("client_port", &mut req.client_port),
+            b"server_address" => ("server_address", &mut req.server_address),
+            b"server_port" => ("server_port", &mut req.server_port),
+            b"instance" => ("instance", &mut req.instance),
+            b"queue_id" => ("queue_id", &mut req.queue_id),
+            b"sender" => ("sender", &mut req.sender),
+            b"recipient" => ("recipient", &mut req.recipient),
+            b"sasl_method" => ("sasl_method", &mut req.sasl_method),
+            b"sasl_username" => ("sasl_username", &mut req.sasl_username),
+            b"encryption_protocol" => ("encryption_protocol", &mut req.encryption_protocol),
+            b"recipient_count" => {
+                req.recipient_count = text("recipient_count", value)?.parse().ok();
+                continue;
+            }
+            b"size" => {
+                req.size = text("size", value)?.parse().ok();
+                continue;
+            }
+            _ => continue,
+        };
+        *slot.1 = text(slot.0, value)?;
+    }
+    if count == 0 {
+        return Err(CodecError::Empty);
+    }
+    Ok(req)
+}
+
+impl Decoder for PolicyCodec {
+    type Item = Request;
+    type Error = CodecError;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, CodecError> {
+        // Check, then parse: find the empty line ("\n\n", or "\n\r\n" from hand-written
+        // clients) that ends the request, resuming where the last call stopped.
+        let mut i = self.scanned.saturating_sub(2);
+        let mut found = None;
+        while let Some(off) = buf[i..].iter().position(|b| *b == b'\n') {
+            let nl = i + off;
+            let rest = &buf[nl + 1..];
+            if rest.starts_with(b"\n") {
+                found = Some((nl + 1, nl + 2));
+                break;
+            }
+            if rest.starts_with(b"\r\n") {
+                found = Some((nl + 1, nl + 3));
+                break;
+            }
+            i = nl + 1;
+        }
+        let Some((block_end, consumed)) = found else {
+            if buf.len() > MAX_REQUEST_BYTES {
+                return Err(CodecError::TooLarge);
+            }
+            self.scanned = buf.len();
+            return Ok(None);
+        };
+        if block_end > MAX_REQUEST_BYTES {
+            return Err(CodecError::TooLarge);
+        }
+        let block = buf.split_to(consumed);
+        self.scanned = 0;
+        parse_request(&block[..block_end]).map(Some)
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, CodecError> {
+        match self.decode(buf)? {
+            Some(r) => Ok(Some(r)),
+            None if buf.iter().all(|b| b.is_ascii_whitespace()) => Ok(None),
+            None => Err(CodecError::Truncated),
+        }
+    }
+}
+
+impl Encoder<Response> for PolicyCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, item: Response, dst: &mut BytesMut) -> Result<(), CodecError> {
+        // A reply text never carries a line break: it would end the reply early.
+        let action = item.0.replace(['\r', '\n'], " ");
+        dst.reserve(action.len() + 9);
+        dst.put_slice(b"action=");
+        dst.put_slice(action.as_bytes());
+        dst.put_slice(b"\n\n");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXTURE: &str = include_str!("../../tests/fixtures/postfix-3.7/policy-requests.txt");
+
+    fn decode_all(bytes: &[u8]) -> Result<Vec<Request>, CodecError> {
+        let mut codec = PolicyCodec::new();
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Some(r) = codec.decode(&mut buf)? {
+            out.push(r);
+        }
+        if let Some(r) = codec.decode_eof(&mut buf)? {
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn decodes_every_fixture_request() {
+        let reqs = decode_all(FIXTURE.as_bytes()).unwrap();
+        assert_eq!(reqs.len(), 9);
+        assert!(reqs.iter().all(|r| r.request == "smtpd_access_policy"));
+        assert_eq!(reqs[0].sasl_username, "");
+        assert_eq!(reqs[0].client_port, "49056");
+        assert_eq!(reqs[2].sasl_username, "alice@contoso.com");
+        assert_eq!(reqs[2].sasl_method, "PLAIN");
+        assert_eq!(reqs[2].protocol_state, "RCPT");
+        assert_eq!(reqs[2].server_port, "10587");
+        assert_eq!(reqs[4].recipient_count, Some(2));
+        assert_eq!(reqs[5].queue_id, "B54E9B6736");
+        assert!(reqs[5].is_end_of_message());
+        assert_eq!(reqs[5].size, Some(26));
+        assert_ne!(reqs[5].instance, reqs[6].instance);
+        assert_eq!(reqs[5].client_port, reqs[6].client_port);
+    }
+
+    #[test]
+    fn decodes_when_fed_byte_by_byte() {
+        let mut codec = PolicyCodec::new();
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for b in FIXTURE.as_bytes() {
+            buf.put_u8(*b);
+            while let Some(r) = codec.decode(&mut buf).unwrap() {
+                out.push(r);
+            }
+        }
+        assert_eq!(out, decode_all(FIXTURE.as_bytes()).unwrap());
+    }
+
+    #[test]
+    fn crlf_requests_are_accepted() {
+        let reqs = decode_all(b"request=smtpd_access_policy\r\nsasl_username=a@b\r\n\r\n").unwrap();
+        assert_eq!(reqs[0].sasl_username, "a@b");
+    }
+
+    #[test]
+    fn unknown_attributes_are_ignored_even_when_binary() {
+        let reqs =
+            decode_all(b"request=smtpd_access_policy\nccert_subject=\xff\xfe\nfuture_attr=x=y\n\n")
+                .unwrap();
+        assert_eq!(reqs.len(), 1);
+    }
+
+    #[test]
+    fn malformed_requests() {
+        assert!(matches!(
+            decode_all(b"request=smtpd_access_policy\nno equals here\n\n"),
+            Err(CodecError::MissingEquals(2))
+        ));
+        assert!(matches!(
+            decode_all(b"sasl_username=\xff\n\n"),
+            Err(CodecError::InvalidUtf8("sasl_username"))
+        ));
+        assert!(matches!(decode_all(b"\n\n"), Err(CodecError::Empty)));
+        assert!(matches!(
+            decode_all(b"request=smtpd_access_policy\nsize=1"),
+            Err(CodecError::Truncated)
+        ));
+        let many: String = (0..600).map(|i| format!("a{i}=b\n")).collect::<String>() + "\n";
+        assert!(matches!(
+            decode_all(many.as_bytes()),
+            Err(CodecError::TooManyAttributes)
+        ));
+        let big = format!("x={}\n\n", "y".repeat(MAX_REQUEST_BYTES));
+        assert!(matches!(
+            decode_all(big.as_bytes()),
+            Err(CodecError::TooLarge)
+        ));
+        // Without the end marker, the size limit still triggers.
+        let mut codec = PolicyCodec::new();
+        let mut buf = BytesMut::from(&b"x="[..]);
+        buf.extend_from_slice(&vec![b'y'; MAX_REQUEST_BYTES + 10]);
+        assert!(matches!(codec.decode(&mut buf), Err(CodecError::TooLarge)));
+    }
+
+    #[test]
+    fn encodes_action_lines() {
+        let mut codec = PolicyCodec::new();
+        let mut buf = BytesMut::new();
+        codec.encode(Response::dunno(), &mut buf).unwrap();
+        codec
+            .encode(Response("450 4.3.2 a\r\nb".into()), &mut buf)
+            .unwrap();
+        assert_eq!(&buf[..], b"action=DUNNO\n\naction=450 4.3.2 a  b\n\n");
+    }
+}
