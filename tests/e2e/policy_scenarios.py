@@ -9,6 +9,7 @@ unknown.example in no organization; default_domain contoso.com.
 """
 
 import os
+import re
 import sys
 import threading
 
@@ -27,6 +28,8 @@ from e2e_lib import (  # noqa: E402
     queue_id,
     text,
 )
+
+RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
 # What each scenario saw, for the audit checks at the end.
 queue_ids = {}  # login -> [queue ids of accepted messages]
@@ -171,6 +174,22 @@ def scenario_mailbox_limit():
     return f"second session first got {text(refused)}, then sent"
 
 
+def scenario_rset_new_transaction():
+    """RSET and a new transaction in the same session: the old transaction's lease goes back,
+    so a mailbox with a limit of 1 (scanner) is not refused by its own earlier transaction."""
+    login = "scanner@contoso.com"
+    s = Submission(login).authenticate_ok()
+    try:
+        s.mail()
+        reply = s.rcpt()
+        check(reply[0] == 250, f"first RCPT answered {text(reply)}")
+        s.rset()
+        accepted(login, s.send(subject="after RSET"))
+    finally:
+        s.quit()
+    return "second transaction sent"
+
+
 def scenario_unknown_org():
     """A login whose domain no organization claims (and no "*" org) -> the Tenant reply."""
     return refused_at_rcpt("mallory@unknown.example", 550, "5.7.139", TENANT_TEXT)
@@ -260,6 +279,10 @@ def scenario_f():
     n = len(decisions(events, "carol@contoso.com", decision="allow"))
     expect(n == 4, f"carol: {n} allow decisions, expected 4 (3 held + 1 new session)")
     one_decision("scanner@contoso.com", "defer", "concurrency_limit", "contoso", THREAD_LIMIT_TEXT)
+    # A deferral names the limit that applied: the org's 3 for carol, the mailbox's 1 for scanner.
+    for mailbox, limit in [("carol@contoso.com", 3), ("scanner@contoso.com", 1)]:
+        for e in decisions(events, mailbox, decision="defer"):
+            expect(e.get("limit") == limit, f"{mailbox}: limit {e.get('limit')!r} != {limit}: {e}")
     # frank resolved through default_domain.
     frank = [
         e
@@ -274,8 +297,19 @@ def scenario_f():
     for login, qid in expected_completed:
         e = completed.get(qid)
         expect(e is not None, f"no submission_completed with queue_id {qid} ({login})")
-        if e is not None and "mailbox" in e and "@" in login:
+        if e is None:
+            continue
+        if "mailbox" in e and "@" in login:
             expect(e["mailbox"] == login, f"submission_completed {qid}: mailbox {e['mailbox']}")
+        expect(e.get("front_end") == "policy", f"submission_completed {qid}: {e}")
+        expect(e.get("recipient_count") == 1, f"submission_completed {qid}: recipient_count: {e}")
+        expect(isinstance(e.get("size"), int) and e["size"] > 0, f"completed {qid}: size: {e}")
+        expect(e.get("sasl_method") == "PLAIN", f"submission_completed {qid}: sasl_method: {e}")
+    n = len([e for e in events if e.get("event") == "submission_completed"])
+    expect(
+        n == len(expected_completed),
+        f"{n} submission_completed events for {len(expected_completed)} accepted messages",
+    )
     # Unauthenticated traffic is not audited.
     expect(
         not [e for e in events if "stranger@example.org" in str(e)],
@@ -283,7 +317,10 @@ def scenario_f():
     )
     # Common fields.
     for e in events:
-        expect("ts" in e and "event" in e, f"an event without ts/event: {e}")
+        expect(RFC3339_UTC.match(str(e.get("ts", ""))), f"ts is not RFC 3339 UTC: {e}")
+        expect("event" in e, f"an event without event: {e}")
+        if e.get("event") == "submission_decision":
+            expect(e.get("client_address") == "127.0.0.1", f"client_address: {e}")
 
     check(not problems, "; ".join(problems[:8]) + (" ..." if len(problems) > 8 else ""))
     return f"{len(events)} events checked"
@@ -298,6 +335,7 @@ def main():
     scenarios.run("e 4th concurrent transaction gets 432 4.3.2, a freed slot lets the next in",
                   scenario_e)
     scenarios.run("per-mailbox session limit 1, retry after 432 succeeds", scenario_mailbox_limit)
+    scenarios.run("RSET then a new transaction is not counted twice", scenario_rset_new_transaction)
     scenarios.run("unknown organization gets the Tenant reply", scenario_unknown_org)
     scenarios.run("login without @ resolves through default_domain", scenario_default_domain)
     scenarios.run("unauthenticated client is left to Postfix", scenario_unauthenticated)

@@ -356,7 +356,14 @@ start_submitgate() {
   local port
   for port in "$@"; do
     if ! wait_port "$port" 20 "$SUBMITGATE_PID"; then
-      echo "e2e: submitgate is not listening on $port" >&2
+      if kill -0 "$SUBMITGATE_PID" 2>/dev/null; then
+        echo "e2e: submitgate is not listening on $port after 20 s" >&2
+      else
+        local rc=0
+        wait "$SUBMITGATE_PID" || rc=$?
+        SUBMITGATE_PID=
+        echo "e2e: submitgate exited with status $rc before listening on $port" >&2
+      fi
       return 1
     fi
   done
@@ -481,6 +488,8 @@ main() {
   local started=$SECONDS
   install_missing_packages
   build_submitgate
+  log "packages and build took $((SECONDS - started)) s"
+  started=$SECONDS
 
   stop_leftovers
   postfix_running && postfix stop >/dev/null 2>&1
@@ -507,7 +516,7 @@ main() {
     echo "Failed:"
     printf '  %s\n' "${FAILED_NAMES[@]}"
   fi
-  echo "e2e took $((SECONDS - started)) s"
+  echo "e2e scenarios took $((SECONDS - started)) s (set-up included, build excluded)"
   echo "e2e: $PASSED passed, $FAILED failed"
   [ "$FAILED" -eq 0 ]
 }
