@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034,SC2016 # sourced; $names are Postfix's, not ours
 # Sourced by run.sh: the policy delegation front end (check_policy_service) on the submission
 # service. Scenarios: policy_scenarios.py. Ports and paths come from run.sh's E2E_* variables.
 
