@@ -8,8 +8,10 @@ scanner limited to 1 session), fabrikam.com disabled (printer enabled for its ma
 unknown.example in no organization; default_domain contoso.com.
 """
 
+import json
 import os
 import re
+import signal
 import sys
 import threading
 
@@ -326,6 +328,50 @@ def scenario_f():
     return f"{len(events)} events checked"
 
 
+def reload_policies(fabrikam_yaml):
+    """Rewrites fabrikam's policy file, sends SIGHUP, and waits for the reload's audit event."""
+    log = AuditLog()
+    kinds = ("policy_reloaded", "policy_reload_failed")
+    before = len([e for e in log.events() if e.get("event") in kinds])
+    path = os.path.join(os.environ["E2E_SUITE_DIR"], "policies", "fabrikam.yaml")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(fabrikam_yaml)
+    os.replace(path + ".tmp", path)
+    os.kill(int(os.environ["E2E_SUBMITGATE_PID"]), signal.SIGHUP)
+    events = log.wait_until(lambda ev: len([e for e in ev if e.get("event") in kinds]) > before)
+    reloads = [e for e in events if e.get("event") in kinds]
+    check(len(reloads) > before, "no policy_reloaded / policy_reload_failed event after SIGHUP")
+    return reloads[-1]
+
+
+def scenario_reload():
+    """SIGHUP after fabrikam enables SMTP AUTH: dave, refused in (b), now sends."""
+    event = reload_policies(
+        "organization: fabrikam\n"
+        "domains: [fabrikam.com]\n"
+        "smtp_client_authentication_disabled: false\n"
+        "mailboxes:\n"
+        "  printer@fabrikam.com: { smtp_client_authentication_disabled: false }\n"
+        "  dave@fabrikam.com: { smtp_client_authentication_disabled: null }\n"
+    )
+    check(event.get("event") == "policy_reloaded", f"reload audited as {event}")
+    return sends("dave@fabrikam.com")
+
+
+def scenario_reload_broken():
+    """SIGHUP with a broken policy file: the old policy stays (dave still sends), and the
+    failure is audited with the file's name."""
+    event = reload_policies(
+        "organization: fabrikam\n"
+        "domains: [fabrikam.com]\n"
+        "smtp_client_authentication_disabled: true\n"
+        "smtp_client_authentication_disabledd: true\n"
+    )
+    check(event.get("event") == "policy_reload_failed", f"broken reload audited as {event}")
+    check("fabrikam.yaml" in json.dumps(event), f"the failure does not name the file: {event}")
+    return sends("dave@fabrikam.com")
+
+
 def main():
     scenarios = Scenarios()
     scenarios.run("a normal mailbox sends", scenario_a)
@@ -340,6 +386,9 @@ def main():
     scenarios.run("login without @ resolves through default_domain", scenario_default_domain)
     scenarios.run("unauthenticated client is left to Postfix", scenario_unauthenticated)
     scenarios.run("f audit log holds the matching events", scenario_f)
+    # These change the policy: they come last.
+    scenarios.run("SIGHUP reloads the policy files", scenario_reload)
+    scenarios.run("SIGHUP with a broken policy file keeps the old policy", scenario_reload_broken)
     scenarios.exit()
 
 

@@ -435,6 +435,7 @@ run_suite() {
   fi
   pass "$name/submitgate starts"
 
+  export E2E_SUBMITGATE_PID=$SUBMITGATE_PID # for scenarios that send SIGHUP
   out="$E2E_SUITE_DIR/scenarios.out"
   # The scenario runner prints PASS/FAIL lines itself; count them here.
   local rc=0
