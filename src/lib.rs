@@ -3,10 +3,13 @@
 //! Module map (see DESIGN.md):
 //! - [`config`]: the daemon's YAML configuration, validated as a whole.
 //! - [`endpoint`]: listener addresses in Postfix notation, bound and accepted.
+//! - [`yaml`]: YAML parsed into a tree that keeps line and column, for precise errors.
 //! - [`policy`]: organization/mailbox policy files → [`policy::PolicySnapshot`]; pure
 //!   [`policy::evaluate`].
 //! - [`postfix_policy`]: the Postfix policy delegation front end (`codec` + `server`).
+//! - [`milter`]: the milter front end (`codec`).
 //! - [`limiter`]: per-mailbox session leases.
+//! - [`sent_items`]: the durable spool of Sent Items copies.
 //! - [`audit`]: typed audit events and their JSON-lines writer.
 //! - [`daemon`]: wires the parts together and runs until shutdown.
 
@@ -15,6 +18,8 @@ pub mod config;
 pub mod daemon;
 pub mod endpoint;
 pub mod limiter;
+pub mod milter;
 pub mod policy;
 pub mod postfix_policy;
+pub mod sent_items;
 pub mod yaml;

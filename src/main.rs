@@ -1,1 +1,381 @@
-fn main() {}
+//! The `submitgate` command: argument parsing, logging set-up, signals, and the small amount of
+//! formatting the administrative subcommands need. The logic lives in the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand};
+use submitgate::config::{Config, DEFAULT_CONFIG_PATH};
+use submitgate::daemon::Daemon;
+use submitgate::policy::{self, LoadOptions, MailboxView, PolicySnapshot};
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Parser)]
+#[command(
+    name = "submitgate",
+    version,
+    about = "Exchange Online's SMTP AUTH submission controls for Postfix"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct ConfigArg {
+    /// The daemon configuration file.
+    #[arg(long, short = 'c', value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+}
+
+#[derive(Args, Clone)]
+struct PolicyArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The policy directory (default: `policies` from the configuration).
+    #[arg(long, value_name = "DIR")]
+    policies: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground.
+    Serve(ConfigArg),
+    /// Check the configuration and the policy files; print every error (exit 1 if any).
+    Check(PolicyArgs),
+    /// Organization settings (Get-TransportConfig).
+    Org {
+        #[command(subcommand)]
+        command: OrgCommand,
+    },
+    /// Mailbox settings (Get-CASMailbox).
+    Mailbox {
+        #[command(subcommand)]
+        command: MailboxCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum OrgCommand {
+    /// Show one organization, or all of them.
+    Get {
+        /// Organization name (all organizations when omitted).
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        args: PolicyArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum MailboxCommand {
+    /// Show a mailbox's own value, its organization's value and the effective value.
+    Get {
+        address: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        args: PolicyArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("submitgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SUBMITGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(c) => {
+            let config = Config::load(&c.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            rt.block_on(serve(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check(args) => check(&args),
+        Command::Org {
+            command: OrgCommand::Get { name, json, args },
+        } => {
+            let snap = load_policy(&args)?;
+            org_get(&snap, name.as_deref(), json)
+        }
+        Command::Mailbox {
+            command:
+                MailboxCommand::Get {
+                    address,
+                    json,
+                    args,
+                },
+        } => {
+            let snap = load_policy(&args)?;
+            let view = snap.describe(&address);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                print!("{}", format_mailbox(&view));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let daemon = Daemon::start(config).await?;
+    tracing::info!("submitgate {} ready", env!("CARGO_PKG_VERSION"));
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading policies");
+                daemon.reload().await;
+            }
+            _ = usr1.recv() => {
+                tracing::info!("SIGUSR1: reopening the audit log");
+                daemon.reopen_audit().await;
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("shutting down");
+    daemon.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The configuration, when it exists or was asked for explicitly; policy commands can run on
+/// `--policies DIR` alone.
+fn load_config_for_policy(args: &PolicyArgs) -> anyhow::Result<Option<Config>> {
+    let path = &args.config.config;
+    let explicit = path != Path::new(DEFAULT_CONFIG_PATH);
+    if !explicit && args.policies.is_some() && !path.exists() {
+        return Ok(None);
+    }
+    match Config::load(path) {
+        Ok(c) => Ok(Some(c)),
+        Err(e) => bail!("{e}"),
+    }
+}
+
+fn load_policy(args: &PolicyArgs) -> anyhow::Result<PolicySnapshot> {
+    let config = load_config_for_policy(args)?;
+    let (dir, opts) = policy_location(args, config.as_ref());
+    policy::load_dir(&dir, &opts).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn policy_location(args: &PolicyArgs, config: Option<&Config>) -> (PathBuf, LoadOptions) {
+    let dir = args
+        .policies
+        .clone()
+        .or_else(|| config.map(|c| c.policies_dir.clone()))
+        .unwrap_or_else(|| PathBuf::from("./policies"));
+    let opts = config.map(Config::policy_options).unwrap_or_default();
+    (dir, opts)
+}
+
+fn check(args: &PolicyArgs) -> anyhow::Result<ExitCode> {
+    let mut failed = false;
+    let config = match load_config_for_policy(args) {
+        Ok(c) => {
+            if let Some(c) = &c {
+                println!("{}: configuration OK", c.path.display());
+            }
+            c
+        }
+        Err(e) => {
+            println!("{e}");
+            failed = true;
+            None
+        }
+    };
+    let (dir, opts) = policy_location(args, config.as_ref());
+    match policy::load_dir(&dir, &opts) {
+        Ok(snap) => {
+            println!(
+                "{}: policies OK: {} organization(s), {} mailbox(es) with own settings, version {}",
+                dir.display(),
+                snap.organizations().len(),
+                snap.mailbox_count(),
+                snap.version
+            );
+            if snap.organizations().is_empty() {
+                println!(
+                    "{}: warning: no organization defined; every submission will be refused",
+                    dir.display()
+                );
+            }
+        }
+        Err(errors) => {
+            println!("{errors}");
+            println!("{} error(s)", errors.0.len());
+            failed = true;
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn title(b: bool) -> &'static str {
+    if b {
+        "True"
+    } else {
+        "False"
+    }
+}
+
+fn org_get(snap: &PolicySnapshot, name: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+    let orgs: Vec<_> = match name {
+        Some(n) => match snap.organization(n) {
+            Some(o) => vec![o],
+            None => {
+                let known: Vec<&str> = snap
+                    .organizations()
+                    .iter()
+                    .map(|o| o.name.as_str())
+                    .collect();
+                bail!("no organization {n:?} (known: {})", known.join(", "));
+            }
+        },
+        None => snap.organizations().iter().collect(),
+    };
+    if json {
+        let v: Vec<_> = orgs
+            .iter()
+            .map(|o| {
+                serde_json::json!({
+                    "organization": o.name,
+                    "file": o.file,
+                    "domains": o.domains,
+                    "smtp_client_authentication_disabled": o.smtp_client_authentication_disabled,
+                    "max_concurrent_sessions_per_mailbox": o.max_concurrent_sessions_per_mailbox,
+                    "sent_items": o.sent_items,
+                    "mailboxes_with_own_settings": snap.mailboxes_of(&o.name).len(),
+                })
+            })
+            .collect();
+        let out = if name.is_some() {
+            v[0].clone()
+        } else {
+            serde_json::Value::Array(v)
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (i, o) in orgs.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        let rows = [
+            ("Organization", o.name.clone()),
+            ("File", o.file.display().to_string()),
+            ("Domains", o.domains.join(", ")),
+            (
+                "SmtpClientAuthenticationDisabled",
+                title(o.smtp_client_authentication_disabled).to_string(),
+            ),
+            (
+                "MaxConcurrentSessionsPerMailbox",
+                o.max_concurrent_sessions_per_mailbox.to_string(),
+            ),
+            (
+                "SentItems",
+                format!(
+                    "{} (folder {:?})",
+                    if o.sent_items.enabled {
+                        "enabled"
+                    } else {
+                        "disabled"
+                    },
+                    o.sent_items.folder
+                ),
+            ),
+            (
+                "MailboxesWithOwnSettings",
+                snap.mailboxes_of(&o.name).len().to_string(),
+            ),
+        ];
+        print!("{}", format_list(&rows));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// PowerShell's `Format-List` layout: aligned `Name : Value` lines.
+fn format_list(rows: &[(&str, String)]) -> String {
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    rows.iter()
+        .map(|(k, v)| format!("{k:<width$} : {v}\n"))
+        .collect()
+}
+
+fn format_mailbox(v: &MailboxView) -> String {
+    let null_or =
+        |b: Option<bool>| b.map_or("$null (inherits)".to_string(), |b| title(b).to_string());
+    let mut rows = vec![
+        ("Identity", v.address.clone()),
+        (
+            "Organization",
+            v.organization
+                .clone()
+                .unwrap_or_else(|| "(none: no organization claims this domain)".into()),
+        ),
+        (
+            "SmtpClientAuthenticationDisabled",
+            title(v.effective_smtp_client_authentication_disabled).to_string(),
+        ),
+        ("Source", v.source.to_string()),
+        (
+            "MailboxValue",
+            null_or(v.mailbox_smtp_client_authentication_disabled),
+        ),
+        (
+            "OrganizationValue",
+            v.organization_smtp_client_authentication_disabled
+                .map_or("-".to_string(), |b| title(b).to_string()),
+        ),
+    ];
+    if let Some(limit) = v.effective_max_concurrent_sessions {
+        let from = if v.mailbox_max_concurrent_sessions.is_some() {
+            "mailbox"
+        } else {
+            "organization"
+        };
+        rows.push(("MaxConcurrentSessions", format!("{limit} ({from})")));
+    }
+    if let Some(s) = &v.sent_items {
+        rows.push((
+            "SentItems",
+            format!(
+                "{} (folder {:?})",
+                if s.enabled { "enabled" } else { "disabled" },
+                s.folder
+            ),
+        ));
+    }
+    format_list(&rows)
+}

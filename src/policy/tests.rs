@@ -248,12 +248,12 @@ mailboxes:
         "c.yaml:4:38: max_concurrent_sessions_per_mailbox must be a whole number from 1 to 100000 (or null), found 0",
         "c.yaml:5:1: unknown key \"sent_item\" in an organization file (did you mean \"sent_items\"?)",
         "c.yaml:6:38: sent_items.folder must be a string, found 3",
-        "c.yaml:8:60: smtp_client_authentication_disabled must be true, false or null, found \"maybe\"",
+        "c.yaml:8:61: smtp_client_authentication_disabled must be true, false or null, found \"maybe\"",
         "c.yaml:9:3: mailbox alice@contoso.com is already listed at c.yaml:8",
         "c.yaml:10:3: mailbox bob@fabrikam.com is outside organization \"contoso\"'s domains (contoso.com)",
         "c.yaml:11:3: \"not-an-address\" is not a mailbox address",
-        "c.yaml:12:60: max_concurrent_sessions_per_mailbox must be a whole number",
-        "c.yaml:12:68: unknown key \"colour\" in mailbox carol@contoso.com",
+        "c.yaml:12:61: max_concurrent_sessions_per_mailbox must be a whole number",
+        "c.yaml:12:67: unknown key \"colour\" in mailbox carol@contoso.com",
     ];
     assert_eq!(e.len(), expect.len(), "{e:#?}");
     for (got, want) in e.iter().zip(expect) {

@@ -76,6 +76,8 @@ impl Response {
 pub struct PolicyCodec {
     /// How far the buffer has been searched for the end of the request.
     scanned: usize,
+    /// Complete lines seen so far in the current request.
+    lines: usize,
 }
 
 impl PolicyCodec {
@@ -146,12 +148,18 @@ impl Decoder for PolicyCodec {
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, CodecError> {
         // Check, then parse: find the empty line ("\n\n", or "\n\r\n" from hand-written
-        // clients) that ends the request, resuming where the last call stopped.
-        let mut i = self.scanned.saturating_sub(2);
+        // clients) that ends the request, resuming where the last call stopped and counting
+        // lines on the way so that an endless request is refused early.
+        let mut i = self.scanned;
         let mut found = None;
         while let Some(off) = buf[i..].iter().position(|b| *b == b'\n') {
             let nl = i + off;
             let rest = &buf[nl + 1..];
+            if rest.is_empty() || rest == b"\r" {
+                // Cannot tell yet whether this newline ends the request.
+                i = nl;
+                break;
+            }
             if rest.starts_with(b"\n") {
                 found = Some((nl + 1, nl + 2));
                 break;
@@ -160,13 +168,17 @@ impl Decoder for PolicyCodec {
                 found = Some((nl + 1, nl + 3));
                 break;
             }
+            self.lines += 1;
+            if self.lines > MAX_ATTRIBUTES {
+                return Err(CodecError::TooManyAttributes);
+            }
             i = nl + 1;
         }
         let Some((block_end, consumed)) = found else {
             if buf.len() > MAX_REQUEST_BYTES {
                 return Err(CodecError::TooLarge);
             }
-            self.scanned = buf.len();
+            self.scanned = i.max(self.scanned);
             return Ok(None);
         };
         if block_end > MAX_REQUEST_BYTES {
@@ -174,6 +186,7 @@ impl Decoder for PolicyCodec {
         }
         let block = buf.split_to(consumed);
         self.scanned = 0;
+        self.lines = 0;
         parse_request(&block[..block_end]).map(Some)
     }
 
@@ -286,6 +299,24 @@ mod tests {
             decode_all(many.as_bytes()),
             Err(CodecError::TooManyAttributes)
         ));
+        // Noticed before the request ends, even when it arrives in pieces.
+        let mut codec = PolicyCodec::new();
+        let mut buf = BytesMut::new();
+        let mut outcome = Ok(None);
+        for i in 0..600 {
+            buf.extend_from_slice(format!("a{i}=b\n").as_bytes());
+            outcome = codec.decode(&mut buf);
+            if outcome.is_err() {
+                break;
+            }
+        }
+        assert!(matches!(outcome, Err(CodecError::TooManyAttributes)));
+        // Exactly the limit is fine.
+        let most: String = (0..MAX_ATTRIBUTES)
+            .map(|i| format!("a{i}=b\n"))
+            .collect::<String>()
+            + "\n";
+        assert_eq!(decode_all(most.as_bytes()).unwrap().len(), 1);
         let big = format!("x={}\n\n", "y".repeat(MAX_REQUEST_BYTES));
         assert!(matches!(
             decode_all(big.as_bytes()),
