@@ -17,7 +17,8 @@
 #   SUBMITGATE_BIN=PATH   use this binary instead of `cargo build --release`
 #   E2E_KEEP=1            keep the work dir even when everything passed
 #   E2E_POLICY_PORT, E2E_MILTER_PORT, E2E_AUTH_POLICY_PORT, E2E_SASL_PORT, E2E_IMAP_PORT
-#                         loopback ports (defaults 10040, 10041, 10042, 10044, 10143)
+#                         loopback ports (defaults 10040, 10041, 10042, 10044, 10143; a
+#                         busy one is replaced by a free port)
 # Exit status: 0 when every scenario passed, 1 otherwise. The last line reads
 # "e2e: N passed, M failed".
 set -euo pipefail
@@ -102,6 +103,10 @@ wait_port() {
 }
 
 port_in_use() { (exec 3<>"/dev/tcp/$E2E_HOST/$1") 2>/dev/null; }
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
 
 postfix_running() { postfix status >/dev/null 2>&1; }
 
@@ -494,10 +499,15 @@ main() {
 
   stop_leftovers
   postfix_running && postfix stop >/dev/null 2>&1
-  local port
-  for port in "$E2E_SUBMISSION_PORT" "$E2E_POLICY_PORT" "$E2E_MILTER_PORT" \
-    "$E2E_AUTH_POLICY_PORT" "$E2E_SASL_PORT" "$E2E_IMAP_PORT"; do
-    port_in_use "$port" && die "port $port on $E2E_HOST is already in use"
+  port_in_use "$E2E_SUBMISSION_PORT" &&
+    die "port $E2E_SUBMISSION_PORT on $E2E_HOST is in use (by something other than Postfix)"
+  # A developer may have a submitgate of their own on 10040: take another port then.
+  local var
+  for var in E2E_POLICY_PORT E2E_MILTER_PORT E2E_AUTH_POLICY_PORT E2E_SASL_PORT E2E_IMAP_PORT; do
+    if port_in_use "${!var}"; then
+      printf -v "$var" '%s' "$(free_port)"
+      log "port in use, $var=${!var} instead"
+    fi
   done
 
   WORK=$(mktemp -d /tmp/sg-e2e.XXXXXX)
