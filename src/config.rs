@@ -152,6 +152,37 @@ impl Default for Replies {
     }
 }
 
+/// The Maildir root used when none is configured.
+pub const DEFAULT_MAILDIR_ROOT: &str = "./mail/{domain}/{local}/Maildir";
+
+/// A Maildir root template may only use the known placeholders, and must use one that tells
+/// mailboxes apart (otherwise every mailbox would share one Sent Items folder).
+fn check_maildir_root(root: &str) -> Result<(), String> {
+    let mut rest = root;
+    let mut distinguishes = false;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            return Err(format!("{root:?}: unclosed '{{'"));
+        };
+        match &rest[open + 1..open + close] {
+            "local" | "mailbox" => distinguishes = true,
+            "domain" => {}
+            other => {
+                return Err(format!(
+                    "{root:?}: unknown placeholder {{{other}}}; use {{domain}}, {{local}} or {{mailbox}}"
+                ))
+            }
+        }
+        rest = &rest[open + close + 1..];
+    }
+    if !distinguishes {
+        return Err(format!(
+            "{root:?}: must contain {{local}} or {{mailbox}} so that each mailbox has its own folder"
+        ));
+    }
+    Ok(())
+}
+
 /// Which limiter backend holds the session leases.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LimiterConfig {
@@ -174,6 +205,20 @@ pub struct AuditConfig {
     pub queue: usize,
 }
 
+/// Where Sent Items copies are stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// Maildir++ under a root template with `{domain}`, `{local}`, `{mailbox}`.
+    Maildir { root: String },
+}
+
+/// The Sent Items copy: the durable spool the milter writes and the store the workers fill.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentItemsConfig {
+    pub spool: PathBuf,
+    pub store: StoreConfig,
+}
+
 /// The validated daemon configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -189,6 +234,7 @@ pub struct Config {
     pub limiter: LimiterConfig,
     pub audit: AuditConfig,
     pub replies: Replies,
+    pub sent_items: SentItemsConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -205,6 +251,21 @@ struct RawConfig {
     limiter: Option<RawLimiter>,
     audit: Option<RawAudit>,
     replies: Option<RawReplies>,
+    sent_items: Option<RawSentItems>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSentItems {
+    spool: Option<PathBuf>,
+    store: Option<RawStore>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    backend: String,
+    root: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -412,6 +473,39 @@ impl Config {
                 }
             }
         }
+        let sent_items = {
+            let raw_si = raw.sent_items.as_ref();
+            let spool = raw_si
+                .and_then(|s| s.spool.clone())
+                .unwrap_or_else(|| PathBuf::from("./spool"));
+            let store = match raw_si.and_then(|s| s.store.as_ref()) {
+                None => StoreConfig::Maildir {
+                    root: DEFAULT_MAILDIR_ROOT.to_string(),
+                },
+                Some(st) => match st.backend.as_str() {
+                    "maildir" => {
+                        let root = st
+                            .root
+                            .clone()
+                            .unwrap_or_else(|| DEFAULT_MAILDIR_ROOT.to_string());
+                        if let Err(e) = check_maildir_root(&root) {
+                            err(&["sent_items", "store", "root"], e);
+                        }
+                        StoreConfig::Maildir { root }
+                    }
+                    other => {
+                        err(
+                            &["sent_items", "store", "backend"],
+                            format!("unknown backend {other:?}; expected maildir"),
+                        );
+                        StoreConfig::Maildir {
+                            root: DEFAULT_MAILDIR_ROOT.to_string(),
+                        }
+                    }
+                },
+            };
+            SentItemsConfig { spool, store }
+        };
         if raw.policy.is_empty() {
             err(
                 &["policy"],
@@ -436,6 +530,7 @@ impl Config {
             limiter,
             audit,
             replies,
+            sent_items,
         })
     }
 
@@ -495,6 +590,32 @@ replies:
         assert_eq!(lines, vec![1, 2, 3, 4, 6, 7, 8], "{e}");
         let s = e.to_string();
         assert!(s.contains("sg.yaml:6:20: replies.tenant_disabled"), "{s}");
+    }
+
+    #[test]
+    fn sent_items_defaults_and_checks() {
+        let c = parse("policy: [\"inet:127.0.0.1:1\"]\n").unwrap();
+        assert_eq!(c.sent_items.spool, PathBuf::from("./spool"));
+        assert_eq!(
+            c.sent_items.store,
+            StoreConfig::Maildir {
+                root: DEFAULT_MAILDIR_ROOT.into()
+            }
+        );
+        let e = parse(
+            "policy: [\"inet:127.0.0.1:1\"]\nsent_items:\n  store: { backend: maildir, root: \"/var/mail/{domain}\" }\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("sg.yaml:3:36: sent_items.store.root"),
+            "{e}"
+        );
+        let e = parse(
+            "policy: [\"inet:127.0.0.1:1\"]\nsent_items: { store: { backend: maildir, root: \"/m/{user}\" } }\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown placeholder {user}"), "{e}");
     }
 
     #[test]
