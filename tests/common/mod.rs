@@ -34,9 +34,11 @@ mailboxes:
 ";
 
 impl TestDaemon {
-    /// Starts a daemon with the given policy files and extra config lines.
+    /// Starts a daemon with the given policy files and extra config lines (`{dir}` in them is
+    /// replaced by the test's private directory).
     pub async fn start(policies: &[(&str, &str)], extra_config: &str) -> TestDaemon {
         let dir = tempfile::tempdir().unwrap();
+        let extra_config = extra_config.replace("{dir}", &dir.path().display().to_string());
         let pdir = dir.path().join("policies");
         std::fs::create_dir(&pdir).unwrap();
         for (name, text) in policies {
@@ -52,6 +54,10 @@ impl TestDaemon {
         let config = Config::load(&path).unwrap();
         let daemon = Daemon::start(config).await.unwrap();
         TestDaemon { daemon, dir }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("submitgate.yaml")
     }
 
     pub fn policies_dir(&self) -> PathBuf {
