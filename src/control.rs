@@ -115,7 +115,7 @@ pub async fn status(shared: &Shared) -> Status {
         uptime_seconds: SystemTime::now()
             .duration_since(shared.started)
             .map_or(0, |d| d.as_secs()),
-        limiter: format!("{:?}", shared.ctx.limiter),
+        limiter: shared.ctx.limiter.backend_name().to_string(),
         policy: PolicyStatus {
             version: snap.version.clone(),
             loaded_at: humantime::format_rfc3339_seconds(snap.loaded_at).to_string(),

@@ -191,7 +191,10 @@ impl Daemon {
             last_reload: std::sync::Mutex::new(None),
         });
         if let Some(listener) = control {
-            tracing::info!(listener = ?shared.listeners.control, "control socket listening");
+            tracing::info!(
+                listener = shared.listeners.control.as_deref().unwrap_or_default(),
+                "control socket listening"
+            );
             tracker.spawn(crate::control::serve(
                 listener,
                 shared.clone(),
