@@ -64,12 +64,7 @@ encryption_keysize=256\npolicy_context=\n\n",
 }
 
 /// One Postfix-like connection: transactions back to back until `until`.
-async fn drive(
-    addr: String,
-    conn: usize,
-    mailboxes: usize,
-    until: Instant,
-) -> (Vec<u32>, u64) {
+async fn drive(addr: String, conn: usize, mailboxes: usize, until: Instant) -> (Vec<u32>, u64) {
     let stream = TcpStream::connect(&addr).await.expect("connect");
     stream.set_nodelay(true).expect("nodelay");
     let mut stream = BufReader::new(stream);
@@ -84,7 +79,11 @@ async fn drive(
         for state in ["RCPT", "DATA", "END-OF-MESSAGE"] {
             let req = request(state, &login, 40000 + conn, &instance);
             let t0 = Instant::now();
-            stream.get_mut().write_all(req.as_bytes()).await.expect("write");
+            stream
+                .get_mut()
+                .write_all(req.as_bytes())
+                .await
+                .expect("write");
             line.clear();
             stream.read_line(&mut line).await.expect("read");
             if line != "action=DUNNO\n" {
@@ -138,7 +137,9 @@ async fn dunno_responder() -> String {
     let addr = listener.local_addr().expect("addr").to_string();
     tokio::spawn(async move {
         loop {
-            let Ok((s, _)) = listener.accept().await else { continue };
+            let Ok((s, _)) = listener.accept().await else {
+                continue;
+            };
             let _ = s.set_nodelay(true);
             tokio::spawn(async move {
                 let (r, mut w) = s.into_split();
@@ -256,4 +257,3 @@ fn tempfile_dir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
-
