@@ -10,7 +10,7 @@
 #     (check_policy_service) on the submission service, the MAIL/RCPT-stage second line.
 #     Both read the same policy directory.
 # Dovecot (shared with the other suites) gets its auth_policy_* settings through an
-# !include_try of $E2E_SUITE_DIR/dovecot-auth-policy.conf, appended here and removed by
+# "!include_try $E2E_SUITE_DIR/dovecot-auth-policy.conf", appended here and removed by
 # suite_teardown; the scenarios rewrite that file (reject_on_fail, policy off for the
 # benchmark) and reload Dovecot.
 
