@@ -587,3 +587,74 @@ async fn shutdown_with_open_keep_alive_connections() {
         .expect("shutdown within 8 s");
     assert!(c.closed().await);
 }
+
+#[tokio::test]
+async fn check_reads_the_key_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let pdir = dir.path().join("policies");
+    std::fs::create_dir(&pdir).unwrap();
+    std::fs::write(pdir.join("contoso.yaml"), CONTOSO).unwrap();
+    let config = dir.path().join("submitgate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "{AUTH_POLICY}policies: {}\nauth_policy_api_key_file: {}\n",
+            pdir.display(),
+            dir.path().join("api.key").display()
+        ),
+    )
+    .unwrap();
+    let check = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_submitgate"))
+            .args(["check", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let out = check();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("api.key"), "{stdout}");
+    std::fs::write(dir.path().join("api.key"), "secret-key\n").unwrap();
+    let out = check();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(!stdout.contains("secret-key"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mailbox_set_changes_the_auth_answer_without_reload() {
+    let (t, mut c) = start("").await;
+    assert_eq!(c.allow("bob@contoso.com", "smtp").await["status"], 0);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_submitgate"))
+        .args([
+            "mailbox",
+            "set",
+            "bob@contoso.com",
+            "--smtp-client-authentication-disabled",
+            "true",
+            "--config",
+        ])
+        .arg(t.config_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The daemon watches the policy directory (debounced): no SIGHUP, no restart.
+    let started = std::time::Instant::now();
+    loop {
+        let answer = c.allow("bob@contoso.com", "smtp").await;
+        if answer["status"] == -1 {
+            assert_eq!(answer["msg"], MAILBOX_MSG);
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still allowed after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
