@@ -185,14 +185,14 @@ impl Daemon {
         }
         let mut auth_policy_endpoints = Vec::new();
         if !config.auth_policy_listeners.is_empty() {
-            let endpoint = crate::auth_policy::AuthPolicy::new(
+            let auth_policy = crate::auth_policy::AuthPolicy::new(
                 ctx.clone(),
                 crate::auth_policy::Settings {
                     api_key: auth_policy_key,
                     protocols: config.auth_policy_protocols.clone(),
                 },
             );
-            let router = Arc::new(endpoint.routes(crate::http_server::Router::new()));
+            let router = Arc::new(auth_policy.routes(crate::http_server::Router::new()));
             for endpoint in &config.auth_policy_listeners {
                 let listener = endpoint
                     .bind(config.unix_socket_mode)
