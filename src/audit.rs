@@ -31,6 +31,14 @@ pub enum EventKind {
     PolicyReloaded,
     PolicyReloadFailed,
     LimiterUnavailable,
+    /// Dovecot reported a successful login (auth policy `report`).
+    AuthSucceeded,
+    /// Dovecot reported a failed login: wrong password, unknown user (auth policy `report`).
+    AuthFailed,
+    /// Dovecot reported a login refused by the auth policy, i.e. by submitgate at AUTH.
+    AuthRefusedByPolicy,
+    /// An auth policy request without the configured `X-API-Key`; answered 401.
+    AuthPolicyUnauthorized,
 }
 
 /// The outcome of a submission decision.
@@ -98,6 +106,15 @@ pub struct AuditEvent {
     pub message: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errors: Option<Vec<String>>,
+    /// The Dovecot protocol of a login (`smtp`, `imap`; auth policy events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// Whether the login came over TLS, as Dovecot says (auth policy events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secured: Option<bool>,
+    /// Dovecot's session id of a login, to find it in Dovecot's log (auth policy events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
 }
 
 impl AuditEvent {
@@ -124,6 +141,9 @@ impl AuditEvent {
             version: None,
             message: None,
             errors: None,
+            protocol: None,
+            secured: None,
+            session_id: None,
         }
     }
 }

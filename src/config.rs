@@ -125,6 +125,11 @@ pub struct Replies {
     /// When submitgate itself cannot do its part (limiter down with `on_error: tempfail`,
     /// spool unwritable).
     pub tempfail: SmtpReply,
+    /// The auth policy refusal text (Dovecot's `msg`) when the organization disables SMTP AUTH.
+    /// Text only: Postfix sends `535 5.7.8 Error: authentication failed: <text>`.
+    pub auth_tenant_disabled: String,
+    /// The auth policy refusal text when the mailbox disables SMTP AUTH.
+    pub auth_mailbox_disabled: String,
 }
 
 /// Exchange Online's reply when the organization disables SMTP AUTH.
@@ -137,6 +142,31 @@ pub const MAILBOX_DISABLED: &str =
 pub const CONCURRENCY_LIMIT: &str = "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded";
 /// Our own temporary failure.
 pub const TEMPFAIL: &str = "451 4.3.0 Temporary submission failure, try again later";
+/// The auth policy text (at AUTH) when the organization disables SMTP AUTH.
+pub const AUTH_TENANT_DISABLED: &str =
+    "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant";
+/// The auth policy text (at AUTH) when the mailbox disables SMTP AUTH.
+pub const AUTH_MAILBOX_DISABLED: &str =
+    "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox";
+
+/// Longest auth policy refusal text: Dovecot passes it on in one SASL line, and Postfix in one
+/// SMTP reply line.
+pub const MAX_AUTH_REPLY: usize = 200;
+
+/// Checks an auth policy refusal text: 1 to [`MAX_AUTH_REPLY`] printable ASCII characters.
+fn check_auth_reply(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if text.is_empty()
+        || text.len() > MAX_AUTH_REPLY
+        || !text.bytes().all(|b| (0x20..0x7f).contains(&b))
+    {
+        return Err(format!(
+            "{text:?}: must be 1 to {MAX_AUTH_REPLY} printable ASCII characters, without an SMTP code \
+             (Postfix answers `535 5.7.8 Error: authentication failed: <text>`)"
+        ));
+    }
+    Ok(text.to_string())
+}
 
 impl Default for Replies {
     fn default() -> Self {
@@ -148,6 +178,8 @@ impl Default for Replies {
             mailbox_disabled: p(MAILBOX_DISABLED),
             concurrency_limit: p(CONCURRENCY_LIMIT),
             tempfail: p(TEMPFAIL),
+            auth_tenant_disabled: AUTH_TENANT_DISABLED.to_string(),
+            auth_mailbox_disabled: AUTH_MAILBOX_DISABLED.to_string(),
         }
     }
 }
@@ -241,6 +273,12 @@ pub struct Config {
     pub audit: AuditConfig,
     pub replies: Replies,
     pub sent_items: SentItemsConfig,
+    /// Dovecot auth policy (HTTP) listeners.
+    pub auth_policy_listeners: Vec<Endpoint>,
+    /// File holding the shared secret Dovecot sends as `X-API-Key` (read at start).
+    pub auth_policy_api_key_file: Option<PathBuf>,
+    /// Dovecot protocols whose logins the auth policy checks (lower-case; default `smtp`).
+    pub auth_policy_protocols: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -260,6 +298,10 @@ struct RawConfig {
     audit: Option<RawAudit>,
     replies: Option<RawReplies>,
     sent_items: Option<RawSentItems>,
+    #[serde(default)]
+    auth_policy: Vec<String>,
+    auth_policy_api_key_file: Option<PathBuf>,
+    auth_policy_protocols: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -302,6 +344,8 @@ struct RawReplies {
     mailbox_disabled: Option<String>,
     concurrency_limit: Option<String>,
     tempfail: Option<String>,
+    auth_tenant_disabled: Option<String>,
+    auth_mailbox_disabled: Option<String>,
 }
 
 impl Config {
@@ -565,6 +609,26 @@ impl Config {
                     }
                 }
             }
+            let auth_fields = [
+                (
+                    "auth_tenant_disabled",
+                    &r.auth_tenant_disabled,
+                    &mut replies.auth_tenant_disabled,
+                ),
+                (
+                    "auth_mailbox_disabled",
+                    &r.auth_mailbox_disabled,
+                    &mut replies.auth_mailbox_disabled,
+                ),
+            ];
+            for (name, raw, slot) in auth_fields {
+                if let Some(s) = raw {
+                    match check_auth_reply(s) {
+                        Ok(text) => *slot = text,
+                        Err(e) => err(&["replies", name], e),
+                    }
+                }
+            }
         }
         let sent_items = {
             let raw_si = raw.sent_items.as_ref();
@@ -599,7 +663,50 @@ impl Config {
             };
             SentItemsConfig { spool, store }
         };
-        if raw.policy.is_empty() {
+        let mut auth_policy_listeners = Vec::new();
+        for (i, s) in raw.auth_policy.iter().enumerate() {
+            match Endpoint::parse(s) {
+                Ok(e) => auth_policy_listeners.push(e),
+                Err(e) => err(&["auth_policy"], format!("entry {}: {e}", i + 1)),
+            }
+        }
+        let auth_policy_api_key_file = match &raw.auth_policy_api_key_file {
+            Some(p) if p.as_os_str().is_empty() => {
+                err(&["auth_policy_api_key_file"], "must be a file path".into());
+                None
+            }
+            other => other.clone(),
+        };
+        let auth_policy_protocols = match &raw.auth_policy_protocols {
+            None => vec!["smtp".to_string()],
+            Some(list) => {
+                let valid = |p: &str| {
+                    !p.is_empty()
+                        && p.len() <= 32
+                        && p.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                };
+                let mut out = Vec::new();
+                for p in list {
+                    if valid(p) {
+                        out.push(p.to_ascii_lowercase());
+                    } else {
+                        err(
+                            &["auth_policy_protocols"],
+                            format!("{p:?} is not a Dovecot protocol name (e.g. smtp, submission)"),
+                        );
+                    }
+                }
+                if list.is_empty() {
+                    err(
+                        &["auth_policy_protocols"],
+                        "list at least one protocol (e.g. [smtp])".into(),
+                    );
+                }
+                out
+            }
+        };
+        if raw.policy.is_empty() && raw.auth_policy.is_empty() {
             err(
                 &["policy"],
                 "no front end configured: list at least one policy listener (e.g. [\"inet:127.0.0.1:10040\"])"
@@ -626,6 +733,9 @@ impl Config {
             audit,
             replies,
             sent_items,
+            auth_policy_listeners,
+            auth_policy_api_key_file,
+            auth_policy_protocols,
         })
     }
 
@@ -765,5 +875,56 @@ replies:
         .unwrap();
         assert_eq!(c.replies.concurrency_limit.code, 421);
         assert_eq!(c.replies.tenant_disabled.to_string(), TENANT_DISABLED);
+    }
+
+    #[test]
+    fn auth_policy_defaults_and_overrides() {
+        let c = parse("policy: [\"inet:127.0.0.1:1\"]\n").unwrap();
+        assert!(c.auth_policy_listeners.is_empty());
+        assert_eq!(c.auth_policy_protocols, ["smtp"]);
+        assert_eq!(c.auth_policy_api_key_file, None);
+        assert_eq!(c.replies.auth_mailbox_disabled, AUTH_MAILBOX_DISABLED);
+        assert_eq!(c.replies.auth_tenant_disabled, AUTH_TENANT_DISABLED);
+
+        // The auth policy alone is a complete front end.
+        let c = parse(
+            "auth_policy: [\"inet:127.0.0.1:10042\", \"unix:/tmp/ap.sock\"]\n\
+auth_policy_api_key_file: /etc/submitgate/auth-policy.key\n\
+auth_policy_protocols: [SMTP, submission]\n\
+replies: { auth_mailbox_disabled: \"SMTP AUTH is off for this mailbox\" }\n",
+        )
+        .unwrap();
+        assert_eq!(c.auth_policy_listeners.len(), 2);
+        assert!(c.policy_listeners.is_empty());
+        assert_eq!(c.auth_policy_protocols, ["smtp", "submission"]);
+        assert_eq!(
+            c.auth_policy_api_key_file.as_deref(),
+            Some(Path::new("/etc/submitgate/auth-policy.key"))
+        );
+        assert_eq!(
+            c.replies.auth_mailbox_disabled,
+            "SMTP AUTH is off for this mailbox"
+        );
+    }
+
+    #[test]
+    fn auth_policy_errors_have_lines() {
+        let text = "\
+auth_policy: [\"inet:127.0.0.1\"]
+auth_policy_protocols: [\"smtp imap\"]
+replies:
+  auth_tenant_disabled: \"caf\\u00e9\"
+  auth_mailbox_disabled: \"\"
+";
+        let e = parse(text).unwrap_err();
+        let lines: Vec<usize> = e.0.iter().map(|x| x.line).collect();
+        assert_eq!(lines, vec![1, 2, 4, 5], "{e}");
+        assert!(
+            e.to_string().contains("replies.auth_tenant_disabled"),
+            "{e}"
+        );
+        let e = parse("auth_policy_protocols: []\n").unwrap_err();
+        assert!(e.to_string().contains("no front end configured"), "{e}");
+        assert!(e.to_string().contains("list at least one protocol"), "{e}");
     }
 }

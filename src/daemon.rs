@@ -30,6 +30,8 @@ pub enum StartError {
     Audit(std::io::Error),
     #[error("{0}")]
     Limiter(crate::limiter::redis::SetupError),
+    #[error(transparent)]
+    AuthPolicyKey(#[from] crate::auth_policy::ApiKeyError),
     #[error("cannot listen on {endpoint}: {source}")]
     Bind {
         endpoint: Endpoint,
@@ -42,6 +44,8 @@ pub enum StartError {
 pub struct Stats {
     /// Policy requests without a login (not submissions).
     pub unauthenticated: AtomicU64,
+    /// Auth policy requests for protocols it does not check (IMAP logins and the like).
+    pub auth_policy_other_protocol: AtomicU64,
 }
 
 impl Replies {
@@ -104,6 +108,9 @@ pub struct Listeners {
     pub policy: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub control: Option<String>,
+    /// Dovecot auth policy (HTTP) listeners.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub auth_policy: Vec<String>,
 }
 
 /// A running daemon.
@@ -112,6 +119,7 @@ pub struct Daemon {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     policy_endpoints: Vec<Endpoint>,
+    auth_policy_endpoints: Vec<Endpoint>,
     audit_writer: AuditWriter,
 }
 
@@ -132,6 +140,11 @@ impl Daemon {
             mailboxes = snapshot.mailbox_count(),
             "policy loaded"
         );
+        // Read before anything is bound, so that a bad key file stops the start cleanly.
+        let auth_policy_key = match &config.auth_policy_api_key_file {
+            Some(path) => Some(crate::auth_policy::ApiKey::read(path)?),
+            None => None,
+        };
         let (audit, audit_writer) = Audit::start(&config.audit).map_err(StartError::Audit)?;
         let limiter = match &config.limiter {
             LimiterConfig::Memory => Limiter::memory(),
@@ -183,6 +196,39 @@ impl Daemon {
                 tracker.clone(),
             ));
         }
+        let mut auth_policy_endpoints = Vec::new();
+        if !config.auth_policy_listeners.is_empty() {
+            let auth_policy = crate::auth_policy::AuthPolicy::new(
+                ctx.clone(),
+                crate::auth_policy::Settings {
+                    api_key: auth_policy_key,
+                    protocols: config.auth_policy_protocols.clone(),
+                },
+            );
+            let router = Arc::new(auth_policy.routes(crate::http_server::Router::new()));
+            for endpoint in &config.auth_policy_listeners {
+                let listener = endpoint
+                    .bind(config.unix_socket_mode)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        endpoint: endpoint.clone(),
+                        source,
+                    })?;
+                let bound = listener
+                    .local_endpoint()
+                    .unwrap_or_else(|_| endpoint.clone());
+                tracing::info!(listener = %bound, "auth policy (Dovecot) listening");
+                auth_policy_endpoints.push(bound);
+                tracker.spawn(crate::http_server::serve(
+                    "auth policy",
+                    listener,
+                    router.clone(),
+                    connections.clone(),
+                    shutdown.clone(),
+                    tracker.clone(),
+                ));
+            }
+        }
         let control = match &config.control {
             Some(endpoint) => Some(endpoint.bind(config.control_socket_mode).await.map_err(
                 |source| StartError::Bind {
@@ -196,6 +242,10 @@ impl Daemon {
             listeners: Listeners {
                 policy: policy_endpoints.iter().map(|e| e.to_string()).collect(),
                 control: config.control.as_ref().map(|e| e.to_string()),
+                auth_policy: auth_policy_endpoints
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect(),
             },
             config: Arc::new(config),
             ctx,
@@ -223,6 +273,7 @@ impl Daemon {
             shutdown,
             tracker,
             policy_endpoints,
+            auth_policy_endpoints,
             audit_writer,
         })
     }
@@ -230,6 +281,11 @@ impl Daemon {
     /// The addresses the policy front end listens on (real ports when 0 was configured).
     pub fn policy_endpoints(&self) -> &[Endpoint] {
         &self.policy_endpoints
+    }
+
+    /// The addresses the auth policy endpoint listens on (real ports when 0 was configured).
+    pub fn auth_policy_endpoints(&self) -> &[Endpoint] {
+        &self.auth_policy_endpoints
     }
 
     /// The shared context (policy, limiter, audit).

@@ -428,6 +428,16 @@ fn check(args: &PolicyArgs) -> anyhow::Result<ExitCode> {
             None
         }
     };
+    // The auth policy key is read at start: a file the daemon could not use fails here too.
+    if let Some(path) = config
+        .as_ref()
+        .and_then(|c| c.auth_policy_api_key_file.as_ref())
+    {
+        if let Err(e) = submitgate::auth_policy::ApiKey::read(path) {
+            println!("{e}");
+            failed = true;
+        }
+    }
     let (dir, opts) = policy_location(args, config.as_ref());
     match policy::load_dir(&dir, &opts) {
         Ok(snap) => {

@@ -71,6 +71,14 @@ impl TestDaemon {
         }
     }
 
+    /// The port of the first auth policy listener (configure `auth_policy: ["inet:127.0.0.1:0"]`).
+    pub fn auth_policy_port(&self) -> u16 {
+        match &self.daemon.auth_policy_endpoints()[0] {
+            submitgate::endpoint::Endpoint::Inet { port, .. } => *port,
+            other => panic!("not inet: {other}"),
+        }
+    }
+
     pub async fn client(&self) -> PolicyClient {
         PolicyClient::connect(self.port()).await
     }
