@@ -15,8 +15,10 @@ use crate::audit::{Audit, AuditEvent, AuditWriter, EventKind};
 use crate::config::{Config, LimiterConfig, Replies, SmtpReply};
 use crate::endpoint::Endpoint;
 use crate::limiter::Limiter;
+use crate::milter;
 use crate::policy::{self, PolicyErrors, PolicySnapshot, RejectReason};
 use crate::postfix_policy;
+use crate::sent_items::spool::{Spool, SpoolError};
 
 /// How long shutdown waits for connections to finish their current request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -28,6 +30,8 @@ pub enum StartError {
     Policy(PolicyErrors),
     #[error("audit log: {0}")]
     Audit(std::io::Error),
+    #[error("Sent Items spool: {0}")]
+    Spool(SpoolError),
     #[error("cannot listen on {endpoint}: {source}")]
     Bind {
         endpoint: Endpoint,
@@ -81,6 +85,7 @@ pub struct Daemon {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     policy_endpoints: Vec<Endpoint>,
+    milter_endpoints: Vec<Endpoint>,
     audit_writer: AuditWriter,
     reload_lock: Mutex<()>,
 }
@@ -142,12 +147,51 @@ impl Daemon {
                 tracker.clone(),
             ));
         }
+        let mut milter_endpoints = Vec::new();
+        if !config.milter_listeners.is_empty() {
+            // Only the milter writes the spool; it is opened (locked, crash leftovers removed)
+            // before the first connection can arrive.
+            let dir = config.sent_items.spool.clone();
+            let spool = tokio::task::spawn_blocking(move || Spool::open(dir))
+                .await
+                .map_err(|e| StartError::Spool(SpoolError::Task(e.to_string())))?
+                .map_err(StartError::Spool)?;
+            tracing::info!(spool = %spool.path().display(), "Sent Items spool opened");
+            let settings = Arc::new(milter::server::Settings {
+                timeout: config.milter_timeout,
+                max_frame: config.milter_max_frame,
+                spool: Some(spool),
+            });
+            for endpoint in &config.milter_listeners {
+                let listener = endpoint
+                    .bind(config.unix_socket_mode)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        endpoint: endpoint.clone(),
+                        source,
+                    })?;
+                let bound = listener
+                    .local_endpoint()
+                    .unwrap_or_else(|_| endpoint.clone());
+                tracing::info!(listener = %bound, "milter front end listening");
+                milter_endpoints.push(bound);
+                tracker.spawn(milter::server::serve(
+                    listener,
+                    ctx.clone(),
+                    settings.clone(),
+                    connections.clone(),
+                    shutdown.clone(),
+                    tracker.clone(),
+                ));
+            }
+        }
         Ok(Daemon {
             config: Arc::new(config),
             ctx,
             shutdown,
             tracker,
             policy_endpoints,
+            milter_endpoints,
             audit_writer,
             reload_lock: Mutex::new(()),
         })
@@ -156,6 +200,11 @@ impl Daemon {
     /// The addresses the policy front end listens on (real ports when 0 was configured).
     pub fn policy_endpoints(&self) -> &[Endpoint] {
         &self.policy_endpoints
+    }
+
+    /// The addresses the milter front end listens on (real ports when 0 was configured).
+    pub fn milter_endpoints(&self) -> &[Endpoint] {
+        &self.milter_endpoints
     }
 
     /// The shared context (policy, limiter, audit).
