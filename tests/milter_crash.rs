@@ -21,15 +21,19 @@ struct Running {
 
 fn start(dir: &Path, run: usize) -> Running {
     let log = dir.join(format!("daemon-{run}.log"));
-    let child = Command::new(env!("CARGO_BIN_EXE_submitgate"))
-        .arg("serve")
-        .arg("--config")
-        .arg(dir.join("submitgate.yaml"))
-        .env("SUBMITGATE_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    // Owned by `Running` at once: its Drop kills a daemon that a failing test leaves behind.
+    let mut running = Running {
+        child: Command::new(env!("CARGO_BIN_EXE_submitgate"))
+            .arg("serve")
+            .arg("--config")
+            .arg(dir.join("submitgate.yaml"))
+            .env("SUBMITGATE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+        port: 0,
+    };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -42,10 +46,21 @@ fn start(dir: &Path, run: usize) -> Running {
                     .and_then(|p| p.trim().parse::<u16>().ok())
             });
         if let (Some(port), true) = (port, text.contains("ready")) {
-            return Running { child, port };
+            running.port = port;
+            return running;
         }
         assert!(Instant::now() < deadline, "daemon did not start:\n{text}");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Running {
+    /// A failing test still leaves no daemon behind.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
