@@ -142,6 +142,7 @@ enum Msg {
     Event(Box<AuditEvent>),
     Reopen,
     Flush(oneshot::Sender<()>),
+    Close,
 }
 
 /// A handle for recording events; cheap to clone.
@@ -185,6 +186,12 @@ impl Audit {
     /// Reopens the file (after logrotate moved it away).
     pub async fn reopen(&self) {
         let _ = self.tx.send(Msg::Reopen).await;
+    }
+
+    /// Ends the writer after every event recorded before this call is written, even if other
+    /// handles still exist (shutdown).
+    pub async fn close(&self) {
+        let _ = self.tx.send(Msg::Close).await;
     }
 
     /// Waits until every event recorded before this call is written and flushed.
@@ -248,7 +255,11 @@ fn open_append(path: &PathBuf) -> io::Result<File> {
 fn writer_loop(mut sink: Sink, mut rx: mpsc::Receiver<Msg>) {
     let mut line = Vec::with_capacity(512);
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
-    while let Some(first) = rx.blocking_recv() {
+    let mut open = true;
+    while open {
+        let Some(first) = rx.blocking_recv() else {
+            break;
+        };
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
@@ -263,6 +274,10 @@ fn writer_loop(mut sink: Sink, mut rx: mpsc::Receiver<Msg>) {
                 }
                 Msg::Reopen => retry("reopen", || sink.reopen()),
                 Msg::Flush(done) => waiting.push(done),
+                Msg::Close => {
+                    open = false;
+                    break;
+                }
             }
             next = rx.try_recv().ok();
         }

@@ -240,7 +240,11 @@ pub struct Config {
     /// Largest milter frame accepted (length field), in bytes.
     pub milter_max_frame: usize,
     pub control: Option<Endpoint>,
+    /// Mode of the control socket (default 0600: status and reload are for root).
+    pub control_socket_mode: u32,
     pub policies_dir: PathBuf,
+    /// Reload by itself when the policy directory changes (default true).
+    pub watch_policies: bool,
     pub default_domain: Option<String>,
     pub lease_idle_timeout: Duration,
     pub unix_socket_mode: u32,
@@ -261,7 +265,9 @@ struct RawConfig {
     milter_timeout: Option<String>,
     milter_max_frame: Option<usize>,
     control: Option<String>,
+    control_socket_mode: Option<String>,
     policies: Option<PathBuf>,
+    watch_policies: Option<bool>,
     default_domain: Option<String>,
     lease_idle_timeout: Option<String>,
     unix_socket_mode: Option<String>,
@@ -431,19 +437,25 @@ impl Config {
                 }
             },
         };
-        let unix_socket_mode = match raw.unix_socket_mode.as_deref() {
-            None => 0o666,
+        let mut mode = |key: &str, value: Option<&str>, default: u32| match value {
+            None => default,
             Some(s) => match u32::from_str_radix(s.trim_start_matches("0o"), 8) {
                 Ok(m) if m <= 0o777 => m,
                 _ => {
                     err(
-                        &["unix_socket_mode"],
+                        &[key],
                         format!("{s:?} is not an octal file mode (e.g. \"0660\")"),
                     );
-                    0o666
+                    default
                 }
             },
         };
+        let unix_socket_mode = mode("unix_socket_mode", raw.unix_socket_mode.as_deref(), 0o666);
+        let control_socket_mode = mode(
+            "control_socket_mode",
+            raw.control_socket_mode.as_deref(),
+            0o600,
+        );
         let max_connections = match raw.max_connections {
             None => 1024,
             Some(n) if (1..=1_000_000).contains(&n) => n,
@@ -577,7 +589,9 @@ impl Config {
             milter_timeout,
             milter_max_frame,
             control,
+            control_socket_mode,
             policies_dir: raw.policies.unwrap_or_else(|| PathBuf::from("./policies")),
+            watch_policies: raw.watch_policies.unwrap_or(true),
             default_domain,
             lease_idle_timeout,
             unix_socket_mode,

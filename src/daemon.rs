@@ -4,7 +4,7 @@
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio::sync::{Mutex, Semaphore};
@@ -73,21 +73,51 @@ pub enum ReloadOutcome {
         version: String,
         organizations: usize,
         mailboxes: usize,
+        /// The files had not changed: nothing was swapped or audited.
+        unchanged: bool,
     },
     /// The old policy stays in force.
     Failed(PolicyErrors),
 }
 
+/// The last reload and its result, for `submitgate status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadRecord {
+    pub at: String,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+/// What the daemon's long-lived tasks (front ends, policy watcher, control socket) share.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub ctx: Context,
+    /// The addresses each front end listens on (real ports when 0 was configured).
+    pub listeners: Listeners,
+    pub started: SystemTime,
+    reload_lock: Mutex<()>,
+    last_reload: std::sync::Mutex<Option<ReloadRecord>>,
+}
+
+/// Bound listener addresses per front end.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Listeners {
+    pub policy: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub milter: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control: Option<String>,
+}
+
 /// A running daemon.
 pub struct Daemon {
-    config: Arc<Config>,
-    ctx: Context,
+    shared: Arc<Shared>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     policy_endpoints: Vec<Endpoint>,
     milter_endpoints: Vec<Endpoint>,
     audit_writer: AuditWriter,
-    reload_lock: Mutex<()>,
 }
 
 impl Daemon {
@@ -185,15 +215,49 @@ impl Daemon {
                 ));
             }
         }
-        Ok(Daemon {
+        let control = match &config.control {
+            Some(endpoint) => Some(endpoint.bind(config.control_socket_mode).await.map_err(
+                |source| StartError::Bind {
+                    endpoint: endpoint.clone(),
+                    source,
+                },
+            )?),
+            None => None,
+        };
+        let shared = Arc::new(Shared {
+            listeners: Listeners {
+                policy: policy_endpoints.iter().map(|e| e.to_string()).collect(),
+                milter: milter_endpoints.iter().map(|e| e.to_string()).collect(),
+                control: config.control.as_ref().map(|e| e.to_string()),
+            },
             config: Arc::new(config),
             ctx,
+            started: SystemTime::now(),
+            reload_lock: Mutex::new(()),
+            last_reload: std::sync::Mutex::new(None),
+        });
+        if let Some(listener) = control {
+            tracing::info!(
+                listener = shared.listeners.control.as_deref().unwrap_or_default(),
+                "control socket listening"
+            );
+            tracker.spawn(crate::control::serve(
+                listener,
+                shared.clone(),
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+        }
+        if shared.config.watch_policies {
+            tracker.spawn(watch_policies(shared.clone(), shutdown.clone()));
+        }
+        Ok(Daemon {
+            shared,
             shutdown,
             tracker,
             policy_endpoints,
             milter_endpoints,
             audit_writer,
-            reload_lock: Mutex::new(()),
         })
     }
 
@@ -209,48 +273,22 @@ impl Daemon {
 
     /// The shared context (policy, limiter, audit).
     pub fn context(&self) -> &Context {
-        &self.ctx
+        &self.shared.ctx
     }
 
-    /// Reloads the policy files. A broken set keeps the old policy, logs every error and
-    /// audits `policy_reload_failed`.
+    /// What the long-lived tasks share (status, reload).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Reloads the policy files (see [`Shared::reload`]).
     pub async fn reload(&self) -> ReloadOutcome {
-        let _one_at_a_time = self.reload_lock.lock().await;
-        let opts = self.config.policy_options();
-        let dir = self.config.policies_dir.clone();
-        let loaded = tokio::task::spawn_blocking(move || policy::load_dir(&dir, &opts))
-            .await
-            .unwrap_or_else(|e| Err(join_error(e)));
-        match loaded {
-            Ok(snapshot) => {
-                let outcome = ReloadOutcome::Reloaded {
-                    version: snapshot.version.clone(),
-                    organizations: snapshot.organizations().len(),
-                    mailboxes: snapshot.mailbox_count(),
-                };
-                let mut ev = AuditEvent::new(EventKind::PolicyReloaded);
-                ev.version = Some(snapshot.version.clone());
-                tracing::info!(version = %snapshot.version, "policy reloaded");
-                self.ctx.policy.store(Arc::new(snapshot));
-                self.ctx.audit.record(ev).await;
-                outcome
-            }
-            Err(errors) => {
-                for e in &errors.0 {
-                    tracing::error!("policy reload failed, keeping the old policy: {e}");
-                }
-                let mut ev = AuditEvent::new(EventKind::PolicyReloadFailed);
-                ev.version = Some(self.ctx.policy.load().version.clone());
-                ev.errors = Some(errors.0.iter().map(|e| e.to_string()).collect());
-                self.ctx.audit.record(ev).await;
-                ReloadOutcome::Failed(errors)
-            }
-        }
+        self.shared.reload().await
     }
 
     /// Reopens the audit log (SIGUSR1, after logrotate).
     pub async fn reopen_audit(&self) {
-        self.ctx.audit.reopen().await;
+        self.shared.ctx.audit.reopen().await;
     }
 
     /// Stops accepting, lets connections answer what they are working on, releases every
@@ -265,11 +303,139 @@ impl Daemon {
             tracing::warn!("connections still busy after {SHUTDOWN_GRACE:?}; stopping anyway");
         }
         let Daemon {
-            ctx, audit_writer, ..
+            shared,
+            audit_writer,
+            ..
         } = self;
-        drop(ctx);
+        // Close the queue explicitly: a task that outlived the grace period may still hold a
+        // handle, and the writer must not wait for it.
+        shared.ctx.audit.close().await;
+        drop(shared);
         audit_writer.finish().await;
     }
+}
+
+impl Shared {
+    /// Reloads the policy files. A broken set keeps the old policy, logs every error and
+    /// audits `policy_reload_failed`; an unchanged set is a no-op.
+    pub async fn reload(&self) -> ReloadOutcome {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let opts = self.config.policy_options();
+        let dir = self.config.policies_dir.clone();
+        let loaded = tokio::task::spawn_blocking(move || policy::load_dir(&dir, &opts))
+            .await
+            .unwrap_or_else(|e| Err(join_error(e)));
+        match loaded {
+            Ok(snapshot) if snapshot.version == self.ctx.policy.load().version => {
+                tracing::debug!(version = %snapshot.version, "policy files unchanged");
+                ReloadOutcome::Reloaded {
+                    version: snapshot.version.clone(),
+                    organizations: snapshot.organizations().len(),
+                    mailboxes: snapshot.mailbox_count(),
+                    unchanged: true,
+                }
+            }
+            Ok(snapshot) => {
+                self.record_reload(true, Vec::new());
+                let outcome = ReloadOutcome::Reloaded {
+                    version: snapshot.version.clone(),
+                    organizations: snapshot.organizations().len(),
+                    mailboxes: snapshot.mailbox_count(),
+                    unchanged: false,
+                };
+                let mut ev = AuditEvent::new(EventKind::PolicyReloaded);
+                ev.version = Some(snapshot.version.clone());
+                tracing::info!(version = %snapshot.version, "policy reloaded");
+                self.ctx.policy.store(Arc::new(snapshot));
+                self.ctx.audit.record(ev).await;
+                outcome
+            }
+            Err(errors) => {
+                self.record_reload(false, errors.0.iter().map(|e| e.to_string()).collect());
+                for e in &errors.0 {
+                    tracing::error!("policy reload failed, keeping the old policy: {e}");
+                }
+                let mut ev = AuditEvent::new(EventKind::PolicyReloadFailed);
+                ev.version = Some(self.ctx.policy.load().version.clone());
+                ev.errors = Some(errors.0.iter().map(|e| e.to_string()).collect());
+                self.ctx.audit.record(ev).await;
+                ReloadOutcome::Failed(errors)
+            }
+        }
+    }
+
+    fn record_reload(&self, ok: bool, errors: Vec<String>) {
+        let record = ReloadRecord {
+            at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            ok,
+            errors,
+        };
+        if let Ok(mut last) = self.last_reload.lock() {
+            *last = Some(record);
+        }
+    }
+
+    /// The last reload attempt, if any.
+    pub fn last_reload(&self) -> Option<ReloadRecord> {
+        self.last_reload.lock().ok().and_then(|l| l.clone())
+    }
+}
+
+/// How long the policy directory must be quiet before a reload: editors write in bursts.
+const WATCH_DEBOUNCE: Duration = Duration::from_millis(300);
+
+/// Watches the policy directory and reloads after changes (debounced). Editors that save via
+/// rename are seen as a create/rename in the directory. A watcher that cannot start leaves
+/// SIGHUP and `submitgate reload` working; the error is logged.
+async fn watch_policies(shared: Arc<Shared>, shutdown: CancellationToken) {
+    use notify::{RecursiveMode, Watcher};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let handler = move |res: notify::Result<notify::Event>| match res {
+        Ok(ev) => {
+            let relevant = ev.paths.iter().any(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    !n.starts_with('.') && (n.ends_with(".yaml") || n.ends_with(".yml"))
+                })
+            });
+            if relevant && !matches!(ev.kind, notify::EventKind::Access(_)) {
+                let _ = tx.send(());
+            }
+        }
+        Err(e) => tracing::warn!("policy watcher: {e}"),
+    };
+    let dir = shared.config.policies_dir.clone();
+    let mut watcher = match notify::recommended_watcher(handler)
+        .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w))
+    {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(
+                dir = %dir.display(),
+                "cannot watch the policy directory ({e}); reload with SIGHUP or `submitgate reload`"
+            );
+            return;
+        }
+    };
+    tracing::info!(dir = %dir.display(), "watching the policy directory for changes");
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            ev = rx.recv() => if ev.is_none() { break },
+        }
+        // Debounce: wait until the directory has been quiet for a moment.
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                more = tokio::time::timeout(WATCH_DEBOUNCE, rx.recv()) => match more {
+                    Ok(Some(())) => continue,
+                    Ok(None) | Err(_) => break,
+                },
+            }
+        }
+        tracing::info!("policy files changed; reloading");
+        shared.reload().await;
+    }
+    let _ = watcher.unwatch(&dir);
 }
 
 fn join_error(e: tokio::task::JoinError) -> PolicyErrors {

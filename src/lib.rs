@@ -11,10 +11,12 @@
 //! - [`limiter`]: per-mailbox session leases.
 //! - [`sent_items`]: the durable spool of Sent Items copies.
 //! - [`audit`]: typed audit events and their JSON-lines writer.
+//! - [`control`]: the control socket behind `submitgate status` and `submitgate reload`.
 //! - [`daemon`]: wires the parts together and runs until shutdown.
 
 pub mod audit;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod endpoint;
 pub mod limiter;

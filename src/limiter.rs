@@ -60,6 +60,13 @@ impl Limiter {
         }
     }
 
+    /// The backend's name, for `status`.
+    pub fn backend_name(&self) -> &'static str {
+        match &*self.backend {
+            Backend::Memory(_) => "memory",
+        }
+    }
+
     /// Takes a slot for `mailbox` when fewer than `limit` are in use.
     pub async fn acquire(&self, mailbox: &str, limit: u32) -> Acquire {
         match &*self.backend {

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 pub use evaluate::{evaluate, Allowed, Decision, RejectReason, Submission};
+pub mod editor;
 pub use load::{is_policy_file, load_dir, load_files, valid_address, valid_domain, LoadOptions};
 
 /// Default number of concurrent sessions per mailbox (Exchange Online's value).

@@ -43,7 +43,8 @@ mailboxes:
 ";
 
 impl TestDaemon {
-    /// Starts a daemon with the given policy files and extra config lines.
+    /// Starts a daemon with the given policy files and extra config lines (`{dir}` in them is
+    /// replaced by the test's private directory).
     pub async fn start(policies: &[(&str, &str)], extra_config: &str) -> TestDaemon {
         Self::start_with("policy: [\"inet:127.0.0.1:0\"]\n", policies, extra_config).await
     }
@@ -62,6 +63,7 @@ impl TestDaemon {
         extra_config: &str,
     ) -> TestDaemon {
         let dir = tempfile::tempdir().unwrap();
+        let extra_config = extra_config.replace("{dir}", &dir.path().display().to_string());
         let pdir = dir.path().join("policies");
         std::fs::create_dir(&pdir).unwrap();
         for (name, text) in policies {
@@ -101,6 +103,10 @@ impl TestDaemon {
     /// Committed spool entries, oldest first: (file name, message bytes, metadata JSON).
     pub fn spool_entries(&self) -> Vec<(String, Vec<u8>, serde_json::Value)> {
         read_spool_entries(&self.spool_dir())
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("submitgate.yaml")
     }
 
     pub fn policies_dir(&self) -> PathBuf {
