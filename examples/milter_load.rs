@@ -7,13 +7,14 @@
 //! chunks, end-of-message, QUIT, then the filter's close. Every connection uses its own
 //! mailbox, so the session limit never refuses one.
 //!
-//! By default both filters run in this process on loopback: submitgate with its spool on
-//! (every message fsynced into `--spool-dir`, which should be on a real disk, not tmpfs) and
-//! audit logging on, and the responder, which answers the same negotiated events with
-//! "continue" and does nothing else.
+//! All targets run in this process on loopback: submitgate with its spool on (every message
+//! fsynced into `--spool-dir`, which should be on a real disk, not tmpfs) and audit logging on;
+//! a responder that negotiates the same no-reply flags and answers "continue" (the cost of the
+//! conversation itself); and one that answers every event (protocol flags 0). The targets take
+//! turns in `--rounds` interleaved slices, so that other load on the machine hits all alike.
 //!
 //! ```text
-//! cargo run --release --example milter_load -- --connections 10 --seconds 10
+//! cargo run --release --example milter_load -- --connections 10 --seconds 10 --rounds 5
 //! ```
 
 use std::path::PathBuf;
@@ -35,11 +36,12 @@ use tokio_util::codec::Framed;
 struct Args {
     connections: usize,
     seconds: u64,
+    rounds: u32,
     spool_dir: PathBuf,
 }
 
 fn usage() -> ! {
-    eprintln!("usage: milter_load [--connections N] [--seconds S] [--spool-dir DIR]");
+    eprintln!("usage: milter_load [--connections N] [--seconds S] [--rounds R] [--spool-dir DIR]");
     std::process::exit(2);
 }
 
@@ -47,6 +49,7 @@ fn parse_args() -> Args {
     let mut args = Args {
         connections: 10,
         seconds: 10,
+        rounds: 5,
         spool_dir: PathBuf::from("target/milter-load"),
     };
     let mut it = std::env::args().skip(1);
@@ -55,6 +58,7 @@ fn parse_args() -> Args {
         match flag.as_str() {
             "--connections" => args.connections = value.parse().unwrap_or_else(|_| usage()),
             "--seconds" => args.seconds = value.parse().unwrap_or_else(|_| usage()),
+            "--rounds" => args.rounds = value.parse().unwrap_or_else(|_| usage()),
             "--spool-dir" => args.spool_dir = PathBuf::from(value),
             _ => usage(),
         }
@@ -71,6 +75,23 @@ struct Outcome {
 }
 
 impl Outcome {
+    fn empty() -> Outcome {
+        Outcome {
+            sessions: 0,
+            failures: 0,
+            elapsed: Duration::ZERO,
+            latencies: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, other: Outcome) {
+        self.sessions += other.sessions;
+        self.failures += other.failures;
+        self.elapsed += other.elapsed;
+        self.latencies.extend(other.latencies);
+        self.latencies.sort();
+    }
+
     fn rate(&self) -> f64 {
         self.sessions as f64 / self.elapsed.as_secs_f64()
     }
@@ -187,9 +208,9 @@ async fn session(port: u16, mailbox: &str, n: u64) -> std::io::Result<bool> {
     Ok(ok)
 }
 
-async fn run_phase(port: u16, connections: usize, seconds: u64, tag: &str) -> Outcome {
+async fn run_phase(port: u16, connections: usize, length: Duration, tag: &str) -> Outcome {
     let start = Instant::now();
-    let deadline = start + Duration::from_secs(seconds);
+    let deadline = start + length;
     let mut tasks = Vec::new();
     for c in 0..connections {
         let mailbox = format!("user{c}.{tag}@bench.example");
@@ -310,20 +331,28 @@ fn main() -> anyhow::Result<()> {
         let Args {
             connections,
             seconds,
+            rounds,
             ..
         } = args;
+        let rounds = rounds.max(1);
         println!(
-            "milter_load: {connections} connections, {seconds} s per phase, 10 KiB messages in 4 chunks, 2 recipients"
+            "milter_load: {connections} connections, {seconds} s per target in {rounds} interleaved rounds, \
+             10 KiB messages in 4 chunks, 2 recipients"
         );
         // Warm-up, not reported.
-        run_phase(same_flags, connections, 1, "warm").await;
-        let base = run_phase(same_flags, connections, seconds, "base").await;
-        report("continue-only responder", &base);
-        let all = run_phase(every_event, connections, seconds, "all").await;
-        report("continue-only, replies to every event", &all);
+        run_phase(same_flags, connections, Duration::from_secs(1), "warm").await;
+        // The targets take turns, so that load from elsewhere on the machine hits all alike.
+        let slice = Duration::from_secs(seconds) / rounds;
+        let (mut base, mut all, mut sg) = (Outcome::empty(), Outcome::empty(), Outcome::empty());
         let before = count_entries(&work.path().join("spool/queue"));
-        let sg = run_phase(sg_port, connections, seconds, "sg").await;
+        for round in 0..rounds {
+            base.add(run_phase(same_flags, connections, slice, &format!("base{round}")).await);
+            all.add(run_phase(every_event, connections, slice, &format!("all{round}")).await);
+            sg.add(run_phase(sg_port, connections, slice, &format!("sg{round}")).await);
+        }
         let committed = count_entries(&work.path().join("spool/queue")) - before;
+        report("continue-only responder", &base);
+        report("continue-only, replies to every event", &all);
         report("submitgate (spool + fsync, audit)", &sg);
         println!(
             "session cost ratio submitgate / responder: {:.2} (mean), {:.2} (p50), {:.2} (p99)",
