@@ -42,7 +42,7 @@ pub enum StartError {
 /// Counters that are not worth an audit line.
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Policy requests without a login (not submissions).
+    /// Policy requests and milter MAIL FROMs without a login (not submissions).
     pub unauthenticated: AtomicU64,
 }
 

@@ -2,8 +2,8 @@
 //! ([`State`] × [`Event`]), option negotiation, the decision at MAIL FROM (policy, then the
 //! session's lease), and the capture of allowed messages into the Sent Items spool.
 //!
-//! Per-connection state ([`Connection`]: client, HELO, login, TLS, the lease) lives as long as
-//! the SMTP session; per-message state ([`Message`]: envelope, capture) is reset by ABORT,
+//! Per-connection state (`Connection`: client address, login, TLS, the lease) lives as long as
+//! the SMTP session; per-message state (`Message`: envelope, capture) is reset by ABORT,
 //! end-of-message and any reply that ends the message. The server ([`super::server`]) owns the
 //! socket: it feeds commands to [`Session::handle`], sends the replies it returns, and calls
 //! [`Session::finish`] exactly once, however the connection ends.
@@ -73,20 +73,35 @@ pub enum State {
 /// What a command does to the state machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
+    /// `O`: option negotiation.
     OptNeg,
+    /// `D`: macros for the next command.
     Macro,
+    /// `C`: the client connected.
     Connect,
+    /// `H`: HELO/EHLO.
     Helo,
+    /// `M`: MAIL FROM.
     Mail,
+    /// `R`: RCPT TO.
     Rcpt,
+    /// `T`: DATA.
     Data,
+    /// `L`: one header.
     Header,
+    /// `N`: end of headers.
     EndOfHeaders,
+    /// `B`: a body chunk.
     Body,
+    /// `E`: end of message.
     EndOfMessage,
+    /// `U`: an unknown SMTP command.
     Unknown,
+    /// `A`: abort the message.
     Abort,
+    /// `Q`: the session ends.
     Quit,
+    /// `K`: the session ends, a new one follows on the same connection.
     QuitNewConnection,
 }
 
@@ -195,7 +210,12 @@ impl State {
 pub enum SessionError {
     /// A command that may not come in the current state.
     #[error("milter protocol violation: {event:?} in state {state:?}")]
-    OutOfOrder { state: State, event: Event },
+    OutOfOrder {
+        /// Where the conversation stood.
+        state: State,
+        /// What came.
+        event: Event,
+    },
     /// The MTA speaks a protocol version we do not.
     #[error("MTA offers milter protocol version {0}; at least {MIN_PROT_VERSION} is needed")]
     Version(u32),
