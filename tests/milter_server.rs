@@ -726,3 +726,64 @@ async fn spool_is_owned_by_one_daemon() {
         .expect("second owner refused");
     assert!(err.to_string().contains("locked"), "{err}");
 }
+
+#[tokio::test]
+async fn unix_socket_listener_serves_a_session() {
+    use futures_util::{SinkExt, StreamExt};
+    let t = TestDaemon::start_with(
+        "milter: [\"unix:{dir}/milter.sock\"]\nsent_items: { spool: {dir}/spool }\n",
+        &[("contoso.yaml", CONTOSO)],
+        "",
+    )
+    .await;
+    let stream = tokio::net::UnixStream::connect(t.dir.path().join("milter.sock"))
+        .await
+        .unwrap();
+    let mut framed =
+        tokio_util::codec::Framed::new(stream, submitgate::milter::codec::MtaCodec::default());
+    framed
+        .send(Command::OptNeg {
+            version: 6,
+            actions: 0x1ff,
+            protocol: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        framed.next().await.unwrap().unwrap(),
+        Reply::OptNeg {
+            version: 6,
+            actions: 0,
+            protocol: 0,
+        }
+    );
+    framed
+        .send(Command::Connect {
+            hostname: b("localhost"),
+            family: b'L',
+            port: Some(0),
+            address: b("/var/run/client"),
+        })
+        .await
+        .unwrap();
+    assert_eq!(framed.next().await.unwrap().unwrap(), Reply::Continue);
+    framed
+        .send(Command::Macro {
+            stage: SMFIC_MAIL,
+            macros: vec![(b("{auth_authen}"), b("bob@contoso.com"))],
+        })
+        .await
+        .unwrap();
+    framed
+        .send(Command::Mail {
+            args: vec![b("<bob@contoso.com>")],
+        })
+        .await
+        .unwrap();
+    assert_eq!(framed.next().await.unwrap().unwrap(), Reply::Continue);
+    assert_eq!(t.in_use("bob@contoso.com").await, 1);
+    framed.send(Command::Quit).await.unwrap();
+    assert!(framed.next().await.is_none());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(t.in_use("bob@contoso.com").await, 0);
+}
