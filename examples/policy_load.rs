@@ -7,6 +7,7 @@
 //! ```text
 //! cargo run --release --example policy_load -- [--connections 10] [--seconds 10] [--mailboxes 10000] [--rounds 2]
 //! cargo run --release --example policy_load -- --target 127.0.0.1:10040   # an already running server
+//! cargo run --release --example policy_load -- --redis redis://127.0.0.1:6379/  # also submitgate with the Redis limiter
 //! ```
 
 use std::time::{Duration, Instant};
@@ -22,6 +23,7 @@ struct Args {
     mailboxes: usize,
     rounds: usize,
     target: Option<String>,
+    redis: Option<String>,
 }
 
 fn parse_args() -> Args {
@@ -31,6 +33,7 @@ fn parse_args() -> Args {
         mailboxes: 10_000,
         rounds: 2,
         target: None,
+        redis: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -41,6 +44,7 @@ fn parse_args() -> Args {
             "--mailboxes" => a.mailboxes = val().parse().expect("--mailboxes N"),
             "--rounds" => a.rounds = val().parse().expect("--rounds N"),
             "--target" => a.target = Some(val()),
+            "--redis" => a.redis = Some(val()),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -169,7 +173,11 @@ async fn dunno_responder() -> String {
 }
 
 /// submitgate with 100 organizations holding the mailboxes, audit log to a file.
-async fn start_submitgate(dir: &std::path::Path, mailboxes: usize) -> (Daemon, String) {
+async fn start_submitgate(
+    dir: &std::path::Path,
+    mailboxes: usize,
+    limiter: &str,
+) -> (Daemon, String) {
     let pdir = dir.join("policies");
     std::fs::create_dir_all(&pdir).expect("mkdir");
     for org in 0..100 {
@@ -185,9 +193,9 @@ async fn start_submitgate(dir: &std::path::Path, mailboxes: usize) -> (Daemon, S
         std::fs::write(pdir.join(format!("org{org}.yaml")), text).expect("write policy");
     }
     let cfg = format!(
-        "policy: [\"inet:127.0.0.1:0\"]\npolicies: {}\naudit: {{ path: {} }}\n",
+        "policy: [\"inet:127.0.0.1:0\"]\npolicies: {}\naudit: {{ path: {} }}\nlimiter: {limiter}\n",
         pdir.display(),
-        dir.join("audit.log").display()
+        dir.join(format!("audit-{}.log", limiter.len())).display()
     );
     let path = dir.join("submitgate.yaml");
     std::fs::write(&path, cfg).expect("write config");
@@ -229,24 +237,52 @@ fn main() {
         }
         let dir = tempfile_dir();
         let baseline = dunno_responder().await;
-        let (daemon, sg) = start_submitgate(&dir, a.mailboxes).await;
-        let (mut best_base, mut best_sg) = (0f64, 0f64);
+        let (daemon, sg) = start_submitgate(&dir, a.mailboxes, "{ backend: memory }").await;
+        let redis = match &a.redis {
+            Some(url) => {
+                let limiter =
+                    format!("{{ backend: redis, url: \"{url}\", key_prefix: \"bench:\" }}");
+                Some(start_submitgate(&dir, a.mailboxes, &limiter).await)
+            }
+            None => None,
+        };
+        let (mut best_base, mut best_sg, mut best_redis) = (0f64, 0f64, 0f64);
         for round in 1..=a.rounds {
             let b = measure(&baseline, &a).await;
             print(&format!("DUNNO responder (r{round})"), &b);
             let s = measure(&sg, &a).await;
             print(&format!("submitgate (r{round})"), &s);
+            if let Some((_, addr)) = &redis {
+                let r = measure(addr, &a).await;
+                print(&format!("sg+redis (r{round})"), &r);
+                best_redis = best_redis.max(r.rps);
+            }
             best_base = best_base.max(b.rps);
             best_sg = best_sg.max(s.rps);
         }
         daemon.context().audit.flush().await;
-        let audit_lines = std::fs::read_to_string(dir.join("audit.log"))
-            .map(|t| t.lines().count())
-            .unwrap_or(0);
+        let audit_lines: usize = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("audit"))
+            .map(|e| {
+                std::fs::read_to_string(e.path())
+                    .map(|t| t.lines().count())
+                    .unwrap_or(0)
+            })
+            .sum();
         println!(
             "submitgate / responder (best of each): {:.0} %   ({audit_lines} audit lines written)",
             100.0 * best_sg / best_base
         );
+        if let Some((d, _)) = redis {
+            println!(
+                "submitgate with redis / responder (best of each): {:.0} %",
+                100.0 * best_redis / best_base
+            );
+            d.shutdown().await;
+        }
         daemon.shutdown().await;
         let _ = std::fs::remove_dir_all(&dir);
     });

@@ -1,7 +1,8 @@
 //! The audit log: one JSON object per line for every decision and lifecycle event, written by
 //! a dedicated thread behind a bounded queue. Producers wait when the queue is full
 //! (back-pressure) — an event is never dropped. SIGUSR1 (via [`Audit::reopen`]) reopens the file
-//! for logrotate. Operational logs (tracing) never go here.
+//! for logrotate. Operational logs (tracing) never go here. [`report`] reads the log back into
+//! the SMTP AUTH clients report.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -12,6 +13,8 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{AuditConfig, AuditTarget};
+
+pub mod report;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

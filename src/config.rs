@@ -196,6 +196,8 @@ fn check_maildir_root(root: &str) -> Result<(), String> {
 pub enum LimiterConfig {
     /// In this process (one MTA).
     Memory,
+    /// Shared by several MTAs through Redis.
+    Redis(crate::limiter::redis::RedisSettings),
 }
 
 /// Where audit events go.
@@ -296,6 +298,12 @@ struct RawStore {
 #[serde(deny_unknown_fields)]
 struct RawLimiter {
     backend: String,
+    url: Option<String>,
+    key_prefix: Option<String>,
+    lease_ttl: Option<String>,
+    timeout: Option<String>,
+    on_error: Option<String>,
+    node_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -467,12 +475,85 @@ impl Config {
                 1024
             }
         };
-        let limiter = match raw.limiter.as_ref().map(|l| l.backend.as_str()) {
-            None | Some("memory") => LimiterConfig::Memory,
-            Some(other) => {
+        let limiter = match &raw.limiter {
+            None => LimiterConfig::Memory,
+            Some(l) if l.backend == "memory" => {
+                for (key, set) in [
+                    ("url", l.url.is_some()),
+                    ("key_prefix", l.key_prefix.is_some()),
+                    ("lease_ttl", l.lease_ttl.is_some()),
+                    ("timeout", l.timeout.is_some()),
+                    ("on_error", l.on_error.is_some()),
+                    ("node_id", l.node_id.is_some()),
+                ] {
+                    if set {
+                        err(&["limiter", key], "only applies to backend: redis".into());
+                    }
+                }
+                LimiterConfig::Memory
+            }
+            Some(l) if l.backend == "redis" => {
+                use crate::limiter::redis::{default_node_id, OnError, RedisSettings};
+                let mut duration =
+                    |key: &str, v: Option<&str>, default: Duration, min: Duration| match v {
+                        None => default,
+                        Some(s) => match humantime::parse_duration(s) {
+                            Ok(d) if d >= min => d,
+                            _ => {
+                                err(
+                                    &["limiter", key],
+                                    format!("{s:?} is not a duration of at least {min:?}"),
+                                );
+                                default
+                            }
+                        },
+                    };
+                let lease_ttl = duration(
+                    "lease_ttl",
+                    l.lease_ttl.as_deref(),
+                    Duration::from_secs(30),
+                    Duration::from_secs(1),
+                );
+                let timeout = duration(
+                    "timeout",
+                    l.timeout.as_deref(),
+                    Duration::from_millis(50),
+                    Duration::from_millis(1),
+                );
+                let url = l
+                    .url
+                    .clone()
+                    .unwrap_or_else(|| "redis://127.0.0.1:6379/".into());
+                if let Err(e) = redis::Client::open(url.as_str()) {
+                    err(
+                        &["limiter", "url"],
+                        format!("{}: {e}", crate::limiter::redis::redact(&url)),
+                    );
+                }
+                let on_error = match l.on_error.as_deref() {
+                    None | Some("allow") => OnError::Allow,
+                    Some("tempfail") => OnError::Tempfail,
+                    Some(other) => {
+                        err(
+                            &["limiter", "on_error"],
+                            format!("{other:?}: expected allow or tempfail"),
+                        );
+                        OnError::Allow
+                    }
+                };
+                LimiterConfig::Redis(RedisSettings {
+                    url,
+                    key_prefix: l.key_prefix.clone().unwrap_or_else(|| "submitgate:".into()),
+                    lease_ttl,
+                    timeout,
+                    on_error,
+                    node_id: l.node_id.clone().unwrap_or_else(default_node_id),
+                })
+            }
+            Some(l) => {
                 err(
                     &["limiter", "backend"],
-                    format!("unknown backend {other:?}; expected memory"),
+                    format!("unknown backend {:?}; expected memory or redis", l.backend),
                 );
                 LimiterConfig::Memory
             }
@@ -685,6 +766,38 @@ replies:
         )
         .unwrap_err();
         assert!(e.to_string().contains("unknown placeholder {user}"), "{e}");
+    }
+
+    #[test]
+    fn redis_limiter_settings() {
+        use crate::limiter::redis::OnError;
+        let c = parse(
+            "policy: [\"inet:127.0.0.1:1\"]\nlimiter: { backend: redis, url: \"redis://:pw@10.0.0.5:6379/2\", lease_ttl: 10s, on_error: tempfail, node_id: mta1 }\n",
+        )
+        .unwrap();
+        let LimiterConfig::Redis(r) = c.limiter else {
+            panic!("{:?}", c.limiter)
+        };
+        assert_eq!(r.lease_ttl, Duration::from_secs(10));
+        assert_eq!(r.timeout, Duration::from_millis(50));
+        assert_eq!(r.on_error, OnError::Tempfail);
+        assert_eq!(r.key_prefix, "submitgate:");
+        assert_eq!(r.node_id, "mta1");
+        let e = parse(
+            "policy: [\"inet:127.0.0.1:1\"]\nlimiter:\n  backend: redis\n  url: \"http://x\"\n  on_error: maybe\n  lease_ttl: 0s\n",
+        )
+        .unwrap_err();
+        let lines: Vec<usize> = e.0.iter().map(|x| x.line).collect();
+        assert_eq!(lines, vec![4, 5, 6], "{e}");
+        let e = parse(
+            "policy: [\"inet:127.0.0.1:1\"]\nlimiter: { backend: memory, url: \"redis://x\" }\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("limiter.url: only applies to backend: redis"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub enum StartError {
     Audit(std::io::Error),
     #[error("Sent Items spool: {0}")]
     Spool(SpoolError),
+    #[error("{0}")]
+    Limiter(crate::limiter::redis::SetupError),
     #[error("cannot listen on {endpoint}: {source}")]
     Bind {
         endpoint: Endpoint,
@@ -138,8 +140,19 @@ impl Daemon {
             "policy loaded"
         );
         let (audit, audit_writer) = Audit::start(&config.audit).map_err(StartError::Audit)?;
-        let limiter = match config.limiter {
+        let limiter = match &config.limiter {
             LimiterConfig::Memory => Limiter::memory(),
+            LimiterConfig::Redis(settings) => {
+                tracing::info!(
+                    url = crate::limiter::redis::redact(&settings.url),
+                    node_id = settings.node_id,
+                    "session leases shared through redis"
+                );
+                Limiter::redis(
+                    crate::limiter::redis::RedisBackend::new(settings.clone(), Some(audit.clone()))
+                        .map_err(StartError::Limiter)?,
+                )
+            }
         };
         let ctx = Context {
             policy: Arc::new(ArcSwap::from_pointee(snapshot)),

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
+use submitgate::audit::report;
 use submitgate::config::{Config, DEFAULT_CONFIG_PATH};
 use submitgate::control;
 use submitgate::daemon::Daemon;
@@ -70,6 +71,25 @@ enum Command {
         #[command(subcommand)]
         command: MailboxCommand,
     },
+    /// The SMTP AUTH clients report from audit logs: per sender, messages sent, TLS protocol
+    /// shares, auth mechanisms, refusals by reason.
+    Report(ReportArgs),
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// Audit log files (plain or gzip; `-` = standard input).
+    #[arg(long, value_name = "FILE", num_args = 1.., required = true)]
+    audit: Vec<PathBuf>,
+    /// Count events from this point on: 2026-11-27, an RFC 3339 timestamp, or 7d / 24h ago.
+    #[arg(long, value_name = "DATE")]
+    since: Option<String>,
+    /// Count events before this point (a date includes that whole day).
+    #[arg(long, value_name = "DATE")]
+    until: Option<String>,
+    /// An aligned table, CSV (RFC 4180) or JSON.
+    #[arg(long, value_name = "FORMAT", default_value = "table", value_parser = ["table", "csv", "json"])]
+    format: String,
 }
 
 #[derive(Subcommand)]
@@ -252,6 +272,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let snap = load_policy(&args)?;
             print_mailbox(&snap, &address, json)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Report(a) => {
+            let range = report::TimeRange::parse(
+                a.since.as_deref(),
+                a.until.as_deref(),
+                std::time::SystemTime::now(),
+            )?;
+            let complete = report::run(
+                &a.audit,
+                range,
+                a.format.parse()?,
+                &mut std::io::stdout().lock(),
+                &mut std::io::stderr(),
+            )?;
+            Ok(if complete {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

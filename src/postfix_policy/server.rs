@@ -20,7 +20,7 @@ use crate::audit::{AuditEvent, EventKind, FrontEnd, Outcome};
 use crate::daemon::Context;
 use crate::endpoint::{Listener, Stream};
 use crate::limiter::{Acquire, Lease};
-use crate::policy::{evaluate, Decision, Submission};
+use crate::policy::{evaluate, Allowed, Decision, Submission};
 
 /// Settings of the policy front end.
 #[derive(Debug, Clone)]
@@ -105,6 +105,9 @@ impl TxnKey {
 /// The transaction this connection is currently serving.
 struct Txn {
     key: TxnKey,
+    /// The login and decision of the transaction's first allowed request.
+    login: String,
+    allowed: Option<Allowed>,
     lease: Option<Lease>,
     allow_audited: bool,
     last_seen: Instant,
@@ -224,6 +227,20 @@ impl Connection<'_> {
                 .fetch_add(1, Ordering::Relaxed);
             return Response::dunno();
         }
+        // A transaction holding its lease was decided at its first request: later requests of
+        // the same transaction (more RCPTs, DATA, END-OF-MESSAGE) only move it along.
+        if let Some(txn) = self
+            .txn
+            .as_mut()
+            .filter(|t| t.lease.is_some() && t.login == r.sasl_username)
+        {
+            txn.last_seen = Instant::now();
+            if r.is_end_of_message() {
+                let allowed = txn.allowed.take();
+                self.complete(&r, allowed).await;
+            }
+            return Response::dunno();
+        }
         let snapshot = self.ctx.policy.load();
         let decision = evaluate(
             &snapshot,
@@ -252,6 +269,8 @@ impl Connection<'_> {
         };
         let txn = self.txn.get_or_insert_with(|| Txn {
             key: TxnKey::of(&r),
+            login: r.sasl_username.clone(),
+            allowed: None,
             lease: None,
             allow_audited: false,
             last_seen: Instant::now(),
@@ -311,14 +330,24 @@ impl Connection<'_> {
             }
         }
         if r.is_end_of_message() {
-            let mut ev = self.event(EventKind::SubmissionCompleted, &r);
-            ev.mailbox = Some(allowed.mailbox);
-            ev.organization = Some(allowed.organization);
-            ev.size = r.size;
-            ev.recipient_count = r.recipient_count;
-            self.ctx.audit.record(ev).await;
-            self.end_txn().await;
+            self.complete(&r, Some(allowed)).await;
+        } else if let Some(txn) = self.txn.as_mut() {
+            txn.login.clone_from(&r.sasl_username);
+            txn.allowed = Some(allowed);
         }
         Response::dunno()
+    }
+
+    /// END-OF-MESSAGE of an allowed transaction: audit it and give the lease back.
+    async fn complete(&mut self, r: &Request, allowed: Option<Allowed>) {
+        let mut ev = self.event(EventKind::SubmissionCompleted, r);
+        if let Some(a) = allowed {
+            ev.mailbox = Some(a.mailbox);
+            ev.organization = Some(a.organization);
+        }
+        ev.size = r.size;
+        ev.recipient_count = r.recipient_count;
+        self.ctx.audit.record(ev).await;
+        self.end_txn().await;
     }
 }
