@@ -240,7 +240,8 @@ fn main() {
         let (daemon, sg) = start_submitgate(&dir, a.mailboxes, "{ backend: memory }").await;
         let redis = match &a.redis {
             Some(url) => {
-                let limiter = format!("{{ backend: redis, url: \"{url}\", key_prefix: \"bench:\" }}");
+                let limiter =
+                    format!("{{ backend: redis, url: \"{url}\", key_prefix: \"bench:\" }}");
                 Some(start_submitgate(&dir, a.mailboxes, &limiter).await)
             }
             None => None,

@@ -22,7 +22,8 @@ pub mod report;
 pub enum EventKind {
     /// A submission was allowed, rejected or deferred.
     SubmissionDecision,
-    /// An allowed submission reached END-OF-MESSAGE (policy front end).
+    /// An allowed submission reached END-OF-MESSAGE (policy front end), or was accepted at
+    /// end-of-message with its Sent Items copy spooled (milter).
     SubmissionCompleted,
     SessionOpened,
     SessionClosed,
@@ -98,6 +99,15 @@ pub struct AuditEvent {
     pub size: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recipient_count: Option<u32>,
+    /// How long a session lasted (`session_closed`), in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Messages a session sent (`session_closed`): accepted at end-of-message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages: Option<u32>,
+    /// The Sent Items spool entry holding the message's copy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spool_entry: Option<String>,
     /// Policy version (reload events).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
@@ -138,6 +148,9 @@ impl AuditEvent {
             sender: None,
             size: None,
             recipient_count: None,
+            duration_ms: None,
+            messages: None,
+            spool_entry: None,
             version: None,
             message: None,
             errors: None,

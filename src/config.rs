@@ -184,6 +184,14 @@ impl Default for Replies {
     }
 }
 
+/// How long a milter connection may stay silent: longer than Postfix's own
+/// `milter_content_timeout` (300 s), so that Postfix, not submitgate, gives up first.
+pub const DEFAULT_MILTER_TIMEOUT: Duration = Duration::from_secs(360);
+/// Smallest accepted `milter_max_frame`: one full body chunk plus its frame overhead.
+pub const MIN_MILTER_FRAME: usize = 65_536;
+/// Largest accepted `milter_max_frame`.
+pub const MAX_MILTER_FRAME: usize = 64 << 20;
+
 /// The Maildir root used when none is configured.
 pub const DEFAULT_MAILDIR_ROOT: &str = "./mail/{domain}/{local}/Maildir";
 
@@ -259,6 +267,12 @@ pub struct Config {
     /// The file it came from (for messages and reloads).
     pub path: PathBuf,
     pub policy_listeners: Vec<Endpoint>,
+    /// Milter listeners (`smtpd_milters`), in Postfix notation.
+    pub milter_listeners: Vec<Endpoint>,
+    /// A milter connection that sends nothing for this long is closed.
+    pub milter_timeout: Duration,
+    /// Largest milter frame accepted (length field), in bytes.
+    pub milter_max_frame: usize,
     pub control: Option<Endpoint>,
     /// Mode of the control socket (default 0600: status and reload are for root).
     pub control_socket_mode: u32,
@@ -286,6 +300,10 @@ pub struct Config {
 struct RawConfig {
     #[serde(default)]
     policy: Vec<String>,
+    #[serde(default)]
+    milter: Vec<String>,
+    milter_timeout: Option<String>,
+    milter_max_frame: Option<usize>,
     control: Option<String>,
     control_socket_mode: Option<String>,
     policies: Option<PathBuf>,
@@ -398,6 +416,40 @@ impl Config {
                 Err(e) => err(&["policy"], format!("entry {}: {e}", i + 1)),
             }
         }
+        let mut milter_listeners = Vec::new();
+        for (i, s) in raw.milter.iter().enumerate() {
+            match Endpoint::parse(s) {
+                Ok(e) => milter_listeners.push(e),
+                Err(e) => err(&["milter"], format!("entry {}: {e}", i + 1)),
+            }
+        }
+        let milter_timeout = match raw.milter_timeout.as_deref() {
+            None => DEFAULT_MILTER_TIMEOUT,
+            Some(s) => match humantime::parse_duration(s) {
+                Ok(d) if d >= Duration::from_secs(1) => d,
+                _ => {
+                    err(
+                        &["milter_timeout"],
+                        format!("{s:?} is not a duration of at least 1s (e.g. 360s, 6m)"),
+                    );
+                    DEFAULT_MILTER_TIMEOUT
+                }
+            },
+        };
+        let milter_max_frame = match raw.milter_max_frame {
+            None => crate::milter::codec::DEFAULT_MAX_FRAME,
+            Some(n) if (MIN_MILTER_FRAME..=MAX_MILTER_FRAME).contains(&n) => n,
+            Some(n) => {
+                err(
+                    &["milter_max_frame"],
+                    format!(
+                        "{n} is not between {MIN_MILTER_FRAME} and {MAX_MILTER_FRAME} bytes \
+                         (Postfix sends body chunks of up to 65535 bytes)"
+                    ),
+                );
+                crate::milter::codec::DEFAULT_MAX_FRAME
+            }
+        };
         let control = raw
             .control
             .as_deref()
@@ -706,10 +758,10 @@ impl Config {
                 out
             }
         };
-        if raw.policy.is_empty() && raw.auth_policy.is_empty() {
+        if raw.policy.is_empty() && raw.milter.is_empty() && raw.auth_policy.is_empty() {
             err(
                 &["policy"],
-                "no front end configured: list at least one policy listener (e.g. [\"inet:127.0.0.1:10040\"])"
+                "no front end configured: list at least one milter or policy listener (e.g. milter: [\"inet:127.0.0.1:10041\"])"
                     .into(),
             );
         }
@@ -721,6 +773,9 @@ impl Config {
         Ok(Config {
             path: path.to_path_buf(),
             policy_listeners,
+            milter_listeners,
+            milter_timeout,
+            milter_max_frame,
             control,
             control_socket_mode,
             policies_dir: raw.policies.unwrap_or_else(|| PathBuf::from("./policies")),
@@ -865,6 +920,28 @@ replies:
         assert!(SmtpReply::from_str("550 5.7 two fields").is_err());
         assert!(SmtpReply::from_str("550 5.7.1").is_err());
         assert!(SmtpReply::from_str("550 5.7.1 caf\u{e9}").is_err());
+    }
+
+    #[test]
+    fn milter_only_config_and_milter_settings() {
+        let c =
+            parse("milter: [\"inet:127.0.0.1:10041\", \"unix:/run/sg/milter.sock\"]\n").unwrap();
+        assert!(c.policy_listeners.is_empty());
+        assert_eq!(c.milter_listeners.len(), 2);
+        assert_eq!(c.milter_timeout, DEFAULT_MILTER_TIMEOUT);
+        assert_eq!(c.milter_max_frame, 1 << 20);
+        let c = parse(
+            "milter: [\"inet:127.0.0.1:0\"]\nmilter_timeout: 10m\nmilter_max_frame: 2097152\n",
+        )
+        .unwrap();
+        assert_eq!(c.milter_timeout, Duration::from_secs(600));
+        assert_eq!(c.milter_max_frame, 2 << 20);
+        let e = parse("milter: [\"inet:nohost\"]\nmilter_timeout: never\nmilter_max_frame: 100\n")
+            .unwrap_err();
+        let lines: Vec<usize> = e.0.iter().map(|x| x.line).collect();
+        assert_eq!(lines, vec![1, 2, 3], "{e}");
+        let e = parse("policies: ./p\n").unwrap_err();
+        assert!(e.to_string().contains("no front end configured"), "{e}");
     }
 
     #[test]

@@ -15,8 +15,10 @@ use crate::audit::{Audit, AuditEvent, AuditWriter, EventKind};
 use crate::config::{Config, LimiterConfig, Replies, SmtpReply};
 use crate::endpoint::Endpoint;
 use crate::limiter::Limiter;
+use crate::milter;
 use crate::policy::{self, PolicyErrors, PolicySnapshot, RejectReason};
 use crate::postfix_policy;
+use crate::sent_items::spool::{Spool, SpoolError};
 
 /// How long shutdown waits for connections to finish their current request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -28,6 +30,8 @@ pub enum StartError {
     Policy(PolicyErrors),
     #[error("audit log: {0}")]
     Audit(std::io::Error),
+    #[error("Sent Items spool: {0}")]
+    Spool(SpoolError),
     #[error("{0}")]
     Limiter(crate::limiter::redis::SetupError),
     #[error(transparent)]
@@ -42,7 +46,7 @@ pub enum StartError {
 /// Counters that are not worth an audit line.
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Policy requests without a login (not submissions).
+    /// Policy requests and milter MAIL FROMs without a login (not submissions).
     pub unauthenticated: AtomicU64,
     /// Auth policy requests for protocols it does not check (IMAP logins and the like).
     pub auth_policy_other_protocol: AtomicU64,
@@ -106,6 +110,8 @@ pub struct Shared {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Listeners {
     pub policy: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub milter: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub control: Option<String>,
     /// Dovecot auth policy (HTTP) listeners.
@@ -120,6 +126,7 @@ pub struct Daemon {
     tracker: TaskTracker,
     policy_endpoints: Vec<Endpoint>,
     auth_policy_endpoints: Vec<Endpoint>,
+    milter_endpoints: Vec<Endpoint>,
     audit_writer: AuditWriter,
 }
 
@@ -196,6 +203,44 @@ impl Daemon {
                 tracker.clone(),
             ));
         }
+        let mut milter_endpoints = Vec::new();
+        if !config.milter_listeners.is_empty() {
+            // Only the milter writes the spool; it is opened (locked, crash leftovers removed)
+            // before the first connection can arrive.
+            let dir = config.sent_items.spool.clone();
+            let spool = tokio::task::spawn_blocking(move || Spool::open(dir))
+                .await
+                .map_err(|e| StartError::Spool(SpoolError::Task(e.to_string())))?
+                .map_err(StartError::Spool)?;
+            tracing::info!(spool = %spool.path().display(), "Sent Items spool opened");
+            let settings = Arc::new(milter::server::Settings {
+                timeout: config.milter_timeout,
+                max_frame: config.milter_max_frame,
+                spool: Some(spool),
+            });
+            for endpoint in &config.milter_listeners {
+                let listener = endpoint
+                    .bind(config.unix_socket_mode)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        endpoint: endpoint.clone(),
+                        source,
+                    })?;
+                let bound = listener
+                    .local_endpoint()
+                    .unwrap_or_else(|_| endpoint.clone());
+                tracing::info!(listener = %bound, "milter front end listening");
+                milter_endpoints.push(bound);
+                tracker.spawn(milter::server::serve(
+                    listener,
+                    ctx.clone(),
+                    settings.clone(),
+                    connections.clone(),
+                    shutdown.clone(),
+                    tracker.clone(),
+                ));
+            }
+        }
         let mut auth_policy_endpoints = Vec::new();
         if !config.auth_policy_listeners.is_empty() {
             let auth_policy = crate::auth_policy::AuthPolicy::new(
@@ -241,6 +286,7 @@ impl Daemon {
         let shared = Arc::new(Shared {
             listeners: Listeners {
                 policy: policy_endpoints.iter().map(|e| e.to_string()).collect(),
+                milter: milter_endpoints.iter().map(|e| e.to_string()).collect(),
                 control: config.control.as_ref().map(|e| e.to_string()),
                 auth_policy: auth_policy_endpoints
                     .iter()
@@ -274,6 +320,7 @@ impl Daemon {
             tracker,
             policy_endpoints,
             auth_policy_endpoints,
+            milter_endpoints,
             audit_writer,
         })
     }
@@ -286,6 +333,11 @@ impl Daemon {
     /// The addresses the auth policy endpoint listens on (real ports when 0 was configured).
     pub fn auth_policy_endpoints(&self) -> &[Endpoint] {
         &self.auth_policy_endpoints
+    }
+
+    /// The addresses the milter front end listens on (real ports when 0 was configured).
+    pub fn milter_endpoints(&self) -> &[Endpoint] {
+        &self.milter_endpoints
     }
 
     /// The shared context (policy, limiter, audit).

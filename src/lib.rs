@@ -7,7 +7,7 @@
 //! - [`policy`]: organization/mailbox policy files → [`policy::PolicySnapshot`]; pure
 //!   [`policy::evaluate`].
 //! - [`postfix_policy`]: the Postfix policy delegation front end (`codec` + `server`).
-//! - [`milter`]: the milter front end (`codec`).
+//! - [`milter`]: the milter front end (`codec` + `session` + `server`).
 //! - [`limiter`]: per-mailbox session leases.
 //! - [`sent_items`]: the durable spool of Sent Items copies.
 //! - [`audit`]: typed audit events and their JSON-lines writer.
