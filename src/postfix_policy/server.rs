@@ -135,16 +135,26 @@ async fn handle_connection(
         peer,
         txn: None,
     };
+    // One timer per connection, moved only when it fires: requests just note their time, so
+    // the hot path never touches the timer wheel.
+    let idle = tokio::time::sleep(settings.lease_idle_timeout);
+    tokio::pin!(idle);
     loop {
-        let idle_deadline = conn
-            .txn
-            .as_ref()
-            .filter(|t| t.lease.is_some())
-            .map(|t| t.last_seen + settings.lease_idle_timeout);
+        let holding = conn.txn.as_ref().is_some_and(|t| t.lease.is_some());
         let next = tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = sleep_until(idle_deadline) => {
-                conn.expire_idle_lease().await;
+            _ = idle.as_mut(), if holding => {
+                let now = Instant::now();
+                let deadline = conn
+                    .txn
+                    .as_ref()
+                    .map_or(now, |t| t.last_seen + settings.lease_idle_timeout);
+                if now >= deadline {
+                    conn.expire_idle_lease().await;
+                    idle.as_mut().reset(now + settings.lease_idle_timeout);
+                } else {
+                    idle.as_mut().reset(deadline);
+                }
                 continue;
             }
             next = framed.next() => next,
@@ -172,13 +182,6 @@ async fn handle_connection(
         lease.release().await;
     }
     tracing::debug!(peer, "policy connection closed");
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 fn non_empty(s: &str) -> Option<String> {
