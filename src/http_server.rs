@@ -21,7 +21,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::endpoint::Listener;
+use crate::endpoint::{accept_loop, Listener};
 
 /// The largest request body accepted (Dovecot's requests are a few hundred bytes).
 pub const MAX_BODY: usize = 64 * 1024;
@@ -223,36 +223,19 @@ pub async fn serve(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            p = connections.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                backoff = Duration::from_millis(10);
-                let router = router.clone();
-                let shutdown = shutdown.clone();
-                tracker.spawn(async move {
-                    serve_connection(name, stream, peer, router, shutdown).await;
-                    drop(permit);
-                });
-            }
-            Err(e) => {
-                tracing::warn!("{name} listener: accept failed: {e}; retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
-        }
-    }
+    let stop = shutdown.clone();
+    accept_loop(
+        name,
+        listener,
+        connections,
+        stop,
+        tracker,
+        move |stream, peer| {
+            let (router, shutdown) = (router.clone(), shutdown.clone());
+            async move { serve_connection(name, stream, peer, router, shutdown).await }
+        },
+    )
+    .await
 }
 
 async fn serve_connection(

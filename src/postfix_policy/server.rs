@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use super::codec::{PolicyCodec, Request, Response};
 use crate::audit::{AuditEvent, EventKind, FrontEnd, Outcome};
 use crate::daemon::Context;
-use crate::endpoint::{Listener, Stream};
+use crate::endpoint::{accept_loop, Listener, Stream};
 use crate::limiter::{Acquire, Lease};
 use crate::policy::{evaluate, Allowed, Decision, Submission};
 
@@ -38,38 +38,19 @@ pub async fn serve(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            p = connections.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                backoff = Duration::from_millis(10);
-                let ctx = ctx.clone();
-                let settings = settings.clone();
-                let shutdown = shutdown.clone();
-                tracker.spawn(async move {
-                    handle_connection(stream, &peer, &ctx, &settings, shutdown).await;
-                    drop(permit);
-                });
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: wait, do not spin.
-                tracing::warn!("policy listener: accept failed: {e}; retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
-        }
-    }
+    let stop = shutdown.clone();
+    accept_loop(
+        "policy",
+        listener,
+        connections,
+        stop,
+        tracker,
+        move |stream, peer| {
+            let (ctx, settings, shutdown) = (ctx.clone(), settings.clone(), shutdown.clone());
+            async move { handle_connection(stream, &peer, &ctx, &settings, shutdown).await }
+        },
+    )
+    .await
 }
 
 /// What identifies a mail transaction: the SMTP session's addresses and Postfix's instance.
