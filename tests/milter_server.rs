@@ -787,3 +787,38 @@ async fn unix_socket_listener_serves_a_session() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(t.in_use("bob@contoso.com").await, 0);
 }
+
+#[tokio::test]
+async fn a_session_keeps_the_policy_it_started_with() {
+    let t = TestDaemon::start_milter(&[("contoso.yaml", CONTOSO)], "watch_policies: false\n").await;
+    let mut old = t.milter().await;
+    old.open().await;
+    assert_eq!(old.mail(Some("bob@contoso.com")).await, Reply::Continue);
+    old.abort().await;
+
+    // The organization is disabled while the session is open.
+    std::fs::write(
+        t.policies_dir().join("contoso.yaml"),
+        CONTOSO.replace(
+            "smtp_client_authentication_disabled: false",
+            "smtp_client_authentication_disabled: true",
+        ),
+    )
+    .unwrap();
+    assert!(matches!(
+        t.daemon.reload().await,
+        submitgate::daemon::ReloadOutcome::Reloaded { .. }
+    ));
+
+    // The session that started before the reload finishes under its policy...
+    assert_eq!(old.mail(Some("bob@contoso.com")).await, Reply::Continue);
+    // ...a new session gets the new one.
+    let mut new = t.milter().await;
+    new.open().await;
+    match new.mail(Some("bob@contoso.com")).await {
+        Reply::ReplyCode(r) => assert!(r.to_string().contains("disabled for the Tenant"), "{r}"),
+        other => panic!("{other:?}"),
+    }
+    old.quit().await;
+    new.quit().await;
+}

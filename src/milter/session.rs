@@ -9,6 +9,7 @@
 //! [`Session::finish`] exactly once, however the connection ends.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
@@ -21,7 +22,7 @@ use super::codec::{
 use crate::audit::{AuditEvent, EventKind, FrontEnd, Outcome};
 use crate::daemon::Context;
 use crate::limiter::{Acquire, Lease};
-use crate::policy::{evaluate, Decision, Submission};
+use crate::policy::{evaluate, Decision, PolicySnapshot, Submission};
 use crate::sent_items::spool::{EntryMeta, Spool, SpoolWriter};
 
 /// Protocol flags we ask for when the MTA offers them. Every `SMFIP_NR_*` here is an event we
@@ -293,6 +294,9 @@ struct Message {
 /// One milter connection's conversation.
 pub struct Session {
     ctx: Context,
+    /// The policy as it was when the session started: a reload in the middle of a session
+    /// applies from the next session on, never half-way.
+    policy: Arc<PolicySnapshot>,
     spool: Option<Spool>,
     peer: String,
     state: State,
@@ -307,6 +311,7 @@ impl Session {
     /// messages are captured; `None` disables capture.
     pub fn new(ctx: Context, spool: Option<Spool>, peer: impl Into<String>) -> Session {
         Session {
+            policy: ctx.policy.load_full(),
             ctx,
             spool,
             peer: peer.into(),
@@ -480,8 +485,7 @@ impl Session {
                 .fetch_add(1, Ordering::Relaxed);
             return Reply::Accept;
         };
-        let snapshot = self.ctx.policy.load();
-        let allowed = match evaluate(&snapshot, &Submission { login: &login }) {
+        let allowed = match evaluate(&self.policy, &Submission { login: &login }) {
             Decision::Reject {
                 reason,
                 mailbox,
@@ -499,7 +503,6 @@ impl Session {
             }
             Decision::Allow(allowed) => allowed,
         };
-        drop(snapshot);
         // A session holds one lease, for the mailbox it authenticated as.
         if let Some(lease) = self
             .conn
