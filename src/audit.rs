@@ -1,7 +1,8 @@
 //! The audit log: one JSON object per line for every decision and lifecycle event, written by
 //! a dedicated thread behind a bounded queue. Producers wait when the queue is full
 //! (back-pressure) — an event is never dropped. SIGUSR1 (via [`Audit::reopen`]) reopens the file
-//! for logrotate. Operational logs (tracing) never go here.
+//! for logrotate. Operational logs (tracing) never go here. [`report`] reads the log back into
+//! the SMTP AUTH clients report.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -13,13 +14,16 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{AuditConfig, AuditTarget};
 
+pub mod report;
+
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// A submission was allowed, rejected or deferred.
     SubmissionDecision,
-    /// An allowed submission reached END-OF-MESSAGE (policy front end).
+    /// An allowed submission reached END-OF-MESSAGE (policy front end), or was accepted at
+    /// end-of-message with its Sent Items copy spooled (milter).
     SubmissionCompleted,
     SessionOpened,
     SessionClosed,
@@ -28,6 +32,14 @@ pub enum EventKind {
     PolicyReloaded,
     PolicyReloadFailed,
     LimiterUnavailable,
+    /// Dovecot reported a successful login (auth policy `report`).
+    AuthSucceeded,
+    /// Dovecot reported a failed login: wrong password, unknown user (auth policy `report`).
+    AuthFailed,
+    /// Dovecot reported a login refused by the auth policy, i.e. by submitgate at AUTH.
+    AuthRefusedByPolicy,
+    /// An auth policy request without the configured `X-API-Key`; answered 401.
+    AuthPolicyUnauthorized,
 }
 
 /// The outcome of a submission decision.
@@ -87,6 +99,15 @@ pub struct AuditEvent {
     pub size: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recipient_count: Option<u32>,
+    /// How long a session lasted (`session_closed`), in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Messages a session sent (`session_closed`): accepted at end-of-message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages: Option<u32>,
+    /// The Sent Items spool entry holding the message's copy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spool_entry: Option<String>,
     /// Policy version (reload events).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
@@ -95,15 +116,21 @@ pub struct AuditEvent {
     pub message: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errors: Option<Vec<String>>,
+    /// The Dovecot protocol of a login (`smtp`, `imap`; auth policy events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// Whether the login came over TLS, as Dovecot says (auth policy events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secured: Option<bool>,
+    /// Dovecot's session id of a login, to find it in Dovecot's log (auth policy events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
     /// Sent Items folder (copy events).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub folder: Option<String>,
     /// The message's Message-ID header (copy events).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message_id: Option<String>,
-    /// Spool entry id (copy events).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub spool_entry: Option<String>,
     /// Which store took the copy: `maildir` or `imap`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store: Option<&'static str>,
@@ -144,12 +171,17 @@ impl AuditEvent {
             sender: None,
             size: None,
             recipient_count: None,
+            duration_ms: None,
+            messages: None,
+            spool_entry: None,
             version: None,
             message: None,
             errors: None,
+            protocol: None,
+            secured: None,
+            session_id: None,
             folder: None,
             message_id: None,
-            spool_entry: None,
             store: None,
             attempts: None,
             delay_ms: None,
@@ -160,10 +192,15 @@ impl AuditEvent {
     }
 }
 
+/// Pause after each written batch (bounds how stale the file can be, not how many events wait:
+/// the queue keeps filling meanwhile).
+const BATCH_PAUSE: Duration = Duration::from_millis(2);
+
 enum Msg {
     Event(Box<AuditEvent>),
     Reopen,
     Flush(oneshot::Sender<()>),
+    Close,
 }
 
 /// A handle for recording events; cheap to clone.
@@ -207,6 +244,12 @@ impl Audit {
     /// Reopens the file (after logrotate moved it away).
     pub async fn reopen(&self) {
         let _ = self.tx.send(Msg::Reopen).await;
+    }
+
+    /// Ends the writer after every event recorded before this call is written, even if other
+    /// handles still exist (shutdown).
+    pub async fn close(&self) {
+        let _ = self.tx.send(Msg::Close).await;
     }
 
     /// Waits until every event recorded before this call is written and flushed.
@@ -270,7 +313,11 @@ fn open_append(path: &PathBuf) -> io::Result<File> {
 fn writer_loop(mut sink: Sink, mut rx: mpsc::Receiver<Msg>) {
     let mut line = Vec::with_capacity(512);
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
-    while let Some(first) = rx.blocking_recv() {
+    let mut open = true;
+    while open {
+        let Some(first) = rx.blocking_recv() else {
+            break;
+        };
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
@@ -285,12 +332,21 @@ fn writer_loop(mut sink: Sink, mut rx: mpsc::Receiver<Msg>) {
                 }
                 Msg::Reopen => retry("reopen", || sink.reopen()),
                 Msg::Flush(done) => waiting.push(done),
+                Msg::Close => {
+                    open = false;
+                    break;
+                }
             }
             next = rx.try_recv().ok();
         }
         retry("flush", || sink.flush());
         for w in waiting.drain(..) {
             let _ = w.send(());
+        }
+        // Let events gather for a moment: producers then find the writer awake (no wake-up
+        // system call per event) and the next batch is written with one write and one flush.
+        if open {
+            std::thread::sleep(BATCH_PAUSE);
         }
     }
     retry("flush", || sink.flush());

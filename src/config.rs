@@ -16,31 +16,7 @@ use crate::yaml;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/submitgate/submitgate.yaml";
 
 /// One configuration problem.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    /// 1-based; 0 when the problem is with the file as a whole.
-    pub line: usize,
-    pub column: usize,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line == 0 {
-            write!(f, "{}: {}", self.file.display(), self.message)
-        } else {
-            write!(
-                f,
-                "{}:{}:{}: {}",
-                self.file.display(),
-                self.line,
-                self.column,
-                self.message
-            )
-        }
-    }
-}
+pub type ConfigError = crate::yaml::LocatedError;
 
 /// Every problem of one configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,13 +24,7 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
+        crate::yaml::fmt_lines(&self.0, f)
     }
 }
 
@@ -125,6 +95,11 @@ pub struct Replies {
     /// When submitgate itself cannot do its part (limiter down with `on_error: tempfail`,
     /// spool unwritable).
     pub tempfail: SmtpReply,
+    /// The auth policy refusal text (Dovecot's `msg`) when the organization disables SMTP AUTH.
+    /// Text only: Postfix sends `535 5.7.8 Error: authentication failed: <text>`.
+    pub auth_tenant_disabled: String,
+    /// The auth policy refusal text when the mailbox disables SMTP AUTH.
+    pub auth_mailbox_disabled: String,
 }
 
 /// Exchange Online's reply when the organization disables SMTP AUTH.
@@ -137,6 +112,31 @@ pub const MAILBOX_DISABLED: &str =
 pub const CONCURRENCY_LIMIT: &str = "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded";
 /// Our own temporary failure.
 pub const TEMPFAIL: &str = "451 4.3.0 Temporary submission failure, try again later";
+/// The auth policy text (at AUTH) when the organization disables SMTP AUTH.
+pub const AUTH_TENANT_DISABLED: &str =
+    "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant";
+/// The auth policy text (at AUTH) when the mailbox disables SMTP AUTH.
+pub const AUTH_MAILBOX_DISABLED: &str =
+    "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox";
+
+/// Longest auth policy refusal text: Dovecot passes it on in one SASL line, and Postfix in one
+/// SMTP reply line.
+pub const MAX_AUTH_REPLY: usize = 200;
+
+/// Checks an auth policy refusal text: 1 to [`MAX_AUTH_REPLY`] printable ASCII characters.
+fn check_auth_reply(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if text.is_empty()
+        || text.len() > MAX_AUTH_REPLY
+        || !text.bytes().all(|b| (0x20..0x7f).contains(&b))
+    {
+        return Err(format!(
+            "{text:?}: must be 1 to {MAX_AUTH_REPLY} printable ASCII characters, without an SMTP code \
+             (Postfix answers `535 5.7.8 Error: authentication failed: <text>`)"
+        ));
+    }
+    Ok(text.to_string())
+}
 
 impl Default for Replies {
     fn default() -> Self {
@@ -148,9 +148,19 @@ impl Default for Replies {
             mailbox_disabled: p(MAILBOX_DISABLED),
             concurrency_limit: p(CONCURRENCY_LIMIT),
             tempfail: p(TEMPFAIL),
+            auth_tenant_disabled: AUTH_TENANT_DISABLED.to_string(),
+            auth_mailbox_disabled: AUTH_MAILBOX_DISABLED.to_string(),
         }
     }
 }
+
+/// How long a milter connection may stay silent: longer than Postfix's own
+/// `milter_content_timeout` (300 s), so that Postfix, not submitgate, gives up first.
+pub const DEFAULT_MILTER_TIMEOUT: Duration = Duration::from_secs(360);
+/// Smallest accepted `milter_max_frame`: one full body chunk plus its frame overhead.
+pub const MIN_MILTER_FRAME: usize = 65_536;
+/// Largest accepted `milter_max_frame`.
+pub const MAX_MILTER_FRAME: usize = 64 << 20;
 
 /// The Maildir root used when none is configured.
 pub const DEFAULT_MAILDIR_ROOT: &str = "./mail/{domain}/{local}/Maildir";
@@ -395,6 +405,8 @@ fn imap_config(st: &RawStore, err: &mut impl FnMut(&[&str], String)) -> ImapConf
 pub enum LimiterConfig {
     /// In this process (one MTA).
     Memory,
+    /// Shared by several MTAs through Redis.
+    Redis(crate::limiter::redis::RedisSettings),
 }
 
 /// Where audit events go.
@@ -504,9 +516,9 @@ pub struct SentItemsConfig {
     pub spool: PathBuf,
     /// Where copies go.
     pub store: StoreConfig,
-    /// True when the file has a `sent_items` section: the daemon then opens the spool and
-    /// runs the delivery workers.
-    pub configured: bool,
+    /// True when `sent_items.store` is set: the daemon then runs the delivery workers. Without
+    /// it the milter still spools copies (when it runs), but nothing delivers them.
+    pub deliver: bool,
     /// Concurrent deliveries.
     pub workers: usize,
     /// An entry still undelivered this long after its first attempt is moved to `failed/`.
@@ -524,8 +536,18 @@ pub struct Config {
     /// The file it came from (for messages and reloads).
     pub path: PathBuf,
     pub policy_listeners: Vec<Endpoint>,
+    /// Milter listeners (`smtpd_milters`), in Postfix notation.
+    pub milter_listeners: Vec<Endpoint>,
+    /// A milter connection that sends nothing for this long is closed.
+    pub milter_timeout: Duration,
+    /// Largest milter frame accepted (length field), in bytes.
+    pub milter_max_frame: usize,
     pub control: Option<Endpoint>,
+    /// Mode of the control socket (default 0600: status and reload are for root).
+    pub control_socket_mode: u32,
     pub policies_dir: PathBuf,
+    /// Reload by itself when the policy directory changes (default true).
+    pub watch_policies: bool,
     pub default_domain: Option<String>,
     pub lease_idle_timeout: Duration,
     pub unix_socket_mode: u32,
@@ -534,6 +556,12 @@ pub struct Config {
     pub audit: AuditConfig,
     pub replies: Replies,
     pub sent_items: SentItemsConfig,
+    /// Dovecot auth policy (HTTP) listeners.
+    pub auth_policy_listeners: Vec<Endpoint>,
+    /// File holding the shared secret Dovecot sends as `X-API-Key` (read at start).
+    pub auth_policy_api_key_file: Option<PathBuf>,
+    /// Dovecot protocols whose logins the auth policy checks (lower-case; default `smtp`).
+    pub auth_policy_protocols: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -541,8 +569,14 @@ pub struct Config {
 struct RawConfig {
     #[serde(default)]
     policy: Vec<String>,
+    #[serde(default)]
+    milter: Vec<String>,
+    milter_timeout: Option<String>,
+    milter_max_frame: Option<usize>,
     control: Option<String>,
+    control_socket_mode: Option<String>,
     policies: Option<PathBuf>,
+    watch_policies: Option<bool>,
     default_domain: Option<String>,
     lease_idle_timeout: Option<String>,
     unix_socket_mode: Option<String>,
@@ -551,6 +585,10 @@ struct RawConfig {
     audit: Option<RawAudit>,
     replies: Option<RawReplies>,
     sent_items: Option<RawSentItems>,
+    #[serde(default)]
+    auth_policy: Vec<String>,
+    auth_policy_api_key_file: Option<PathBuf>,
+    auth_policy_protocols: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -594,6 +632,12 @@ struct RawStore {
 #[serde(deny_unknown_fields)]
 struct RawLimiter {
     backend: String,
+    url: Option<String>,
+    key_prefix: Option<String>,
+    lease_ttl: Option<String>,
+    timeout: Option<String>,
+    on_error: Option<String>,
+    node_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -610,6 +654,8 @@ struct RawReplies {
     mailbox_disabled: Option<String>,
     concurrency_limit: Option<String>,
     tempfail: Option<String>,
+    auth_tenant_disabled: Option<String>,
+    auth_mailbox_disabled: Option<String>,
 }
 
 impl Config {
@@ -662,6 +708,40 @@ impl Config {
                 Err(e) => err(&["policy"], format!("entry {}: {e}", i + 1)),
             }
         }
+        let mut milter_listeners = Vec::new();
+        for (i, s) in raw.milter.iter().enumerate() {
+            match Endpoint::parse(s) {
+                Ok(e) => milter_listeners.push(e),
+                Err(e) => err(&["milter"], format!("entry {}: {e}", i + 1)),
+            }
+        }
+        let milter_timeout = match raw.milter_timeout.as_deref() {
+            None => DEFAULT_MILTER_TIMEOUT,
+            Some(s) => match humantime::parse_duration(s) {
+                Ok(d) if d >= Duration::from_secs(1) => d,
+                _ => {
+                    err(
+                        &["milter_timeout"],
+                        format!("{s:?} is not a duration of at least 1s (e.g. 360s, 6m)"),
+                    );
+                    DEFAULT_MILTER_TIMEOUT
+                }
+            },
+        };
+        let milter_max_frame = match raw.milter_max_frame {
+            None => crate::milter::codec::DEFAULT_MAX_FRAME,
+            Some(n) if (MIN_MILTER_FRAME..=MAX_MILTER_FRAME).contains(&n) => n,
+            Some(n) => {
+                err(
+                    &["milter_max_frame"],
+                    format!(
+                        "{n} is not between {MIN_MILTER_FRAME} and {MAX_MILTER_FRAME} bytes \
+                         (Postfix sends body chunks of up to 65535 bytes)"
+                    ),
+                );
+                crate::milter::codec::DEFAULT_MAX_FRAME
+            }
+        };
         let control = raw
             .control
             .as_deref()
@@ -701,19 +781,25 @@ impl Config {
                 }
             },
         };
-        let unix_socket_mode = match raw.unix_socket_mode.as_deref() {
-            None => 0o666,
+        let mut mode = |key: &str, value: Option<&str>, default: u32| match value {
+            None => default,
             Some(s) => match u32::from_str_radix(s.trim_start_matches("0o"), 8) {
                 Ok(m) if m <= 0o777 => m,
                 _ => {
                     err(
-                        &["unix_socket_mode"],
+                        &[key],
                         format!("{s:?} is not an octal file mode (e.g. \"0660\")"),
                     );
-                    0o666
+                    default
                 }
             },
         };
+        let unix_socket_mode = mode("unix_socket_mode", raw.unix_socket_mode.as_deref(), 0o666);
+        let control_socket_mode = mode(
+            "control_socket_mode",
+            raw.control_socket_mode.as_deref(),
+            0o600,
+        );
         let max_connections = match raw.max_connections {
             None => 1024,
             Some(n) if (1..=1_000_000).contains(&n) => n,
@@ -725,12 +811,85 @@ impl Config {
                 1024
             }
         };
-        let limiter = match raw.limiter.as_ref().map(|l| l.backend.as_str()) {
-            None | Some("memory") => LimiterConfig::Memory,
-            Some(other) => {
+        let limiter = match &raw.limiter {
+            None => LimiterConfig::Memory,
+            Some(l) if l.backend == "memory" => {
+                for (key, set) in [
+                    ("url", l.url.is_some()),
+                    ("key_prefix", l.key_prefix.is_some()),
+                    ("lease_ttl", l.lease_ttl.is_some()),
+                    ("timeout", l.timeout.is_some()),
+                    ("on_error", l.on_error.is_some()),
+                    ("node_id", l.node_id.is_some()),
+                ] {
+                    if set {
+                        err(&["limiter", key], "only applies to backend: redis".into());
+                    }
+                }
+                LimiterConfig::Memory
+            }
+            Some(l) if l.backend == "redis" => {
+                use crate::limiter::redis::{default_node_id, OnError, RedisSettings};
+                let mut duration =
+                    |key: &str, v: Option<&str>, default: Duration, min: Duration| match v {
+                        None => default,
+                        Some(s) => match humantime::parse_duration(s) {
+                            Ok(d) if d >= min => d,
+                            _ => {
+                                err(
+                                    &["limiter", key],
+                                    format!("{s:?} is not a duration of at least {min:?}"),
+                                );
+                                default
+                            }
+                        },
+                    };
+                let lease_ttl = duration(
+                    "lease_ttl",
+                    l.lease_ttl.as_deref(),
+                    Duration::from_secs(30),
+                    Duration::from_secs(1),
+                );
+                let timeout = duration(
+                    "timeout",
+                    l.timeout.as_deref(),
+                    Duration::from_millis(50),
+                    Duration::from_millis(1),
+                );
+                let url = l
+                    .url
+                    .clone()
+                    .unwrap_or_else(|| "redis://127.0.0.1:6379/".into());
+                if let Err(e) = redis::Client::open(url.as_str()) {
+                    err(
+                        &["limiter", "url"],
+                        format!("{}: {e}", crate::limiter::redis::redact(&url)),
+                    );
+                }
+                let on_error = match l.on_error.as_deref() {
+                    None | Some("allow") => OnError::Allow,
+                    Some("tempfail") => OnError::Tempfail,
+                    Some(other) => {
+                        err(
+                            &["limiter", "on_error"],
+                            format!("{other:?}: expected allow or tempfail"),
+                        );
+                        OnError::Allow
+                    }
+                };
+                LimiterConfig::Redis(RedisSettings {
+                    url,
+                    key_prefix: l.key_prefix.clone().unwrap_or_else(|| "submitgate:".into()),
+                    lease_ttl,
+                    timeout,
+                    on_error,
+                    node_id: l.node_id.clone().unwrap_or_else(default_node_id),
+                })
+            }
+            Some(l) => {
                 err(
                     &["limiter", "backend"],
-                    format!("unknown backend {other:?}; expected memory"),
+                    format!("unknown backend {:?}; expected memory or redis", l.backend),
                 );
                 LimiterConfig::Memory
             }
@@ -790,6 +949,26 @@ impl Config {
                 if let Some(s) = raw {
                     match SmtpReply::from_str(s) {
                         Ok(reply) => *slot = reply,
+                        Err(e) => err(&["replies", name], e),
+                    }
+                }
+            }
+            let auth_fields = [
+                (
+                    "auth_tenant_disabled",
+                    &r.auth_tenant_disabled,
+                    &mut replies.auth_tenant_disabled,
+                ),
+                (
+                    "auth_mailbox_disabled",
+                    &r.auth_mailbox_disabled,
+                    &mut replies.auth_mailbox_disabled,
+                ),
+            ];
+            for (name, raw, slot) in auth_fields {
+                if let Some(s) = raw {
+                    match check_auth_reply(s) {
+                        Ok(text) => *slot = text,
                         Err(e) => err(&["replies", name], e),
                     }
                 }
@@ -904,17 +1083,60 @@ impl Config {
             SentItemsConfig {
                 spool,
                 store,
-                configured: raw_si.is_some(),
+                deliver: raw_si.is_some_and(|s| s.store.is_some()),
                 workers,
                 max_age,
                 retry,
                 scan_interval,
             }
         };
-        if raw.policy.is_empty() {
+        let mut auth_policy_listeners = Vec::new();
+        for (i, s) in raw.auth_policy.iter().enumerate() {
+            match Endpoint::parse(s) {
+                Ok(e) => auth_policy_listeners.push(e),
+                Err(e) => err(&["auth_policy"], format!("entry {}: {e}", i + 1)),
+            }
+        }
+        let auth_policy_api_key_file = match &raw.auth_policy_api_key_file {
+            Some(p) if p.as_os_str().is_empty() => {
+                err(&["auth_policy_api_key_file"], "must be a file path".into());
+                None
+            }
+            other => other.clone(),
+        };
+        let auth_policy_protocols = match &raw.auth_policy_protocols {
+            None => vec!["smtp".to_string()],
+            Some(list) => {
+                let valid = |p: &str| {
+                    !p.is_empty()
+                        && p.len() <= 32
+                        && p.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                };
+                let mut out = Vec::new();
+                for p in list {
+                    if valid(p) {
+                        out.push(p.to_ascii_lowercase());
+                    } else {
+                        err(
+                            &["auth_policy_protocols"],
+                            format!("{p:?} is not a Dovecot protocol name (e.g. smtp, submission)"),
+                        );
+                    }
+                }
+                if list.is_empty() {
+                    err(
+                        &["auth_policy_protocols"],
+                        "list at least one protocol (e.g. [smtp])".into(),
+                    );
+                }
+                out
+            }
+        };
+        if raw.policy.is_empty() && raw.milter.is_empty() && raw.auth_policy.is_empty() {
             err(
                 &["policy"],
-                "no front end configured: list at least one policy listener (e.g. [\"inet:127.0.0.1:10040\"])"
+                "no front end configured: list at least one milter or policy listener (e.g. milter: [\"inet:127.0.0.1:10041\"])"
                     .into(),
             );
         }
@@ -926,8 +1148,13 @@ impl Config {
         Ok(Config {
             path: path.to_path_buf(),
             policy_listeners,
+            milter_listeners,
+            milter_timeout,
+            milter_max_frame,
             control,
+            control_socket_mode,
             policies_dir: raw.policies.unwrap_or_else(|| PathBuf::from("./policies")),
+            watch_policies: raw.watch_policies.unwrap_or(true),
             default_domain,
             lease_idle_timeout,
             unix_socket_mode,
@@ -936,6 +1163,9 @@ impl Config {
             audit,
             replies,
             sent_items,
+            auth_policy_listeners,
+            auth_policy_api_key_file,
+            auth_policy_protocols,
         })
     }
 
@@ -1045,7 +1275,7 @@ sent_items:
         )
         .unwrap();
         let si = &c.sent_items;
-        assert!(si.configured);
+        assert!(si.deliver);
         assert_eq!(si.workers, 8);
         assert_eq!(si.max_age, Duration::from_secs(2 * 86400));
         assert_eq!(si.retry.initial, Duration::from_secs(30));
@@ -1073,7 +1303,7 @@ sent_items:
         assert_eq!(imap.login, ImapLogin::MasterUser);
 
         let c = parse("policy: [\"inet:127.0.0.1:1\"]\n").unwrap();
-        assert!(!c.sent_items.configured);
+        assert!(!c.sent_items.deliver);
         assert_eq!(c.sent_items.workers, 4);
         assert_eq!(c.sent_items.max_age, Duration::from_secs(5 * 86400));
     }
@@ -1152,6 +1382,38 @@ sent_items:
     }
 
     #[test]
+    fn redis_limiter_settings() {
+        use crate::limiter::redis::OnError;
+        let c = parse(
+            "policy: [\"inet:127.0.0.1:1\"]\nlimiter: { backend: redis, url: \"redis://:pw@10.0.0.5:6379/2\", lease_ttl: 10s, on_error: tempfail, node_id: mta1 }\n",
+        )
+        .unwrap();
+        let LimiterConfig::Redis(r) = c.limiter else {
+            panic!("{:?}", c.limiter)
+        };
+        assert_eq!(r.lease_ttl, Duration::from_secs(10));
+        assert_eq!(r.timeout, Duration::from_millis(50));
+        assert_eq!(r.on_error, OnError::Tempfail);
+        assert_eq!(r.key_prefix, "submitgate:");
+        assert_eq!(r.node_id, "mta1");
+        let e = parse(
+            "policy: [\"inet:127.0.0.1:1\"]\nlimiter:\n  backend: redis\n  url: \"http://x\"\n  on_error: maybe\n  lease_ttl: 0s\n",
+        )
+        .unwrap_err();
+        let lines: Vec<usize> = e.0.iter().map(|x| x.line).collect();
+        assert_eq!(lines, vec![4, 5, 6], "{e}");
+        let e = parse(
+            "policy: [\"inet:127.0.0.1:1\"]\nlimiter: { backend: memory, url: \"redis://x\" }\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("limiter.url: only applies to backend: redis"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn reply_validation() {
         assert!(SmtpReply::from_str("421 4.3.2 busy").is_ok());
         assert!(SmtpReply::from_str("550 5.7.1 no").is_ok());
@@ -1164,6 +1426,28 @@ sent_items:
     }
 
     #[test]
+    fn milter_only_config_and_milter_settings() {
+        let c =
+            parse("milter: [\"inet:127.0.0.1:10041\", \"unix:/run/sg/milter.sock\"]\n").unwrap();
+        assert!(c.policy_listeners.is_empty());
+        assert_eq!(c.milter_listeners.len(), 2);
+        assert_eq!(c.milter_timeout, DEFAULT_MILTER_TIMEOUT);
+        assert_eq!(c.milter_max_frame, 1 << 20);
+        let c = parse(
+            "milter: [\"inet:127.0.0.1:0\"]\nmilter_timeout: 10m\nmilter_max_frame: 2097152\n",
+        )
+        .unwrap();
+        assert_eq!(c.milter_timeout, Duration::from_secs(600));
+        assert_eq!(c.milter_max_frame, 2 << 20);
+        let e = parse("milter: [\"inet:nohost\"]\nmilter_timeout: never\nmilter_max_frame: 100\n")
+            .unwrap_err();
+        let lines: Vec<usize> = e.0.iter().map(|x| x.line).collect();
+        assert_eq!(lines, vec![1, 2, 3], "{e}");
+        let e = parse("policies: ./p\n").unwrap_err();
+        assert!(e.to_string().contains("no front end configured"), "{e}");
+    }
+
+    #[test]
     fn replies_can_be_overridden() {
         let c = parse(
             "policy: [\"inet:127.0.0.1:1\"]\nreplies: { concurrency_limit: \"421 4.7.0 Too many sessions\" }\n",
@@ -1171,5 +1455,56 @@ sent_items:
         .unwrap();
         assert_eq!(c.replies.concurrency_limit.code, 421);
         assert_eq!(c.replies.tenant_disabled.to_string(), TENANT_DISABLED);
+    }
+
+    #[test]
+    fn auth_policy_defaults_and_overrides() {
+        let c = parse("policy: [\"inet:127.0.0.1:1\"]\n").unwrap();
+        assert!(c.auth_policy_listeners.is_empty());
+        assert_eq!(c.auth_policy_protocols, ["smtp"]);
+        assert_eq!(c.auth_policy_api_key_file, None);
+        assert_eq!(c.replies.auth_mailbox_disabled, AUTH_MAILBOX_DISABLED);
+        assert_eq!(c.replies.auth_tenant_disabled, AUTH_TENANT_DISABLED);
+
+        // The auth policy alone is a complete front end.
+        let c = parse(
+            "auth_policy: [\"inet:127.0.0.1:10042\", \"unix:/tmp/ap.sock\"]\n\
+auth_policy_api_key_file: /etc/submitgate/auth-policy.key\n\
+auth_policy_protocols: [SMTP, submission]\n\
+replies: { auth_mailbox_disabled: \"SMTP AUTH is off for this mailbox\" }\n",
+        )
+        .unwrap();
+        assert_eq!(c.auth_policy_listeners.len(), 2);
+        assert!(c.policy_listeners.is_empty());
+        assert_eq!(c.auth_policy_protocols, ["smtp", "submission"]);
+        assert_eq!(
+            c.auth_policy_api_key_file.as_deref(),
+            Some(Path::new("/etc/submitgate/auth-policy.key"))
+        );
+        assert_eq!(
+            c.replies.auth_mailbox_disabled,
+            "SMTP AUTH is off for this mailbox"
+        );
+    }
+
+    #[test]
+    fn auth_policy_errors_have_lines() {
+        let text = "\
+auth_policy: [\"inet:127.0.0.1\"]
+auth_policy_protocols: [\"smtp imap\"]
+replies:
+  auth_tenant_disabled: \"caf\\u00e9\"
+  auth_mailbox_disabled: \"\"
+";
+        let e = parse(text).unwrap_err();
+        let lines: Vec<usize> = e.0.iter().map(|x| x.line).collect();
+        assert_eq!(lines, vec![1, 2, 4, 5], "{e}");
+        assert!(
+            e.to_string().contains("replies.auth_tenant_disabled"),
+            "{e}"
+        );
+        let e = parse("auth_policy_protocols: []\n").unwrap_err();
+        assert!(e.to_string().contains("no front end configured"), "{e}");
+        assert!(e.to_string().contains("list at least one protocol"), "{e}");
     }
 }

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio::sync::{Mutex, Semaphore};
@@ -15,9 +15,11 @@ use crate::audit::{Audit, AuditEvent, AuditWriter, EventKind};
 use crate::config::{Config, LimiterConfig, Replies, SmtpReply};
 use crate::endpoint::Endpoint;
 use crate::limiter::Limiter;
+use crate::milter;
 use crate::policy::{self, PolicyErrors, PolicySnapshot, RejectReason};
 use crate::postfix_policy;
-use crate::sent_items::{spool::Spool, store::Store, worker};
+use crate::sent_items::spool::{Spool, SpoolError};
+use crate::sent_items::{store::Store, worker};
 
 /// How long shutdown waits for connections to finish their current request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -29,12 +31,18 @@ pub enum StartError {
     Policy(PolicyErrors),
     #[error("audit log: {0}")]
     Audit(std::io::Error),
+    #[error("Sent Items spool: {0}")]
+    Spool(SpoolError),
+    #[error("{0}")]
+    Limiter(crate::limiter::redis::SetupError),
+    #[error(transparent)]
+    AuthPolicyKey(#[from] crate::auth_policy::ApiKeyError),
     #[error("cannot listen on {endpoint}: {source}")]
     Bind {
         endpoint: Endpoint,
         source: std::io::Error,
     },
-    /// The spool cannot be opened or the store cannot be set up.
+    /// The Sent Items store cannot be set up (CA file, master secret).
     #[error("sent items: {0}")]
     SentItems(String),
 }
@@ -42,8 +50,10 @@ pub enum StartError {
 /// Counters that are not worth an audit line.
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Policy requests without a login (not submissions).
+    /// Policy requests and milter MAIL FROMs without a login (not submissions).
     pub unauthenticated: AtomicU64,
+    /// Auth policy requests for protocols it does not check (IMAP logins and the like).
+    pub auth_policy_other_protocol: AtomicU64,
 }
 
 impl Replies {
@@ -73,29 +83,64 @@ pub enum ReloadOutcome {
         version: String,
         organizations: usize,
         mailboxes: usize,
+        /// The files had not changed: nothing was swapped or audited.
+        unchanged: bool,
     },
     /// The old policy stays in force.
     Failed(PolicyErrors),
 }
 
+/// The last reload and its result, for `submitgate status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadRecord {
+    pub at: String,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+/// What the daemon's long-lived tasks (front ends, policy watcher, control socket) share.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub ctx: Context,
+    /// The addresses each front end listens on (real ports when 0 was configured).
+    pub listeners: Listeners,
+    pub started: SystemTime,
+    reload_lock: Mutex<()>,
+    last_reload: std::sync::Mutex<Option<ReloadRecord>>,
+}
+
+/// Bound listener addresses per front end.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Listeners {
+    pub policy: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub milter: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control: Option<String>,
+    /// Dovecot auth policy (HTTP) listeners.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub auth_policy: Vec<String>,
+}
+
 /// A running daemon.
 pub struct Daemon {
-    config: Arc<Config>,
-    ctx: Context,
+    shared: Arc<Shared>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     policy_endpoints: Vec<Endpoint>,
+    auth_policy_endpoints: Vec<Endpoint>,
+    milter_endpoints: Vec<Endpoint>,
     audit_writer: AuditWriter,
-    reload_lock: Mutex<()>,
     sent_items: Option<SentItems>,
 }
 
-/// The Sent Items spool and its delivery workers, when `sent_items` is configured.
+/// The Sent Items spool and its delivery workers, when a store is configured.
 #[derive(Debug, Clone)]
 pub struct SentItems {
     /// The spool, opened (and locked) by the daemon; the milter commits into it.
     pub spool: Spool,
-    /// Wake the workers after a commit ([`worker::Delivery::wake`]).
+    /// The running workers ([`worker::Delivery::wake`]; commits wake them by themselves).
     pub delivery: worker::Delivery,
 }
 
@@ -116,9 +161,25 @@ impl Daemon {
             mailboxes = snapshot.mailbox_count(),
             "policy loaded"
         );
+        // Read before anything is bound, so that a bad key file stops the start cleanly.
+        let auth_policy_key = match &config.auth_policy_api_key_file {
+            Some(path) => Some(crate::auth_policy::ApiKey::read(path)?),
+            None => None,
+        };
         let (audit, audit_writer) = Audit::start(&config.audit).map_err(StartError::Audit)?;
-        let limiter = match config.limiter {
+        let limiter = match &config.limiter {
             LimiterConfig::Memory => Limiter::memory(),
+            LimiterConfig::Redis(settings) => {
+                tracing::info!(
+                    url = crate::limiter::redis::redact(&settings.url),
+                    node_id = settings.node_id,
+                    "session leases shared through redis"
+                );
+                Limiter::redis(
+                    crate::limiter::redis::RedisBackend::new(settings.clone(), Some(audit.clone()))
+                        .map_err(StartError::Limiter)?,
+                )
+            }
         };
         let ctx = Context {
             policy: Arc::new(ArcSwap::from_pointee(snapshot)),
@@ -130,12 +191,36 @@ impl Daemon {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let connections = Arc::new(Semaphore::new(config.max_connections));
-        // Before the listeners: the milter needs the spool, and a spool or store problem
-        // should stop the start before anything is served.
-        let sent_items = if config.sent_items.configured {
-            Some(start_sent_items(&config, &ctx, &shutdown, &tracker).await?)
+        // The spool: written by the milter, drained by the delivery workers. Opened once (its
+        // owner locks it and removes crash leftovers) before any listener, so that a spool or
+        // store problem stops the start before anything is served.
+        let spool = if !config.milter_listeners.is_empty() || config.sent_items.deliver {
+            let dir = config.sent_items.spool.clone();
+            let spool = tokio::task::spawn_blocking(move || Spool::open(dir))
+                .await
+                .map_err(|e| StartError::Spool(SpoolError::Task(e.to_string())))?
+                .map_err(StartError::Spool)?;
+            tracing::info!(spool = %spool.path().display(), "Sent Items spool opened");
+            Some(spool)
         } else {
             None
+        };
+        let sent_items = match &spool {
+            Some(spool) if config.sent_items.deliver => Some(start_sent_items(
+                spool.clone(),
+                &config,
+                &ctx,
+                &shutdown,
+                &tracker,
+            )?),
+            Some(spool) => {
+                tracing::warn!(
+                    spool = %spool.path().display(),
+                    "sent_items has no `store`: copies are spooled but not delivered"
+                );
+                None
+            }
+            None => None,
         };
 
         let mut policy_endpoints = Vec::new();
@@ -167,19 +252,122 @@ impl Daemon {
                 tracker.clone(),
             ));
         }
-        Ok(Daemon {
+        let mut milter_endpoints = Vec::new();
+        if !config.milter_listeners.is_empty() {
+            let settings = Arc::new(milter::server::Settings {
+                timeout: config.milter_timeout,
+                max_frame: config.milter_max_frame,
+                spool: spool.clone(),
+            });
+            for endpoint in &config.milter_listeners {
+                let listener = endpoint
+                    .bind(config.unix_socket_mode)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        endpoint: endpoint.clone(),
+                        source,
+                    })?;
+                let bound = listener
+                    .local_endpoint()
+                    .unwrap_or_else(|_| endpoint.clone());
+                tracing::info!(listener = %bound, "milter front end listening");
+                milter_endpoints.push(bound);
+                tracker.spawn(milter::server::serve(
+                    listener,
+                    ctx.clone(),
+                    settings.clone(),
+                    connections.clone(),
+                    shutdown.clone(),
+                    tracker.clone(),
+                ));
+            }
+        }
+        let mut auth_policy_endpoints = Vec::new();
+        if !config.auth_policy_listeners.is_empty() {
+            let auth_policy = crate::auth_policy::AuthPolicy::new(
+                ctx.clone(),
+                crate::auth_policy::Settings {
+                    api_key: auth_policy_key,
+                    protocols: config.auth_policy_protocols.clone(),
+                },
+            );
+            let router = Arc::new(auth_policy.routes(crate::http_server::Router::new()));
+            for endpoint in &config.auth_policy_listeners {
+                let listener = endpoint
+                    .bind(config.unix_socket_mode)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        endpoint: endpoint.clone(),
+                        source,
+                    })?;
+                let bound = listener
+                    .local_endpoint()
+                    .unwrap_or_else(|_| endpoint.clone());
+                tracing::info!(listener = %bound, "auth policy (Dovecot) listening");
+                auth_policy_endpoints.push(bound);
+                tracker.spawn(crate::http_server::serve(
+                    "auth policy",
+                    listener,
+                    router.clone(),
+                    connections.clone(),
+                    shutdown.clone(),
+                    tracker.clone(),
+                ));
+            }
+        }
+        let control = match &config.control {
+            Some(endpoint) => Some(endpoint.bind(config.control_socket_mode).await.map_err(
+                |source| StartError::Bind {
+                    endpoint: endpoint.clone(),
+                    source,
+                },
+            )?),
+            None => None,
+        };
+        let shared = Arc::new(Shared {
+            listeners: Listeners {
+                policy: policy_endpoints.iter().map(|e| e.to_string()).collect(),
+                milter: milter_endpoints.iter().map(|e| e.to_string()).collect(),
+                control: config.control.as_ref().map(|e| e.to_string()),
+                auth_policy: auth_policy_endpoints
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect(),
+            },
             config: Arc::new(config),
             ctx,
+            started: SystemTime::now(),
+            reload_lock: Mutex::new(()),
+            last_reload: std::sync::Mutex::new(None),
+        });
+        if let Some(listener) = control {
+            tracing::info!(
+                listener = shared.listeners.control.as_deref().unwrap_or_default(),
+                "control socket listening"
+            );
+            tracker.spawn(crate::control::serve(
+                listener,
+                shared.clone(),
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+        }
+        if shared.config.watch_policies {
+            tracker.spawn(watch_policies(shared.clone(), shutdown.clone()));
+        }
+        Ok(Daemon {
+            shared,
             shutdown,
             tracker,
             policy_endpoints,
+            auth_policy_endpoints,
+            milter_endpoints,
             audit_writer,
-            reload_lock: Mutex::new(()),
             sent_items,
         })
     }
 
-    /// The Sent Items spool and its workers (`None` without a `sent_items` section).
+    /// The Sent Items spool and its workers (`None` without `sent_items.store`).
     pub fn sent_items(&self) -> Option<&SentItems> {
         self.sent_items.as_ref()
     }
@@ -189,50 +377,34 @@ impl Daemon {
         &self.policy_endpoints
     }
 
-    /// The shared context (policy, limiter, audit).
-    pub fn context(&self) -> &Context {
-        &self.ctx
+    /// The addresses the auth policy endpoint listens on (real ports when 0 was configured).
+    pub fn auth_policy_endpoints(&self) -> &[Endpoint] {
+        &self.auth_policy_endpoints
     }
 
-    /// Reloads the policy files. A broken set keeps the old policy, logs every error and
-    /// audits `policy_reload_failed`.
+    /// The addresses the milter front end listens on (real ports when 0 was configured).
+    pub fn milter_endpoints(&self) -> &[Endpoint] {
+        &self.milter_endpoints
+    }
+
+    /// The shared context (policy, limiter, audit).
+    pub fn context(&self) -> &Context {
+        &self.shared.ctx
+    }
+
+    /// What the long-lived tasks share (status, reload).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Reloads the policy files (see [`Shared::reload`]).
     pub async fn reload(&self) -> ReloadOutcome {
-        let _one_at_a_time = self.reload_lock.lock().await;
-        let opts = self.config.policy_options();
-        let dir = self.config.policies_dir.clone();
-        let loaded = tokio::task::spawn_blocking(move || policy::load_dir(&dir, &opts))
-            .await
-            .unwrap_or_else(|e| Err(join_error(e)));
-        match loaded {
-            Ok(snapshot) => {
-                let outcome = ReloadOutcome::Reloaded {
-                    version: snapshot.version.clone(),
-                    organizations: snapshot.organizations().len(),
-                    mailboxes: snapshot.mailbox_count(),
-                };
-                let mut ev = AuditEvent::new(EventKind::PolicyReloaded);
-                ev.version = Some(snapshot.version.clone());
-                tracing::info!(version = %snapshot.version, "policy reloaded");
-                self.ctx.policy.store(Arc::new(snapshot));
-                self.ctx.audit.record(ev).await;
-                outcome
-            }
-            Err(errors) => {
-                for e in &errors.0 {
-                    tracing::error!("policy reload failed, keeping the old policy: {e}");
-                }
-                let mut ev = AuditEvent::new(EventKind::PolicyReloadFailed);
-                ev.version = Some(self.ctx.policy.load().version.clone());
-                ev.errors = Some(errors.0.iter().map(|e| e.to_string()).collect());
-                self.ctx.audit.record(ev).await;
-                ReloadOutcome::Failed(errors)
-            }
-        }
+        self.shared.reload().await
     }
 
     /// Reopens the audit log (SIGUSR1, after logrotate).
     pub async fn reopen_audit(&self) {
-        self.ctx.audit.reopen().await;
+        self.shared.ctx.audit.reopen().await;
     }
 
     /// Stops accepting, lets connections answer what they are working on, releases every
@@ -247,26 +419,150 @@ impl Daemon {
             tracing::warn!("connections still busy after {SHUTDOWN_GRACE:?}; stopping anyway");
         }
         let Daemon {
-            ctx, audit_writer, ..
+            shared,
+            audit_writer,
+            ..
         } = self;
-        drop(ctx);
+        // Close the queue explicitly: a task that outlived the grace period may still hold a
+        // handle, and the writer must not wait for it.
+        shared.ctx.audit.close().await;
+        drop(shared);
         audit_writer.finish().await;
     }
 }
 
-/// Opens the spool (as its owner) and starts the delivery workers into the configured store.
-async fn start_sent_items(
+impl Shared {
+    /// Reloads the policy files. A broken set keeps the old policy, logs every error and
+    /// audits `policy_reload_failed`; an unchanged set is a no-op.
+    pub async fn reload(&self) -> ReloadOutcome {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let opts = self.config.policy_options();
+        let dir = self.config.policies_dir.clone();
+        let loaded = tokio::task::spawn_blocking(move || policy::load_dir(&dir, &opts))
+            .await
+            .unwrap_or_else(|e| Err(join_error(e)));
+        match loaded {
+            Ok(snapshot) if snapshot.version == self.ctx.policy.load().version => {
+                tracing::debug!(version = %snapshot.version, "policy files unchanged");
+                ReloadOutcome::Reloaded {
+                    version: snapshot.version.clone(),
+                    organizations: snapshot.organizations().len(),
+                    mailboxes: snapshot.mailbox_count(),
+                    unchanged: true,
+                }
+            }
+            Ok(snapshot) => {
+                self.record_reload(true, Vec::new());
+                let outcome = ReloadOutcome::Reloaded {
+                    version: snapshot.version.clone(),
+                    organizations: snapshot.organizations().len(),
+                    mailboxes: snapshot.mailbox_count(),
+                    unchanged: false,
+                };
+                let mut ev = AuditEvent::new(EventKind::PolicyReloaded);
+                ev.version = Some(snapshot.version.clone());
+                tracing::info!(version = %snapshot.version, "policy reloaded");
+                self.ctx.policy.store(Arc::new(snapshot));
+                self.ctx.audit.record(ev).await;
+                outcome
+            }
+            Err(errors) => {
+                self.record_reload(false, errors.0.iter().map(|e| e.to_string()).collect());
+                for e in &errors.0 {
+                    tracing::error!("policy reload failed, keeping the old policy: {e}");
+                }
+                let mut ev = AuditEvent::new(EventKind::PolicyReloadFailed);
+                ev.version = Some(self.ctx.policy.load().version.clone());
+                ev.errors = Some(errors.0.iter().map(|e| e.to_string()).collect());
+                self.ctx.audit.record(ev).await;
+                ReloadOutcome::Failed(errors)
+            }
+        }
+    }
+
+    fn record_reload(&self, ok: bool, errors: Vec<String>) {
+        let record = ReloadRecord {
+            at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            ok,
+            errors,
+        };
+        if let Ok(mut last) = self.last_reload.lock() {
+            *last = Some(record);
+        }
+    }
+
+    /// The last reload attempt, if any.
+    pub fn last_reload(&self) -> Option<ReloadRecord> {
+        self.last_reload.lock().ok().and_then(|l| l.clone())
+    }
+}
+
+/// How long the policy directory must be quiet before a reload: editors write in bursts.
+const WATCH_DEBOUNCE: Duration = Duration::from_millis(300);
+
+/// Watches the policy directory and reloads after changes (debounced). Editors that save via
+/// rename are seen as a create/rename in the directory. A watcher that cannot start leaves
+/// SIGHUP and `submitgate reload` working; the error is logged.
+async fn watch_policies(shared: Arc<Shared>, shutdown: CancellationToken) {
+    use notify::{RecursiveMode, Watcher};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let handler = move |res: notify::Result<notify::Event>| match res {
+        Ok(ev) => {
+            let relevant = ev.paths.iter().any(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    !n.starts_with('.') && (n.ends_with(".yaml") || n.ends_with(".yml"))
+                })
+            });
+            if relevant && !matches!(ev.kind, notify::EventKind::Access(_)) {
+                let _ = tx.send(());
+            }
+        }
+        Err(e) => tracing::warn!("policy watcher: {e}"),
+    };
+    let dir = shared.config.policies_dir.clone();
+    let mut watcher = match notify::recommended_watcher(handler)
+        .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w))
+    {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(
+                dir = %dir.display(),
+                "cannot watch the policy directory ({e}); reload with SIGHUP or `submitgate reload`"
+            );
+            return;
+        }
+    };
+    tracing::info!(dir = %dir.display(), "watching the policy directory for changes");
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            ev = rx.recv() => if ev.is_none() { break },
+        }
+        // Debounce: wait until the directory has been quiet for a moment.
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                more = tokio::time::timeout(WATCH_DEBOUNCE, rx.recv()) => match more {
+                    Ok(Some(())) => continue,
+                    Ok(None) | Err(_) => break,
+                },
+            }
+        }
+        tracing::info!("policy files changed; reloading");
+        shared.reload().await;
+    }
+    let _ = watcher.unwatch(&dir);
+}
+
+/// Starts the delivery workers from the daemon's spool into the configured store.
+fn start_sent_items(
+    spool: Spool,
     config: &Config,
     ctx: &Context,
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<SentItems, StartError> {
     let si = &config.sent_items;
-    let dir = si.spool.clone();
-    let spool = tokio::task::spawn_blocking(move || Spool::open(dir))
-        .await
-        .map_err(|e| StartError::SentItems(format!("opening the spool: {e}")))?
-        .map_err(|e| StartError::SentItems(e.to_string()))?;
     let store = Store::from_config(&si.store).map_err(|e| StartError::SentItems(e.to_string()))?;
     let delivery = worker::start(
         spool.clone(),

@@ -10,8 +10,15 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Where a front end listens (or where a client connects).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,6 +182,52 @@ impl Drop for Listener {
     fn drop(&mut self) {
         if let Listener::Unix(_, path) = self {
             let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// The accept loop every front end shares: until `shutdown`, each connection is served by
+/// `handle(stream, peer)` in its own task on `tracker` while it holds a permit of
+/// `connections` (the daemon-wide cap). Accept errors (out of file descriptors and the like)
+/// back off instead of spinning. `name` labels log lines.
+pub async fn accept_loop<F, Fut>(
+    name: &'static str,
+    listener: Listener,
+    connections: Arc<Semaphore>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    handle: F,
+) where
+    F: Fn(Stream, String) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            p = connections.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = Duration::from_millis(10);
+                let connection = handle(stream, peer);
+                tracker.spawn(async move {
+                    connection.await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                tracing::warn!("{name} listener: accept failed: {e}; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
         }
     }
 }

@@ -7,16 +7,22 @@
 //! - [`policy`]: organization/mailbox policy files → [`policy::PolicySnapshot`]; pure
 //!   [`policy::evaluate`].
 //! - [`postfix_policy`]: the Postfix policy delegation front end (`codec` + `server`).
-//! - [`milter`]: the milter front end (`codec`).
+//! - [`milter`]: the milter front end (`codec` + `session` + `server`).
 //! - [`limiter`]: per-mailbox session leases.
 //! - [`sent_items`]: the durable spool of Sent Items copies.
 //! - [`audit`]: typed audit events and their JSON-lines writer.
+//! - [`auth_policy`]: the Dovecot auth policy endpoint (HTTP): refusal at the AUTH command.
+//! - [`http_server`]: the HTTP/1.1 server the auth policy endpoint (and later metrics) runs on.
+//! - [`control`]: the control socket behind `submitgate status` and `submitgate reload`.
 //! - [`daemon`]: wires the parts together and runs until shutdown.
 
 pub mod audit;
+pub mod auth_policy;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod endpoint;
+pub mod http_server;
 pub mod limiter;
 pub mod milter;
 pub mod policy;

@@ -6,8 +6,11 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
+use submitgate::audit::report;
 use submitgate::config::{Config, DEFAULT_CONFIG_PATH};
+use submitgate::control;
 use submitgate::daemon::Daemon;
+use submitgate::policy::editor::{self, Change, Setting};
 use submitgate::policy::{self, LoadOptions, MailboxView, PolicySnapshot};
 use submitgate::sent_items::spool::{EntryId, EntryInfo, Spool};
 use tokio::signal::unix::{signal, SignalKind};
@@ -50,6 +53,20 @@ enum Command {
         #[command(subcommand)]
         command: OrgCommand,
     },
+    /// Show the running daemon's sessions, policy and reload state (via the control socket).
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Make the running daemon reload its policy files now, and print the outcome.
+    Reload {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Mailbox settings (Get-CASMailbox).
     Mailbox {
         #[command(subcommand)]
@@ -60,6 +77,9 @@ enum Command {
         #[command(subcommand)]
         command: SpoolCommand,
     },
+    /// The SMTP AUTH clients report from audit logs: per sender, messages sent, TLS protocol
+    /// shares, auth mechanisms, refusals by reason.
+    Report(ReportArgs),
 }
 
 #[derive(Subcommand)]
@@ -87,8 +107,39 @@ enum SpoolCommand {
     },
 }
 
+#[derive(Args)]
+struct ReportArgs {
+    /// Audit log files (plain or gzip; `-` = standard input).
+    #[arg(long, value_name = "FILE", num_args = 1.., required = true)]
+    audit: Vec<PathBuf>,
+    /// Count events from this point on: 2026-11-27, an RFC 3339 timestamp, or 7d / 24h ago.
+    #[arg(long, value_name = "DATE")]
+    since: Option<String>,
+    /// Count events before this point (a date includes that whole day).
+    #[arg(long, value_name = "DATE")]
+    until: Option<String>,
+    /// An aligned table, CSV (RFC 4180) or JSON.
+    #[arg(long, value_name = "FORMAT", default_value = "table", value_parser = ["table", "csv", "json"])]
+    format: String,
+}
+
 #[derive(Subcommand)]
 enum OrgCommand {
+    /// Change an organization's settings (Set-TransportConfig).
+    Set {
+        /// Organization name.
+        name: String,
+        /// true or false (also $true / $false).
+        #[arg(long, value_name = "true|false", value_parser = parse_bool)]
+        smtp_client_authentication_disabled: Option<bool>,
+        /// Concurrent sessions per mailbox (1-100000).
+        #[arg(long, value_name = "N")]
+        max_concurrent_sessions: Option<u32>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        args: PolicyArgs,
+    },
     /// Show one organization, or all of them.
     Get {
         /// Organization name (all organizations when omitted).
@@ -102,6 +153,20 @@ enum OrgCommand {
 
 #[derive(Subcommand)]
 enum MailboxCommand {
+    /// Change a mailbox's settings (Set-CASMailbox); `inherit` is Exchange's $null.
+    Set {
+        address: String,
+        /// true, false or inherit (also $true / $false / $null).
+        #[arg(long, value_name = "true|false|inherit", value_parser = parse_bool_setting)]
+        smtp_client_authentication_disabled: Option<Setting<bool>>,
+        /// Concurrent sessions for this mailbox (1-100000), or inherit.
+        #[arg(long, value_name = "N|inherit", value_parser = parse_limit_setting)]
+        max_concurrent_sessions: Option<Setting<u32>>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        args: PolicyArgs,
+    },
     /// Show a mailbox's own value, its organization's value and the effective value.
     Get {
         address: String,
@@ -145,6 +210,83 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check(args) => check(&args),
         Command::Spool { command } => spool_command(command),
+        Command::Status { json, config } => {
+            let endpoint = control_endpoint(&config)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            let status: control::Status =
+                rt.block_on(control::request(&endpoint, &control::Request::Status))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", control::format_status(&status));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reload { json, config } => {
+            let endpoint = control_endpoint(&config)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            let reply: control::ReloadReply =
+                rt.block_on(control::request(&endpoint, &control::Request::Reload))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reply)?);
+            } else if reply.ok {
+                println!(
+                    "reloaded: policy version {}{}",
+                    reply.version.unwrap_or_default(),
+                    if reply.unchanged { " (unchanged)" } else { "" }
+                );
+            } else {
+                println!(
+                    "reload FAILED; the old policy (version {}) stays in force:",
+                    reply.version.unwrap_or_default()
+                );
+                for e in &reply.errors {
+                    println!("  {e}");
+                }
+            }
+            Ok(if reply.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Org {
+            command:
+                OrgCommand::Set {
+                    name,
+                    smtp_client_authentication_disabled,
+                    max_concurrent_sessions,
+                    json,
+                    args,
+                },
+        } => {
+            let change = Change::Organization {
+                name: name.clone(),
+                smtp_client_authentication_disabled,
+                max_concurrent_sessions_per_mailbox: max_concurrent_sessions,
+            };
+            let snap = set(&args, &change)?;
+            org_get(&snap, Some(&name), json)
+        }
+        Command::Mailbox {
+            command:
+                MailboxCommand::Set {
+                    address,
+                    smtp_client_authentication_disabled,
+                    max_concurrent_sessions,
+                    json,
+                    args,
+                },
+        } => {
+            let change = Change::Mailbox {
+                address: address.clone(),
+                smtp_client_authentication_disabled,
+                max_concurrent_sessions_per_mailbox: max_concurrent_sessions,
+            };
+            let snap = set(&args, &change)?;
+            print_mailbox(&snap, &address, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Org {
             command: OrgCommand::Get { name, json, args },
         } => {
@@ -160,13 +302,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
         } => {
             let snap = load_policy(&args)?;
-            let view = snap.describe(&address);
-            if json {
-                println!("{}", serde_json::to_string_pretty(&view)?);
-            } else {
-                print!("{}", format_mailbox(&view));
-            }
+            print_mailbox(&snap, &address, json)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Report(a) => {
+            let range = report::TimeRange::parse(
+                a.since.as_deref(),
+                a.until.as_deref(),
+                std::time::SystemTime::now(),
+            )?;
+            let complete = report::run(
+                &a.audit,
+                range,
+                a.format.parse()?,
+                &mut std::io::stdout().lock(),
+                &mut std::io::stderr(),
+            )?;
+            Ok(if complete {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }
@@ -301,6 +457,67 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn print_mailbox(snap: &PolicySnapshot, address: &str, json: bool) -> anyhow::Result<()> {
+    let view = snap.describe(address);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        print!("{}", format_mailbox(&view));
+    }
+    Ok(())
+}
+
+/// Edits the policy files (`org set` / `mailbox set`); a running daemon picks the change up
+/// by itself (it watches the directory) or on SIGHUP.
+fn set(args: &PolicyArgs, change: &Change) -> anyhow::Result<PolicySnapshot> {
+    let config = load_config_for_policy(args)?;
+    let (dir, opts) = policy_location(args, config.as_ref());
+    let applied = editor::apply(&dir, &opts, change)?;
+    if applied.changed {
+        eprintln!("{}: updated", applied.file.display());
+    } else {
+        eprintln!("{}: unchanged (already set)", applied.file.display());
+    }
+    Ok(applied.snapshot)
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().trim_start_matches('$') {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("{s:?}: expected true or false")),
+    }
+}
+
+fn parse_bool_setting(s: &str) -> Result<Setting<bool>, String> {
+    match s.to_ascii_lowercase().trim_start_matches('$') {
+        "inherit" | "null" => Ok(Setting::Inherit),
+        _ => parse_bool(s)
+            .map(Setting::Value)
+            .map_err(|_| format!("{s:?}: expected true, false or inherit")),
+    }
+}
+
+fn parse_limit_setting(s: &str) -> Result<Setting<u32>, String> {
+    match s.to_ascii_lowercase().trim_start_matches('$') {
+        "inherit" | "null" => Ok(Setting::Inherit),
+        n => n
+            .parse()
+            .map(Setting::Value)
+            .map_err(|_| format!("{s:?}: expected a number or inherit")),
+    }
+}
+
+fn control_endpoint(c: &ConfigArg) -> anyhow::Result<submitgate::endpoint::Endpoint> {
+    let config = Config::load(&c.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    config.control.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: no `control` socket configured (add e.g. control: \"unix:/run/submitgate/control.sock\")",
+            c.config.display()
+        )
+    })
+}
+
 /// The configuration, when it exists or was asked for explicitly; policy commands can run on
 /// `--policies DIR` alone.
 fn load_config_for_policy(args: &PolicyArgs) -> anyhow::Result<Option<Config>> {
@@ -346,6 +563,16 @@ fn check(args: &PolicyArgs) -> anyhow::Result<ExitCode> {
             None
         }
     };
+    // The auth policy key is read at start: a file the daemon could not use fails here too.
+    if let Some(path) = config
+        .as_ref()
+        .and_then(|c| c.auth_policy_api_key_file.as_ref())
+    {
+        if let Err(e) = submitgate::auth_policy::ApiKey::read(path) {
+            println!("{e}");
+            failed = true;
+        }
+    }
     let (dir, opts) = policy_location(args, config.as_ref());
     match policy::load_dir(&dir, &opts) {
         Ok(snap) => {

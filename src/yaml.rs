@@ -6,6 +6,45 @@ use std::fmt;
 
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 
+/// A problem at a place in a file, shown as `file:line:column: message` (or `file: message`
+/// when it concerns the whole file). Configuration and policy errors are both of this kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocatedError {
+    pub file: std::path::PathBuf,
+    /// 1-based; 0 when the problem is with the file as a whole (unreadable, not UTF-8).
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for LocatedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.message
+            )
+        }
+    }
+}
+
+/// Writes errors one per line (the `Display` of every error list).
+pub fn fmt_lines(errors: &[LocatedError], f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    for (i, e) in errors.iter().enumerate() {
+        if i > 0 {
+            writeln!(f)?;
+        }
+        write!(f, "{e}")?;
+    }
+    Ok(())
+}
+
 /// A position in a file: 1-based line and column, and the character offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Pos {

@@ -384,3 +384,30 @@ async fn shutdown_releases_leases_and_flushes_the_audit_log() {
     assert!(c.closed().await);
     assert_eq!(common::read_audit(&audit_path).len(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_in_use_is_not_expired_by_its_first_deadline() {
+    let t = TestDaemon::start(&[("contoso.yaml", CONTOSO)], "lease_idle_timeout: 300s\n").await;
+    let mut c = t.client().await;
+    let txn = Txn {
+        login: "bob@contoso.com",
+        client_port: 40000,
+        instance: "t1",
+    };
+    let settle = || async {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    };
+    assert_eq!(c.ask(&txn, "RCPT").await, "DUNNO");
+    tokio::time::advance(Duration::from_secs(200)).await;
+    assert_eq!(c.ask(&txn, "RCPT").await, "DUNNO");
+    // 350 s after the first request, 150 s after the last: still held.
+    tokio::time::advance(Duration::from_secs(150)).await;
+    settle().await;
+    assert_eq!(t.in_use("bob@contoso.com").await, 1);
+    // 301 s after the last request: released.
+    tokio::time::advance(Duration::from_secs(151)).await;
+    settle().await;
+    assert_eq!(t.in_use("bob@contoso.com").await, 0);
+}

@@ -225,3 +225,23 @@ async fn transient_failures_back_off_then_fail_at_max_age() {
     assert_eq!(ev[0]["mailbox"], ALICE);
     assert!(ev[0]["attempts"].as_u64().unwrap_or(0) >= 4);
 }
+
+#[tokio::test]
+async fn a_commit_wakes_the_workers_without_waiting_for_a_scan() {
+    let mail = tempfile::tempdir().expect("tempdir");
+    let rig = Rig::start(&format!(
+        "  scan_interval: 1h\n  store: {{ backend: maildir, root: \"{}/{{mailbox}}\" }}\n",
+        mail.path().display()
+    ));
+    // Let the first (start-up) scan pass, so that only the commit can wake the dispatcher.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for n in 0..3 {
+        let (body, mid) = message(n, 500);
+        // Straight into the spool, as the milter does: no explicit wake-up.
+        dovecot::commit(&rig.spool, ALICE, &body, &mid).await;
+        rig.drained(Duration::from_secs(5)).await;
+    }
+    let cur = files(&mail.path().join("alice@contoso.com/.Sent Items/cur"));
+    assert_eq!(cur.len(), 3);
+    rig.stop().await;
+}

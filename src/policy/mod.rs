@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 pub use evaluate::{evaluate, Allowed, Decision, RejectReason, Submission};
+pub mod editor;
 pub use load::{is_policy_file, load_dir, load_files, valid_address, valid_domain, LoadOptions};
 
 /// Default number of concurrent sessions per mailbox (Exchange Online's value).
@@ -22,31 +23,7 @@ pub const DEFAULT_SENT_FOLDER: &str = "Sent Items";
 pub const WILDCARD_DOMAIN: &str = "*";
 
 /// One problem found while loading the policies, with its place.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyError {
-    pub file: PathBuf,
-    /// 1-based; 0 when the problem is with the file as a whole (unreadable).
-    pub line: usize,
-    pub column: usize,
-    pub message: String,
-}
-
-impl fmt::Display for PolicyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line == 0 {
-            write!(f, "{}: {}", self.file.display(), self.message)
-        } else {
-            write!(
-                f,
-                "{}:{}:{}: {}",
-                self.file.display(),
-                self.line,
-                self.column,
-                self.message
-            )
-        }
-    }
-}
+pub type PolicyError = crate::yaml::LocatedError;
 
 /// Every problem found in one load, in file order.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,13 +31,7 @@ pub struct PolicyErrors(pub Vec<PolicyError>);
 
 impl fmt::Display for PolicyErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
+        crate::yaml::fmt_lines(&self.0, f)
     }
 }
 

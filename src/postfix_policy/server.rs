@@ -18,9 +18,9 @@ use tokio_util::task::TaskTracker;
 use super::codec::{PolicyCodec, Request, Response};
 use crate::audit::{AuditEvent, EventKind, FrontEnd, Outcome};
 use crate::daemon::Context;
-use crate::endpoint::{Listener, Stream};
+use crate::endpoint::{accept_loop, Listener, Stream};
 use crate::limiter::{Acquire, Lease};
-use crate::policy::{evaluate, Decision, Submission};
+use crate::policy::{evaluate, Allowed, Decision, Submission};
 
 /// Settings of the policy front end.
 #[derive(Debug, Clone)]
@@ -38,38 +38,19 @@ pub async fn serve(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            p = connections.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                backoff = Duration::from_millis(10);
-                let ctx = ctx.clone();
-                let settings = settings.clone();
-                let shutdown = shutdown.clone();
-                tracker.spawn(async move {
-                    handle_connection(stream, &peer, &ctx, &settings, shutdown).await;
-                    drop(permit);
-                });
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: wait, do not spin.
-                tracing::warn!("policy listener: accept failed: {e}; retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
-        }
-    }
+    let stop = shutdown.clone();
+    accept_loop(
+        "policy",
+        listener,
+        connections,
+        stop,
+        tracker,
+        move |stream, peer| {
+            let (ctx, settings, shutdown) = (ctx.clone(), settings.clone(), shutdown.clone());
+            async move { handle_connection(stream, &peer, &ctx, &settings, shutdown).await }
+        },
+    )
+    .await
 }
 
 /// What identifies a mail transaction: the SMTP session's addresses and Postfix's instance.
@@ -105,6 +86,9 @@ impl TxnKey {
 /// The transaction this connection is currently serving.
 struct Txn {
     key: TxnKey,
+    /// The login and decision of the transaction's first allowed request.
+    login: String,
+    allowed: Option<Allowed>,
     lease: Option<Lease>,
     allow_audited: bool,
     last_seen: Instant,
@@ -132,16 +116,26 @@ async fn handle_connection(
         peer,
         txn: None,
     };
+    // One timer per connection, moved only when it fires: requests just note their time, so
+    // the hot path never touches the timer wheel.
+    let idle = tokio::time::sleep(settings.lease_idle_timeout);
+    tokio::pin!(idle);
     loop {
-        let idle_deadline = conn
-            .txn
-            .as_ref()
-            .filter(|t| t.lease.is_some())
-            .map(|t| t.last_seen + settings.lease_idle_timeout);
+        let holding = conn.txn.as_ref().is_some_and(|t| t.lease.is_some());
         let next = tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = sleep_until(idle_deadline) => {
-                conn.expire_idle_lease().await;
+            _ = idle.as_mut(), if holding => {
+                let now = Instant::now();
+                let deadline = conn
+                    .txn
+                    .as_ref()
+                    .map_or(now, |t| t.last_seen + settings.lease_idle_timeout);
+                if now >= deadline {
+                    conn.expire_idle_lease().await;
+                    idle.as_mut().reset(now + settings.lease_idle_timeout);
+                } else {
+                    idle.as_mut().reset(deadline);
+                }
                 continue;
             }
             next = framed.next() => next,
@@ -169,13 +163,6 @@ async fn handle_connection(
         lease.release().await;
     }
     tracing::debug!(peer, "policy connection closed");
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 fn non_empty(s: &str) -> Option<String> {
@@ -224,6 +211,20 @@ impl Connection<'_> {
                 .fetch_add(1, Ordering::Relaxed);
             return Response::dunno();
         }
+        // A transaction holding its lease was decided at its first request: later requests of
+        // the same transaction (more RCPTs, DATA, END-OF-MESSAGE) only move it along.
+        if let Some(txn) = self
+            .txn
+            .as_mut()
+            .filter(|t| t.lease.is_some() && t.login == r.sasl_username)
+        {
+            txn.last_seen = Instant::now();
+            if r.is_end_of_message() {
+                let allowed = txn.allowed.take();
+                self.complete(&r, allowed).await;
+            }
+            return Response::dunno();
+        }
         let snapshot = self.ctx.policy.load();
         let decision = evaluate(
             &snapshot,
@@ -252,6 +253,8 @@ impl Connection<'_> {
         };
         let txn = self.txn.get_or_insert_with(|| Txn {
             key: TxnKey::of(&r),
+            login: r.sasl_username.clone(),
+            allowed: None,
             lease: None,
             allow_audited: false,
             last_seen: Instant::now(),
@@ -311,14 +314,24 @@ impl Connection<'_> {
             }
         }
         if r.is_end_of_message() {
-            let mut ev = self.event(EventKind::SubmissionCompleted, &r);
-            ev.mailbox = Some(allowed.mailbox);
-            ev.organization = Some(allowed.organization);
-            ev.size = r.size;
-            ev.recipient_count = r.recipient_count;
-            self.ctx.audit.record(ev).await;
-            self.end_txn().await;
+            self.complete(&r, Some(allowed)).await;
+        } else if let Some(txn) = self.txn.as_mut() {
+            txn.login.clone_from(&r.sasl_username);
+            txn.allowed = Some(allowed);
         }
         Response::dunno()
+    }
+
+    /// END-OF-MESSAGE of an allowed transaction: audit it and give the lease back.
+    async fn complete(&mut self, r: &Request, allowed: Option<Allowed>) {
+        let mut ev = self.event(EventKind::SubmissionCompleted, r);
+        if let Some(a) = allowed {
+            ev.mailbox = Some(a.mailbox);
+            ev.organization = Some(a.organization);
+        }
+        ev.size = r.size;
+        ev.recipient_count = r.recipient_count;
+        self.ctx.audit.record(ev).await;
+        self.end_txn().await;
     }
 }

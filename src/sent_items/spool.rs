@@ -427,6 +427,8 @@ struct Inner {
     seq: AtomicU64,
     /// Held for the spool's lifetime by the owner; the lock goes with the descriptor.
     _lock: Option<File>,
+    /// Signalled after each commit, for the delivery workers ([`Spool::committed`]).
+    committed: tokio::sync::Notify,
 }
 
 impl Spool {
@@ -466,6 +468,13 @@ impl Spool {
     /// The spool's root directory.
     pub fn path(&self) -> &Path {
         &self.inner.root
+    }
+
+    /// Completes after an entry was committed through this spool (or a clone of it) since the
+    /// last such wake-up: the delivery workers wait on it. Commits coalesce into one wake-up;
+    /// commits by other processes are not seen (the workers also rescan periodically).
+    pub async fn committed(&self) {
+        self.inner.committed.notified().await;
     }
 
     /// Starts capturing one message. No I/O happens until the buffer fills or the commit.
@@ -610,6 +619,7 @@ impl Inner {
             pid: std::process::id(),
             seq: AtomicU64::new(0),
             _lock: lock,
+            committed: tokio::sync::Notify::new(),
         })
     }
 
@@ -1235,6 +1245,7 @@ impl SpoolWriter {
                 }
                 return Err(e);
             }
+            inner.committed.notify_one();
             Ok(id)
         })
         .await?

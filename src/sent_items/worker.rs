@@ -1,9 +1,9 @@
 //! Delivery workers: drain the spool into the configured store, at least once and without
 //! duplicates.
 //!
-//! A dispatcher task lists the spool (at start-up, whenever [`Delivery::wake`] is called — the
-//! milter does after each commit —, after each finished attempt when nothing else is queued, and
-//! every `scan_interval`), and hands due entries, oldest first, to at most `workers` concurrent
+//! A dispatcher task lists the spool (at start-up, after each commit into the same [`Spool`]
+//! — see [`Spool::committed`] — or a [`Delivery::wake`], after each finished attempt, and every
+//! `scan_interval`), and hands due entries, oldest first, to at most `workers` concurrent
 //! attempts. One attempt:
 //!
 //! 1. read the entry's [`DeliveryState`]; not yet due → come back at `next_attempt_at`;
@@ -215,6 +215,7 @@ async fn dispatch<S: SentItemsStore>(shared: Arc<Shared<S>>) {
         }
         tokio::select! {
             _ = shared.wake.notified() => rescan = true,
+            _ = shared.spool.committed() => rescan = true,
             _ = tokio::time::sleep(sleep_for) => {}
             _ = shared.shutdown.cancelled() => break,
         }

@@ -1,13 +1,22 @@
 //! Shared helpers for the integration tests: a real daemon on port 0 with its own policy
-//! directory and audit log, and a policy-protocol client.
+//! directory, audit log and spool, a policy-protocol client and a milter client that plays
+//! Postfix.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
 use submitgate::config::Config;
 use submitgate::daemon::Daemon;
+use submitgate::milter::codec::{
+    Command, MtaCodec, Reply, SMFIA_INET, SMFIC_CONNECT, SMFIC_DATA, SMFIC_HELO, SMFIC_MAIL,
+    SMFIC_RCPT, SMFIP_HDR_LEADSPC, SMFI_CURR_ACTS, SMFI_CURR_PROT,
+};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
 
 /// A daemon under test with its files.
 pub struct TestDaemon {
@@ -34,24 +43,70 @@ mailboxes:
 ";
 
 impl TestDaemon {
-    /// Starts a daemon with the given policy files and extra config lines.
+    /// Starts a daemon with the given policy files and extra config lines (`{dir}` in them is
+    /// replaced by the test's private directory).
     pub async fn start(policies: &[(&str, &str)], extra_config: &str) -> TestDaemon {
+        Self::start_with("policy: [\"inet:127.0.0.1:0\"]\n", policies, extra_config).await
+    }
+
+    /// Starts a daemon with a milter listener on port 0 and its spool under the test dir.
+    pub async fn start_milter(policies: &[(&str, &str)], extra_config: &str) -> TestDaemon {
+        let front = "milter: [\"inet:127.0.0.1:0\"]\nsent_items: { spool: {dir}/spool }\n";
+        Self::start_with(front, policies, extra_config).await
+    }
+
+    /// Starts a daemon whose config begins with `front_ends` (listener lines); `{dir}` in
+    /// `front_ends` and `extra_config` stands for the test's directory.
+    pub async fn start_with(
+        front_ends: &str,
+        policies: &[(&str, &str)],
+        extra_config: &str,
+    ) -> TestDaemon {
         let dir = tempfile::tempdir().unwrap();
+        let extra_config = extra_config.replace("{dir}", &dir.path().display().to_string());
         let pdir = dir.path().join("policies");
         std::fs::create_dir(&pdir).unwrap();
         for (name, text) in policies {
             std::fs::write(pdir.join(name), text).unwrap();
         }
         let config_text = format!(
-            "policy: [\"inet:127.0.0.1:0\"]\npolicies: {}\naudit: {{ path: {} }}\n{extra_config}",
+            "{front_ends}policies: {}\naudit: {{ path: {} }}\n{extra_config}",
             pdir.display(),
             dir.path().join("audit.log").display()
-        );
+        )
+        .replace("{dir}", &dir.path().display().to_string());
         let path = dir.path().join("submitgate.yaml");
         std::fs::write(&path, &config_text).unwrap();
         let config = Config::load(&path).unwrap();
         let daemon = Daemon::start(config).await.unwrap();
         TestDaemon { daemon, dir }
+    }
+
+    /// The milter listener's port.
+    pub fn milter_port(&self) -> u16 {
+        match &self.daemon.milter_endpoints()[0] {
+            submitgate::endpoint::Endpoint::Inet { port, .. } => *port,
+            other => panic!("not inet: {other}"),
+        }
+    }
+
+    /// A new milter connection, not yet negotiated.
+    pub async fn milter(&self) -> MilterClient {
+        MilterClient::connect(self.milter_port()).await
+    }
+
+    /// The spool directory (for `start_milter`).
+    pub fn spool_dir(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    /// Committed spool entries, oldest first: (file name, message bytes, metadata JSON).
+    pub fn spool_entries(&self) -> Vec<(String, Vec<u8>, serde_json::Value)> {
+        read_spool_entries(&self.spool_dir())
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("submitgate.yaml")
     }
 
     pub fn policies_dir(&self) -> PathBuf {
@@ -60,6 +115,14 @@ impl TestDaemon {
 
     pub fn port(&self) -> u16 {
         match &self.daemon.policy_endpoints()[0] {
+            submitgate::endpoint::Endpoint::Inet { port, .. } => *port,
+            other => panic!("not inet: {other}"),
+        }
+    }
+
+    /// The port of the first auth policy listener (configure `auth_policy: ["inet:127.0.0.1:0"]`).
+    pub fn auth_policy_port(&self) -> u16 {
+        match &self.daemon.auth_policy_endpoints()[0] {
             submitgate::endpoint::Endpoint::Inet { port, .. } => *port,
             other => panic!("not inet: {other}"),
         }
@@ -153,6 +216,223 @@ encryption_keysize=256\npolicy_context=\n\n",
             if state == "RCPT" { "" } else { "ABCDEF1234" },
             self.instance,
             self.login,
+        )
+    }
+}
+
+/// Committed entries of the spool at `dir`, oldest first: (file name, message, metadata).
+/// Reads the entry format directly (message | metadata JSON | lengths | magic).
+pub fn read_spool_entries(dir: &Path) -> Vec<(String, Vec<u8>, serde_json::Value)> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("queue"))
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".msg"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let bytes = std::fs::read(dir.join("queue").join(&name)).unwrap();
+            let n = bytes.len();
+            assert!(n >= 24, "{name}: too short");
+            assert_eq!(&bytes[n - 8..], b"SGSPOOL1", "{name}: no magic");
+            let msg_len = u64::from_be_bytes(bytes[n - 24..n - 16].try_into().unwrap()) as usize;
+            let meta_len = u64::from_be_bytes(bytes[n - 16..n - 8].try_into().unwrap()) as usize;
+            assert_eq!(msg_len + meta_len + 24, n, "{name}: lengths");
+            let meta = serde_json::from_slice(&bytes[msg_len..msg_len + meta_len]).unwrap();
+            (name, bytes[..msg_len].to_vec(), meta)
+        })
+        .collect()
+}
+
+/// Files in the spool's `tmp/` (messages being written).
+pub fn spool_temp_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir.join("tmp"))
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// How long a test waits for a reply before failing.
+pub const REPLY_WAIT: Duration = Duration::from_secs(10);
+
+/// Bytes from a string.
+pub fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+/// One Postfix-like milter connection.
+pub struct MilterClient {
+    pub framed: Framed<TcpStream, MtaCodec>,
+    /// The protocol flags the filter chose at negotiation.
+    pub protocol: u32,
+}
+
+impl MilterClient {
+    pub async fn connect(port: u16) -> MilterClient {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        MilterClient {
+            framed: Framed::new(stream, MtaCodec::default()),
+            protocol: 0,
+        }
+    }
+
+    /// Sends one command.
+    pub async fn send(&mut self, command: Command) {
+        self.framed.send(command).await.unwrap();
+    }
+
+    /// The next reply; `None` when the filter closed the connection.
+    pub async fn recv(&mut self) -> Option<Reply> {
+        match tokio::time::timeout(REPLY_WAIT, self.framed.next()).await {
+            Ok(Some(Ok(r))) => Some(r),
+            Ok(Some(Err(e))) => panic!("bad reply: {e}"),
+            Ok(None) => None,
+            Err(_) => panic!("no reply within {REPLY_WAIT:?}"),
+        }
+    }
+
+    /// Sends a command and, if the negotiated flags say the filter answers it, returns the
+    /// answer (`Some(None)` would mean the filter closed instead).
+    pub async fn ask(&mut self, command: Command) -> Option<Reply> {
+        let wants = command.expects_reply(self.protocol);
+        self.send(command).await;
+        if wants {
+            Some(self.recv().await.expect("filter closed the connection"))
+        } else {
+            None
+        }
+    }
+
+    /// Negotiates with Postfix 3.7's offer (or `protocol` instead of its protocol word).
+    pub async fn negotiate_with(&mut self, protocol: u32) -> Reply {
+        let reply = self
+            .ask(Command::OptNeg {
+                version: 6,
+                actions: SMFI_CURR_ACTS,
+                protocol,
+            })
+            .await
+            .unwrap();
+        if let Reply::OptNeg { protocol, .. } = reply {
+            self.protocol = protocol;
+        }
+        reply
+    }
+
+    /// Negotiation, CONNECT and HELO, as Postfix does them.
+    pub async fn open(&mut self) {
+        self.open_with(SMFI_CURR_PROT).await;
+    }
+
+    pub async fn open_with(&mut self, offer: u32) {
+        self.negotiate_with(offer).await;
+        self.macros(SMFIC_CONNECT, &[("j", "mx.test"), ("{daemon_name}", "mx")])
+            .await;
+        let r = self
+            .ask(Command::Connect {
+                hostname: b("client.example"),
+                family: SMFIA_INET,
+                port: Some(40000),
+                address: b("192.0.2.10"),
+            })
+            .await;
+        assert!(matches!(r, None | Some(Reply::Continue)), "{r:?}");
+        self.macros(SMFIC_HELO, &[("{tls_version}", "TLSv1.3")])
+            .await;
+        let r = self.ask(Command::Helo(b("client.example"))).await;
+        assert!(matches!(r, None | Some(Reply::Continue)), "{r:?}");
+    }
+
+    pub async fn macros(&mut self, stage: u8, pairs: &[(&str, &str)]) {
+        self.send(Command::Macro {
+            stage,
+            macros: pairs.iter().map(|(n, v)| (b(n), b(v))).collect(),
+        })
+        .await;
+    }
+
+    /// MAIL FROM with `{auth_authen}` = `login` (no macro when `None`); returns the reply.
+    pub async fn mail(&mut self, login: Option<&str>) -> Reply {
+        let mut pairs = vec![("{mail_addr}", login.unwrap_or("anon@example.net"))];
+        if let Some(login) = login {
+            pairs.push(("{auth_type}", "PLAIN"));
+            pairs.push(("{auth_authen}", login));
+        }
+        self.macros(SMFIC_MAIL, &pairs).await;
+        let sender = format!("<{}>", login.unwrap_or("anon@example.net"));
+        self.ask(Command::Mail {
+            args: vec![b(&sender), b("size=100")],
+        })
+        .await
+        .expect("MAIL is always answered")
+    }
+
+    /// RCPT, DATA, headers, body chunks and EOM; returns the EOM reply. Header values are
+    /// given as the client wrote them after the colon (with their leading space); the client
+    /// strips it when `SMFIP_HDR_LEADSPC` was not negotiated, as Postfix does.
+    pub async fn message(
+        &mut self,
+        queue_id: &str,
+        rcpts: &[&str],
+        headers: &[(&str, &str)],
+        body: &[&[u8]],
+    ) -> Reply {
+        for rcpt in rcpts {
+            self.macros(SMFIC_RCPT, &[("{rcpt_addr}", rcpt)]).await;
+            let r = self
+                .ask(Command::Rcpt {
+                    args: vec![b(&format!("<{rcpt}>"))],
+                })
+                .await;
+            assert!(matches!(r, None | Some(Reply::Continue)), "{r:?}");
+        }
+        self.macros(SMFIC_DATA, &[("i", queue_id)]).await;
+        let r = self.ask(Command::Data).await;
+        assert!(matches!(r, None | Some(Reply::Continue)), "{r:?}");
+        for (name, value) in headers {
+            let value = if self.protocol & SMFIP_HDR_LEADSPC != 0 {
+                value.to_string()
+            } else {
+                value.strip_prefix(' ').unwrap_or(value).to_string()
+            };
+            let r = self
+                .ask(Command::Header {
+                    name: b(name),
+                    value: b(&value),
+                })
+                .await;
+            assert!(matches!(r, None | Some(Reply::Continue)), "{r:?}");
+        }
+        let r = self.ask(Command::EndOfHeaders).await;
+        assert!(matches!(r, None | Some(Reply::Continue)), "{r:?}");
+        for chunk in body {
+            let r = self.ask(Command::Body(Bytes::copy_from_slice(chunk))).await;
+            assert!(matches!(r, None | Some(Reply::Continue)), "{r:?}");
+        }
+        self.ask(Command::EndOfMessage(Bytes::new())).await.unwrap()
+    }
+
+    /// ABORT, as Postfix sends after each message.
+    pub async fn abort(&mut self) {
+        self.send(Command::Abort).await;
+    }
+
+    /// QUIT, then waits for the filter to close.
+    pub async fn quit(mut self) {
+        self.send(Command::Quit).await;
+        assert!(self.closed().await);
+    }
+
+    /// Whether the filter has closed the connection (waits up to [`REPLY_WAIT`]).
+    pub async fn closed(&mut self) -> bool {
+        matches!(
+            tokio::time::timeout(REPLY_WAIT, self.framed.next()).await,
+            Ok(None) | Ok(Some(Err(_)))
         )
     }
 }

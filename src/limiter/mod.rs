@@ -1,14 +1,18 @@
 //! Per-mailbox session leases: "at most N concurrent sessions for this mailbox". A front end
 //! asks [`Limiter::acquire`] and gets a [`Lease`] (a slot, given back exactly once: by
 //! [`Lease::release`] or, as a safety net, on drop) or a refusal. The limiter never knows which
-//! protocol asked. The in-memory backend counts with moka's atomic per-key compute; empty
-//! mailboxes leave no entry behind.
+//! protocol asked. Two backends behind the same API: [`memory`] (this process, moka's atomic
+//! per-key compute) and [`redis`] (shared by several MTAs: a sorted set per mailbox, atomic
+//! check-and-take in one Lua script, leases that expire by themselves when a node dies).
+
+pub mod memory;
+pub mod redis;
 
 use std::fmt;
 use std::sync::Arc;
 
-use moka::ops::compute::Op;
-use moka::sync::Cache;
+use self::memory::MemoryBackend;
+use self::redis::RedisBackend;
 
 /// The outcome of an acquire.
 #[derive(Debug)]
@@ -36,13 +40,12 @@ pub struct Limiter {
 
 enum Backend {
     Memory(MemoryBackend),
+    Redis(Box<RedisBackend>),
 }
 
 impl fmt::Debug for Limiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &*self.backend {
-            Backend::Memory(_) => f.write_str("Limiter(memory)"),
-        }
+        write!(f, "Limiter({})", self.backend_name())
     }
 }
 
@@ -60,32 +63,63 @@ impl Limiter {
         }
     }
 
-    /// Takes a slot for `mailbox` when fewer than `limit` are in use.
-    pub async fn acquire(&self, mailbox: &str, limit: u32) -> Acquire {
+    /// The shared backend (see [`redis`]). Needs a running tokio runtime: it starts the task
+    /// that keeps live leases from expiring.
+    pub fn redis(backend: RedisBackend) -> Self {
+        let limiter = Limiter {
+            backend: Arc::new(Backend::Redis(Box::new(backend))),
+        };
+        redis::start_refresher(&limiter);
+        limiter
+    }
+
+    /// The backend's name, for `status`.
+    pub fn backend_name(&self) -> &'static str {
         match &*self.backend {
-            Backend::Memory(m) => match m.acquire(mailbox, limit) {
-                Ok(in_use) => Acquire::Granted(Lease {
-                    limiter: self.clone(),
-                    mailbox: Arc::from(mailbox),
-                    in_use,
-                    released: false,
-                }),
-                Err(in_use) => Acquire::Refused { in_use, limit },
-            },
+            Backend::Memory(_) => "memory",
+            Backend::Redis(_) => "redis",
         }
     }
 
-    /// Sessions currently held for `mailbox`.
+    /// Takes a slot for `mailbox` when fewer than `limit` are in use.
+    pub async fn acquire(&self, mailbox: &str, limit: u32) -> Acquire {
+        let (id, outcome) = match &*self.backend {
+            Backend::Memory(m) => (0, m.acquire(mailbox, limit).map_err(Some)),
+            Backend::Redis(r) => {
+                let id = r.next_id();
+                match r.acquire(mailbox, limit, id).await {
+                    redis::Outcome::Granted(n) => (id, Ok(n)),
+                    redis::Outcome::Refused(n) => (id, Err(Some(n))),
+                    redis::Outcome::Unavailable => (id, Err(None)),
+                }
+            }
+        };
+        match outcome {
+            Ok(in_use) => Acquire::Granted(Lease {
+                limiter: self.clone(),
+                mailbox: Arc::from(mailbox),
+                id,
+                in_use,
+                released: false,
+            }),
+            Err(Some(in_use)) => Acquire::Refused { in_use, limit },
+            Err(None) => Acquire::Unavailable,
+        }
+    }
+
+    /// Sessions currently held for `mailbox` (across the cluster with Redis).
     pub async fn in_use(&self, mailbox: &str) -> u32 {
         match &*self.backend {
             Backend::Memory(m) => m.in_use(mailbox),
+            Backend::Redis(r) => r.in_use(mailbox).await.unwrap_or(0),
         }
     }
 
-    /// Every mailbox with live sessions, the busiest first.
+    /// Every mailbox with live sessions (across the cluster with Redis), the busiest first.
     pub async fn sessions(&self) -> Vec<MailboxSessions> {
         let mut v = match &*self.backend {
             Backend::Memory(m) => m.sessions(),
+            Backend::Redis(r) => r.sessions().await.unwrap_or_default(),
         };
         v.sort_by(|a, b| {
             b.sessions
@@ -95,9 +129,17 @@ impl Limiter {
         v
     }
 
-    fn release_slot(&self, mailbox: &str) {
+    async fn release_slot(&self, mailbox: &str, id: u64) {
         match &*self.backend {
             Backend::Memory(m) => m.release(mailbox),
+            Backend::Redis(r) => r.release(mailbox, id).await,
+        }
+    }
+
+    fn release_slot_on_drop(&self, mailbox: Arc<str>, id: u64) {
+        match &*self.backend {
+            Backend::Memory(m) => m.release(&mailbox),
+            Backend::Redis(r) => r.release_in_background(self.clone(), mailbox, id),
         }
     }
 }
@@ -108,6 +150,8 @@ impl Limiter {
 pub struct Lease {
     limiter: Limiter,
     mailbox: Arc<str>,
+    /// The backend's id for this slot (the Redis member), 0 for the memory backend.
+    id: u64,
     in_use: u32,
     released: bool,
 }
@@ -125,78 +169,20 @@ impl Lease {
 
     /// Gives the slot back.
     pub async fn release(mut self) {
-        self.release_now();
-    }
-
-    fn release_now(&mut self) {
         if !self.released {
             self.released = true;
-            self.limiter.release_slot(&self.mailbox);
+            self.limiter.release_slot(&self.mailbox, self.id).await;
         }
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.release_now();
-    }
-}
-
-/// Counts per mailbox in a moka cache; `and_compute_with` makes check-and-take atomic per key.
-struct MemoryBackend {
-    counts: Cache<Arc<str>, u32>,
-}
-
-impl MemoryBackend {
-    fn new() -> Self {
-        MemoryBackend {
-            counts: Cache::builder().build(),
+        if !self.released {
+            self.released = true;
+            self.limiter
+                .release_slot_on_drop(self.mailbox.clone(), self.id);
         }
-    }
-
-    /// `Ok(count after taking)` or `Err(count in use)` when full.
-    fn acquire(&self, mailbox: &str, limit: u32) -> Result<u32, u32> {
-        let mut outcome = Err(0);
-        self.counts
-            .entry(Arc::from(mailbox))
-            .and_compute_with(|entry| {
-                let current = entry.map_or(0, |e| e.into_value());
-                if current < limit {
-                    outcome = Ok(current + 1);
-                    Op::Put(current + 1)
-                } else {
-                    outcome = Err(current);
-                    Op::Nop
-                }
-            });
-        outcome
-    }
-
-    fn release(&self, mailbox: &str) {
-        self.counts
-            .entry(Arc::from(mailbox))
-            .and_compute_with(|entry| match entry.map(|e| e.into_value()) {
-                Some(n) if n > 1 => Op::Put(n - 1),
-                Some(_) => Op::Remove,
-                None => {
-                    tracing::error!(mailbox, "lease released for a mailbox with no sessions");
-                    Op::Nop
-                }
-            });
-    }
-
-    fn in_use(&self, mailbox: &str) -> u32 {
-        self.counts.get(mailbox).unwrap_or(0)
-    }
-
-    fn sessions(&self) -> Vec<MailboxSessions> {
-        self.counts
-            .iter()
-            .map(|(k, v)| MailboxSessions {
-                mailbox: k.to_string(),
-                sessions: v,
-            })
-            .collect()
     }
 }
 

@@ -1,0 +1,324 @@
+//! The control socket (`control: unix:PATH`, mode 0600): `submitgate status` and
+//! `submitgate reload` talk to the running daemon through it. One JSON request per line, one
+//! JSON reply per line; it only reads the daemon's public handles (limiter, policy snapshot,
+//! reload), never its internals.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::daemon::{Listeners, ReloadOutcome, ReloadRecord, Shared};
+use crate::endpoint::{Endpoint, Listener, Stream};
+
+/// Longest request line accepted on the control socket.
+const MAX_REQUEST: usize = 4096;
+/// How long a control client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A request on the control socket.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    Reload,
+}
+
+/// Live sessions of one mailbox with its limit.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MailboxStatus {
+    pub mailbox: String,
+    pub sessions: u32,
+    /// The limit the current policy gives this mailbox (none for an unknown organization).
+    pub limit: Option<u32>,
+}
+
+/// The policy in force.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PolicyStatus {
+    pub version: String,
+    pub loaded_at: String,
+    pub organizations: usize,
+    pub mailboxes: usize,
+    pub files: usize,
+}
+
+/// What `submitgate status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Status {
+    pub version: String,
+    pub started_at: String,
+    pub uptime_seconds: u64,
+    pub limiter: String,
+    pub policy: PolicyStatus,
+    pub last_reload: Option<ReloadStatus>,
+    pub listeners: serde_json::Value,
+    /// Mailboxes with live sessions, the busiest first.
+    pub sessions: Vec<MailboxStatus>,
+    /// Spool depth, when the daemon has a spool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool: Option<serde_json::Value>,
+}
+
+/// The last reload attempt.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReloadStatus {
+    pub at: String,
+    pub ok: bool,
+    #[serde(default)]
+    pub errors: Vec<String>,
+}
+
+impl From<ReloadRecord> for ReloadStatus {
+    fn from(r: ReloadRecord) -> Self {
+        ReloadStatus {
+            at: r.at,
+            ok: r.ok,
+            errors: r.errors,
+        }
+    }
+}
+
+/// The answer to `reload`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReloadReply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub unchanged: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+/// Builds the status from the daemon's public handles.
+pub async fn status(shared: &Shared) -> Status {
+    let snap = shared.ctx.policy.load_full();
+    let sessions = shared
+        .ctx
+        .limiter
+        .sessions()
+        .await
+        .into_iter()
+        .map(|s| MailboxStatus {
+            limit: snap.describe(&s.mailbox).effective_max_concurrent_sessions,
+            mailbox: s.mailbox,
+            sessions: s.sessions,
+        })
+        .collect();
+    Status {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        started_at: humantime::format_rfc3339_seconds(shared.started).to_string(),
+        uptime_seconds: SystemTime::now()
+            .duration_since(shared.started)
+            .map_or(0, |d| d.as_secs()),
+        limiter: shared.ctx.limiter.backend_name().to_string(),
+        policy: PolicyStatus {
+            version: snap.version.clone(),
+            loaded_at: humantime::format_rfc3339_seconds(snap.loaded_at).to_string(),
+            organizations: snap.organizations().len(),
+            mailboxes: snap.mailbox_count(),
+            files: snap.files.len(),
+        },
+        last_reload: shared.last_reload().map(ReloadStatus::from),
+        listeners: listeners_json(&shared.listeners),
+        sessions,
+        spool: None,
+    }
+}
+
+fn listeners_json(l: &Listeners) -> serde_json::Value {
+    serde_json::to_value(l).unwrap_or(serde_json::Value::Null)
+}
+
+/// Serves the control socket until shutdown.
+pub async fn serve(
+    listener: Listener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let shared = shared.clone();
+                tracker.spawn(async move {
+                    if let Err(e) = handle(stream, &shared).await {
+                        tracing::warn!("control socket: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!("control socket: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn handle(stream: Stream, shared: &Shared) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::new();
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
+        let mut limited = (&mut reader).take(MAX_REQUEST as u64);
+        limited.read_until(b'\n', &mut line).await
+    })
+    .await;
+    let reply = match read {
+        Err(_) => serde_json::json!({"error": "timed out waiting for the request"}),
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
+            Err(e) => serde_json::json!({"error": format!("bad request: {e}")}),
+            Ok(Request::Status) => serde_json::to_value(status(shared).await)
+                .unwrap_or_else(|e| serde_json::json!({"error": e.to_string()})),
+            Ok(Request::Reload) => {
+                let reply = match shared.reload().await {
+                    ReloadOutcome::Reloaded {
+                        version, unchanged, ..
+                    } => ReloadReply {
+                        ok: true,
+                        version: Some(version),
+                        unchanged,
+                        errors: Vec::new(),
+                    },
+                    ReloadOutcome::Failed(e) => ReloadReply {
+                        ok: false,
+                        version: Some(shared.ctx.policy.load().version.clone()),
+                        unchanged: false,
+                        errors: e.0.iter().map(|e| e.to_string()).collect(),
+                    },
+                };
+                serde_json::to_value(reply)
+                    .unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}))
+            }
+        },
+    };
+    let mut out = serde_json::to_vec(&reply).unwrap_or_default();
+    out.push(b'\n');
+    let stream = reader.get_mut();
+    stream.write_all(&out).await?;
+    stream.shutdown().await
+}
+
+/// Why the CLI could not talk to the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to the control socket {endpoint}: {source} (is submitgate running, and is `control` set in its configuration?)")]
+    Connect {
+        endpoint: Endpoint,
+        source: std::io::Error,
+    },
+    #[error("control socket {0}: {1}")]
+    Io(Endpoint, std::io::Error),
+    #[error("control socket {0}: unexpected reply: {1}")]
+    Reply(Endpoint, String),
+}
+
+/// Sends one request and returns the reply (CLI side).
+pub async fn request<T: serde::de::DeserializeOwned>(
+    endpoint: &Endpoint,
+    req: &Request,
+) -> Result<T, ClientError> {
+    let mut stream = endpoint
+        .connect()
+        .await
+        .map_err(|source| ClientError::Connect {
+            endpoint: endpoint.clone(),
+            source,
+        })?;
+    let mut line =
+        serde_json::to_vec(req).map_err(|e| ClientError::Reply(endpoint.clone(), e.to_string()))?;
+    line.push(b'\n');
+    let io = |e| ClientError::Io(endpoint.clone(), e);
+    stream.write_all(&line).await.map_err(io)?;
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut reply))
+        .await
+        .map_err(|_| ClientError::Reply(endpoint.clone(), "no reply within 60 s".into()))?
+        .map_err(|e| ClientError::Io(endpoint.clone(), e))?;
+    let value: serde_json::Value = serde_json::from_slice(&reply)
+        .map_err(|e| ClientError::Reply(endpoint.clone(), e.to_string()))?;
+    if let Some(err) = value.get("error").and_then(|e| e.as_str()) {
+        return Err(ClientError::Reply(endpoint.clone(), err.to_string()));
+    }
+    serde_json::from_value(value).map_err(|e| ClientError::Reply(endpoint.clone(), e.to_string()))
+}
+
+/// `submitgate status` as text.
+pub fn format_status(s: &Status) -> String {
+    let mut out = String::new();
+    let up = humantime::format_duration(Duration::from_secs(s.uptime_seconds));
+    out.push_str(&format!(
+        "submitgate {}, up {up} (since {}), limiter {}\n",
+        s.version, s.started_at, s.limiter
+    ));
+    out.push_str(&format!(
+        "policy: version {} loaded {} ({} organizations, {} mailboxes with own settings, {} files)\n",
+        s.policy.version, s.policy.loaded_at, s.policy.organizations, s.policy.mailboxes, s.policy.files
+    ));
+    match &s.last_reload {
+        None => out.push_str("last reload: none since start\n"),
+        Some(r) if r.ok => out.push_str(&format!("last reload: ok at {}\n", r.at)),
+        Some(r) => {
+            out.push_str(&format!(
+                "last reload: FAILED at {} (the policy above is still in force)\n",
+                r.at
+            ));
+            for e in &r.errors {
+                out.push_str(&format!("  {e}\n"));
+            }
+        }
+    }
+    if let Some(obj) = s.listeners.as_object() {
+        for (front_end, addrs) in obj {
+            let list = match addrs {
+                serde_json::Value::Array(a) => a
+                    .iter()
+                    .filter_map(|v| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                serde_json::Value::String(v) => v.clone(),
+                _ => continue,
+            };
+            if !list.is_empty() {
+                out.push_str(&format!("listener {front_end}: {list}\n"));
+            }
+        }
+    }
+    if let Some(spool) = &s.spool {
+        out.push_str(&format!("spool: {spool}\n"));
+    }
+    if s.sessions.is_empty() {
+        out.push_str("sessions: none\n");
+    } else {
+        let total: u32 = s.sessions.iter().map(|m| m.sessions).sum();
+        out.push_str(&format!(
+            "sessions: {total} across {} mailboxes (busiest first)\n",
+            s.sessions.len()
+        ));
+        let width = s
+            .sessions
+            .iter()
+            .map(|m| m.mailbox.len())
+            .max()
+            .unwrap_or(7)
+            .max(7);
+        out.push_str(&format!("  {:<width$}  SESSIONS  LIMIT\n", "MAILBOX"));
+        for m in &s.sessions {
+            out.push_str(&format!(
+                "  {:<width$}  {:>8}  {:>5}\n",
+                m.mailbox,
+                m.sessions,
+                m.limit.map_or("-".to_string(), |l| l.to_string())
+            ));
+        }
+    }
+    out
+}
