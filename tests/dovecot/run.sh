@@ -20,4 +20,4 @@ if ! getent passwd vmail >/dev/null; then
 fi
 # The package may have started a system-wide Dovecot; ours use their own ports, so it may stay.
 
-cargo test --test sent_items_maildir --test sent_items_imap --test sent_items_tls --test sent_items_daemon "$@"
+cargo test --test sent_items_maildir --test sent_items_imap --test sent_items_tls --test sent_items_daemon --test sent_items_milter "$@"
