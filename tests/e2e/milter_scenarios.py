@@ -8,13 +8,18 @@ fabrikam.com disabled (printer enabled for its mailbox).
 
 What only the milter can do is checked here: the client sees the exact 5.7.139 and 432 4.3.2
 texts with no Postfix prefix; the fourth concurrent session is refused until one of the three
-QUITs (sessions are counted, not submissions in flight); each accepted message has exactly one
-committed spool entry.
+QUITs (sessions are counted, not submissions in flight); each accepted message is copied once
+into the sender's Sent Items in the real Dovecot (IMAP APPEND as Dovecot's master user), marked
+\\Seen and byte-identical to what the client sent (issue 4, "End to end"); a mailbox with
+sent_items.enabled: false gets no copy.
 """
 
-import json
+import email.utils
+import imaplib
 import os
+import re
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,6 +36,10 @@ from e2e_lib import (  # noqa: E402
 )
 
 SPOOL_QUEUE = os.path.join(os.environ.get("E2E_SUITE_DIR", "."), "spool", "queue")
+IMAP_PORT = int(os.environ.get("E2E_IMAP_PORT", "10143"))
+HOST = os.environ.get("E2E_HOST", "127.0.0.1")
+PASSWORD = os.environ.get("E2E_PASSWORD", "")
+RECIPIENT = "someone@example.net"
 
 
 def exact(reply, code, line):
@@ -39,29 +48,97 @@ def exact(reply, code, line):
     check(got == f"{code} {line}", f"expected exactly {code} {line!r}, got {got!r}")
 
 
-def spool_queue_ids():
-    """Queue ids of the committed spool entries (read from each entry's metadata trailer)."""
-    ids = []
-    for name in sorted(os.listdir(SPOOL_QUEUE)) if os.path.isdir(SPOOL_QUEUE) else []:
-        if not name.endswith(".msg"):
-            continue
-        with open(os.path.join(SPOOL_QUEUE, name), "rb") as f:
-            data = f.read()
-        check(data[-8:] == b"SGSPOOL1", f"{name}: not a whole entry")
-        msg_len = int.from_bytes(data[-24:-16], "big")
-        meta_len = int.from_bytes(data[-16:-8], "big")
-        ids.append(json.loads(data[msg_len : msg_len + meta_len])["queue_id"])
-    return ids
+def sent_items(user):
+    """Every message in the user's Sent Items: {Message-ID: [(flags, raw bytes), ...]}."""
+    imap = imaplib.IMAP4(HOST, IMAP_PORT, timeout=10)
+    try:
+        imap.login(user, PASSWORD)
+        typ, _ = imap.select('"Sent Items"', readonly=True)
+        check(typ == "OK", f"cannot select Sent Items of {user}")
+        typ, data = imap.uid("SEARCH", None, "ALL")
+        found = {}
+        for uid in data[0].split():
+            typ, parts = imap.uid("FETCH", uid, "(FLAGS BODY.PEEK[])")
+            check(typ == "OK", f"FETCH {uid} failed")
+            flags = parts[0][0].decode()
+            raw = parts[0][1]
+            mid = re.search(rb"(?im)^message-id:\s*(<[^>]+>)", raw)
+            key = mid.group(1).decode() if mid else f"uid {uid.decode()}"
+            found.setdefault(key, []).append((flags, raw))
+        return found
+    finally:
+        try:
+            imap.logout()
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+
+
+def wait_for_copies(user, message_ids, timeout=20):
+    """Waits until every Message-ID is in the user's Sent Items; returns what is there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = sent_items(user)
+        if all(m in found for m in message_ids) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def spool_pending():
+    if not os.path.isdir(SPOOL_QUEUE):
+        return []
+    return [n for n in os.listdir(SPOOL_QUEUE) if n.endswith(".msg")]
+
+
+def send_raw(s, sender, subject, body_lines):
+    """Sends a message with our own Message-ID and body; returns (queue id, Message-ID, bytes)."""
+    mid = email.utils.make_msgid(domain="e2e.submitgate.test")
+    raw = (
+        f"From: <{sender}>\r\nTo: <{RECIPIENT}>\r\nSubject: {subject}\r\n"
+        f"Message-ID: {mid}\r\nDate: {email.utils.formatdate()}\r\n"
+        "X-Folded: first part\r\n second part\r\n\r\n"
+        + "".join(line + "\r\n" for line in body_lines)
+    ).encode()
+    s.mail(sender)
+    reply = s.rcpt(RECIPIENT)
+    check(reply[0] == 250, f"RCPT TO answered {text(reply)}")
+    code, msg = s.smtp.data(raw)
+    check(code == 250, f"end of DATA answered {code} {msg!r}")
+    qid = msg.decode().rsplit(" ", 1)[-1]
+    return qid, mid, raw
 
 
 def allowed_message_is_copied():
     s = Submission("bob@contoso.com").authenticate_ok()
     try:
-        qid = s.send(subject="milter e2e allowed")
+        body = ["line one", ".leading dot survives", "", "x" * 900, "last line"]
+        qid, mid, raw = send_raw(s, "bob@contoso.com", "milter e2e allowed", body)
     finally:
         s.quit()
-    check(qid in spool_queue_ids(), f"no spool entry for queue id {qid}")
-    return f"250, queued as {qid}, copy spooled"
+    found = wait_for_copies("bob@contoso.com", [mid])
+    copies = found.get(mid, [])
+    check(len(copies) == 1, f"{len(copies)} copies of {mid} in bob's Sent Items")
+    flags, stored = copies[0]
+    check("\\Seen" in flags, f"copy not \\Seen: {flags}")
+    # The copy is the message as the client submitted it (Postfix adds its headers only to the
+    # delivered message, not to what the milter sees before its own Received line).
+    check(stored == raw, f"copy differs from what was sent:\n{stored!r}\n!=\n{raw!r}")
+    return f"250, queued as {qid}; one \\Seen copy in Dovecot, byte-identical"
+
+
+def no_copy_when_sent_items_disabled():
+    s = Submission("nocopy@contoso.com").authenticate_ok()
+    try:
+        qid, mid, _ = send_raw(s, "nocopy@contoso.com", "milter e2e no copy", ["no copy"])
+    finally:
+        s.quit()
+    # Give a copy time to appear if one were (wrongly) made.
+    time.sleep(2)
+    found = sent_items("nocopy@contoso.com")
+    check(mid not in found, "a copy was stored although sent_items.enabled is false")
+    events = AuditLog().events()
+    stored = matching(events, event="sent_copy_stored", mailbox="nocopy@contoso.com")
+    check(not stored, f"sent_copy_stored for nocopy: {stored}")
+    return f"250, queued as {qid}; no copy"
 
 
 def mailbox_disabled_verbatim():
@@ -116,29 +193,36 @@ def fourth_session_waits_for_a_quit():
     return f"432 4.3.2 for the fourth until a QUIT, then 250 ({qid})"
 
 
-def one_spool_entry_per_message():
-    before = spool_queue_ids()
+def one_copy_per_message():
     sent = []
     s = Submission("erin@contoso.com").authenticate_ok()
     try:
-        sent.append(s.send(subject="milter e2e one"))
-        sent.append(s.send(subject="milter e2e two"))
+        sent.append(send_raw(s, "erin@contoso.com", "milter e2e one", ["one"])[1])
+        sent.append(send_raw(s, "erin@contoso.com", "milter e2e two", ["two"])[1])
     finally:
         s.quit()
     s = Submission("erin@contoso.com").authenticate_ok()
     try:
-        sent.append(s.send(subject="milter e2e three"))
+        sent.append(send_raw(s, "erin@contoso.com", "milter e2e three", ["three"])[1])
     finally:
         s.quit()
-    new = spool_queue_ids()[len(before):]
-    check(sorted(new) == sorted(sent), f"spool entries {new} for messages {sent}")
+    found = wait_for_copies("erin@contoso.com", sent)
+    counts = {m: len(found.get(m, [])) for m in sent}
+    check(all(n == 1 for n in counts.values()), f"copies per message: {counts}")
     events = AuditLog().wait_until(
         lambda ev: len(matching(ev, event="session_closed", mailbox="erin@contoso.com")) >= 2
     )
     closed = matching(events, event="session_closed", mailbox="erin@contoso.com")
     check([e.get("messages") for e in closed] == [2, 1], f"session_closed events: {closed}")
     check(all(e.get("front_end") == "milter" for e in closed), "front_end is not milter")
-    return f"{len(sent)} messages, {len(new)} entries"
+    stored = matching(events, event="sent_copy_stored", mailbox="erin@contoso.com")
+    check(len(stored) == 3, f"{len(stored)} sent_copy_stored events for 3 messages")
+    # Delivered entries leave the spool.
+    deadline = time.monotonic() + 10
+    while spool_pending() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    check(not spool_pending(), f"entries left in the spool: {spool_pending()}")
+    return f"{len(sent)} messages, one copy each, spool empty"
 
 
 def audit_has_the_decisions():
@@ -163,6 +247,7 @@ if __name__ == "__main__":
     sc.run("mailbox_disabled_verbatim", mailbox_disabled_verbatim)
     sc.run("org_disabled_verbatim", org_disabled_verbatim)
     sc.run("fourth_session_waits_for_a_quit", fourth_session_waits_for_a_quit)
-    sc.run("one_spool_entry_per_message", one_spool_entry_per_message)
+    sc.run("one_copy_per_message", one_copy_per_message)
+    sc.run("no_copy_when_sent_items_disabled", no_copy_when_sent_items_disabled)
     sc.run("audit_has_the_decisions", audit_has_the_decisions)
     sc.exit()

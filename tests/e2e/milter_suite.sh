@@ -23,6 +23,7 @@ suite_setup() {
   mkdir -p "$E2E_SUITE_DIR/policies"
   # contoso: enabled organization (limit 3). alice: disabled for her mailbox. carol: the
   # concurrency scenario's own mailbox. erin: sends the messages whose copies are counted.
+  # nocopy: sent_items disabled, so no copy at all.
   cat >"$E2E_SUITE_DIR/policies/contoso.yaml" <<'EOF'
 organization: contoso
 domains: [contoso.com]
@@ -34,6 +35,7 @@ mailboxes:
   bob@contoso.com: {}
   carol@contoso.com: {}
   erin@contoso.com: {}
+  nocopy@contoso.com: { sent_items: { enabled: false } }
 EOF
   # fabrikam: disabled organization; printer is allowed for its mailbox.
   cat >"$E2E_SUITE_DIR/policies/fabrikam.yaml" <<'EOF'
@@ -52,6 +54,13 @@ audit: { path: $E2E_AUDIT_LOG }
 limiter: { backend: memory }
 sent_items:
   spool: $E2E_SUITE_DIR/spool
-  store: { backend: maildir, root: "$E2E_SUITE_DIR/mail/{domain}/{local}/Maildir" }
+  # Copies go into each sender's Sent Items in the run's Dovecot, as its master user.
+  store:
+    backend: imap
+    address: "$E2E_HOST:$E2E_IMAP_PORT"
+    tls: none
+    login: master_user
+    master_user: submitgate
+    master_password_file: $WORK/master.secret
 EOF
 }

@@ -35,16 +35,20 @@ export E2E_SASL_PORT=${E2E_SASL_PORT:-10044}
 export E2E_IMAP_PORT=${E2E_IMAP_PORT:-10143}
 # Every test user has this password (Dovecot passwd-file, {PLAIN} scheme).
 export E2E_PASSWORD='e2e-Secret-1'
+# Dovecot master user "submitgate" (Sent Items delivery over IMAP); its secret is in
+# $WORK/master.secret (E2E_MASTER_PASSWORD_FILE).
+export E2E_MASTER_PASSWORD='e2e-Master-7'
 # Logins known to Dovecot. Which organization and settings they have is up to each suite's
 # policy files; a login whose domain no policy file claims is an "unknown organization".
 E2E_USERS=(
   alice@contoso.com bob@contoso.com carol@contoso.com erin@contoso.com scanner@contoso.com
+  nocopy@contoso.com
   frank
   printer@fabrikam.com dave@fabrikam.com grace@fabrikam.com
   mallory@unknown.example
 )
 
-PACKAGES=(postfix dovecot-core dovecot-imapd redis-server swaks miltertest python3)
+PACKAGES=(postfix dovecot-core dovecot-imapd redis-server swaks miltertest python3 openssl)
 SUBMISSION_SERVICE="$E2E_HOST:$E2E_SUBMISSION_PORT/inet"
 
 log() { printf '=== %s\n' "$*" >&2; }
@@ -178,6 +182,12 @@ start_dovecot() {
   done
   chmod 0640 "$WORK/users"
   chgrp dovecot "$WORK/users"
+  # The master user submitgate's IMAP store logs in as (LOGIN "user*submitgate" secret).
+  printf 'submitgate:{PLAIN}%s::::::\n' "$E2E_MASTER_PASSWORD" >"$WORK/masters"
+  printf '%s\n' "$E2E_MASTER_PASSWORD" >"$WORK/master.secret"
+  chmod 0640 "$WORK/masters"
+  chgrp dovecot "$WORK/masters"
+  chmod 0600 "$WORK/master.secret"
 
   cat >"$WORK/dovecot.conf" <<EOF
 # Private Dovecot for submitgate's end-to-end tests (tests/e2e/run.sh).
@@ -198,6 +208,13 @@ mail_uid = vmail
 mail_gid = vmail
 mail_location = maildir:$WORK/mail/%u
 
+auth_master_user_separator = *
+passdb {
+  driver = passwd-file
+  args = scheme=PLAIN $WORK/masters
+  master = yes
+  result_success = continue
+}
 passdb {
   driver = passwd-file
   args = scheme=PLAIN $WORK/users
