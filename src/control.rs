@@ -126,7 +126,13 @@ pub async fn status(shared: &Shared) -> Status {
         last_reload: shared.last_reload().map(ReloadStatus::from),
         listeners: listeners_json(&shared.listeners),
         sessions,
-        spool: None,
+        spool: match &shared.spool {
+            None => None,
+            Some(spool) => Some(match spool.counts().await {
+                Ok(c) => serde_json::to_value(c).unwrap_or(serde_json::Value::Null),
+                Err(e) => serde_json::json!({ "error": e.to_string() }),
+            }),
+        },
     }
 }
 
@@ -293,7 +299,23 @@ pub fn format_status(s: &Status) -> String {
         }
     }
     if let Some(spool) = &s.spool {
-        out.push_str(&format!("spool: {spool}\n"));
+        let n = |k: &str| spool.get(k).and_then(|v| v.as_u64());
+        match (n("pending"), n("failed")) {
+            (Some(pending), Some(failed)) => {
+                let oldest = n("oldest_pending")
+                    .map(|secs| {
+                        format!(
+                            " (oldest {})",
+                            humantime::format_duration(Duration::from_secs(secs))
+                        )
+                    })
+                    .unwrap_or_default();
+                out.push_str(&format!(
+                    "spool: {pending} pending{oldest}, {failed} failed\n"
+                ));
+            }
+            _ => out.push_str(&format!("spool: {spool}\n")),
+        }
     }
     if s.sessions.is_empty() {
         out.push_str("sessions: none\n");

@@ -106,6 +106,8 @@ pub struct Shared {
     /// The addresses each front end listens on (real ports when 0 was configured).
     pub listeners: Listeners,
     pub started: SystemTime,
+    /// The Sent Items spool, when the daemon has one (for `status`).
+    pub spool: Option<Spool>,
     reload_lock: Mutex<()>,
     last_reload: std::sync::Mutex<Option<ReloadRecord>>,
 }
@@ -337,6 +339,7 @@ impl Daemon {
             config: Arc::new(config),
             ctx,
             started: SystemTime::now(),
+            spool: spool.clone(),
             reload_lock: Mutex::new(()),
             last_reload: std::sync::Mutex::new(None),
         });

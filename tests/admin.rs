@@ -340,3 +340,28 @@ async fn concurrent_setters_both_land_and_get_round_trips() {
         assert!(err.contains(msg), "{args:?}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_milter_sessions_and_the_spool() {
+    use submitgate::milter::codec::Reply;
+    // No store: copies stay in the spool, so status has something to count.
+    let t = TestDaemon::start_milter(&[("contoso.yaml", CONTOSO)], CONTROL).await;
+    let mut m = t.milter().await;
+    m.open().await;
+    assert_eq!(m.mail(Some("bob@contoso.com")).await, Reply::Continue);
+    let r = m
+        .message("Q1", &["x@example.net"], &[("Subject", " s")], &[b"x\r\n"])
+        .await;
+    assert_eq!(r, Reply::Continue);
+    let s = status(&t).await;
+    assert_eq!(s.sessions[0].mailbox, "bob@contoso.com");
+    assert_eq!(s.sessions[0].sessions, 1);
+    let spool = s.spool.expect("spool counts");
+    assert_eq!(spool["pending"], 1);
+    assert_eq!(spool["failed"], 0);
+    let out = cli(&t, &["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("spool: 1 pending (oldest "), "{text}");
+    assert!(text.contains("listener milter: inet:127.0.0.1:"), "{text}");
+    m.quit().await;
+}
