@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::audit::{Audit, AuditEvent, AuditWriter, EventKind};
 use crate::config::{Config, LimiterConfig, Replies, SmtpReply};
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, Listener};
 use crate::limiter::Limiter;
 use crate::milter;
 use crate::policy::{self, PolicyErrors, PolicySnapshot, RejectReason};
@@ -207,6 +207,23 @@ impl Daemon {
         } else {
             None
         };
+        // Bind everything before anything runs: a listener that cannot be bound stops the start
+        // cleanly, with no worker or front end left behind.
+        let mode = config.unix_socket_mode;
+        let policy_listeners = bind_all(&config.policy_listeners, mode, "policy front end").await?;
+        let milter_listeners = bind_all(&config.milter_listeners, mode, "milter front end").await?;
+        let auth_policy_listeners =
+            bind_all(&config.auth_policy_listeners, mode, "auth policy (Dovecot)").await?;
+        let control = match &config.control {
+            Some(endpoint) => Some(endpoint.bind(config.control_socket_mode).await.map_err(
+                |source| StartError::Bind {
+                    endpoint: endpoint.clone(),
+                    source,
+                },
+            )?),
+            None => None,
+        };
+
         let sent_items = match &spool {
             Some(spool) if config.sent_items.deliver => Some(start_sent_items(
                 spool.clone(),
@@ -225,67 +242,40 @@ impl Daemon {
             None => None,
         };
 
+        let policy_settings = postfix_policy::server::Settings {
+            lease_idle_timeout: config.lease_idle_timeout,
+        };
         let mut policy_endpoints = Vec::new();
-        for endpoint in &config.policy_listeners {
-            let listener = endpoint
-                .bind(config.unix_socket_mode)
-                .await
-                .map_err(|source| {
-                    // Stop what already runs (the delivery workers).
-                    shutdown.cancel();
-                    StartError::Bind {
-                        endpoint: endpoint.clone(),
-                        source,
-                    }
-                })?;
-            let bound = listener
-                .local_endpoint()
-                .unwrap_or_else(|_| endpoint.clone());
-            tracing::info!(listener = %bound, "policy front end listening");
+        for (listener, bound) in policy_listeners {
             policy_endpoints.push(bound);
             tracker.spawn(postfix_policy::server::serve(
                 listener,
                 ctx.clone(),
-                postfix_policy::server::Settings {
-                    lease_idle_timeout: config.lease_idle_timeout,
-                },
+                policy_settings.clone(),
                 connections.clone(),
                 shutdown.clone(),
                 tracker.clone(),
             ));
         }
+        let milter_settings = Arc::new(milter::server::Settings {
+            timeout: config.milter_timeout,
+            max_frame: config.milter_max_frame,
+            spool: spool.clone(),
+        });
         let mut milter_endpoints = Vec::new();
-        if !config.milter_listeners.is_empty() {
-            let settings = Arc::new(milter::server::Settings {
-                timeout: config.milter_timeout,
-                max_frame: config.milter_max_frame,
-                spool: spool.clone(),
-            });
-            for endpoint in &config.milter_listeners {
-                let listener = endpoint
-                    .bind(config.unix_socket_mode)
-                    .await
-                    .map_err(|source| StartError::Bind {
-                        endpoint: endpoint.clone(),
-                        source,
-                    })?;
-                let bound = listener
-                    .local_endpoint()
-                    .unwrap_or_else(|_| endpoint.clone());
-                tracing::info!(listener = %bound, "milter front end listening");
-                milter_endpoints.push(bound);
-                tracker.spawn(milter::server::serve(
-                    listener,
-                    ctx.clone(),
-                    settings.clone(),
-                    connections.clone(),
-                    shutdown.clone(),
-                    tracker.clone(),
-                ));
-            }
+        for (listener, bound) in milter_listeners {
+            milter_endpoints.push(bound);
+            tracker.spawn(milter::server::serve(
+                listener,
+                ctx.clone(),
+                milter_settings.clone(),
+                connections.clone(),
+                shutdown.clone(),
+                tracker.clone(),
+            ));
         }
         let mut auth_policy_endpoints = Vec::new();
-        if !config.auth_policy_listeners.is_empty() {
+        if !auth_policy_listeners.is_empty() {
             let auth_policy = crate::auth_policy::AuthPolicy::new(
                 ctx.clone(),
                 crate::auth_policy::Settings {
@@ -294,18 +284,7 @@ impl Daemon {
                 },
             );
             let router = Arc::new(auth_policy.routes(crate::http_server::Router::new()));
-            for endpoint in &config.auth_policy_listeners {
-                let listener = endpoint
-                    .bind(config.unix_socket_mode)
-                    .await
-                    .map_err(|source| StartError::Bind {
-                        endpoint: endpoint.clone(),
-                        source,
-                    })?;
-                let bound = listener
-                    .local_endpoint()
-                    .unwrap_or_else(|_| endpoint.clone());
-                tracing::info!(listener = %bound, "auth policy (Dovecot) listening");
+            for (listener, bound) in auth_policy_listeners {
                 auth_policy_endpoints.push(bound);
                 tracker.spawn(crate::http_server::serve(
                     "auth policy",
@@ -317,15 +296,6 @@ impl Daemon {
                 ));
             }
         }
-        let control = match &config.control {
-            Some(endpoint) => Some(endpoint.bind(config.control_socket_mode).await.map_err(
-                |source| StartError::Bind {
-                    endpoint: endpoint.clone(),
-                    source,
-                },
-            )?),
-            None => None,
-        };
         let shared = Arc::new(Shared {
             listeners: Listeners {
                 policy: policy_endpoints.iter().map(|e| e.to_string()).collect(),
@@ -576,6 +546,30 @@ fn start_sent_items(
         tracker,
     );
     Ok(SentItems { spool, delivery })
+}
+
+/// Binds every endpoint of one front end, logging each; the first failure names its endpoint.
+async fn bind_all(
+    endpoints: &[Endpoint],
+    unix_mode: u32,
+    front_end: &str,
+) -> Result<Vec<(Listener, Endpoint)>, StartError> {
+    let mut bound = Vec::with_capacity(endpoints.len());
+    for endpoint in endpoints {
+        let listener = endpoint
+            .bind(unix_mode)
+            .await
+            .map_err(|source| StartError::Bind {
+                endpoint: endpoint.clone(),
+                source,
+            })?;
+        let local = listener
+            .local_endpoint()
+            .unwrap_or_else(|_| endpoint.clone());
+        tracing::info!(listener = %local, "{front_end} listening");
+        bound.push((listener, local));
+    }
+    Ok(bound)
 }
 
 fn join_error(e: tokio::task::JoinError) -> PolicyErrors {
