@@ -150,6 +150,11 @@ impl Daemon {
     /// Loads the policy (an invalid policy stops the start), opens the audit log, binds every
     /// listener and starts serving.
     pub async fn start(config: Config) -> Result<Daemon, StartError> {
+        let watch = if config.watch_policies {
+            watch_policy_dir(&config.policies_dir)
+        } else {
+            None
+        };
         let opts = config.policy_options();
         let dir = config.policies_dir.clone();
         let snapshot = tokio::task::spawn_blocking(move || policy::load_dir(&dir, &opts))
@@ -325,8 +330,8 @@ impl Daemon {
                 tracker.clone(),
             ));
         }
-        if shared.config.watch_policies {
-            tracker.spawn(watch_policies(shared.clone(), shutdown.clone()));
+        if let Some(watch) = watch {
+            tracker.spawn(run_policy_watch(watch, shared.clone(), shutdown.clone()));
         }
         Ok(Daemon {
             shared,
@@ -473,12 +478,20 @@ impl Shared {
 /// How long the policy directory must be quiet before a reload: editors write in bursts.
 const WATCH_DEBOUNCE: Duration = Duration::from_millis(300);
 
-/// Watches the policy directory and reloads after changes (debounced). Editors that save via
-/// rename are seen as a create/rename in the directory. A watcher that cannot start leaves
-/// SIGHUP and `submitgate reload` working; the error is logged.
-async fn watch_policies(shared: Arc<Shared>, shutdown: CancellationToken) {
+/// A watch on the policy directory, registered before the policy is first loaded so that no
+/// change between the load and the watch can be missed.
+struct PolicyWatch {
+    watcher: notify::RecommendedWatcher,
+    dir: std::path::PathBuf,
+    changes: tokio::sync::mpsc::UnboundedReceiver<()>,
+}
+
+/// Starts watching `dir` for changes to policy files (editors that save via rename are seen as
+/// a create/rename in the directory). A watch that cannot start leaves SIGHUP and
+/// `submitgate reload` working; the error is logged.
+fn watch_policy_dir(dir: &std::path::Path) -> Option<PolicyWatch> {
     use notify::{RecursiveMode, Watcher};
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, changes) = tokio::sync::mpsc::unbounded_channel();
     let handler = move |res: notify::Result<notify::Event>| match res {
         Ok(ev) => {
             let relevant = ev.paths.iter().any(|p| {
@@ -492,30 +505,44 @@ async fn watch_policies(shared: Arc<Shared>, shutdown: CancellationToken) {
         }
         Err(e) => tracing::warn!("policy watcher: {e}"),
     };
-    let dir = shared.config.policies_dir.clone();
-    let mut watcher = match notify::recommended_watcher(handler)
-        .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w))
+    match notify::recommended_watcher(handler)
+        .and_then(|mut w| w.watch(dir, RecursiveMode::NonRecursive).map(|()| w))
     {
-        Ok(w) => w,
+        Ok(watcher) => {
+            tracing::info!(dir = %dir.display(), "watching the policy directory for changes");
+            Some(PolicyWatch {
+                watcher,
+                dir: dir.to_path_buf(),
+                changes,
+            })
+        }
         Err(e) => {
             tracing::error!(
                 dir = %dir.display(),
                 "cannot watch the policy directory ({e}); reload with SIGHUP or `submitgate reload`"
             );
-            return;
+            None
         }
-    };
-    tracing::info!(dir = %dir.display(), "watching the policy directory for changes");
+    }
+}
+
+/// Reloads after changes, debounced: a burst of writes is one reload.
+async fn run_policy_watch(
+    mut watch: PolicyWatch,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    use notify::Watcher;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            ev = rx.recv() => if ev.is_none() { break },
+            ev = watch.changes.recv() => if ev.is_none() { break },
         }
         // Debounce: wait until the directory has been quiet for a moment.
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                more = tokio::time::timeout(WATCH_DEBOUNCE, rx.recv()) => match more {
+                more = tokio::time::timeout(WATCH_DEBOUNCE, watch.changes.recv()) => match more {
                     Ok(Some(())) => continue,
                     Ok(None) | Err(_) => break,
                 },
@@ -524,7 +551,7 @@ async fn watch_policies(shared: Arc<Shared>, shutdown: CancellationToken) {
         tracing::info!("policy files changed; reloading");
         shared.reload().await;
     }
-    let _ = watcher.unwatch(&dir);
+    let _ = watch.watcher.unwatch(&watch.dir);
 }
 
 /// Starts the delivery workers from the daemon's spool into the configured store.
