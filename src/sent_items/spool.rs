@@ -37,39 +37,40 @@
 //!
 //! # Commit sequence: group commit, 1 + 1/n fsyncs per message
 //!
-//! [`SpoolWriter::commit`] has two stages. First, on its own blocking-pool thread and so
-//! concurrently with every other commit:
+//! [`SpoolWriter::commit`] first works on its own blocking-pool thread, concurrently with every
+//! other commit:
 //! 1. write the rest of the message, the metadata and the footer to `tmp/<pid>-<seq>.tmp`
 //!    (created only now for a message that fits in the buffer);
 //! 2. `fdatasync` the file (**fsync 1**, one per message; fdatasyncs that overlap can share
-//!    the device's cache flushes, and on a journaling file system its journal commits).
+//!    the device's cache flushes, and on a journaling file system its journal commits);
+//! 3. `rename` it to `queue/<id>.msg` — atomic: the entry appears complete or not at all, and
+//!    only with its data already durable.
 //!
-//! Then the commit joins the spool's commit queue. A commit that finds no batch in progress
-//! becomes the committer and, on the same thread, repeats until the queue is empty:
-//! 3. take every commit waiting — a batch is simply whatever queued up while the previous
+//! The rename is not durable yet. The commit joins the spool's commit queue, and a commit that
+//! finds no batch in progress becomes the committer and, on the same thread, repeats until the
+//! queue is empty:
+//! 4. take every commit waiting — a batch is simply whatever queued up while the previous
 //!    batch was syncing; nothing waits for company, so a lone commit is a batch of one and
 //!    costs what it did before batching existed;
-//! 4. `rename` each temp file to `queue/<id>.msg` — atomic: an entry appears complete or not
-//!    at all, and only with its data already durable (step 2);
-//! 5. `fsync` the `queue/` directory (**fsync 2**) **once for the whole batch**, after which
-//!    every rename in it survives a crash;
+//! 5. `fsync` the `queue/` directory (**fsync 2**) **once for the whole batch**: every rename
+//!    in it happened before this fsync started, so all of them survive a crash after it;
 //! 6. answer each commit of the batch: only then does the milter reply "continue".
 //!
 //! With `n` commits in a batch that is `1 + 1/n` fsyncs per message: 2 without concurrency,
-//! towards 1 under load. The committer answers its own commit with its batch and drains later
-//! batches while its caller has already moved on. One committer runs at a time, so the
-//! directory fsyncs of commits never overlap: a commit that arrives during one waits for it to
-//! end, then goes into the next batch (this wait is the price of sharing the fsync).
+//! towards 1 under load. Renames stay on the commits' own threads, so a slow rename delays
+//! only its own commit, never a batch. One committer runs at a time: a commit that arrives
+//! during a directory fsync waits for it to end, then goes into the next batch (the price of
+//! sharing the fsync). The committer answers its own commit with its batch and drains later
+//! batches while its caller has already moved on.
 //!
-//! A batch commits or fails as a whole. If the directory fsync fails, no entry of the batch is
-//! known to be durable; if a rename fails, `queue/` is in trouble (full, read-only, failing)
-//! and the one fsync that would cover the others is not trusted after it. Either way every
-//! entry of the batch already renamed is unlinked again (best effort, then one more directory
-//! fsync) and every commit of the batch fails, so that the milter tempfails each of those
-//! messages and none of them gets a copy. A crash before step 4 leaves temp files, removed at
-//! the next open; between 4 and 5 each renamed entry either survived whole or vanished, with
-//! Postfix never having heard "continue" for any of them. No `tmp/` fsync is needed: a lost
-//! unlink of a temp name only leaves a name that the next open removes.
+//! If a step fails, the commit fails and leaves nothing visible: before step 3 its temp file is
+//! removed; a failed rename concerns that commit only. If the directory fsync fails, no entry
+//! of the batch is known to be durable: every commit of the batch fails and every entry of it
+//! is unlinked again (best effort, then one more directory fsync), so that the milter
+//! tempfails those messages and none of them gets a copy. A crash before step 3 leaves temp
+//! files, removed at the next open; between 3 and 5 a renamed entry either survived whole or
+//! vanished, with Postfix never having heard "continue" for it. No `tmp/` fsync is needed: a
+//! lost unlink of a temp name only leaves a name that the next open removes.
 //!
 //! # Writing from async code
 //!
@@ -77,8 +78,8 @@
 //! is full it is written through on tokio's blocking pool (a page-cache write can stall under
 //! dirty-page throttling, which must not stop the runtime). The temp file is created lazily by
 //! the first write-through or by the commit, so a 10 KiB message costs one blocking-pool hop at
-//! commit: `open`, one `write`, `fdatasync`, then (on whichever thread commits its batch)
-//! `rename` and its share of one directory `fsync`; the caller awaits the answer on a channel.
+//! commit: `open`, one `write`, `fdatasync`, `rename`, `close`, then its share of one directory
+//! `fsync` on whichever thread commits its batch; the caller awaits the answer on a channel.
 //! A message aborted before 64 KiB never touches the disk. Memory per writer stays below
 //! `WRITE_BUFFER` plus the largest chunk passed to `write`.
 //!
@@ -157,9 +158,6 @@ pub enum SpoolError {
     /// Metadata that cannot be encoded (a time outside 1970..9999).
     #[error("spool entry {}: cannot encode metadata: {reason}", path.display())]
     Encode { path: PathBuf, reason: String },
-    /// A commit withdrawn because another commit of its batch failed (see the module doc).
-    #[error("spool: commit withdrawn with its batch, nothing committed: {reason}")]
-    BatchFailed { reason: String },
     /// A writer whose earlier write failed or was cancelled; its message is incomplete.
     #[error("spool: writer for {} is unusable after an earlier failure", path.display())]
     WriterFailed { path: PathBuf },
@@ -466,28 +464,61 @@ struct Inner {
     hooks: tests::Hooks,
 }
 
-/// Written and fdatasync'ed entries waiting to be renamed into `queue/`, and whether a
-/// committer is draining them. Never locked across I/O.
+/// Entries renamed into `queue/` and waiting for the directory fsync, and whether a committer
+/// is draining them. Never locked across I/O.
 #[derive(Debug, Default)]
 struct CommitQueue {
     waiting: Vec<PendingCommit>,
     draining: bool,
 }
 
-/// One commit in the queue: its temp file, durable but not yet visible, and where to answer.
+/// An entry renamed into `queue/` whose rename is not yet known to be durable. Dropped before
+/// it is committed (its batch failed, or the committer unwound) it is unlinked again, best
+/// effort, so that a message the milter tempfails gets no copy.
+#[derive(Debug)]
+struct Uncommitted {
+    path: PathBuf,
+    committed: bool,
+}
+
+impl Drop for Uncommitted {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        if let Err(e) = fs::remove_file(&self.path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::error!(path = %self.path.display(), error = %e, "cannot withdraw an entry whose commit failed");
+            }
+        }
+    }
+}
+
+/// One commit in the queue: its entry, visible with its data durable, and where to answer.
 #[derive(Debug)]
 struct PendingCommit {
-    temp: TempFile,
+    entry: Uncommitted,
+    id: EntryId,
     done: oneshot::Sender<Result<EntryId, SpoolError>>,
 }
 
 impl PendingCommit {
-    /// Closes the temp file (removing it unless it was renamed) before the answer goes out.
+    /// Settles the entry — kept if `result` is a success, unlinked otherwise — before the
+    /// answer goes out.
     fn answer(self, result: Result<EntryId, SpoolError>) -> Answer {
-        let PendingCommit { temp, done } = self;
-        drop(temp);
+        let PendingCommit {
+            mut entry, done, ..
+        } = self;
+        entry.committed = result.is_ok();
+        drop(entry);
         Answer { done, result }
     }
+}
+
+/// A renamed entry and its id, before it joins the queue.
+struct PendingEntry {
+    id: EntryId,
+    entry: Uncommitted,
 }
 
 /// The outcome of one commit, ready to send.
@@ -503,16 +534,9 @@ fn send_all(answers: Vec<Answer>) {
     }
 }
 
-/// A commit of the current batch whose temp file is already renamed to `dest`.
-struct Renamed {
-    pending: PendingCommit,
-    id: EntryId,
-    dest: PathBuf,
-}
-
 /// The committer role, held by one thread at a time. If that thread unwinds, the role is
 /// given up and the commits still queued fail (their callers get [`SpoolError::Task`], their
-/// temp files are removed) rather than wait for a committer that will never come.
+/// entries are unlinked) rather than wait for a committer that will never come.
 struct Committer {
     inner: Arc<Inner>,
     finished: bool,
@@ -752,7 +776,7 @@ impl Inner {
         self.commits.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues a written, fdatasync'ed entry for the next batch. The caller becomes the
+    /// Queues a renamed entry for the next batch's directory fsync. The caller becomes the
     /// committer if none is at work, and then drains the queue before returning.
     fn enqueue(self: Arc<Self>, pending: PendingCommit) {
         {
@@ -770,82 +794,57 @@ impl Inner {
         .drain();
     }
 
-    /// Steps 4–5 of the commit sequence for one batch: rename every entry into `queue/`, fsync
-    /// the directory once. All or nothing (see the module doc). Returns the answers, to send
-    /// once the caller is ready to.
+    /// Step 5 of the commit sequence for one batch: one fsync of `queue/`, then the answers,
+    /// to send once the caller is ready to. All or nothing (see the module doc).
     fn commit_batch(&self, batch: Vec<PendingCommit>) -> Vec<Answer> {
         #[cfg(test)]
         self.hooks.record_batch(batch.len());
-        let mut answers = Vec::with_capacity(batch.len());
-        let mut renamed = Vec::with_capacity(batch.len());
-        let mut not_renamed = batch.into_iter();
-        let mut failure = None;
-        for (index, mut pending) in not_renamed.by_ref().enumerate() {
-            let id = self.next_id();
-            let dest = self.msg_path(Area::Queue, &id);
-            match self.rename_into_queue(index, &pending.temp.path, &dest) {
-                Ok(()) => {
-                    pending.temp.keep = true;
-                    renamed.push(Renamed { pending, id, dest });
-                }
-                Err(e) => {
-                    let error = io_err("commit (rename) into", &dest)(e);
-                    failure = Some(error.to_string());
-                    answers.push(pending.answer(Err(error)));
-                    break;
-                }
-            }
-        }
-        let reason = match failure {
-            Some(reason) => reason,
-            None => match self.sync_queue_dir() {
-                Ok(()) => {
-                    answers.extend(renamed.into_iter().map(|r| r.pending.answer(Ok(r.id))));
-                    return answers;
-                }
-                Err(e) => {
-                    self.withdraw(&renamed);
-                    answers.extend(renamed.into_iter().map(|r| {
-                        r.pending.answer(Err(SpoolError::Io {
+        match self.sync_queue_dir() {
+            Ok(()) => batch
+                .into_iter()
+                .map(|pending| {
+                    let id = pending.id;
+                    pending.answer(Ok(id))
+                })
+                .collect(),
+            Err(e) => {
+                let answers = batch
+                    .into_iter()
+                    .map(|pending| {
+                        pending.answer(Err(SpoolError::Io {
                             op: "fsync directory",
                             path: self.queue.path.clone(),
                             error: copy_io(&e),
                         }))
-                    }));
-                    return answers;
+                    })
+                    .collect();
+                // The entries are unlinked by now; make that durable if the directory lets us.
+                if let Err(e) = self.sync_queue_dir() {
+                    tracing::error!(path = %self.queue.path.display(), error = %e, "cannot fsync the withdrawal of a failed commit batch");
                 }
-            },
-        };
-        self.withdraw(&renamed);
-        let others = renamed.into_iter().map(|r| r.pending).chain(not_renamed);
-        answers.extend(others.map(|pending| {
-            pending.answer(Err(SpoolError::BatchFailed {
-                reason: reason.clone(),
-            }))
-        }));
-        answers
-    }
-
-    /// Unlinks entries of a failed batch, which the milter is about to tempfail, so that they
-    /// get no copy; then tries to make that durable. Best effort: the error is the batch's.
-    fn withdraw(&self, renamed: &[Renamed]) {
-        if renamed.is_empty() {
-            return;
-        }
-        for Renamed { dest, .. } in renamed {
-            if let Err(e) = fs::remove_file(dest) {
-                tracing::error!(path = %dest.display(), error = %e, "cannot withdraw an entry whose commit failed");
+                answers
             }
         }
-        if let Err(e) = self.sync_queue_dir() {
-            tracing::error!(path = %self.queue.path.display(), error = %e, "cannot fsync the withdrawal of a failed commit batch");
-        }
     }
 
-    fn rename_into_queue(&self, _index: usize, from: &Path, to: &Path) -> io::Result<()> {
-        #[cfg(test)]
-        self.hooks.rename_fault(_index)?;
-        fs::rename(from, to)
+    /// Step 3 of the commit sequence: gives the entry its id and renames it into `queue/`.
+    fn rename_into_queue(&self, temp: &mut TempFile) -> Result<PendingEntry, SpoolError> {
+        let id = self.next_id();
+        let dest = self.msg_path(Area::Queue, &id);
+        let rename = || {
+            #[cfg(test)]
+            self.hooks.rename_fault()?;
+            fs::rename(&temp.path, &dest)
+        };
+        rename().map_err(io_err("commit (rename) into", &dest))?;
+        temp.keep = true;
+        Ok(PendingEntry {
+            id,
+            entry: Uncommitted {
+                path: dest,
+                committed: false,
+            },
+        })
     }
 
     fn sync_queue_dir(&self) -> io::Result<()> {
@@ -1466,11 +1465,17 @@ impl SpoolWriter {
         // answers its own commit with its batch, then goes on draining later batches.
         drop(tokio::task::spawn_blocking(move || {
             let Capture { buf, mut temp } = capture;
-            match temp.write_all(&buf).and_then(|()| temp.sync_data()) {
-                Ok(()) => inner.enqueue(PendingCommit { temp, done }),
+            let renamed = temp
+                .write_all(&buf)
+                .and_then(|()| temp.sync_data())
+                .and_then(|()| inner.rename_into_queue(&mut temp));
+            // Closed now, and removed unless it was renamed.
+            drop(temp);
+            match renamed {
+                Ok(PendingEntry { id, entry }) => inner.enqueue(PendingCommit { entry, id, done }),
                 Err(e) => {
-                    // The spool and the temp file (removed as it drops) are let go of first.
-                    drop((inner, temp));
+                    // Let go of the spool before the caller hears (see `Committer::drain`).
+                    drop(inner);
                     let _ = done.send(Err(e));
                 }
             }
@@ -1509,8 +1514,8 @@ mod tests {
         batches: Mutex<Vec<usize>>,
         /// Directory fsyncs of `queue/` done by committers.
         dir_syncs: AtomicUsize,
-        /// Fail the rename of the entry at this position of a batch (ENOSPC).
-        fail_rename_at: Mutex<Option<usize>>,
+        /// Fail this many of the next renames into `queue/` (ENOSPC).
+        fail_renames: AtomicUsize,
         /// Fail every directory fsync of `queue/` by committers (EIO).
         fail_dir_sync: AtomicBool,
         /// Panic at the start of the next batch.
@@ -1541,8 +1546,11 @@ mod tests {
             }
         }
 
-        pub(super) fn rename_fault(&self, index: usize) -> io::Result<()> {
-            if *self.fail_rename_at.lock().expect("hooks") == Some(index) {
+        pub(super) fn rename_fault(&self) -> io::Result<()> {
+            let fail = self
+                .fail_renames
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            if fail.is_ok() {
                 return Err(io::Error::from_raw_os_error(libc::ENOSPC));
             }
             Ok(())
@@ -2083,6 +2091,9 @@ mod tests {
             }
         }
         assert_eq!(batches(&spool), vec![1, 8]);
+        // The batch's own fsync, then the one after the withdrawal (both failing here).
+        assert_eq!(hooks(&spool).dir_syncs.load(Ordering::SeqCst), 3);
+        // All eight were renamed into queue/ before the fsync, and all were unlinked again.
         assert_eq!(spool.pending().await.expect("pending"), vec![before]);
         assert!(names(&dir.path().join(TMP_DIR)).is_empty());
 
@@ -2093,36 +2104,30 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn failed_rename_fails_the_whole_batch() {
+    async fn failed_rename_fails_only_its_own_commit() {
         let dir = tempfile::tempdir().expect("tempdir");
         let spool = Spool::open(dir.path()).expect("open");
-        // The fourth rename fails, after three entries of the batch became visible.
-        *hooks(&spool).fail_rename_at.lock().expect("hooks") = Some(3);
-        hooks(&spool).gather.store(6, Ordering::SeqCst);
-        let (mut rename_errors, mut withdrawn) = (0, 0);
+        hooks(&spool).fail_renames.store(1, Ordering::SeqCst);
+        // The five others make one batch; the failed one never joins it.
+        hooks(&spool).gather.store(5, Ordering::SeqCst);
+        let mut committed = Vec::new();
+        let mut failed = 0;
         for result in commit_concurrently(&spool, 6, numbered).await {
             match result {
+                Ok(id) => committed.push(id),
                 Err(SpoolError::Io { op, error, .. }) => {
                     assert_eq!(op, "commit (rename) into");
                     assert_eq!(error.raw_os_error(), Some(libc::ENOSPC));
-                    rename_errors += 1;
+                    failed += 1;
                 }
-                Err(SpoolError::BatchFailed { reason }) => {
-                    assert!(reason.contains("rename"), "{reason}");
-                    withdrawn += 1;
-                }
-                other => panic!("expected a failure, got {other:?}"),
+                Err(e) => panic!("unexpected error {e}"),
             }
         }
-        assert_eq!((rename_errors, withdrawn), (1, 5));
-        assert_eq!(batches(&spool), vec![6]);
-        // Withdrawn: the three renamed entries were unlinked again, then fsynced away.
-        assert_eq!(hooks(&spool).dir_syncs.load(Ordering::SeqCst), 1);
-        assert_nothing_left(dir.path());
-
-        *hooks(&spool).fail_rename_at.lock().expect("hooks") = None;
-        let id = commit(&spool, b"committed after").await;
-        assert_eq!(spool.pending().await.expect("pending"), vec![id]);
+        assert_eq!((committed.len(), failed), (5, 1));
+        assert_eq!(batches(&spool), vec![5]);
+        committed.sort_unstable();
+        assert_eq!(spool.pending().await.expect("pending"), committed);
+        assert!(names(&dir.path().join(TMP_DIR)).is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -2134,6 +2139,7 @@ mod tests {
         for result in commit_concurrently(&spool, 3, numbered).await {
             assert!(matches!(result, Err(SpoolError::Task(_))), "{result:?}");
         }
+        // Renamed before the panic, unlinked again as the batch unwound.
         assert_nothing_left(dir.path());
         let id = commit(&spool, b"committed after").await;
         assert_eq!(spool.pending().await.expect("pending"), vec![id]);
