@@ -35,21 +35,42 @@
 //! with the message length), and reports anything else as [`SpoolError::Corrupt`] for that
 //! entry. Committed files are never rewritten, so this guards against outside damage only.
 //!
-//! # Commit sequence: two fsyncs per message
+//! # Commit sequence: group commit, 1 + 1/n fsyncs per message
 //!
-//! [`SpoolWriter::commit`]:
+//! [`SpoolWriter::commit`] first works on its own blocking-pool thread, concurrently with every
+//! other commit:
 //! 1. write the rest of the message, the metadata and the footer to `tmp/<pid>-<seq>.tmp`
 //!    (created only now for a message that fits in the buffer);
-//! 2. `fdatasync` the file (**fsync 1**);
-//! 3. `rename` it to `queue/<id>.msg` — atomic: the entry appears complete or not at all;
-//! 4. `fsync` the `queue/` directory (**fsync 2**), after which the rename survives a crash;
-//! 5. only then return, and the milter replies "continue" to Postfix.
+//! 2. `fdatasync` the file (**fsync 1**, one per message; fdatasyncs that overlap can share
+//!    the device's cache flushes, and on a journaling file system its journal commits);
+//! 3. `rename` it to `queue/<id>.msg` — atomic: the entry appears complete or not at all, and
+//!    only with its data already durable.
 //!
-//! A crash before 3 leaves a temp file, removed at the next open; between 3 and 4 the entry
-//! either survived whole or vanished with Postfix never having heard "continue". If step 4
-//! fails the entry is unlinked again (best effort) so that the message, which the milter then
-//! tempfails, does not also get a copy. No `tmp/` fsync is needed: a lost unlink of the temp
-//! name only leaves a name that the next open removes.
+//! The rename is not durable yet. The commit joins the spool's commit queue, and a commit that
+//! finds no batch in progress becomes the committer and, on the same thread, repeats until the
+//! queue is empty:
+//! 4. take every commit waiting — a batch is simply whatever queued up while the previous
+//!    batch was syncing; nothing waits for company, so a lone commit is a batch of one and
+//!    costs what it did before batching existed;
+//! 5. `fsync` the `queue/` directory (**fsync 2**) **once for the whole batch**: every rename
+//!    in it happened before this fsync started, so all of them survive a crash after it;
+//! 6. answer each commit of the batch: only then does the milter reply "continue".
+//!
+//! With `n` commits in a batch that is `1 + 1/n` fsyncs per message: 2 without concurrency,
+//! towards 1 under load. Renames stay on the commits' own threads, so a slow rename delays
+//! only its own commit, never a batch. One committer runs at a time: a commit that arrives
+//! during a directory fsync waits for it to end, then goes into the next batch (the price of
+//! sharing the fsync). The committer answers its own commit with its batch and drains later
+//! batches while its caller has already moved on.
+//!
+//! If a step fails, the commit fails and leaves nothing visible: before step 3 its temp file is
+//! removed; a failed rename concerns that commit only. If the directory fsync fails, no entry
+//! of the batch is known to be durable: every commit of the batch fails and every entry of it
+//! is unlinked again (best effort, then one more directory fsync), so that the milter
+//! tempfails those messages and none of them gets a copy. A crash before step 3 leaves temp
+//! files, removed at the next open; between 3 and 5 a renamed entry either survived whole or
+//! vanished, with Postfix never having heard "continue" for it. No `tmp/` fsync is needed: a
+//! lost unlink of a temp name only leaves a name that the next open removes.
 //!
 //! # Writing from async code
 //!
@@ -57,8 +78,9 @@
 //! is full it is written through on tokio's blocking pool (a page-cache write can stall under
 //! dirty-page throttling, which must not stop the runtime). The temp file is created lazily by
 //! the first write-through or by the commit, so a 10 KiB message costs one blocking-pool hop at
-//! commit: `open`, one `write`, `fdatasync`, `rename`, directory `fsync`, `close`. A message
-//! aborted before 64 KiB never touches the disk. Memory per writer stays below
+//! commit: `open`, one `write`, `fdatasync`, `rename`, `close`, then its share of one directory
+//! `fsync` on whichever thread commits its batch; the caller awaits the answer on a channel.
+//! A message aborted before 64 KiB never touches the disk. Memory per writer stays below
 //! `WRITE_BUFFER` plus the largest chunk passed to `write`.
 //!
 //! # Delivery state and moves
@@ -88,10 +110,11 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 
 /// Bytes a [`SpoolWriter`] buffers before writing through to its temp file.
 pub const WRITE_BUFFER: usize = 64 * 1024;
@@ -156,6 +179,14 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Spo
         op,
         path: path.to_path_buf(),
         error,
+    }
+}
+
+/// The same OS error again, for each commit of a batch that one error failed.
+fn copy_io(error: &io::Error) -> io::Error {
+    match error.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(error.kind(), error.to_string()),
     }
 }
 
@@ -425,10 +456,134 @@ struct Inner {
     failed: Dir,
     pid: u32,
     seq: AtomicU64,
+    /// Commits waiting for their batch (see the module doc).
+    commits: Mutex<CommitQueue>,
     /// Held for the spool's lifetime by the owner; the lock goes with the descriptor.
     _lock: Option<File>,
     /// Signalled after each commit, for the delivery workers ([`Spool::committed`]).
     committed: tokio::sync::Notify,
+    #[cfg(test)]
+    hooks: tests::Hooks,
+}
+
+/// Entries renamed into `queue/` and waiting for the directory fsync, and whether a committer
+/// is draining them. Never locked across I/O.
+#[derive(Debug, Default)]
+struct CommitQueue {
+    waiting: Vec<PendingCommit>,
+    draining: bool,
+}
+
+/// An entry renamed into `queue/` whose rename is not yet known to be durable. Dropped before
+/// it is committed (its batch failed, or the committer unwound) it is unlinked again, best
+/// effort, so that a message the milter tempfails gets no copy.
+#[derive(Debug)]
+struct Uncommitted {
+    path: PathBuf,
+    committed: bool,
+}
+
+impl Drop for Uncommitted {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        if let Err(e) = fs::remove_file(&self.path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::error!(path = %self.path.display(), error = %e, "cannot withdraw an entry whose commit failed");
+            }
+        }
+    }
+}
+
+/// One commit in the queue: its entry, visible with its data durable, and where to answer.
+#[derive(Debug)]
+struct PendingCommit {
+    entry: Uncommitted,
+    id: EntryId,
+    done: oneshot::Sender<Result<EntryId, SpoolError>>,
+}
+
+impl PendingCommit {
+    /// Settles the entry — kept if `result` is a success, unlinked otherwise — before the
+    /// answer goes out.
+    fn answer(self, result: Result<EntryId, SpoolError>) -> Answer {
+        let PendingCommit {
+            mut entry, done, ..
+        } = self;
+        entry.committed = result.is_ok();
+        drop(entry);
+        Answer { done, result }
+    }
+}
+
+/// A renamed entry and its id, before it joins the queue.
+struct PendingEntry {
+    id: EntryId,
+    entry: Uncommitted,
+}
+
+/// The outcome of one commit, ready to send.
+struct Answer {
+    done: oneshot::Sender<Result<EntryId, SpoolError>>,
+    result: Result<EntryId, SpoolError>,
+}
+
+fn send_all(answers: Vec<Answer>) {
+    for Answer { done, result } in answers {
+        // A caller that went away has its entry committed all the same.
+        let _ = done.send(result);
+    }
+}
+
+/// The committer role, held by one thread at a time. If that thread unwinds, the role is
+/// given up and the commits still queued fail (their callers get [`SpoolError::Task`], their
+/// entries are unlinked) rather than wait for a committer that will never come.
+struct Committer {
+    inner: Arc<Inner>,
+    finished: bool,
+}
+
+impl Committer {
+    /// Commits batches until the queue is empty. The last batch is answered only after this
+    /// thread has let go of the spool, so that a caller that drops its last handle on hearing
+    /// the answer releases the spool's lock with it.
+    fn drain(mut self) {
+        loop {
+            #[cfg(test)]
+            self.inner.hooks.gather(&self.inner.commits);
+            let batch = std::mem::take(&mut self.inner.lock_commits().waiting);
+            let answers = self.inner.commit_batch(batch);
+            let mut queue = self.inner.lock_commits();
+            if queue.waiting.is_empty() {
+                queue.draining = false;
+                drop(queue);
+                self.finished = true;
+                drop(self);
+                send_all(answers);
+                return;
+            }
+            drop(queue);
+            send_all(answers);
+        }
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let stranded = {
+            let mut queue = self.inner.lock_commits();
+            queue.draining = false;
+            std::mem::take(&mut queue.waiting)
+        };
+        tracing::error!(
+            stranded = stranded.len(),
+            "spool committer stopped; failing the commits it left"
+        );
+    }
 }
 
 impl Spool {
@@ -618,9 +773,99 @@ impl Inner {
             root,
             pid: std::process::id(),
             seq: AtomicU64::new(0),
+            commits: Mutex::new(CommitQueue::default()),
             _lock: lock,
             committed: tokio::sync::Notify::new(),
+            #[cfg(test)]
+            hooks: tests::Hooks::default(),
         })
+    }
+
+    fn lock_commits(&self) -> MutexGuard<'_, CommitQueue> {
+        // Nothing that can panic runs under this lock; a poisoned queue is still consistent.
+        self.commits.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a renamed entry for the next batch's directory fsync. The caller becomes the
+    /// committer if none is at work, and then drains the queue before returning.
+    fn enqueue(self: Arc<Self>, pending: PendingCommit) {
+        {
+            let mut queue = self.lock_commits();
+            queue.waiting.push(pending);
+            if queue.draining {
+                return;
+            }
+            queue.draining = true;
+        }
+        Committer {
+            inner: self,
+            finished: false,
+        }
+        .drain();
+    }
+
+    /// Step 5 of the commit sequence for one batch: one fsync of `queue/`, then the answers,
+    /// to send once the caller is ready to. All or nothing (see the module doc).
+    fn commit_batch(&self, batch: Vec<PendingCommit>) -> Vec<Answer> {
+        #[cfg(test)]
+        self.hooks.record_batch(batch.len());
+        match self.sync_queue_dir() {
+            Ok(()) => {
+                let answers = batch
+                    .into_iter()
+                    .map(|pending| {
+                        let id = pending.id;
+                        pending.answer(Ok(id))
+                    })
+                    .collect();
+                // The batch is durable: wake the delivery workers.
+                self.committed.notify_one();
+                answers
+            }
+            Err(e) => {
+                let answers = batch
+                    .into_iter()
+                    .map(|pending| {
+                        pending.answer(Err(SpoolError::Io {
+                            op: "fsync directory",
+                            path: self.queue.path.clone(),
+                            error: copy_io(&e),
+                        }))
+                    })
+                    .collect();
+                // The entries are unlinked by now; make that durable if the directory lets us.
+                if let Err(e) = self.sync_queue_dir() {
+                    tracing::error!(path = %self.queue.path.display(), error = %e, "cannot fsync the withdrawal of a failed commit batch");
+                }
+                answers
+            }
+        }
+    }
+
+    /// Step 3 of the commit sequence: gives the entry its id and renames it into `queue/`.
+    fn rename_into_queue(&self, temp: &mut TempFile) -> Result<PendingEntry, SpoolError> {
+        let id = self.next_id();
+        let dest = self.msg_path(Area::Queue, &id);
+        let rename = || {
+            #[cfg(test)]
+            self.hooks.rename_fault()?;
+            fs::rename(&temp.path, &dest)
+        };
+        rename().map_err(io_err("commit (rename) into", &dest))?;
+        temp.keep = true;
+        Ok(PendingEntry {
+            id,
+            entry: Uncommitted {
+                path: dest,
+                committed: false,
+            },
+        })
+    }
+
+    fn sync_queue_dir(&self) -> io::Result<()> {
+        #[cfg(test)]
+        self.hooks.dir_sync_fault()?;
+        self.queue.handle.sync_all()
     }
 
     fn dir(&self, area: Area) -> &Dir {
@@ -1230,25 +1475,29 @@ impl SpoolWriter {
             .buf
             .extend_from_slice(&footer(self.written, json.len() as u64));
         let inner = Arc::clone(&self.spool.inner);
-        blocking(move || {
-            capture.flush()?;
-            let temp = &mut capture.temp;
-            temp.sync_data()?;
-            let id = inner.next_id();
-            let dest = inner.msg_path(Area::Queue, &id);
-            fs::rename(&temp.path, &dest).map_err(io_err("commit (rename) into", &dest))?;
-            temp.keep = true;
-            if let Err(e) = inner.queue.sync() {
-                // Not known to be durable: withdraw it, since the milter will tempfail.
-                if let Err(undo) = fs::remove_file(&dest) {
-                    tracing::error!(path = %dest.display(), error = %undo, "cannot withdraw an entry whose commit failed");
+        let (done, answer) = oneshot::channel();
+        // The thread is not awaited, the answer is: a thread that becomes the committer
+        // answers its own commit with its batch, then goes on draining later batches.
+        drop(tokio::task::spawn_blocking(move || {
+            let Capture { buf, mut temp } = capture;
+            let renamed = temp
+                .write_all(&buf)
+                .and_then(|()| temp.sync_data())
+                .and_then(|()| inner.rename_into_queue(&mut temp));
+            // Closed now, and removed unless it was renamed.
+            drop(temp);
+            match renamed {
+                Ok(PendingEntry { id, entry }) => inner.enqueue(PendingCommit { entry, id, done }),
+                Err(e) => {
+                    // Let go of the spool before the caller hears (see `Committer::drain`).
+                    drop(inner);
+                    let _ = done.send(Err(e));
                 }
-                return Err(e);
             }
-            inner.committed.notify_one();
-            Ok(id)
-        })
-        .await?
+        }));
+        answer.await.map_err(|_| {
+            SpoolError::Task("the commit's file task ended without an answer".to_string())
+        })?
     }
 
     /// Discards the message and its temp file.
@@ -1265,7 +1514,79 @@ impl SpoolWriter {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use std::time::Instant;
+
     use super::*;
+
+    /// Test-only controls of the commit batches; everything off by default.
+    #[derive(Debug, Default)]
+    pub(super) struct Hooks {
+        /// Before taking its next batch, the committer waits (up to 30 s) until this many
+        /// commits are queued, so that a test gets a batch of a known size.
+        gather: AtomicUsize,
+        /// Sizes of the batches committed so far, in order.
+        batches: Mutex<Vec<usize>>,
+        /// Directory fsyncs of `queue/` done by committers.
+        dir_syncs: AtomicUsize,
+        /// Fail this many of the next renames into `queue/` (ENOSPC).
+        fail_renames: AtomicUsize,
+        /// Fail every directory fsync of `queue/` by committers (EIO).
+        fail_dir_sync: AtomicBool,
+        /// Panic at the start of the next batch.
+        panic_in_batch: AtomicBool,
+    }
+
+    impl Hooks {
+        pub(super) fn gather(&self, commits: &Mutex<CommitQueue>) {
+            let want = self.gather.swap(0, Ordering::SeqCst);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while want > 0 && Instant::now() < deadline {
+                let queued = commits
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .waiting
+                    .len();
+                if queued >= want {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+
+        pub(super) fn record_batch(&self, len: usize) {
+            self.batches.lock().expect("hooks").push(len);
+            if self.panic_in_batch.swap(false, Ordering::SeqCst) {
+                panic!("injected committer panic");
+            }
+        }
+
+        pub(super) fn rename_fault(&self) -> io::Result<()> {
+            let fail = self
+                .fail_renames
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            if fail.is_ok() {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            Ok(())
+        }
+
+        pub(super) fn dir_sync_fault(&self) -> io::Result<()> {
+            self.dir_syncs.fetch_add(1, Ordering::SeqCst);
+            if self.fail_dir_sync.load(Ordering::SeqCst) {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            Ok(())
+        }
+    }
+
+    fn hooks(spool: &Spool) -> &Hooks {
+        &spool.inner.hooks
+    }
+
+    fn batches(spool: &Spool) -> Vec<usize> {
+        hooks(spool).batches.lock().expect("hooks").clone()
+    }
 
     fn meta() -> EntryMeta {
         EntryMeta {
@@ -1662,6 +1983,229 @@ mod tests {
         drop(owner);
         Spool::open(admin.path()).expect("open after owner closed");
         assert!(Spool::attach(dir.path().join("missing")).is_err());
+    }
+
+    /// Starts `n` commits at once, the `i`-th with body `body(i)`; their results in order.
+    async fn commit_concurrently(
+        spool: &Spool,
+        n: usize,
+        body: fn(usize) -> Vec<u8>,
+    ) -> Vec<Result<EntryId, SpoolError>> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..n {
+            let spool = spool.clone();
+            tasks.spawn(async move {
+                let mut w = spool.begin();
+                w.write(&body(i)).await?;
+                w.commit(meta()).await.map(|id| (i, id))
+            });
+        }
+        let mut results: Vec<Option<Result<EntryId, SpoolError>>> = (0..n).map(|_| None).collect();
+        let mut failed = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            match joined.expect("commit task") {
+                Ok((i, id)) => results[i] = Some(Ok(id)),
+                Err(e) => failed.push(e),
+            }
+        }
+        // Failures are not told apart by index; the tests that make some only count them.
+        let mut failed = failed.into_iter();
+        results
+            .into_iter()
+            .map(|r| {
+                r.or_else(|| failed.next().map(Err))
+                    .expect("one result per commit")
+            })
+            .collect()
+    }
+
+    fn numbered(i: usize) -> Vec<u8> {
+        let mut body = format!("Subject: {i}\r\n\r\n").into_bytes();
+        body.extend(message(10 * 1024 + i));
+        body
+    }
+
+    fn assert_nothing_left(dir: &Path) {
+        assert!(
+            names(&dir.join(QUEUE_DIR)).is_empty(),
+            "visible entries left"
+        );
+        assert!(names(&dir.join(TMP_DIR)).is_empty(), "temp files left");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_commits_share_one_directory_fsync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(dir.path()).expect("open");
+        hooks(&spool).gather.store(32, Ordering::SeqCst);
+        let ids: Vec<EntryId> = commit_concurrently(&spool, 32, numbered)
+            .await
+            .into_iter()
+            .map(|r| r.expect("commit"))
+            .collect();
+        assert_eq!(batches(&spool), vec![32]);
+        assert_eq!(hooks(&spool).dir_syncs.load(Ordering::SeqCst), 1);
+
+        let mut sorted = ids.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 32, "ids are unique");
+        assert_eq!(spool.pending().await.expect("pending"), sorted);
+        for (i, id) in ids.iter().enumerate() {
+            let msg = spool.open_message(id).await.expect("open");
+            assert!(
+                msg.read_to_vec().await.expect("read") == numbered(i),
+                "entry {i}"
+            );
+            assert_eq!(
+                spool.read_meta(id).await.expect("meta").size,
+                numbered(i).len() as u64
+            );
+        }
+        assert!(names(&dir.path().join(TMP_DIR)).is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn many_concurrent_commits_are_all_committed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(dir.path()).expect("open");
+        let results = commit_concurrently(&spool, 200, numbered).await;
+        let mut ids: Vec<EntryId> = results.into_iter().map(|r| r.expect("commit")).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 200);
+        assert_eq!(spool.pending().await.expect("pending"), ids);
+        for info in spool.list(false).await.expect("list") {
+            assert_eq!(info.problem, None, "{}", info.id);
+        }
+        // However they were grouped, every commit was in exactly one batch, and each batch
+        // had its directory fsync.
+        let batches = batches(&spool);
+        assert_eq!(batches.iter().sum::<usize>(), 200);
+        assert_eq!(
+            hooks(&spool).dir_syncs.load(Ordering::SeqCst),
+            batches.len()
+        );
+        assert!(names(&dir.path().join(TMP_DIR)).is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn failed_directory_fsync_fails_the_whole_batch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(dir.path()).expect("open");
+        let before = commit(&spool, b"committed before").await;
+        hooks(&spool).fail_dir_sync.store(true, Ordering::SeqCst);
+        hooks(&spool).gather.store(8, Ordering::SeqCst);
+        for result in commit_concurrently(&spool, 8, numbered).await {
+            match result {
+                Err(SpoolError::Io { op, error, .. }) => {
+                    assert_eq!(op, "fsync directory");
+                    assert_eq!(error.raw_os_error(), Some(libc::EIO));
+                }
+                other => panic!("expected the fsync error, got {other:?}"),
+            }
+        }
+        assert_eq!(batches(&spool), vec![1, 8]);
+        // The batch's own fsync, then the one after the withdrawal (both failing here).
+        assert_eq!(hooks(&spool).dir_syncs.load(Ordering::SeqCst), 3);
+        // All eight were renamed into queue/ before the fsync, and all were unlinked again.
+        assert_eq!(spool.pending().await.expect("pending"), vec![before]);
+        assert!(names(&dir.path().join(TMP_DIR)).is_empty());
+
+        // The committer is not stuck: the next commit goes through.
+        hooks(&spool).fail_dir_sync.store(false, Ordering::SeqCst);
+        let after = commit(&spool, b"committed after").await;
+        assert_eq!(spool.pending().await.expect("pending"), vec![before, after]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn failed_rename_fails_only_its_own_commit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(dir.path()).expect("open");
+        hooks(&spool).fail_renames.store(1, Ordering::SeqCst);
+        // The five others make one batch; the failed one never joins it.
+        hooks(&spool).gather.store(5, Ordering::SeqCst);
+        let mut committed = Vec::new();
+        let mut failed = 0;
+        for result in commit_concurrently(&spool, 6, numbered).await {
+            match result {
+                Ok(id) => committed.push(id),
+                Err(SpoolError::Io { op, error, .. }) => {
+                    assert_eq!(op, "commit (rename) into");
+                    assert_eq!(error.raw_os_error(), Some(libc::ENOSPC));
+                    failed += 1;
+                }
+                Err(e) => panic!("unexpected error {e}"),
+            }
+        }
+        assert_eq!((committed.len(), failed), (5, 1));
+        assert_eq!(batches(&spool), vec![5]);
+        committed.sort_unstable();
+        assert_eq!(spool.pending().await.expect("pending"), committed);
+        assert!(names(&dir.path().join(TMP_DIR)).is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn committer_panic_fails_its_batch_and_frees_the_role() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(dir.path()).expect("open");
+        hooks(&spool).panic_in_batch.store(true, Ordering::SeqCst);
+        hooks(&spool).gather.store(3, Ordering::SeqCst);
+        for result in commit_concurrently(&spool, 3, numbered).await {
+            assert!(matches!(result, Err(SpoolError::Task(_))), "{result:?}");
+        }
+        // Renamed before the panic, unlinked again as the batch unwound.
+        assert_nothing_left(dir.path());
+        let id = commit(&spool, b"committed after").await;
+        assert_eq!(spool.pending().await.expect("pending"), vec![id]);
+    }
+
+    #[tokio::test]
+    async fn a_lone_commit_is_a_batch_of_one_without_waiting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(dir.path()).expect("open");
+        let reference = dir.path().join("reference");
+        fs::create_dir(&reference).expect("mkdir");
+        let body = numbered(0);
+        // Interleaved with the same work done by hand without the queue (write, fdatasync,
+        // rename, directory fsync on one blocking-pool hop), so that other load on the disk
+        // hits both alike.
+        let (mut batched, mut by_hand) = (Vec::new(), Vec::new());
+        for round in 0..15 {
+            let start = Instant::now();
+            commit(&spool, &body).await;
+            batched.push(start.elapsed());
+
+            let (reference, body) = (reference.clone(), body.clone());
+            let start = Instant::now();
+            blocking(move || -> io::Result<()> {
+                let temp = reference.join(format!("{round}.tmp"));
+                let mut file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&temp)?;
+                file.write_all(&body)?;
+                file.sync_data()?;
+                fs::rename(&temp, reference.join(format!("{round}.msg")))?;
+                File::open(&reference)?.sync_all()
+            })
+            .await
+            .expect("task")
+            .expect("reference commit");
+            by_hand.push(start.elapsed());
+        }
+        // Each commit found the queue empty and committed at once: one batch each, with its
+        // own directory fsync, exactly the unbatched sequence.
+        assert_eq!(batches(&spool), vec![1; 15]);
+        assert_eq!(hooks(&spool).dir_syncs.load(Ordering::SeqCst), 15);
+        batched.sort();
+        by_hand.sort();
+        let (batched, by_hand) = (batched[7], by_hand[7]);
+        // Generous, for a shared disk; a batching delay of even a few ms would show.
+        assert!(
+            batched <= by_hand * 2 + Duration::from_millis(2),
+            "median lone commit {batched:?}, by hand {by_hand:?}"
+        );
     }
 
     #[test]
