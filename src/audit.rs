@@ -13,6 +13,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{AuditConfig, AuditTarget};
+use crate::reason::Reason;
 
 pub mod report;
 
@@ -81,7 +82,7 @@ pub struct AuditEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decision: Option<Outcome>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<&'static str>,
+    pub reason: Option<Reason>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sessions_in_use: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -14,7 +14,8 @@ use serde_json::{json, Map, Value};
 use crate::audit::{AuditEvent, EventKind, FrontEnd};
 use crate::daemon::Context;
 use crate::http_server::{self as web, HttpRequest, HttpResponse, PathMatch, Router};
-use crate::policy::{evaluate, Decision, RejectReason, Submission};
+use crate::policy::{evaluate, Decision, Submission};
+use crate::reason::Reason;
 
 /// The header Dovecot sends the shared secret in (`auth_policy_server_api_header`).
 pub const API_KEY_HEADER: &str = "x-api-key";
@@ -211,7 +212,7 @@ pub enum Answer {
     /// `535 5.7.8 Error: authentication failed: TEXT`.
     Refuse {
         msg: String,
-        reason: RejectReason,
+        reason: Reason,
         mailbox: String,
     },
 }
@@ -336,13 +337,8 @@ impl AuthPolicy {
         }
     }
 
-    fn refusal_text(&self, reason: RejectReason) -> &str {
-        match reason {
-            RejectReason::MailboxDisabled => &self.ctx.replies.auth_mailbox_disabled,
-            RejectReason::OrgDisabled | RejectReason::UnknownOrganization => {
-                &self.ctx.replies.auth_tenant_disabled
-            }
-        }
+    fn refusal_text(&self, reason: Reason) -> &str {
+        self.ctx.replies.auth_text_for(reason)
     }
 
     /// Audits a report of a configured protocol. A refusal is evaluated again for its reason
@@ -389,7 +385,7 @@ impl AuthPolicy {
                     ev.mailbox = Some(mailbox);
                     ev.organization = organization;
                     if kind == EventKind::AuthRefusedByPolicy {
-                        ev.reason = Some(reason.as_str());
+                        ev.reason = Some(reason);
                         ev.reply = Some(self.refusal_text(reason).to_string());
                     }
                 }
@@ -488,7 +484,7 @@ mod tests {
         assert_eq!(Answer::Allow.to_json().to_string(), r#"{"status":0}"#);
         let refuse = Answer::Refuse {
             msg: "nope".into(),
-            reason: RejectReason::MailboxDisabled,
+            reason: Reason::MailboxDisabled,
             mailbox: "a@b".into(),
         };
         assert_eq!(

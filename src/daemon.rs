@@ -12,12 +12,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::audit::{Audit, AuditEvent, AuditWriter, EventKind};
-use crate::config::{Config, LimiterConfig, Replies, SmtpReply};
+use crate::config::{Config, LimiterConfig};
 use crate::endpoint::{Endpoint, Listener};
 use crate::limiter::Limiter;
 use crate::milter;
-use crate::policy::{self, PolicyErrors, PolicySnapshot, RejectReason};
+use crate::policy::{self, PolicyErrors, PolicySnapshot};
 use crate::postfix_policy;
+use crate::reply::Replies;
 use crate::sent_items::spool::{Spool, SpoolError};
 use crate::sent_items::{store::Store, worker};
 
@@ -54,16 +55,6 @@ pub struct Stats {
     pub unauthenticated: AtomicU64,
     /// Auth policy requests for protocols it does not check (IMAP logins and the like).
     pub auth_policy_other_protocol: AtomicU64,
-}
-
-impl Replies {
-    /// The reply for a policy refusal (an unknown organization gets the Tenant text).
-    pub fn for_reject(&self, reason: RejectReason) -> &SmtpReply {
-        match reason {
-            RejectReason::MailboxDisabled => &self.mailbox_disabled,
-            RejectReason::OrgDisabled | RejectReason::UnknownOrganization => &self.tenant_disabled,
-        }
-    }
 }
 
 /// What every front end shares: the current policy, the limiter, the audit log.

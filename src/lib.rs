@@ -27,5 +27,7 @@ pub mod limiter;
 pub mod milter;
 pub mod policy;
 pub mod postfix_policy;
+pub mod reason;
+pub mod reply;
 pub mod sent_items;
 pub mod yaml;

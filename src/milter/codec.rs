@@ -699,10 +699,10 @@ fn is_modelled_reply(code: u8) -> bool {
 }
 
 /// The SMTP reply carried by [`Reply::ReplyCode`] is the configuration's
-/// [`crate::config::SmtpReply`]: one type, validated once where it is configured (a 4xx/5xx code,
+/// [`crate::reply::SmtpReply`]: one type, validated once where it is configured (a 4xx/5xx code,
 /// an enhanced status code of the same class, 1–400 printable ASCII characters), so whatever the
 /// operator wrote is what Postfix passes to the client verbatim.
-pub use crate::config::SmtpReply;
+pub use crate::reply::SmtpReply;
 
 /// The line as sent in SMFIR_REPLYCODE, without its NUL: `%` doubled, because Sendmail treats
 /// the reply as a format string and Postfix (milter8.c) turns `%%` back into `%` and drops a

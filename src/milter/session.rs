@@ -23,6 +23,7 @@ use crate::audit::{AuditEvent, EventKind, FrontEnd, Outcome};
 use crate::daemon::Context;
 use crate::limiter::{Acquire, Lease};
 use crate::policy::{evaluate, Decision, PolicySnapshot, Submission};
+use crate::reason::Reason;
 use crate::sent_items::spool::{EntryMeta, Spool, SpoolWriter};
 
 /// Protocol flags we ask for when the MTA offers them. Every `SMFIP_NR_*` here is an event we
@@ -491,12 +492,12 @@ impl Session {
                 mailbox,
                 organization,
             } => {
-                let reply = self.ctx.replies.for_reject(reason).clone();
+                let reply = self.ctx.replies.for_reason(reason).clone();
                 let mut ev = self.event(EventKind::SubmissionDecision);
                 ev.mailbox = Some(mailbox);
                 ev.organization = organization;
                 ev.decision = Some(Outcome::Reject);
-                ev.reason = Some(reason.as_str());
+                ev.reason = Some(reason);
                 ev.reply = Some(reply.to_string());
                 self.ctx.audit.record(ev).await;
                 return Reply::ReplyCode(reply);
@@ -527,14 +528,26 @@ impl Session {
                 }
                 Acquire::Refused { in_use, limit } => {
                     let reply = self.ctx.replies.concurrency_limit.clone();
-                    self.defer(&allowed, "concurrency_limit", Some(in_use), limit, &reply)
-                        .await;
+                    self.defer(
+                        &allowed,
+                        Reason::ConcurrencyLimit,
+                        Some(in_use),
+                        limit,
+                        &reply,
+                    )
+                    .await;
                     return Reply::ReplyCode(reply);
                 }
                 Acquire::Unavailable => {
                     let reply = self.ctx.replies.tempfail.clone();
-                    self.defer(&allowed, "limiter_unavailable", None, allowed.limit, &reply)
-                        .await;
+                    self.defer(
+                        &allowed,
+                        Reason::LimiterUnavailable,
+                        None,
+                        allowed.limit,
+                        &reply,
+                    )
+                    .await;
                     return Reply::ReplyCode(reply);
                 }
             }
@@ -576,10 +589,10 @@ impl Session {
     async fn defer(
         &self,
         allowed: &crate::policy::Allowed,
-        reason: &'static str,
+        reason: Reason,
         in_use: Option<u32>,
         limit: u32,
-        reply: &crate::config::SmtpReply,
+        reply: &crate::reply::SmtpReply,
     ) {
         let mut ev = self.event(EventKind::SubmissionDecision);
         ev.mailbox = Some(allowed.mailbox.clone());
@@ -589,7 +602,7 @@ impl Session {
         ev.sessions_in_use = in_use;
         ev.limit = Some(limit);
         ev.reply = Some(reply.to_string());
-        tracing::info!(peer = %self.peer, mailbox = %allowed.mailbox, reason, "submission deferred");
+        tracing::info!(peer = %self.peer, mailbox = %allowed.mailbox, %reason, "submission deferred");
         self.ctx.audit.record(ev).await;
     }
 
@@ -684,7 +697,7 @@ impl Session {
                 tracing::error!(peer = %self.peer, queue_id = %queue_id, "cannot spool the Sent Items copy; message tempfailed: {e}");
                 let reply = self.ctx.replies.tempfail.clone();
                 ev.event = EventKind::SentCopyFailed;
-                ev.reason = Some("spool_unavailable");
+                ev.reason = Some(Reason::SpoolUnavailable);
                 ev.reply = Some(reply.to_string());
                 ev.message = Some(e);
                 self.ctx.audit.record(ev).await;

@@ -3,35 +3,13 @@
 //! [`Allowed::limit`].
 
 use super::{effective_sent_items, PolicySnapshot, SentItems};
+use crate::reason::Reason;
 
 /// What the front ends know about a submission when they ask.
 #[derive(Debug, Clone, Copy)]
 pub struct Submission<'a> {
     /// The SASL login (`sasl_username` / `{auth_authen}`), as the client gave it.
     pub login: &'a str,
-}
-
-/// Why a submission is refused by policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RejectReason {
-    /// `Set-TransportConfig -SmtpClientAuthenticationDisabled $true` and no mailbox override.
-    OrgDisabled,
-    /// `Set-CASMailbox -SmtpClientAuthenticationDisabled $true`.
-    MailboxDisabled,
-    /// No organization claims the login's domain and there is no `"*"` organization.
-    UnknownOrganization,
-}
-
-impl RejectReason {
-    /// The audit/report name of the reason.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RejectReason::OrgDisabled => "org_disabled",
-            RejectReason::MailboxDisabled => "mailbox_disabled",
-            RejectReason::UnknownOrganization => "unknown_organization",
-        }
-    }
 }
 
 /// A submission the policy allows, with what the front ends need next.
@@ -51,7 +29,8 @@ pub struct Allowed {
 pub enum Decision {
     Allow(Allowed),
     Reject {
-        reason: RejectReason,
+        /// One of the policy reasons: org_disabled, mailbox_disabled, unknown_organization.
+        reason: Reason,
         mailbox: String,
         organization: Option<String>,
     },
@@ -63,7 +42,7 @@ pub fn evaluate(snapshot: &PolicySnapshot, submission: &Submission<'_>) -> Decis
     let mailbox = snapshot.normalize(submission.login);
     let Some(org_idx) = snapshot.org_index_for(&mailbox) else {
         return Decision::Reject {
-            reason: RejectReason::UnknownOrganization,
+            reason: Reason::UnknownOrganization,
             mailbox,
             organization: None,
         };
@@ -72,11 +51,8 @@ pub fn evaluate(snapshot: &PolicySnapshot, submission: &Submission<'_>) -> Decis
     let own = snapshot.mailboxes.get(&mailbox).map(|e| &e.settings);
     let disabled = own
         .and_then(|s| s.smtp_client_authentication_disabled)
-        .map(|v| (v, RejectReason::MailboxDisabled))
-        .unwrap_or((
-            org.smtp_client_authentication_disabled,
-            RejectReason::OrgDisabled,
-        ));
+        .map(|v| (v, Reason::MailboxDisabled))
+        .unwrap_or((org.smtp_client_authentication_disabled, Reason::OrgDisabled));
     if disabled.0 {
         return Decision::Reject {
             reason: disabled.1,

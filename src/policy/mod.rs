@@ -11,7 +11,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-pub use evaluate::{evaluate, Allowed, Decision, RejectReason, Submission};
+pub use evaluate::{evaluate, Allowed, Decision, Submission};
 pub mod editor;
 pub use load::{is_policy_file, load_dir, load_files, valid_address, valid_domain, LoadOptions};
 

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use super::*;
+use crate::reason::Reason;
 
 fn load(files: &[(&str, &str)]) -> Result<PolicySnapshot, PolicyErrors> {
     let files: Vec<(PathBuf, String)> = files
@@ -36,19 +37,19 @@ fn precedence_truth_table() {
             (
                 "{ smtp_client_authentication_disabled: true }",
                 Some(true),
-                RejectReason::MailboxDisabled,
+                Reason::MailboxDisabled,
             ),
             (
                 "{ smtp_client_authentication_disabled: false }",
                 Some(false),
-                RejectReason::MailboxDisabled,
+                Reason::MailboxDisabled,
             ),
             (
                 "{ smtp_client_authentication_disabled: null }",
                 None,
-                RejectReason::OrgDisabled,
+                Reason::OrgDisabled,
             ),
-            ("{}", None, RejectReason::OrgDisabled),
+            ("{}", None, Reason::OrgDisabled),
         ] {
             let text = org(
                 "contoso",
@@ -88,7 +89,7 @@ fn unknown_organization_is_denied_unless_a_fallback_exists() {
     assert_eq!(
         decide(&snap, "x@elsewhere.org"),
         Decision::Reject {
-            reason: RejectReason::UnknownOrganization,
+            reason: Reason::UnknownOrganization,
             mailbox: "x@elsewhere.org".into(),
             organization: None,
         }
@@ -139,7 +140,7 @@ fn login_without_domain_uses_default_domain() {
     assert!(matches!(
         decide(&snap, " ALICE "),
         Decision::Reject {
-            reason: RejectReason::MailboxDisabled,
+            reason: Reason::MailboxDisabled,
             ..
         }
     ));

@@ -21,6 +21,7 @@ use crate::daemon::Context;
 use crate::endpoint::{accept_loop, Listener, Stream};
 use crate::limiter::{Acquire, Lease};
 use crate::policy::{evaluate, Allowed, Decision, Submission};
+use crate::reason::Reason;
 
 /// Settings of the policy front end.
 #[derive(Debug, Clone)]
@@ -239,12 +240,12 @@ impl Connection<'_> {
                 organization,
             } => {
                 self.end_txn().await;
-                let reply = self.ctx.replies.for_reject(reason).to_string();
+                let reply = self.ctx.replies.for_reason(reason).to_string();
                 let mut ev = self.event(EventKind::SubmissionDecision, &r);
                 ev.mailbox = Some(mailbox);
                 ev.organization = organization;
                 ev.decision = Some(Outcome::Reject);
-                ev.reason = Some(reason.as_str());
+                ev.reason = Some(reason);
                 ev.reply = Some(reply.clone());
                 self.ctx.audit.record(ev).await;
                 return Response(reply);
@@ -282,13 +283,13 @@ impl Connection<'_> {
                     None
                 }
                 Acquire::Refused { in_use, limit } => Some((
-                    "concurrency_limit",
+                    Reason::ConcurrencyLimit,
                     self.ctx.replies.concurrency_limit.to_string(),
                     Some(in_use),
                     limit,
                 )),
                 Acquire::Unavailable => Some((
-                    "limiter_unavailable",
+                    Reason::LimiterUnavailable,
                     self.ctx.replies.tempfail.to_string(),
                     None,
                     allowed.limit,
@@ -306,7 +307,7 @@ impl Connection<'_> {
                 tracing::info!(
                     peer = self.peer,
                     mailbox = ev.mailbox.as_deref(),
-                    reason,
+                    %reason,
                     "submission deferred"
                 );
                 self.ctx.audit.record(ev).await;

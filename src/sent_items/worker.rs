@@ -34,6 +34,7 @@ use super::spool::{DeliveryState, EntryId, EntryMeta, Spool, SpoolError};
 use super::store::{FailureKind, SentCopy, SentItemsStore, StoreError, Stored};
 use crate::audit::{Audit, AuditEvent, EventKind};
 use crate::config::{RetryConfig, SentItemsConfig};
+use crate::reason::Reason;
 
 /// Worker settings (from `sent_items` in the configuration).
 #[derive(Debug, Clone)]
@@ -276,7 +277,7 @@ async fn attempt<S: SentItemsStore>(shared: &Shared<S>, id: EntryId) -> Next {
         Ok(meta) => meta,
         Err(SpoolError::UnknownEntry { .. }) => return Next::Done,
         Err(e) if e.is_corrupt() => {
-            give_up(shared, id, None, &state, "corrupt", e.to_string()).await;
+            give_up(shared, id, None, &state, Reason::Corrupt, e.to_string()).await;
             return Next::Done;
         }
         Err(e) => return retry_later("cannot read spool entry", &e),
@@ -289,7 +290,7 @@ async fn attempt<S: SentItemsStore>(shared: &Shared<S>, id: EntryId) -> Next {
             state.attempts,
             state.last_error.as_deref().unwrap_or("none")
         );
-        give_up(shared, id, Some(&meta), &state, "max_age", reason).await;
+        give_up(shared, id, Some(&meta), &state, Reason::MaxAge, reason).await;
         return Next::Done;
     }
     let maybe_stored = state.outcome_unknown;
@@ -348,11 +349,11 @@ async fn failed_attempt<S: SentItemsStore>(
     state.outcome_unknown = error.outcome_unknown;
     let first = state.first_attempt.unwrap_or(now);
     let give_up_reason = match error.kind {
-        FailureKind::Permanent => Some("permanent"),
+        FailureKind::Permanent => Some(Reason::Permanent),
         FailureKind::Auth if state.attempts >= settings.retry.auth_failure_attempts => {
-            Some("login_refused")
+            Some(Reason::LoginRefused)
         }
-        _ if age(first, SystemTime::now()) >= settings.max_age => Some("max_age"),
+        _ if age(first, SystemTime::now()) >= settings.max_age => Some(Reason::MaxAge),
         _ => None,
     };
     if let Some(reason) = give_up_reason {
@@ -363,8 +364,8 @@ async fn failed_attempt<S: SentItemsStore>(
         let text = format!(
             "{} after {} attempt(s): {}",
             match reason {
-                "permanent" => "permanent failure",
-                "login_refused" => "login refused",
+                Reason::Permanent => "permanent failure",
+                Reason::LoginRefused => "login refused",
                 _ => "max_age reached",
             },
             state.attempts,
@@ -405,10 +406,10 @@ async fn give_up<S: SentItemsStore>(
     id: EntryId,
     meta: Option<&EntryMeta>,
     state: &DeliveryState,
-    reason: &'static str,
+    reason: Reason,
     text: String,
 ) {
-    tracing::error!(entry = %id, reason, error = %text, "Sent Items copy given up; `submitgate spool retry` puts it back");
+    tracing::error!(entry = %id, %reason, error = %text, "Sent Items copy given up; `submitgate spool retry` puts it back");
     if let Err(e) = shared.spool.fail(&id, text.clone()).await {
         tracing::error!(entry = %id, error = %e, "cannot move the entry to failed/");
     }

@@ -1,0 +1,160 @@
+//! SMTP replies: the checked [`SmtpReply`] type and the [`Replies`] submitgate gives, Exchange
+//! Online's texts by default. A leaf module: `config` parses replies into these types, the
+//! front ends and the admission step read them; it imports only [`crate::reason`].
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::reason::Reason;
+
+/// An SMTP reply: `550 5.7.139 text`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmtpReply {
+    pub code: u16,
+    pub enhanced: String,
+    pub text: String,
+}
+
+impl fmt::Display for SmtpReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {}", self.code, self.enhanced, self.text)
+    }
+}
+
+impl FromStr for SmtpReply {
+    type Err = String;
+
+    /// Parses and checks `NNN X.Y.Z text`: a 4xx or 5xx code, an enhanced status code of the
+    /// same class, and printable ASCII text (it goes into SMTP and the policy/milter protocols).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut parts = s.trim().splitn(3, ' ');
+        let code = parts.next().unwrap_or_default();
+        let enhanced = parts.next().unwrap_or_default();
+        let text = parts.next().unwrap_or_default().trim();
+        let code_num: u16 = match code.parse() {
+            Ok(n) if code.len() == 3 && (400..600).contains(&n) => n,
+            _ => {
+                return Err(format!(
+                    "{s:?}: the reply must start with a 4xx or 5xx code"
+                ))
+            }
+        };
+        let class = code.as_bytes()[0];
+        let fields: Vec<&str> = enhanced.split('.').collect();
+        let valid_enhanced = fields.len() == 3
+            && fields[0].as_bytes() == [class]
+            && fields[1..]
+                .iter()
+                .all(|f| !f.is_empty() && f.len() <= 3 && f.bytes().all(|b| b.is_ascii_digit()));
+        if !valid_enhanced {
+            return Err(format!(
+                "{s:?}: after the code comes an enhanced status code of the same class ({}.X.Y)",
+                class as char
+            ));
+        }
+        if text.is_empty() || text.len() > 400 || !text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return Err(format!(
+                "{s:?}: the text must be 1 to 400 printable ASCII characters"
+            ));
+        }
+        Ok(SmtpReply {
+            code: code_num,
+            enhanced: enhanced.to_string(),
+            text: text.to_string(),
+        })
+    }
+}
+
+/// The replies submitgate gives; Exchange Online's texts by default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replies {
+    pub tenant_disabled: SmtpReply,
+    pub mailbox_disabled: SmtpReply,
+    pub concurrency_limit: SmtpReply,
+    /// When submitgate itself cannot do its part (limiter down with `on_error: tempfail`,
+    /// spool unwritable).
+    pub tempfail: SmtpReply,
+    /// The auth policy refusal text (Dovecot's `msg`) when the organization disables SMTP AUTH.
+    /// Text only: Postfix sends `535 5.7.8 Error: authentication failed: <text>`.
+    pub auth_tenant_disabled: String,
+    /// The auth policy refusal text when the mailbox disables SMTP AUTH.
+    pub auth_mailbox_disabled: String,
+}
+
+/// Exchange Online's reply when the organization disables SMTP AUTH.
+pub const TENANT_DISABLED: &str =
+    "550 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant.";
+/// Exchange Online's reply when the mailbox disables SMTP AUTH.
+pub const MAILBOX_DISABLED: &str =
+    "550 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox.";
+/// Exchange Online's reply over the concurrency limit.
+pub const CONCURRENCY_LIMIT: &str = "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded";
+/// Our own temporary failure.
+pub const TEMPFAIL: &str = "451 4.3.0 Temporary submission failure, try again later";
+/// The auth policy text (at AUTH) when the organization disables SMTP AUTH.
+pub const AUTH_TENANT_DISABLED: &str =
+    "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant";
+/// The auth policy text (at AUTH) when the mailbox disables SMTP AUTH.
+pub const AUTH_MAILBOX_DISABLED: &str =
+    "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox";
+
+/// Longest auth policy refusal text: Dovecot passes it on in one SASL line, and Postfix in one
+/// SMTP reply line.
+pub const MAX_AUTH_REPLY: usize = 200;
+
+/// Checks an auth policy refusal text: 1 to [`MAX_AUTH_REPLY`] printable ASCII characters.
+pub fn check_auth_reply(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if text.is_empty()
+        || text.len() > MAX_AUTH_REPLY
+        || !text.bytes().all(|b| (0x20..0x7f).contains(&b))
+    {
+        return Err(format!(
+            "{text:?}: must be 1 to {MAX_AUTH_REPLY} printable ASCII characters, without an SMTP code \
+             (Postfix answers `535 5.7.8 Error: authentication failed: <text>`)"
+        ));
+    }
+    Ok(text.to_string())
+}
+
+impl Default for Replies {
+    fn default() -> Self {
+        let p = |s: &str| {
+            SmtpReply::from_str(s).unwrap_or_else(|e| unreachable!("built-in reply: {e}"))
+        };
+        Replies {
+            tenant_disabled: p(TENANT_DISABLED),
+            mailbox_disabled: p(MAILBOX_DISABLED),
+            concurrency_limit: p(CONCURRENCY_LIMIT),
+            tempfail: p(TEMPFAIL),
+            auth_tenant_disabled: AUTH_TENANT_DISABLED.to_string(),
+            auth_mailbox_disabled: AUTH_MAILBOX_DISABLED.to_string(),
+        }
+    }
+}
+
+impl Replies {
+    /// The SMTP reply for a refusal or deferral reason: a policy refusal (an unknown
+    /// organization gets the Tenant text), the concurrency limit, or our own temporary failure.
+    pub fn for_reason(&self, reason: Reason) -> &SmtpReply {
+        match reason {
+            Reason::MailboxDisabled => &self.mailbox_disabled,
+            Reason::OrgDisabled | Reason::UnknownOrganization => &self.tenant_disabled,
+            Reason::ConcurrencyLimit => &self.concurrency_limit,
+            Reason::LimiterUnavailable
+            | Reason::SpoolUnavailable
+            | Reason::Corrupt
+            | Reason::Permanent
+            | Reason::LoginRefused
+            | Reason::MaxAge => &self.tempfail,
+        }
+    }
+
+    /// The auth policy refusal text (Dovecot's `msg`) for a policy refusal reason.
+    pub fn auth_text_for(&self, reason: Reason) -> &str {
+        match reason {
+            Reason::MailboxDisabled => &self.auth_mailbox_disabled,
+            _ => &self.auth_tenant_disabled,
+        }
+    }
+}
