@@ -7,13 +7,14 @@
 //!
 //! Needs Dovecot (see tests/dovecot/run.sh) and root, like the tests it borrows its harness from.
 
-#[path = "../tests/dovecot/mod.rs"]
-mod dovecot;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::time::{Duration, Instant};
 
-use dovecot::{message, Dovecot, Options, Rig, SECRET};
 use submitgate::sent_items::spool::Spool;
+use support::dovecot;
+use support::dovecot::{message, Dovecot, Options, Rig, SECRET};
 
 async fn run(label: &str, store: &str, workers: usize, entries: usize, mailboxes: usize) -> f64 {
     let dir = tempfile::tempdir().expect("tempdir");

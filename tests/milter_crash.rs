@@ -2,16 +2,16 @@
 //! message streams into the spool, restart, and check that no partial entry was committed,
 //! that the temp file is gone, and that the entries committed before are intact.
 
-mod common;
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use common::{b, read_spool_entries, spool_temp_files, MilterClient, CONTOSO};
 use submitgate::milter::codec::{Command as Milter, Reply};
+use support::daemon::{b, read_spool_entries, spool_temp_files, MilterClient, CONTOSO};
 
 /// The daemon as a child process; its stderr goes to `log`.
 struct Running {
@@ -34,7 +34,7 @@ fn start(dir: &Path, run: usize) -> Running {
             .unwrap(),
         port: 0,
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = support::Deadline::new(Duration::from_secs(20), "the daemon to start");
     loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         let port = BufReader::new(text.as_bytes())
@@ -49,8 +49,7 @@ fn start(dir: &Path, run: usize) -> Running {
             running.port = port;
             return running;
         }
-        assert!(Instant::now() < deadline, "daemon did not start:\n{text}");
-        std::thread::sleep(Duration::from_millis(20));
+        deadline.tick_sync();
     }
 }
 
@@ -128,19 +127,19 @@ async fn kill_9_while_streaming_leaves_no_partial_entry() {
     for _ in 0..40 {
         c.send(Milter::Body(chunk.clone())).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let size: u64 = spool_temp_files(&spool)
-            .iter()
-            .filter_map(|f| std::fs::metadata(spool.join("tmp").join(f)).ok())
-            .map(|m| m.len())
-            .sum();
-        if size > 1_000_000 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no temp file grew in the spool");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::wait_for(
+        Duration::from_secs(10),
+        "a spool temp file over 1 MB",
+        || async {
+            let size: u64 = spool_temp_files(&spool)
+                .iter()
+                .filter_map(|f| std::fs::metadata(spool.join("tmp").join(f)).ok())
+                .map(|m| m.len())
+                .sum();
+            size > 1_000_000
+        },
+    )
+    .await;
     // kill -9: no chance to clean up.
     daemon.child.kill().unwrap();
     daemon.child.wait().unwrap();

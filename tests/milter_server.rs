@@ -3,17 +3,18 @@
 //! headers, ABORT, spool failure), bad frames that close one connection only, timeouts and
 //! shutdown releasing leases.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use common::{b, read_audit, spool_temp_files, TestDaemon, CONTOSO, FABRIKAM};
 use submitgate::milter::codec::{
     Command, MilterCodec, Reply, SMFIC_MAIL, SMFIP_HDR_LEADSPC, SMFIP_NR_BODY, SMFIP_NR_CONN,
     SMFIP_NR_DATA, SMFIP_NR_EOH, SMFIP_NR_HDR, SMFIP_NR_HELO, SMFIP_NR_RCPT, SMFIP_NR_UNKN,
     SMFI_CURR_PROT,
 };
+use support::daemon::{b, spool_temp_files, TestDaemon, CONTOSO, FABRIKAM};
+use support::read_audit;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
@@ -393,8 +394,12 @@ async fn three_sessions_pass_the_fourth_waits_for_a_quit() {
     drop(sessions);
     fourth.quit().await;
     other.quit().await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(t.in_use("bob@contoso.com").await, 0);
+    support::wait_for(
+        Duration::from_secs(5),
+        "the leases to be released",
+        || async { t.in_use("bob@contoso.com").await == 0 },
+    )
+    .await;
     let audit = t.audit().await;
     let defers: Vec<_> = audit.iter().filter(|e| e["decision"] == "defer").collect();
     assert_eq!(defers.len(), 2);
@@ -526,11 +531,10 @@ async fn abort_before_end_of_message_discards_the_capture() {
     }
     // Beyond the write buffer: a temp file exists now.
     let spool = t.spool_dir();
-    let mut waited = 0;
-    while spool_temp_files(&spool).is_empty() && waited < 100 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        waited += 1;
-    }
+    support::wait_for(Duration::from_secs(5), "a spool temp file", || async {
+        !spool_temp_files(&spool).is_empty()
+    })
+    .await;
     assert_eq!(spool_temp_files(&spool).len(), 1);
     c.abort().await;
     // Still one lease, the session goes on.
@@ -558,12 +562,12 @@ async fn bad_input_closes_only_its_connection(garbage: &[u8], half_close: bool) 
         stream.shutdown().await.unwrap();
     }
     assert!(bad.closed().await, "connection not closed for {garbage:?}");
-    let mut waited = 0;
-    while t.in_use("bob@contoso.com").await != 1 && waited < 100 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        waited += 1;
-    }
-    assert_eq!(t.in_use("bob@contoso.com").await, 1);
+    support::wait_for(
+        Duration::from_secs(5),
+        "the bad session's lease to be released",
+        || async { t.in_use("bob@contoso.com").await == 1 },
+    )
+    .await;
 
     let r = good
         .message("QOK", &["x@example.net"], &[("Subject", " s")], &[b"x\r\n"])
@@ -623,8 +627,12 @@ async fn configured_frame_cap_applies() {
     })
     .await;
     assert!(c.closed().await);
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(t.in_use("bob@contoso.com").await, 0);
+    support::wait_for(
+        Duration::from_secs(5),
+        "the lease to be released",
+        || async { t.in_use("bob@contoso.com").await == 0 },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -637,8 +645,12 @@ async fn silent_connection_times_out_and_releases_its_lease() {
     let started = std::time::Instant::now();
     assert!(c.closed().await);
     assert!(started.elapsed() >= Duration::from_millis(900));
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(t.in_use("bob@contoso.com").await, 0);
+    support::wait_for(
+        Duration::from_secs(5),
+        "the lease to be released",
+        || async { t.in_use("bob@contoso.com").await == 0 },
+    )
+    .await;
     let audit = t.audit().await;
     assert!(audit.iter().any(|e| e["event"] == "session_closed"));
 }
@@ -694,7 +706,7 @@ async fn milter_and_policy_front_ends_run_side_by_side() {
     assert_eq!(c.mail(Some("bob@contoso.com")).await, Reply::Continue);
     c.quit().await;
     let mut p = t.client().await;
-    let tx = common::Txn {
+    let tx = support::daemon::Txn {
         login: "bob@contoso.com",
         client_port: 1,
         instance: "i",
@@ -784,8 +796,12 @@ async fn unix_socket_listener_serves_a_session() {
     assert_eq!(t.in_use("bob@contoso.com").await, 1);
     framed.send(Command::Quit).await.unwrap();
     assert!(framed.next().await.is_none());
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(t.in_use("bob@contoso.com").await, 0);
+    support::wait_for(
+        Duration::from_secs(5),
+        "the lease to be released",
+        || async { t.in_use("bob@contoso.com").await == 0 },
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -2,12 +2,12 @@
 //! lease release on END-OF-MESSAGE / connection close / idle timeout, isolation of bad
 //! connections, and reloads that keep a good policy.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::{TestDaemon, Txn, CONTOSO, FABRIKAM};
 use submitgate::daemon::ReloadOutcome;
+use support::daemon::{TestDaemon, Txn, CONTOSO, FABRIKAM};
 
 const FIXTURE: &str = include_str!("fixtures/postfix-3.7/policy-requests.txt");
 const LIMIT_REPLY: &str = "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded";
@@ -228,13 +228,12 @@ async fn closing_a_connection_releases_its_lease() {
     assert_eq!(c.ask(&txn, "RCPT").await, "DUNNO");
     assert_eq!(t.in_use("bob@contoso.com").await, 1);
     drop(c);
-    for _ in 0..100 {
-        if t.in_use("bob@contoso.com").await == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("lease not released after the connection closed");
+    support::wait_for(
+        Duration::from_secs(5),
+        "the lease to be released after the connection closed",
+        || async { t.in_use("bob@contoso.com").await == 0 },
+    )
+    .await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -382,7 +381,7 @@ async fn shutdown_releases_leases_and_flushes_the_audit_log() {
     daemon.shutdown().await;
     assert_eq!(limiter.in_use("bob@contoso.com").await, 0);
     assert!(c.closed().await);
-    assert_eq!(common::read_audit(&audit_path).len(), 1);
+    assert_eq!(support::read_audit(&audit_path).len(), 1);
 }
 
 #[tokio::test(start_paused = true)]

@@ -3,15 +3,15 @@
 //! leases of a killed daemon expiring by themselves, live leases surviving many TTLs,
 //! outages with `on_error: allow` and `tempfail`, and atomic acquires.
 
-mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{TestDaemon, Txn, CONTOSO};
 use submitgate::limiter::redis::{OnError, RedisBackend, RedisSettings};
 use submitgate::limiter::{Acquire, Limiter};
+use support::daemon::{TestDaemon, Txn, CONTOSO};
 
 const LIMIT_REPLY: &str = "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded";
 
@@ -65,11 +65,10 @@ impl Redis {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(self.socket()).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let socket = self.socket();
+        support::wait_for_sync(Duration::from_secs(10), "redis-server to start", || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        });
     }
 
     fn stop(&mut self) {
@@ -204,11 +203,9 @@ fn spawn_daemon(dir: &Path, limiter: &str) -> (Child, u16) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "daemon did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    support::wait_for_sync(Duration::from_secs(10), "the daemon to start", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
     (child, port)
 }
 
@@ -234,28 +231,22 @@ async fn a_killed_daemons_leases_expire_while_live_ones_are_refreshed() {
     };
     let mut live = survivor.client().await;
     assert_eq!(live.ask(&txn(1, "live"), "RCPT").await, "DUNNO");
-    let mut v1 = common::PolicyClient::connect(port).await;
-    let mut v2 = common::PolicyClient::connect(port).await;
+    let mut v1 = support::daemon::PolicyClient::connect(port).await;
+    let mut v2 = support::daemon::PolicyClient::connect(port).await;
     assert_eq!(v1.ask(&txn(2, "v1"), "RCPT").await, "DUNNO");
     assert_eq!(v2.ask(&txn(3, "v2"), "RCPT").await, "DUNNO");
     assert_eq!(survivor.in_use("carol@contoso.com").await, 3);
 
     victim.kill().unwrap(); // SIGKILL: no release, no goodbye.
     victim.wait().unwrap();
-    let killed = Instant::now();
-    loop {
-        let n = survivor.in_use("carol@contoso.com").await;
-        if n == 1 {
-            break;
-        }
-        assert!(
-            killed.elapsed() < ttl + Duration::from_secs(1),
-            "{n} leases still counted {:?} after the kill",
-            killed.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // The survivor's session keeps its lease over several TTLs.
+    support::wait_for(
+        ttl + Duration::from_secs(1),
+        "the killed daemon's leases to expire",
+        || async { survivor.in_use("carol@contoso.com").await == 1 },
+    )
+    .await;
+    // The survivor's session keeps its lease over several TTLs (time passing is the test here,
+    // not a synchronization).
     tokio::time::sleep(ttl * 3).await;
     assert_eq!(survivor.in_use("carol@contoso.com").await, 1);
     assert_eq!(live.ask(&txn(1, "live"), "END-OF-MESSAGE").await, "DUNNO");
@@ -315,18 +306,12 @@ async fn outage_with_allow_lets_mail_through_audits_once_and_recovers() {
     // Redis returns (empty: it lost everything). The five live leases are written back once,
     // so the limit holds again.
     redis.spawn();
-    let back = Instant::now();
-    loop {
-        let n = t.in_use("bob@contoso.com").await;
-        if n == 5 {
-            break;
-        }
-        assert!(
-            back.elapsed() < Duration::from_secs(5),
-            "{n} leases after recovery"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::wait_for(
+        Duration::from_secs(5),
+        "5 leases after recovery",
+        || async { t.in_use("bob@contoso.com").await == 5 },
+    )
+    .await;
     let mut c = t.client().await;
     let txn = Txn {
         login: "bob@contoso.com",
@@ -334,15 +319,17 @@ async fn outage_with_allow_lets_mail_through_audits_once_and_recovers() {
         instance: "after",
     };
     assert_eq!(c.ask(&txn, "RCPT").await, LIMIT_REPLY);
-    // Several refreshes later the count is still 5: written back once, not once per refresh.
+    // Several refreshes later the count is still 5: written back once, not once per refresh
+    // (time passing is the test here, not a synchronization).
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(t.in_use("bob@contoso.com").await, 5);
     drop(held);
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while t.in_use("bob@contoso.com").await != 0 {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::wait_for(
+        Duration::from_secs(3),
+        "the leases to be released",
+        || async { t.in_use("bob@contoso.com").await == 0 },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -367,13 +354,9 @@ async fn outage_with_tempfail_refuses_with_451() {
     let answer = c.ask(&txn("b"), "RCPT").await;
     assert!(answer.starts_with("451 4.3.0"), "{answer}");
     redis.spawn();
-    let back = Instant::now();
-    loop {
-        if c.ask(&txn("c"), "RCPT").await == "DUNNO" {
-            break;
-        }
-        assert!(back.elapsed() < Duration::from_secs(5));
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let deadline = support::Deadline::new(Duration::from_secs(5), "answers after Redis is back");
+    while c.ask(&txn("c"), "RCPT").await != "DUNNO" {
+        deadline.tick().await;
     }
     let audit = t.audit().await;
     let defer = audit

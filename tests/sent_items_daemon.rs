@@ -2,15 +2,16 @@
 //! Dovecot, then a restart, delivers every entry exactly once (skipped, with a note, without
 //! Dovecot); and the `spool list` / `spool retry` commands beside it.
 
-mod dovecot;
+mod support;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use dovecot::{audit_lines, message, Dovecot, Options, SECRET};
 use submitgate::sent_items::spool::Spool;
+use support::dovecot::{message, Dovecot, Options, SECRET};
+use support::read_audit;
 
 const ALICE: &str = "alice@contoso.com";
 
@@ -48,7 +49,7 @@ fn serve(config: &Path) -> Child {
 }
 
 fn stored_count(dir: &Path) -> usize {
-    audit_lines(&dir.join("audit.log"))
+    read_audit(&dir.join("audit.log"))
         .iter()
         .filter(|e| e["event"] == "sent_copy_stored")
         .count()
@@ -75,13 +76,13 @@ async fn interrupted_then_restarted(test: &str, graceful: bool) {
         let spool = Spool::open(dir.path().join("spool")).expect("spool");
         for n in 0..N {
             let (body, mid) = message(n, 4096);
-            dovecot::commit(&spool, ALICE, &body, &mid).await;
+            support::dovecot::commit(&spool, ALICE, &body, &mid).await;
             sent.insert(mid, body);
         }
     }
     let mut child = serve(&config);
     let audit_dir = dir.path().to_path_buf();
-    dovecot::wait_for(Duration::from_secs(30), "some deliveries", || {
+    support::wait_for(Duration::from_secs(30), "some deliveries", || {
         let d = audit_dir.clone();
         async move { stored_count(&d) >= N / 5 }
     })
@@ -99,7 +100,7 @@ async fn interrupted_then_restarted(test: &str, graceful: bool) {
 
     let mut child = serve(&config);
     let spool = Spool::attach(dir.path().join("spool")).expect("attach");
-    dovecot::wait_for(Duration::from_secs(60), "the spool to drain", || {
+    support::wait_for(Duration::from_secs(60), "the spool to drain", || {
         let spool = spool.clone();
         async move { spool.pending().await.map(|p| p.is_empty()).unwrap_or(false) }
     })
@@ -166,9 +167,9 @@ async fn spool_list_and_retry_commands() {
     );
     let spool = Spool::open(dir.path().join("spool")).expect("spool");
     let (body, mid) = message(1, 500);
-    let queued = dovecot::commit(&spool, ALICE, &body, &mid).await;
+    let queued = support::dovecot::commit(&spool, ALICE, &body, &mid).await;
     let (body, mid) = message(2, 500);
-    let failed = dovecot::commit(&spool, "bob@contoso.com", &body, &mid).await;
+    let failed = support::dovecot::commit(&spool, "bob@contoso.com", &body, &mid).await;
     spool
         .fail(&failed, "imap 127.0.0.1:143: login refused")
         .await

@@ -2,13 +2,13 @@
 //! copies, TRYCREATE, a wrong master secret, an outage, and a connection cut right after the
 //! APPEND (through a small proxy in the test). Skipped, with a note, without Dovecot.
 
-mod dovecot;
+mod support;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dovecot::{message, Dovecot, Options, Rig, SECRET};
+use support::dovecot::{message, Dovecot, Options, Rig, SECRET};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -172,7 +172,7 @@ async fn outage_is_ridden_out_and_each_copy_stored_once() {
     }
     // Let every entry fail at least once.
     let spool = rig.spool.clone();
-    dovecot::wait_for(Duration::from_secs(10), "failed attempts", move || {
+    support::wait_for(Duration::from_secs(10), "failed attempts", move || {
         let spool = spool.clone();
         async move {
             spool
@@ -271,7 +271,7 @@ async fn cut_run_with(
     let secret = dovecot.secret_file(SECRET);
     let rig = Rig::start(&format!(
         "  store: {{ backend: imap, address: \"127.0.0.1:{proxy}\", tls: none, login: master_user, master_user: {}, master_password_file: \"{}\", timeout: 10s }}\n{FAST_RETRY}",
-        dovecot::MASTER,
+        support::dovecot::MASTER,
         secret.display()
     ));
     let (body, mid) = message(7, 10 * 1024);

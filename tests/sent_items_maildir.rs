@@ -2,15 +2,15 @@
 //! after a crash; and a real Dovecot reading that Maildir lists the copy `\Seen` (skipped,
 //! with a note, without Dovecot).
 
-mod dovecot;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dovecot::{message, Dovecot, Options, Rig};
 use submitgate::sent_items::spool::Spool;
 use submitgate::sent_items::store::maildir::MaildirStore;
 use submitgate::sent_items::store::{SentCopy, SentItemsStore};
+use support::dovecot::{message, Dovecot, Options, Rig};
 
 const ALICE: &str = "alice@contoso.com";
 
@@ -75,7 +75,7 @@ async fn delivering_the_same_entry_again_leaves_one_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let spool = Spool::open(dir.path().join("spool")).expect("spool");
     let (body, mid) = message(2, 3000);
-    let id = dovecot::commit(&spool, ALICE, &body, &mid).await;
+    let id = support::dovecot::commit(&spool, ALICE, &body, &mid).await;
     let meta = spool.read_meta(&id).await.expect("meta");
     let store = MaildirStore::new(format!("{}/m/{{mailbox}}", dir.path().display()));
     // As after a crash between the rename and the spool's complete(): same entry again, both
@@ -137,7 +137,7 @@ async fn dovecot_lists_the_maildir_copy_as_seen() {
     rig.drained(Duration::from_secs(10)).await;
     rig.stop().await;
     // submitgate runs as the mail user in production; here the test runs as root.
-    dovecot::chown_vmail(&dovecot.mail_dir());
+    support::dovecot::chown_vmail(&dovecot.mail_dir());
     let stored = dovecot.fetch(ALICE, "Sent Items").await;
     assert!(
         stored == vec![(body.clone(), true)],
@@ -187,10 +187,10 @@ async fn transient_failures_back_off_then_fail_at_max_age() {
         &tracker,
     );
     let (body, mid) = message(5, 100);
-    let id = dovecot::commit(&spool, ALICE, &body, &mid).await;
+    let id = support::dovecot::commit(&spool, ALICE, &body, &mid).await;
     delivery.wake();
     let s = spool.clone();
-    dovecot::wait_for(Duration::from_secs(10), "the entry to fail", move || {
+    support::wait_for(Duration::from_secs(10), "the entry to fail", move || {
         let s = s.clone();
         async move { s.list(true).await.map(|l| l.len() == 1).unwrap_or(false) }
     })
@@ -215,7 +215,7 @@ async fn transient_failures_back_off_then_fail_at_max_age() {
     audit.flush().await;
     drop(audit);
     writer.finish().await;
-    let events = dovecot::audit_lines(&audit_path);
+    let events = support::read_audit(&audit_path);
     let ev: Vec<_> = events
         .iter()
         .filter(|e| e["event"] == "sent_copy_failed")
@@ -233,12 +233,15 @@ async fn a_commit_wakes_the_workers_without_waiting_for_a_scan() {
         "  scan_interval: 1h\n  store: {{ backend: maildir, root: \"{}/{{mailbox}}\" }}\n",
         mail.path().display()
     ));
-    // Let the first (start-up) scan pass, so that only the commit can wake the dispatcher.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    for n in 0..3 {
+    // One copy stored means the dispatcher is past its start-up scan (it scans before it waits
+    // for wake-ups): from then on, with a 1 h scan interval, only a commit can wake it.
+    let (body, mid) = message(0, 500);
+    support::dovecot::commit(&rig.spool, ALICE, &body, &mid).await;
+    rig.drained(Duration::from_secs(5)).await;
+    for n in 1..3 {
         let (body, mid) = message(n, 500);
         // Straight into the spool, as the milter does: no explicit wake-up.
-        dovecot::commit(&rig.spool, ALICE, &body, &mid).await;
+        support::dovecot::commit(&rig.spool, ALICE, &body, &mid).await;
         rig.drained(Duration::from_secs(5)).await;
     }
     let cur = files(&mail.path().join("alice@contoso.com/.Sent Items/cur"));

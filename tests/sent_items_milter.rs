@@ -4,14 +4,13 @@
 //! no copy. (The same path through the real Postfix belongs to tests/e2e.) Skipped, with a
 //! note, without Dovecot.
 
-mod common;
-mod dovecot;
+mod support;
 
 use std::time::Duration;
 
-use common::{TestDaemon, CONTOSO};
-use dovecot::{Dovecot, Options, SECRET};
 use submitgate::milter::codec::Reply;
+use support::daemon::{TestDaemon, CONTOSO};
+use support::dovecot::{Dovecot, Options, SECRET};
 
 #[tokio::test]
 async fn milter_capture_reaches_dovecot_once() {
@@ -51,7 +50,7 @@ async fn milter_capture_reaches_dovecot_once() {
 
     // The commit wakes the workers (the rescan interval is an hour).
     let spool = t.daemon.sent_items().map(|s| s.spool.clone());
-    dovecot::wait_for(Duration::from_secs(10), "the copy to be delivered", || {
+    support::wait_for(Duration::from_secs(10), "the copy to be delivered", || {
         let spool = spool.clone();
         async move {
             match spool {

@@ -2,11 +2,11 @@
 //! certificate verification refusing an unknown issuer by default (system roots) and a wrong
 //! name, and `tls_verify: false`. Skipped, with a note, without Dovecot.
 
-mod dovecot;
+mod support;
 
 use std::time::Duration;
 
-use dovecot::{message, Dovecot, Options, Rig, MASTER, SECRET};
+use support::dovecot::{message, Dovecot, Options, Rig, MASTER, SECRET};
 
 const ALICE: &str = "alice@contoso.com";
 
@@ -68,7 +68,7 @@ async fn refused(config: &str, expect: &str) {
     let (body, mid) = message(9, 1000);
     rig.commit(ALICE, &body, &mid).await;
     let spool = rig.spool.clone();
-    dovecot::wait_for(Duration::from_secs(10), "a failed attempt", move || {
+    support::wait_for(Duration::from_secs(10), "a failed attempt", move || {
         let spool = spool.clone();
         async move {
             spool

@@ -2,13 +2,13 @@
 //! loopback port and mail directory under a temp dir; master user `submitgate`. Tests call
 //! [`Dovecot::start`], which returns `None` (after printing a note) where Dovecot is not
 //! installed, so that they pass without it; `tests/dovecot/run.sh` runs them where it is.
-#![allow(dead_code)]
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
+use super::{read_audit, wait_for, Deadline};
 use imap_client::client::tokio::Client;
 use imap_client::imap_next::imap_types::fetch::{MessageDataItem, MessageDataItemName};
 use imap_client::imap_next::imap_types::flag::{Flag, FlagFetch};
@@ -222,14 +222,10 @@ service stats {{
             std::fs::read_to_string(&errors).unwrap_or_default(),
             self.log()
         );
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Deadline::new(Duration::from_secs(10), "dovecot to listen");
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "dovecot not listening:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+            assert!(!deadline.passed(), "dovecot not listening:\n{}", self.log());
+            deadline.tick_sync();
         }
     }
 
@@ -243,14 +239,13 @@ service stats {{
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-            || self.dir.path().join("run/master.pid").exists()
+        // A Dovecot that does not stop in time is left to the next start, which fails loudly.
+        let deadline = Deadline::new(Duration::from_secs(10), "dovecot to stop");
+        while (std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            || self.dir.path().join("run/master.pid").exists())
+            && !deadline.passed()
         {
-            if Instant::now() > deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+            deadline.tick_sync();
         }
     }
 
@@ -437,31 +432,6 @@ pub async fn commit(spool: &Spool, mailbox: &str, body: &[u8], message_id: &str)
     .expect("spool commit")
 }
 
-/// Waits until `check` holds, up to `limit`.
-pub async fn wait_for<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// JSON lines of an audit log.
-pub fn audit_lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
 /// Delivery workers running in the test process over a fresh spool.
 pub struct Rig {
     pub dir: tempfile::TempDir,
@@ -533,7 +503,7 @@ impl Rig {
     /// Audit events so far.
     pub async fn events(&self) -> Vec<serde_json::Value> {
         self.audit.flush().await;
-        audit_lines(&self.dir.path().join("audit.log"))
+        read_audit(&self.dir.path().join("audit.log"))
     }
 
     /// Stops the workers and the audit writer.

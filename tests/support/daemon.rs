@@ -1,12 +1,13 @@
 //! Shared helpers for the integration tests: a real daemon on port 0 with its own policy
 //! directory, audit log and spool, a policy-protocol client and a milter client that plays
 //! Postfix.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
+
+use super::read_audit;
 use futures_util::{SinkExt, StreamExt};
 use submitgate::config::Config;
 use submitgate::daemon::Daemon;
@@ -141,14 +142,6 @@ impl TestDaemon {
     pub async fn in_use(&self, mailbox: &str) -> u32 {
         self.daemon.context().limiter.in_use(mailbox).await
     }
-}
-
-pub fn read_audit(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 /// One Postfix-like policy connection.
