@@ -6,12 +6,12 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
-use submitgate::audit::report;
 use submitgate::config::{Config, DEFAULT_CONFIG_PATH};
 use submitgate::control;
 use submitgate::daemon::Daemon;
 use submitgate::policy::editor::{self, Change, Setting};
 use submitgate::policy::{self, LoadOptions, MailboxView, PolicySnapshot};
+use submitgate::report;
 use submitgate::sent_items::spool::{EntryId, EntryInfo, Spool};
 use tokio::signal::unix::{signal, SignalKind};
 
