@@ -15,8 +15,6 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{AuditConfig, AuditTarget};
 use crate::reason::Reason;
 
-pub mod report;
-
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

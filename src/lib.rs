@@ -11,6 +11,7 @@
 //! - [`limiter`]: per-mailbox session leases.
 //! - [`sent_items`]: the durable spool of Sent Items copies.
 //! - [`audit`]: typed audit events and their JSON-lines writer.
+//! - [`report`]: the offline `submitgate report` tool: audit logs → the SMTP AUTH clients report.
 //! - [`auth_policy`]: the Dovecot auth policy endpoint (HTTP): refusal at the AUTH command.
 //! - [`http_server`]: the HTTP/1.1 server the auth policy endpoint (and later metrics) runs on.
 //! - [`control`]: the control socket behind `submitgate status` and `submitgate reload`.
@@ -29,5 +30,6 @@ pub mod policy;
 pub mod postfix_policy;
 pub mod reason;
 pub mod reply;
+pub mod report;
 pub mod sent_items;
 pub mod yaml;

@@ -1,0 +1,120 @@
+//! The `submitgate` command line: the clap definitions of every subcommand and the dispatch to
+//! their handlers, one file per subcommand group. A binary-side module (declared from
+//! `main.rs`): it is the binary's edge, where `anyhow` and printing live; the logic it calls is
+//! in the library.
+//!
+//! - `serve`: the daemon in the foreground, with its signals.
+//! - `check`: the configuration and policy files checked.
+//! - `policy`: what the policy commands share (`--policies`, loading, editing, value parsers).
+//! - `org`, `mailbox`: `org get|set`, `mailbox get|set` (the Exchange cmdlets).
+//! - `status`: `status` and `reload`, through the running daemon's control socket.
+//! - `spool`: `spool list|retry`.
+//! - `report`: the SMTP AUTH clients report from audit logs.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use submitgate::config::DEFAULT_CONFIG_PATH;
+
+mod check;
+mod mailbox;
+mod org;
+mod policy;
+mod report;
+mod serve;
+mod spool;
+mod status;
+
+use mailbox::MailboxCommand;
+use org::OrgCommand;
+use policy::PolicyArgs;
+use report::ReportArgs;
+use spool::SpoolCommand;
+
+// The command line (no doc comment: clap would make it the long help).
+#[derive(Parser)]
+#[command(
+    name = "submitgate",
+    version,
+    about = "Exchange Online's SMTP AUTH submission controls for Postfix"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+// `--config FILE`, for every subcommand that reads the configuration (no doc comment: clap
+// would make it the help text of the subcommands that take it).
+#[derive(Args, Clone)]
+struct ConfigArg {
+    /// The daemon configuration file.
+    #[arg(long, short = 'c', value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground.
+    Serve(ConfigArg),
+    /// Check the configuration and the policy files; print every error (exit 1 if any).
+    Check(PolicyArgs),
+    /// Organization settings (Get-TransportConfig).
+    Org {
+        #[command(subcommand)]
+        command: OrgCommand,
+    },
+    /// Show the running daemon's sessions, policy and reload state (via the control socket).
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Make the running daemon reload its policy files now, and print the outcome.
+    Reload {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Mailbox settings (Get-CASMailbox).
+    Mailbox {
+        #[command(subcommand)]
+        command: MailboxCommand,
+    },
+    /// The Sent Items spool (works beside the running daemon).
+    Spool {
+        #[command(subcommand)]
+        command: SpoolCommand,
+    },
+    /// The SMTP AUTH clients report from audit logs: per sender, messages sent, TLS protocol
+    /// shares, auth mechanisms, refusals by reason.
+    Report(ReportArgs),
+}
+
+/// Logging to standard error, filtered by `SUBMITGATE_LOG` (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SUBMITGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
+
+/// Runs the subcommand; its exit code, or the error `main` prints.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(c) => serve::run(&c),
+        Command::Check(args) => check::run(&args),
+        Command::Org { command } => org::run(command),
+        Command::Status { json, config } => status::status(json, &config),
+        Command::Reload { json, config } => status::reload(json, &config),
+        Command::Mailbox { command } => mailbox::run(command),
+        Command::Spool { command } => spool::run(command),
+        Command::Report(args) => report::run(&args),
+    }
+}

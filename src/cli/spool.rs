@@ -1,0 +1,140 @@
+//! `submitgate spool list|retry`: the Sent Items spool, beside the running daemon.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use submitgate::config::Config;
+use submitgate::sent_items::spool::{EntryId, EntryInfo, Spool};
+
+use super::ConfigArg;
+
+#[derive(Subcommand)]
+pub(super) enum SpoolCommand {
+    /// List queued entries (or failed ones): id, mailbox, queue id, age, attempts, last error.
+    List {
+        /// Show entries given up on (in failed/) instead of queued ones.
+        #[arg(long)]
+        failed: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Put failed entries back in the queue, with a fresh delivery state.
+    Retry {
+        /// The entry id (as `spool list --failed` shows it).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every failed entry.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+/// Runs one spool subcommand on a single-threaded runtime.
+pub(super) fn run(command: SpoolCommand) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    match command {
+        SpoolCommand::List {
+            failed,
+            json,
+            config,
+        } => {
+            let spool = attach_spool(&config)?;
+            let entries = rt.block_on(spool.list(failed))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else {
+                print!("{}", format_spool(&entries));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SpoolCommand::Retry { id, all, config } => {
+            let spool = attach_spool(&config)?;
+            let moved = if all {
+                rt.block_on(spool.retry_all())?
+            } else {
+                let id: EntryId = id.unwrap_or_default().parse()?;
+                rt.block_on(spool.retry(&id))?;
+                vec![id]
+            };
+            for id in &moved {
+                println!("{id}: queued again");
+            }
+            println!(
+                "{} entr{} queued again; the daemon picks {} up within its scan_interval",
+                moved.len(),
+                if moved.len() == 1 { "y" } else { "ies" },
+                if moved.len() == 1 { "it" } else { "them" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The spool named by the configuration, attached beside the daemon.
+fn attach_spool(config: &ConfigArg) -> anyhow::Result<Spool> {
+    let c = Config::load(&config.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Spool::attach(&c.sent_items.spool).with_context(|| {
+        format!(
+            "spool {} (from {})",
+            c.sent_items.spool.display(),
+            c.path.display()
+        )
+    })
+}
+
+/// `spool list` as a table; an unreadable entry shows its problem as the error.
+fn format_spool(entries: &[EntryInfo]) -> String {
+    let rows: Vec<[String; 6]> = entries
+        .iter()
+        .map(|e| {
+            [
+                e.id.to_string(),
+                e.mailbox.clone().unwrap_or_else(|| "?".into()),
+                e.queue_id.clone().unwrap_or_else(|| "?".into()),
+                humantime::format_duration(std::time::Duration::from_secs(e.age.as_secs()))
+                    .to_string(),
+                e.attempts.to_string(),
+                e.problem
+                    .clone()
+                    .or_else(|| e.last_error.clone())
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let header = ["ID", "MAILBOX", "QUEUE ID", "AGE", "ATTEMPTS", "LAST ERROR"];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row.iter()) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            }
+        }
+        out.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for row in &rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out.push_str(&format!(
+        "{} entr{}\n",
+        rows.len(),
+        if rows.len() == 1 { "y" } else { "ies" }
+    ));
+    out
+}

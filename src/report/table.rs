@@ -1,0 +1,211 @@
+//! The report as an aligned table for a terminal and as RFC 4180 CSV: one list of columns
+//! ([`COLUMNS`]) for both, cells computed as they are printed.
+
+use std::io::{self, Write};
+
+use super::range::rfc3339;
+use super::tally::{Report, Tally};
+use super::ReportError;
+
+/// A line of the table and CSV outputs: a sender, or the totals.
+struct Entry<'a> {
+    sender: &'a str,
+    domain: &'a str,
+    tally: &'a Tally,
+    is_total: bool,
+}
+
+/// The senders then the totals, labelled `(total)` (which cannot be an address).
+fn entries(report: &Report) -> impl Iterator<Item = Entry<'_>> {
+    report
+        .rows
+        .iter()
+        .map(|r| Entry {
+            sender: &r.sender,
+            domain: r.domain(),
+            tally: &r.tally,
+            is_total: false,
+        })
+        .chain(std::iter::once(Entry {
+            sender: TOTAL_LABEL,
+            domain: "",
+            tally: &report.totals,
+            is_total: true,
+        }))
+}
+
+const TOTAL_LABEL: &str = "(total)";
+
+/// One column of the table and CSV outputs. Cells are computed as they are printed, so that
+/// printing needs no memory beyond the report itself.
+struct Column {
+    header: &'static str,
+    /// Left out of the table when every value, totals included, is zero.
+    optional: bool,
+    numeric: bool,
+    cell: fn(&Entry<'_>) -> String,
+}
+
+const fn text(header: &'static str, cell: fn(&Entry<'_>) -> String) -> Column {
+    Column {
+        header,
+        optional: false,
+        numeric: false,
+        cell,
+    }
+}
+
+const fn number(header: &'static str, cell: fn(&Entry<'_>) -> String) -> Column {
+    Column {
+        header,
+        optional: false,
+        numeric: true,
+        cell,
+    }
+}
+
+const fn optional(header: &'static str, cell: fn(&Entry<'_>) -> String) -> Column {
+    Column {
+        header,
+        optional: true,
+        numeric: true,
+        cell,
+    }
+}
+
+/// Percent of the messages with a known protocol, one decimal; empty when none is known.
+fn share(e: &Entry<'_>, i: usize) -> String {
+    e.tally
+        .tls
+        .shares()
+        .map_or(String::new(), |s| format!("{:.1}", s[i]))
+}
+
+/// The columns, in order; the CSV has all of them.
+const COLUMNS: &[Column] = &[
+    text("Sender address", |e| e.sender.to_string()),
+    text("Domain", |e| e.domain.to_string()),
+    number("Messages sent", |e| e.tally.messages_sent.to_string()),
+    number("TLS 1.0 %", |e| share(e, 0)),
+    number("TLS 1.1 %", |e| share(e, 1)),
+    number("TLS 1.2 %", |e| share(e, 2)),
+    number("TLS 1.3 %", |e| share(e, 3)),
+    number("No TLS/unknown", |e| {
+        e.tally.tls.none_or_unknown.to_string()
+    }),
+    text("Auth mechanisms", |e| mechanisms(e.tally)),
+    number("Org disabled", |e| {
+        e.tally.refusals.org_disabled.to_string()
+    }),
+    number("Mailbox disabled", |e| {
+        e.tally.refusals.mailbox_disabled.to_string()
+    }),
+    number("Unknown organization", |e| {
+        e.tally.refusals.unknown_organization.to_string()
+    }),
+    number("Concurrency limit", |e| {
+        e.tally.refusals.concurrency_limit.to_string()
+    }),
+    optional("Limiter unavailable", |e| {
+        e.tally.refusals.limiter_unavailable.to_string()
+    }),
+    optional("Other refusals", |e| e.tally.refusals.other.to_string()),
+    optional("Auth failures", |e| e.tally.auth_failures.to_string()),
+    optional("Auth refused", |e| e.tally.auth_refused.to_string()),
+];
+
+/// `PLAIN:3 LOGIN:1`.
+fn mechanisms(t: &Tally) -> String {
+    t.auth_mechanisms
+        .iter()
+        .map(|(m, n)| format!("{m}:{n}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Aligned columns (text left, numbers right, `-` for an undefined share), a rule under the
+/// header and above the totals; optional columns only when one of their values is not zero.
+pub fn write_table(report: &Report, out: &mut dyn Write) -> io::Result<()> {
+    match (report.first_event, report.last_event) {
+        (Some(f), Some(l)) => writeln!(
+            out,
+            "SMTP AUTH clients report: {} sender(s), events from {} to {}",
+            report.rows.len(),
+            rfc3339(f),
+            rfc3339(l)
+        )?,
+        _ => writeln!(out, "SMTP AUTH clients report: no matching events")?,
+    }
+    writeln!(out)?;
+    let totals_label = format!("Total ({} senders)", report.rows.len());
+    let cell = |c: &Column, e: &Entry<'_>| -> String {
+        if e.is_total && c.header == "Sender address" {
+            return totals_label.clone();
+        }
+        let v = (c.cell)(e);
+        if c.numeric && v.is_empty() {
+            "-".to_string()
+        } else {
+            v
+        }
+    };
+    let columns: Vec<&Column> = COLUMNS
+        .iter()
+        .filter(|c| !c.optional || entries(report).any(|e| (c.cell)(&e) != "0"))
+        .collect();
+    // First pass: the widths; second pass: the lines.
+    let mut widths: Vec<usize> = columns.iter().map(|c| width(c.header)).collect();
+    for e in entries(report) {
+        for (w, c) in widths.iter_mut().zip(&columns) {
+            *w = (*w).max(width(&cell(c, &e)));
+        }
+    }
+    let line = |out: &mut dyn Write, values: &[String]| -> io::Result<()> {
+        let mut text = String::new();
+        for (i, ((c, w), v)) in columns.iter().zip(&widths).zip(values).enumerate() {
+            if i > 0 {
+                text.push_str("  ");
+            }
+            let pad = " ".repeat(w.saturating_sub(width(v)));
+            if c.numeric {
+                text.push_str(&pad);
+                text.push_str(v);
+            } else {
+                text.push_str(v);
+                text.push_str(&pad);
+            }
+        }
+        writeln!(out, "{}", text.trim_end())
+    };
+    let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+    let headers: Vec<String> = columns.iter().map(|c| c.header.to_string()).collect();
+    line(out, &headers)?;
+    line(out, &rule)?;
+    for (i, e) in entries(report).enumerate() {
+        if i == report.rows.len() {
+            line(out, &rule)?;
+        }
+        let values: Vec<String> = columns.iter().map(|c| cell(c, &e)).collect();
+        line(out, &values)?;
+    }
+    Ok(())
+}
+
+fn width(s: &str) -> usize {
+    s.chars().count()
+}
+
+/// RFC 4180 CSV (CRLF line ends, quoting as needed): a header row, one row per sender, then
+/// the totals labelled `(total)`. Every column is present; a TLS share is empty when the
+/// sender has no message with a known protocol.
+pub fn write_csv(report: &Report, out: &mut dyn Write) -> Result<(), ReportError> {
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .from_writer(out);
+    w.write_record(COLUMNS.iter().map(|c| c.header))?;
+    for e in entries(report) {
+        w.write_record(COLUMNS.iter().map(|c| (c.cell)(&e)))?;
+    }
+    w.flush()?;
+    Ok(())
+}

@@ -1,0 +1,363 @@
+//! The counts: per-sender [`Tally`]s (TLS protocols, mechanisms, refusals by [`Reason`]),
+//! accumulated line by line by [`ReportBuilder`] into the finished, sorted [`Report`].
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::io::{self, BufRead};
+use std::path::Path;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use super::event::{classify, Contribution, EventLine, Tls};
+use super::input::{decompressing, open, read_line_bounded, MAX_LINE_BYTES};
+use super::range::{parse_timestamp, TimeRange};
+use super::ReportError;
+use crate::reason::Reason;
+
+/// Messages by TLS protocol.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TlsCounts {
+    /// `TLSv1` (1.0).
+    #[serde(rename = "TLSv1.0")]
+    pub v1_0: u64,
+    /// `TLSv1.1`.
+    #[serde(rename = "TLSv1.1")]
+    pub v1_1: u64,
+    /// `TLSv1.2`.
+    #[serde(rename = "TLSv1.2")]
+    pub v1_2: u64,
+    /// `TLSv1.3`.
+    #[serde(rename = "TLSv1.3")]
+    pub v1_3: u64,
+    /// No TLS, or a protocol the report does not know.
+    pub none_or_unknown: u64,
+}
+
+impl TlsCounts {
+    fn add(&mut self, tls: Tls) {
+        *match tls {
+            Tls::V1_0 => &mut self.v1_0,
+            Tls::V1_1 => &mut self.v1_1,
+            Tls::V1_2 => &mut self.v1_2,
+            Tls::V1_3 => &mut self.v1_3,
+            Tls::NoneOrUnknown => &mut self.none_or_unknown,
+        } += 1;
+    }
+
+    fn merge(&mut self, o: &TlsCounts) {
+        self.v1_0 += o.v1_0;
+        self.v1_1 += o.v1_1;
+        self.v1_2 += o.v1_2;
+        self.v1_3 += o.v1_3;
+        self.none_or_unknown += o.none_or_unknown;
+    }
+
+    /// Messages whose protocol is known: the denominator of the shares.
+    pub fn known(&self) -> u64 {
+        self.v1_0 + self.v1_1 + self.v1_2 + self.v1_3
+    }
+
+    /// Percentages of the known messages, rounded to 0.1; `None` when none is known.
+    pub fn shares(&self) -> Option<[f64; 4]> {
+        let known = self.known();
+        (known > 0).then(|| {
+            [self.v1_0, self.v1_1, self.v1_2, self.v1_3]
+                .map(|n| (n as f64 * 1000.0 / known as f64).round() / 10.0)
+        })
+    }
+}
+
+/// Refused submissions by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Refusals {
+    /// Disabled for the organization (Tenant).
+    pub org_disabled: u64,
+    /// Disabled for the mailbox.
+    pub mailbox_disabled: u64,
+    /// No organization claims the login's domain.
+    pub unknown_organization: u64,
+    /// Over the concurrent session limit.
+    pub concurrency_limit: u64,
+    /// The limiter could not be reached and the configuration says tempfail.
+    pub limiter_unavailable: u64,
+    /// A reason this report does not know (or none).
+    pub other: u64,
+}
+
+impl Refusals {
+    /// Counts one refusal; a reason without its own column (or none) counts as other.
+    fn add(&mut self, reason: Option<Reason>) {
+        *match reason {
+            Some(Reason::OrgDisabled) => &mut self.org_disabled,
+            Some(Reason::MailboxDisabled) => &mut self.mailbox_disabled,
+            Some(Reason::UnknownOrganization) => &mut self.unknown_organization,
+            Some(Reason::ConcurrencyLimit) => &mut self.concurrency_limit,
+            Some(Reason::LimiterUnavailable) => &mut self.limiter_unavailable,
+            Some(
+                Reason::SpoolUnavailable
+                | Reason::Corrupt
+                | Reason::Permanent
+                | Reason::LoginRefused
+                | Reason::MaxAge,
+            )
+            | None => &mut self.other,
+        } += 1;
+    }
+
+    fn merge(&mut self, o: &Refusals) {
+        self.org_disabled += o.org_disabled;
+        self.mailbox_disabled += o.mailbox_disabled;
+        self.unknown_organization += o.unknown_organization;
+        self.concurrency_limit += o.concurrency_limit;
+        self.limiter_unavailable += o.limiter_unavailable;
+        self.other += o.other;
+    }
+
+    /// All refusals.
+    pub fn total(&self) -> u64 {
+        self.org_disabled
+            + self.mailbox_disabled
+            + self.unknown_organization
+            + self.concurrency_limit
+            + self.limiter_unavailable
+            + self.other
+    }
+}
+
+/// What one sender (or all of them, for the totals) did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Messages sent (see the counting rules).
+    pub messages_sent: u64,
+    /// Messages sent by TLS protocol.
+    pub tls: TlsCounts,
+    /// Messages sent by SASL mechanism (upper case; `unknown` when the event has none), the most
+    /// used first.
+    pub auth_mechanisms: Vec<(String, u64)>,
+    /// Refused submissions by reason.
+    pub refusals: Refusals,
+    /// `auth_failed` events.
+    pub auth_failures: u64,
+    /// `auth_refused_by_policy` events.
+    pub auth_refused: u64,
+}
+
+impl Tally {
+    fn add_mechanism(&mut self, name: &str, n: u64) {
+        match self.auth_mechanisms.iter_mut().find(|(m, _)| m == name) {
+            Some((_, count)) => *count += n,
+            None => {
+                // Most senders use one mechanism: no room for four.
+                self.auth_mechanisms.reserve_exact(1);
+                self.auth_mechanisms.push((name.to_string(), n));
+            }
+        }
+    }
+
+    fn merge(&mut self, o: &Tally) {
+        self.messages_sent += o.messages_sent;
+        self.tls.merge(&o.tls);
+        for (m, n) in &o.auth_mechanisms {
+            self.add_mechanism(m, *n);
+        }
+        self.refusals.merge(&o.refusals);
+        self.auth_failures += o.auth_failures;
+        self.auth_refused += o.auth_refused;
+    }
+
+    fn sort_mechanisms(&mut self) {
+        self.auth_mechanisms
+            .sort_by(|(a, x), (b, y)| y.cmp(x).then_with(|| a.cmp(b)));
+    }
+}
+
+/// One sender address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    /// The `mailbox` field, lower-cased.
+    pub sender: String,
+    /// What it did.
+    pub tally: Tally,
+}
+
+impl Row {
+    /// The sender's domain: after the last `@`; empty without one.
+    pub fn domain(&self) -> &str {
+        self.sender.rsplit_once('@').map_or("", |(_, d)| d)
+    }
+}
+
+/// Lines that could not be used.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Skipped {
+    /// How many.
+    pub lines: u64,
+    /// The first one: input name and 1-based line number.
+    pub first: Option<(String, u64)>,
+}
+
+/// The finished report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// The range asked for.
+    pub range: TimeRange,
+    /// One row per sender: the most messages first, then by address.
+    pub rows: Vec<Row>,
+    /// All senders together.
+    pub totals: Tally,
+    /// The first and last counted event.
+    pub first_event: Option<SystemTime>,
+    /// See `first_event`.
+    pub last_event: Option<SystemTime>,
+    /// Malformed lines.
+    pub skipped: Skipped,
+    /// Inputs that could not be read to their end: name and error (what was read still counts).
+    pub read_errors: Vec<String>,
+}
+
+/// Accumulates audit lines into per-sender tallies.
+#[derive(Debug, Default)]
+pub struct ReportBuilder {
+    range: TimeRange,
+    senders: HashMap<Box<str>, Tally>,
+    first_event: Option<SystemTime>,
+    last_event: Option<SystemTime>,
+    skipped: Skipped,
+    read_errors: Vec<String>,
+}
+
+impl ReportBuilder {
+    /// A builder counting the events in `range`.
+    pub fn new(range: TimeRange) -> Self {
+        ReportBuilder {
+            range,
+            ..Default::default()
+        }
+    }
+
+    /// Reads one input to its end: a file, or `-` for standard input; gzip is recognised by its
+    /// magic bytes. An error while opening is returned; an error in the middle (a truncated
+    /// gzip file) is recorded in [`Report::read_errors`] and what was read still counts.
+    pub fn add_path(&mut self, path: &Path) -> Result<(), ReportError> {
+        let name = path.display().to_string();
+        let raw = open(path).map_err(|source| ReportError::Open {
+            path: name.clone(),
+            source,
+        })?;
+        if let Err(e) = decompressing(raw).and_then(|mut r| self.add_reader(&name, &mut r)) {
+            self.read_errors.push(format!("{name}: {e}"));
+        }
+        Ok(())
+    }
+
+    /// Reads audit lines from `input` (already decompressed) until its end; `name` is used in
+    /// the skipped-line message.
+    pub fn add_reader(&mut self, name: &str, input: &mut impl BufRead) -> io::Result<()> {
+        let mut line = Vec::with_capacity(1024);
+        let mut number = 0u64;
+        while let Some(whole) = read_line_bounded(input, &mut line, MAX_LINE_BYTES)? {
+            number += 1;
+            if !whole || !self.add_line(&line) {
+                self.skipped.lines += 1;
+                if self.skipped.first.is_none() {
+                    self.skipped.first = Some((name.to_string(), number));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts one line; `false` when it is malformed. Blank lines are ignored.
+    fn add_line(&mut self, line: &[u8]) -> bool {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return true;
+        }
+        let Ok(ev) = serde_json::from_slice::<EventLine<'_>>(line) else {
+            return false;
+        };
+        let contribution = classify(&ev);
+        if contribution == Contribution::Nothing {
+            return true;
+        }
+        let Some(ts) = parse_timestamp(&ev.ts) else {
+            return false;
+        };
+        let Some(mailbox) = ev
+            .mailbox
+            .as_deref()
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+        else {
+            return false;
+        };
+        if !self.range.contains(ts) {
+            return true;
+        }
+        self.first_event = Some(self.first_event.map_or(ts, |f| f.min(ts)));
+        self.last_event = Some(self.last_event.map_or(ts, |l| l.max(ts)));
+        let tally = self.tally(mailbox);
+        match contribution {
+            Contribution::Message => {
+                tally.messages_sent += 1;
+                tally.tls.add(Tls::of(ev.tls.as_deref()));
+                let mechanism = ev.sasl_method.as_deref().map(str::trim).unwrap_or("");
+                if mechanism.is_empty() {
+                    tally.add_mechanism("unknown", 1);
+                } else if mechanism.bytes().any(|b| b.is_ascii_lowercase()) {
+                    tally.add_mechanism(&mechanism.to_ascii_uppercase(), 1);
+                } else {
+                    tally.add_mechanism(mechanism, 1);
+                }
+            }
+            Contribution::Refusal(r) => tally.refusals.add(r),
+            Contribution::AuthFailure => tally.auth_failures += 1,
+            Contribution::AuthRefused => tally.auth_refused += 1,
+            Contribution::Nothing => {}
+        }
+        true
+    }
+
+    /// The sender's tally; addresses are compared case-insensitively.
+    fn tally(&mut self, mailbox: &str) -> &mut Tally {
+        let key: Cow<'_, str> = if mailbox.chars().any(char::is_uppercase) {
+            Cow::Owned(mailbox.to_lowercase())
+        } else {
+            Cow::Borrowed(mailbox)
+        };
+        self.senders.entry(key.into()).or_default()
+    }
+
+    /// The rows, sorted, with their totals.
+    pub fn finish(self) -> Report {
+        let mut totals = Tally::default();
+        let mut rows: Vec<Row> = self
+            .senders
+            .into_iter()
+            .map(|(sender, mut tally)| {
+                totals.merge(&tally);
+                tally.sort_mechanisms();
+                Row {
+                    sender: sender.into(),
+                    tally,
+                }
+            })
+            .collect();
+        totals.sort_mechanisms();
+        rows.sort_by(|a, b| {
+            b.tally
+                .messages_sent
+                .cmp(&a.tally.messages_sent)
+                .then_with(|| a.sender.cmp(&b.sender))
+        });
+        Report {
+            range: self.range,
+            rows,
+            totals,
+            first_event: self.first_event,
+            last_event: self.last_event,
+            skipped: self.skipped,
+            read_errors: self.read_errors,
+        }
+    }
+}
