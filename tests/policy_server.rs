@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{TestDaemon, Txn, CONTOSO, FABRIKAM};
-use submitgate::daemon::ReloadOutcome;
+use submitgate::policy::reload::ReloadOutcome;
 
 const FIXTURE: &str = include_str!("fixtures/postfix-3.7/policy-requests.txt");
 const LIMIT_REPLY: &str = "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded";
