@@ -9,6 +9,7 @@ use serde_json::Value;
 use super::*;
 use crate::audit::{Audit, AuditWriter};
 use crate::context::Stats;
+use crate::limiter::redis::{OnError, RedisBackend, RedisSettings};
 use crate::limiter::Limiter;
 use crate::policy::reload::PolicyHandle;
 use crate::policy::{load_files, LoadOptions};
@@ -41,6 +42,10 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
+        Harness::with_limiter(Limiter::memory())
+    }
+
+    fn with_limiter(limiter: Limiter) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let audit_path = dir.path().join("audit.log");
         // The only line that knows how the audit log is configured.
@@ -65,7 +70,7 @@ impl Harness {
             snapshot: policy.load_full(),
             ctx: Context {
                 policy,
-                limiter: Limiter::memory(),
+                limiter,
                 audit,
                 replies: Arc::new(Replies::default()),
                 stats: Arc::new(Stats::default()),
@@ -338,4 +343,59 @@ async fn the_check_at_auth_takes_no_lease_and_writes_no_event() {
     }
     assert_eq!(h.ctx.limiter.in_use("alice@contoso.com").await, 0);
     assert!(h.audit().await.is_empty());
+}
+
+/// A Redis limiter that cannot reach its server (a socket that does not exist).
+fn unreachable_redis(on_error: OnError) -> Limiter {
+    let backend = RedisBackend::new(
+        RedisSettings {
+            url: "unix:///nonexistent/submitgate-test/redis.sock".into(),
+            key_prefix: "sg:".into(),
+            lease_ttl: std::time::Duration::from_secs(30),
+            timeout: std::time::Duration::from_millis(50),
+            on_error,
+            node_id: "test".into(),
+        },
+        None,
+    )
+    .expect("a lazy redis client");
+    Limiter::redis(backend)
+}
+
+#[tokio::test]
+async fn an_unreachable_limiter_defers_with_tempfail() {
+    let h = Harness::with_limiter(unreachable_redis(OnError::Tempfail));
+    let mut hold = Hold::new(Scope::Session);
+    match h.admit(&milter("alice"), &mut hold).await {
+        Outcome::Deferred(r) => {
+            assert_eq!(r.reason, Reason::LimiterUnavailable);
+            assert_eq!(r.reply.to_string(), reply::TEMPFAIL);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!hold.is_held());
+    assert_eq!(hold.take_opened(), None);
+    let audit = h.audit().await;
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0]["decision"], "defer");
+    assert_eq!(audit[0]["reason"], "limiter_unavailable");
+    assert_eq!(audit[0]["reply"], reply::TEMPFAIL);
+    assert_eq!(audit[0]["limit"], 3);
+    assert!(audit[0].get("sessions_in_use").is_none());
+}
+
+#[tokio::test]
+async fn an_unreachable_limiter_with_on_error_allow_admits() {
+    let h = Harness::with_limiter(unreachable_redis(OnError::Allow));
+    let mut hold = Hold::new(Scope::Transaction);
+    let (allowed, in_use) = admitted(h.admit(&policy("alice"), &mut hold).await);
+    assert_eq!(allowed.mailbox, "alice@contoso.com");
+    // Not counted in Redis yet: the lease is written back when Redis answers again.
+    assert_eq!(in_use, Some(0));
+    assert!(hold.is_held());
+    let audit = h.audit().await;
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0]["decision"], "allow");
+    assert_eq!(audit[0]["sessions_in_use"], 0);
+    drop(hold);
 }
