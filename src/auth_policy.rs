@@ -1,8 +1,9 @@
 //! The Dovecot auth policy endpoint: refusing a disabled mailbox at the AUTH command itself.
 //! Dovecot POSTs `?command=allow` (JSON in, `{"status","msg"}` out) and `?command=report`
 //! (audited as `auth_succeeded` / `auth_failed` / `auth_refused_by_policy`). Decisions come from
-//! the same [`crate::policy::evaluate`] as the other front ends; nothing is counted and no state
-//! outlives a request.
+//! the admission step's lease-free entry point ([`admission::check_login`]); nothing is counted
+//! and no state outlives a request. Arrows: this front end → [`crate::admission`] → policy /
+//! audit, through [`crate::context`]; never `daemon`.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -11,10 +12,10 @@ use std::sync::Arc;
 use http::{Method, StatusCode};
 use serde_json::{json, Map, Value};
 
+use crate::admission::{self, LoginCheck, LoginFacts};
 use crate::audit::{AuditEvent, EventKind, FrontEnd};
-use crate::daemon::Context;
-use crate::http_server::{self as web, HttpRequest, HttpResponse, PathMatch, Router};
-use crate::policy::{evaluate, Decision, Submission};
+use crate::context::Context;
+use crate::http_server::{self as web, HttpRequest, HttpResponse, Service};
 use crate::reason::Reason;
 
 /// The header Dovecot sends the shared secret in (`auth_policy_server_api_header`).
@@ -243,10 +244,10 @@ impl AuthPolicy {
         }
     }
 
-    /// Adds the endpoint to `router`: `POST` on any path, since Dovecot posts to whatever URL
-    /// `auth_policy_server_url` names. Add more specific routes before this one.
-    pub fn routes(self, router: Router) -> Router {
-        router.route(Method::POST, PathMatch::Any, move |req| {
+    /// The HTTP service: `POST` on any path, since Dovecot posts to whatever URL
+    /// `auth_policy_server_url` names.
+    pub fn service(self) -> Service {
+        Service::new(Method::POST, move |req| {
             let this = self.clone();
             async move { this.handle(req).await }
         })
@@ -281,22 +282,7 @@ impl AuthPolicy {
             }
         };
         match command {
-            Command::Allow => {
-                let answer = self.allow(&request);
-                if let Answer::Refuse {
-                    reason, mailbox, ..
-                } = &answer
-                {
-                    tracing::info!(
-                        mailbox,
-                        reason = reason.as_str(),
-                        remote = request.remote.as_deref(),
-                        protocol = request.protocol.as_deref(),
-                        "login refused at AUTH"
-                    );
-                }
-                web::json(StatusCode::OK, &answer.to_json())
-            }
+            Command::Allow => web::json(StatusCode::OK, &self.allow(&request).to_json()),
             Command::Report => {
                 self.report(&request).await;
                 web::json(StatusCode::OK, &Answer::Allow.to_json())
@@ -321,24 +307,22 @@ impl AuthPolicy {
                 .fetch_add(1, Ordering::Relaxed);
             return Answer::Allow;
         }
-        let Some(login) = r.login.as_deref() else {
+        let Some(facts) = login_facts(r) else {
             return Answer::Allow;
         };
-        let snapshot = self.ctx.policy.load();
-        match evaluate(&snapshot, &Submission { login }) {
-            Decision::Allow(_) => Answer::Allow,
-            Decision::Reject {
-                reason, mailbox, ..
+        match admission::check_login(&self.ctx, &self.ctx.policy.load(), &facts) {
+            LoginCheck::Allowed(_) => Answer::Allow,
+            LoginCheck::Refused {
+                reason,
+                text,
+                mailbox,
+                ..
             } => Answer::Refuse {
-                msg: self.refusal_text(reason).to_string(),
+                msg: text,
                 reason,
                 mailbox,
             },
         }
-    }
-
-    fn refusal_text(&self, reason: Reason) -> &str {
-        self.ctx.replies.auth_text_for(reason)
     }
 
     /// Audits a report of a configured protocol. A refusal is evaluated again for its reason
@@ -370,15 +354,15 @@ impl AuthPolicy {
         ev.protocol = r.protocol.clone();
         ev.secured = r.tls;
         ev.session_id = r.session_id.clone();
-        if let Some(login) = r.login.as_deref() {
-            let snapshot = self.ctx.policy.load();
-            match evaluate(&snapshot, &Submission { login }) {
-                Decision::Allow(a) => {
+        if let Some(facts) = login_facts(r) {
+            match admission::describe_login(&self.ctx, &self.ctx.policy.load(), &facts) {
+                LoginCheck::Allowed(a) => {
                     ev.mailbox = Some(a.mailbox);
                     ev.organization = Some(a.organization);
                 }
-                Decision::Reject {
+                LoginCheck::Refused {
                     reason,
+                    text,
                     mailbox,
                     organization,
                 } => {
@@ -386,13 +370,24 @@ impl AuthPolicy {
                     ev.organization = organization;
                     if kind == EventKind::AuthRefusedByPolicy {
                         ev.reason = Some(reason);
-                        ev.reply = Some(self.refusal_text(reason).to_string());
+                        ev.reply = Some(text);
                     }
                 }
             }
         }
         self.ctx.audit.record(ev).await;
     }
+}
+
+/// What the admission step needs from a request; `None` without a login.
+fn login_facts(r: &PolicyRequest) -> Option<LoginFacts<'_>> {
+    Some(LoginFacts {
+        login: r.login.as_deref()?,
+        remote: r.remote.as_deref(),
+        protocol: r.protocol.as_deref(),
+        sasl_mechanism: r.mechanism.as_deref(),
+        secured: r.tls,
+    })
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The control socket (`control: unix:PATH`, mode 0600): `submitgate status` and
 //! `submitgate reload` talk to the running daemon through it. One JSON request per line, one
-//! JSON reply per line; it only reads the daemon's public handles (limiter, policy snapshot,
-//! reload), never its internals.
+//! JSON reply per line. It reads only the [`Handles`] the daemon passes in (limiter, policy
+//! snapshot, reloader, listeners, spool) and never imports `daemon`.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -11,13 +11,41 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::daemon::{Listeners, ReloadOutcome, ReloadRecord, Shared};
 use crate::endpoint::{Endpoint, Listener, Stream};
+use crate::limiter::Limiter;
+use crate::policy::reload::{PolicyHandle, ReloadOutcome, ReloadRecord, Reloader};
+use crate::sent_items::spool::Spool;
 
 /// Longest request line accepted on the control socket.
 const MAX_REQUEST: usize = 4096;
 /// How long a control client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the control socket reads, built by the daemon once everything is bound.
+#[derive(Debug)]
+pub struct Handles {
+    pub policy: PolicyHandle,
+    pub limiter: Limiter,
+    pub reloader: Arc<Reloader>,
+    /// The addresses each front end listens on (real ports when 0 was configured).
+    pub listeners: Listeners,
+    pub started: SystemTime,
+    /// The Sent Items spool, when the daemon has one (for `status`).
+    pub spool: Option<Spool>,
+}
+
+/// Bound listener addresses per front end.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Listeners {
+    pub policy: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub milter: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control: Option<String>,
+    /// Dovecot auth policy (HTTP) listeners.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub auth_policy: Vec<String>,
+}
 
 /// A request on the control socket.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -95,10 +123,9 @@ pub struct ReloadReply {
 }
 
 /// Builds the status from the daemon's public handles.
-pub async fn status(shared: &Shared) -> Status {
-    let snap = shared.ctx.policy.load_full();
+pub async fn status(shared: &Handles) -> Status {
+    let snap = shared.policy.load_full();
     let sessions = shared
-        .ctx
         .limiter
         .sessions()
         .await
@@ -115,7 +142,7 @@ pub async fn status(shared: &Shared) -> Status {
         uptime_seconds: SystemTime::now()
             .duration_since(shared.started)
             .map_or(0, |d| d.as_secs()),
-        limiter: shared.ctx.limiter.backend_name().to_string(),
+        limiter: shared.limiter.backend_name().to_string(),
         policy: PolicyStatus {
             version: snap.version.clone(),
             loaded_at: humantime::format_rfc3339_seconds(snap.loaded_at).to_string(),
@@ -123,7 +150,7 @@ pub async fn status(shared: &Shared) -> Status {
             mailboxes: snap.mailbox_count(),
             files: snap.files.len(),
         },
-        last_reload: shared.last_reload().map(ReloadStatus::from),
+        last_reload: shared.reloader.last_reload().map(ReloadStatus::from),
         listeners: listeners_json(&shared.listeners),
         sessions,
         spool: match &shared.spool {
@@ -143,7 +170,7 @@ fn listeners_json(l: &Listeners) -> serde_json::Value {
 /// Serves the control socket until shutdown.
 pub async fn serve(
     listener: Listener,
-    shared: Arc<Shared>,
+    shared: Arc<Handles>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -169,7 +196,7 @@ pub async fn serve(
     }
 }
 
-async fn handle(stream: Stream, shared: &Shared) -> std::io::Result<()> {
+async fn handle(stream: Stream, shared: &Handles) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
     let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
@@ -185,7 +212,7 @@ async fn handle(stream: Stream, shared: &Shared) -> std::io::Result<()> {
             Ok(Request::Status) => serde_json::to_value(status(shared).await)
                 .unwrap_or_else(|e| serde_json::json!({"error": e.to_string()})),
             Ok(Request::Reload) => {
-                let reply = match shared.reload().await {
+                let reply = match shared.reloader.reload().await {
                     ReloadOutcome::Reloaded {
                         version, unchanged, ..
                     } => ReloadReply {
@@ -196,7 +223,7 @@ async fn handle(stream: Stream, shared: &Shared) -> std::io::Result<()> {
                     },
                     ReloadOutcome::Failed(e) => ReloadReply {
                         ok: false,
-                        version: Some(shared.ctx.policy.load().version.clone()),
+                        version: Some(shared.policy.load().version.clone()),
                         unchanged: false,
                         errors: e.0.iter().map(|e| e.to_string()).collect(),
                     },

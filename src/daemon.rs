@@ -1,24 +1,26 @@
 //! Wires the parts together: loads the policy, opens the audit log, binds every listener and
 //! runs the front ends until shutdown. [`Daemon`] is what `submitgate serve` runs and what the
-//! integration tests start on port 0.
+//! integration tests start on port 0. The daemon only builds and wires: the front ends get a
+//! [`Context`], the control socket its [`control::Handles`], the watcher a [`Reloader`]; none
+//! of them imports this module.
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::audit::{Audit, AuditEvent, AuditWriter, EventKind};
+use crate::audit::{Audit, AuditWriter};
 use crate::config::{Config, LimiterConfig};
+use crate::context::{Context, Stats};
+use crate::control::{self, Listeners};
 use crate::endpoint::{Endpoint, Listener};
 use crate::limiter::Limiter;
 use crate::milter;
-use crate::policy::{self, PolicyErrors, PolicySnapshot};
+use crate::policy::reload::{self, PolicyHandle, ReloadOutcome, Reloader};
+use crate::policy::PolicyErrors;
 use crate::postfix_policy;
-use crate::reply::Replies;
 use crate::sent_items::spool::{Spool, SpoolError};
 use crate::sent_items::{store::Store, worker};
 
@@ -48,77 +50,11 @@ pub enum StartError {
     SentItems(String),
 }
 
-/// Counters that are not worth an audit line.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Policy requests and milter MAIL FROMs without a login (not submissions).
-    pub unauthenticated: AtomicU64,
-    /// Auth policy requests for protocols it does not check (IMAP logins and the like).
-    pub auth_policy_other_protocol: AtomicU64,
-}
-
-/// What every front end shares: the current policy, the limiter, the audit log.
-#[derive(Clone)]
-pub struct Context {
-    pub policy: Arc<ArcSwap<PolicySnapshot>>,
-    pub limiter: Limiter,
-    pub audit: Audit,
-    pub replies: Arc<Replies>,
-    pub stats: Arc<Stats>,
-}
-
-/// The result of a reload.
-#[derive(Debug, Clone)]
-pub enum ReloadOutcome {
-    Reloaded {
-        version: String,
-        organizations: usize,
-        mailboxes: usize,
-        /// The files had not changed: nothing was swapped or audited.
-        unchanged: bool,
-    },
-    /// The old policy stays in force.
-    Failed(PolicyErrors),
-}
-
-/// The last reload and its result, for `submitgate status`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ReloadRecord {
-    pub at: String,
-    pub ok: bool,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub errors: Vec<String>,
-}
-
-/// What the daemon's long-lived tasks (front ends, policy watcher, control socket) share.
-pub struct Shared {
-    pub config: Arc<Config>,
-    pub ctx: Context,
-    /// The addresses each front end listens on (real ports when 0 was configured).
-    pub listeners: Listeners,
-    pub started: SystemTime,
-    /// The Sent Items spool, when the daemon has one (for `status`).
-    pub spool: Option<Spool>,
-    reload_lock: Mutex<()>,
-    last_reload: std::sync::Mutex<Option<ReloadRecord>>,
-}
-
-/// Bound listener addresses per front end.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct Listeners {
-    pub policy: Vec<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub milter: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub control: Option<String>,
-    /// Dovecot auth policy (HTTP) listeners.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub auth_policy: Vec<String>,
-}
-
 /// A running daemon.
 pub struct Daemon {
-    shared: Arc<Shared>,
+    ctx: Context,
+    reloader: Arc<Reloader>,
+    control: Arc<control::Handles>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     policy_endpoints: Vec<Endpoint>,
@@ -142,15 +78,12 @@ impl Daemon {
     /// listener and starts serving.
     pub async fn start(config: Config) -> Result<Daemon, StartError> {
         let watch = if config.watch_policies {
-            watch_policy_dir(&config.policies_dir)
+            reload::watch(&config.policies_dir)
         } else {
             None
         };
-        let opts = config.policy_options();
-        let dir = config.policies_dir.clone();
-        let snapshot = tokio::task::spawn_blocking(move || policy::load_dir(&dir, &opts))
+        let snapshot = reload::load(&config.policies_dir, &config.policy_options())
             .await
-            .unwrap_or_else(|e| Err(join_error(e)))
             .map_err(StartError::Policy)?;
         tracing::info!(
             dir = %config.policies_dir.display(),
@@ -180,7 +113,7 @@ impl Daemon {
             }
         };
         let ctx = Context {
-            policy: Arc::new(ArcSwap::from_pointee(snapshot)),
+            policy: PolicyHandle::new(snapshot),
             limiter,
             audit,
             replies: Arc::new(config.replies.clone()),
@@ -279,20 +212,29 @@ impl Daemon {
                     protocols: config.auth_policy_protocols.clone(),
                 },
             );
-            let router = Arc::new(auth_policy.routes(crate::http_server::Router::new()));
+            let service = Arc::new(auth_policy.service());
             for (listener, bound) in auth_policy_listeners {
                 auth_policy_endpoints.push(bound);
                 tracker.spawn(crate::http_server::serve(
                     "auth policy",
                     listener,
-                    router.clone(),
+                    service.clone(),
                     connections.clone(),
                     shutdown.clone(),
                     tracker.clone(),
                 ));
             }
         }
-        let shared = Arc::new(Shared {
+        let reloader = Arc::new(Reloader::new(
+            ctx.policy.clone(),
+            config.policies_dir.clone(),
+            config.policy_options(),
+            ctx.audit.clone(),
+        ));
+        let handles = Arc::new(control::Handles {
+            policy: ctx.policy.clone(),
+            limiter: ctx.limiter.clone(),
+            reloader: reloader.clone(),
             listeners: Listeners {
                 policy: policy_endpoints.iter().map(|e| e.to_string()).collect(),
                 milter: milter_endpoints.iter().map(|e| e.to_string()).collect(),
@@ -302,30 +244,28 @@ impl Daemon {
                     .map(|e| e.to_string())
                     .collect(),
             },
-            config: Arc::new(config),
-            ctx,
             started: SystemTime::now(),
             spool: spool.clone(),
-            reload_lock: Mutex::new(()),
-            last_reload: std::sync::Mutex::new(None),
         });
         if let Some(listener) = control {
             tracing::info!(
-                listener = shared.listeners.control.as_deref().unwrap_or_default(),
+                listener = handles.listeners.control.as_deref().unwrap_or_default(),
                 "control socket listening"
             );
-            tracker.spawn(crate::control::serve(
+            tracker.spawn(control::serve(
                 listener,
-                shared.clone(),
+                handles.clone(),
                 shutdown.clone(),
                 tracker.clone(),
             ));
         }
         if let Some(watch) = watch {
-            tracker.spawn(run_policy_watch(watch, shared.clone(), shutdown.clone()));
+            tracker.spawn(reload::run_watch(watch, reloader.clone(), shutdown.clone()));
         }
         Ok(Daemon {
-            shared,
+            ctx,
+            reloader,
+            control: handles,
             shutdown,
             tracker,
             policy_endpoints,
@@ -358,22 +298,22 @@ impl Daemon {
 
     /// The shared context (policy, limiter, audit).
     pub fn context(&self) -> &Context {
-        &self.shared.ctx
+        &self.ctx
     }
 
-    /// What the long-lived tasks share (status, reload).
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+    /// What the control socket reads (status, reload).
+    pub fn control_handles(&self) -> &Arc<control::Handles> {
+        &self.control
     }
 
-    /// Reloads the policy files (see [`Shared::reload`]).
+    /// Reloads the policy files (see [`Reloader::reload`]).
     pub async fn reload(&self) -> ReloadOutcome {
-        self.shared.reload().await
+        self.reloader.reload().await
     }
 
     /// Reopens the audit log (SIGUSR1, after logrotate).
     pub async fn reopen_audit(&self) {
-        self.shared.ctx.audit.reopen().await;
+        self.ctx.audit.reopen().await;
     }
 
     /// Stops accepting, lets connections answer what they are working on, releases every
@@ -388,161 +328,18 @@ impl Daemon {
             tracing::warn!("connections still busy after {SHUTDOWN_GRACE:?}; stopping anyway");
         }
         let Daemon {
-            shared,
+            ctx,
+            reloader,
+            control,
             audit_writer,
             ..
         } = self;
         // Close the queue explicitly: a task that outlived the grace period may still hold a
         // handle, and the writer must not wait for it.
-        shared.ctx.audit.close().await;
-        drop(shared);
+        ctx.audit.close().await;
+        drop((ctx, reloader, control));
         audit_writer.finish().await;
     }
-}
-
-impl Shared {
-    /// Reloads the policy files. A broken set keeps the old policy, logs every error and
-    /// audits `policy_reload_failed`; an unchanged set is a no-op.
-    pub async fn reload(&self) -> ReloadOutcome {
-        let _one_at_a_time = self.reload_lock.lock().await;
-        let opts = self.config.policy_options();
-        let dir = self.config.policies_dir.clone();
-        let loaded = tokio::task::spawn_blocking(move || policy::load_dir(&dir, &opts))
-            .await
-            .unwrap_or_else(|e| Err(join_error(e)));
-        match loaded {
-            Ok(snapshot) if snapshot.version == self.ctx.policy.load().version => {
-                tracing::debug!(version = %snapshot.version, "policy files unchanged");
-                ReloadOutcome::Reloaded {
-                    version: snapshot.version.clone(),
-                    organizations: snapshot.organizations().len(),
-                    mailboxes: snapshot.mailbox_count(),
-                    unchanged: true,
-                }
-            }
-            Ok(snapshot) => {
-                self.record_reload(true, Vec::new());
-                let outcome = ReloadOutcome::Reloaded {
-                    version: snapshot.version.clone(),
-                    organizations: snapshot.organizations().len(),
-                    mailboxes: snapshot.mailbox_count(),
-                    unchanged: false,
-                };
-                let mut ev = AuditEvent::new(EventKind::PolicyReloaded);
-                ev.version = Some(snapshot.version.clone());
-                tracing::info!(version = %snapshot.version, "policy reloaded");
-                self.ctx.policy.store(Arc::new(snapshot));
-                self.ctx.audit.record(ev).await;
-                outcome
-            }
-            Err(errors) => {
-                self.record_reload(false, errors.0.iter().map(|e| e.to_string()).collect());
-                for e in &errors.0 {
-                    tracing::error!("policy reload failed, keeping the old policy: {e}");
-                }
-                let mut ev = AuditEvent::new(EventKind::PolicyReloadFailed);
-                ev.version = Some(self.ctx.policy.load().version.clone());
-                ev.errors = Some(errors.0.iter().map(|e| e.to_string()).collect());
-                self.ctx.audit.record(ev).await;
-                ReloadOutcome::Failed(errors)
-            }
-        }
-    }
-
-    fn record_reload(&self, ok: bool, errors: Vec<String>) {
-        let record = ReloadRecord {
-            at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-            ok,
-            errors,
-        };
-        if let Ok(mut last) = self.last_reload.lock() {
-            *last = Some(record);
-        }
-    }
-
-    /// The last reload attempt, if any.
-    pub fn last_reload(&self) -> Option<ReloadRecord> {
-        self.last_reload.lock().ok().and_then(|l| l.clone())
-    }
-}
-
-/// How long the policy directory must be quiet before a reload: editors write in bursts.
-const WATCH_DEBOUNCE: Duration = Duration::from_millis(300);
-
-/// A watch on the policy directory, registered before the policy is first loaded so that no
-/// change between the load and the watch can be missed.
-struct PolicyWatch {
-    watcher: notify::RecommendedWatcher,
-    dir: std::path::PathBuf,
-    changes: tokio::sync::mpsc::UnboundedReceiver<()>,
-}
-
-/// Starts watching `dir` for changes to policy files (editors that save via rename are seen as
-/// a create/rename in the directory). A watch that cannot start leaves SIGHUP and
-/// `submitgate reload` working; the error is logged.
-fn watch_policy_dir(dir: &std::path::Path) -> Option<PolicyWatch> {
-    use notify::{RecursiveMode, Watcher};
-    let (tx, changes) = tokio::sync::mpsc::unbounded_channel();
-    let handler = move |res: notify::Result<notify::Event>| match res {
-        Ok(ev) => {
-            let relevant = ev.paths.iter().any(|p| {
-                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                    !n.starts_with('.') && (n.ends_with(".yaml") || n.ends_with(".yml"))
-                })
-            });
-            if relevant && !matches!(ev.kind, notify::EventKind::Access(_)) {
-                let _ = tx.send(());
-            }
-        }
-        Err(e) => tracing::warn!("policy watcher: {e}"),
-    };
-    match notify::recommended_watcher(handler)
-        .and_then(|mut w| w.watch(dir, RecursiveMode::NonRecursive).map(|()| w))
-    {
-        Ok(watcher) => {
-            tracing::info!(dir = %dir.display(), "watching the policy directory for changes");
-            Some(PolicyWatch {
-                watcher,
-                dir: dir.to_path_buf(),
-                changes,
-            })
-        }
-        Err(e) => {
-            tracing::error!(
-                dir = %dir.display(),
-                "cannot watch the policy directory ({e}); reload with SIGHUP or `submitgate reload`"
-            );
-            None
-        }
-    }
-}
-
-/// Reloads after changes, debounced: a burst of writes is one reload.
-async fn run_policy_watch(
-    mut watch: PolicyWatch,
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-) {
-    use notify::Watcher;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            ev = watch.changes.recv() => if ev.is_none() { break },
-        }
-        // Debounce: wait until the directory has been quiet for a moment.
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                more = tokio::time::timeout(WATCH_DEBOUNCE, watch.changes.recv()) => match more {
-                    Ok(Some(())) => continue,
-                    Ok(None) | Err(_) => break,
-                },
-            }
-        }
-        tracing::info!("policy files changed; reloading");
-        shared.reload().await;
-    }
-    let _ = watch.watcher.unwatch(&watch.dir);
 }
 
 /// Starts the delivery workers from the daemon's spool into the configured store.
@@ -588,13 +385,4 @@ async fn bind_all(
         bound.push((listener, local));
     }
     Ok(bound)
-}
-
-fn join_error(e: tokio::task::JoinError) -> PolicyErrors {
-    PolicyErrors(vec![policy::PolicyError {
-        file: "policies".into(),
-        line: 0,
-        column: 0,
-        message: format!("policy loader failed: {e}"),
-    }])
 }

@@ -1,7 +1,7 @@
-//! A small HTTP/1.1 server (hyper) over the daemon's listeners: keep-alive connections, a
-//! [`Router`] of handlers, request bodies read whole under a size cap, graceful shutdown. The
-//! Dovecot auth policy endpoint is its first user; a metrics endpoint can add a route to the same
-//! router later. Handlers see a complete [`HttpRequest`], never hyper's streaming types.
+//! A small HTTP/1.1 server (hyper) over the daemon's listeners: keep-alive connections, one
+//! [`Service`] (a handler for one method on every path), request bodies read whole under a size
+//! cap, graceful shutdown. The Dovecot auth policy endpoint is its only user. Handlers see a
+//! complete [`HttpRequest`], never hyper's streaming types.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,7 +21,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::endpoint::{accept_loop, Listener};
+use crate::endpoint::{accept_loop, Listener, Stream};
 
 /// The largest request body accepted (Dovecot's requests are a few hundred bytes).
 pub const MAX_BODY: usize = 64 * 1024;
@@ -76,81 +76,36 @@ impl HttpRequest {
 pub type Handler =
     Arc<dyn Fn(HttpRequest) -> Pin<Box<dyn Future<Output = HttpResponse> + Send>> + Send + Sync>;
 
-/// Which paths a route serves.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PathMatch {
-    /// Every path (Dovecot posts to whatever URL it is given).
-    Any,
-    /// Exactly this path (`/metrics`).
-    Exact(String),
-}
-
-impl PathMatch {
-    fn matches(&self, path: &str) -> bool {
-        match self {
-            PathMatch::Any => true,
-            PathMatch::Exact(p) => p == path,
-        }
-    }
-}
-
+/// What a listener serves: one handler for every path (Dovecot posts to whatever URL it is
+/// given), for one method; other methods get 405 with `Allow`.
 #[derive(Clone)]
-struct Route {
+pub struct Service {
     method: Method,
-    path: PathMatch,
     handler: Handler,
 }
 
-/// Routes by method and path; the first route whose path and method match wins, so specific
-/// paths go before [`PathMatch::Any`].
-#[derive(Default, Clone)]
-pub struct Router {
-    routes: Vec<Route>,
-}
-
-impl Router {
-    /// A router without routes (every request gets 404).
-    pub fn new() -> Self {
-        Router::default()
-    }
-
-    /// Adds a route.
-    pub fn route<F, Fut>(mut self, method: Method, path: PathMatch, handler: F) -> Self
+impl Service {
+    /// `handler` for requests with `method`, on any path.
+    pub fn new<F, Fut>(method: Method, handler: F) -> Self
     where
         F: Fn(HttpRequest) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HttpResponse> + Send + 'static,
     {
         let handler: Handler = Arc::new(move |req| Box::pin(handler(req)));
-        self.routes.push(Route {
-            method,
-            path,
-            handler,
-        });
-        self
+        Service { method, handler }
     }
 
+    /// Reads the body (at most [`MAX_BODY`] bytes) and calls the handler.
     /// Reads the body (at most [`MAX_BODY`] bytes) and calls the matching handler.
     async fn dispatch(&self, req: http::Request<Incoming>, peer: &str) -> HttpResponse {
         let path = req.uri().path().to_string();
-        let mut allowed = Vec::new();
-        let mut handler = None;
-        for r in self.routes.iter().filter(|r| r.path.matches(&path)) {
-            if r.method == req.method() {
-                handler = Some(r.handler.clone());
-                break;
-            }
-            allowed.push(r.method.as_str());
-        }
-        let Some(handler) = handler else {
-            if allowed.is_empty() {
-                return text(StatusCode::NOT_FOUND, "not found");
-            }
+        if req.method() != self.method {
             let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
-            if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
+            if let Ok(v) = HeaderValue::from_str(self.method.as_str()) {
                 resp.headers_mut().insert(ALLOW, v);
             }
             return resp;
-        };
+        }
         let declared = req
             .headers()
             .get(CONTENT_LENGTH)
@@ -175,7 +130,7 @@ impl Router {
             }
             Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "request body timed out"),
         };
-        handler(HttpRequest {
+        (self.handler)(HttpRequest {
             method: parts.method,
             path,
             query: parts.uri.query().map(str::to_string),
@@ -218,7 +173,7 @@ fn response(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Ht
 pub async fn serve(
     name: &'static str,
     listener: Listener,
-    router: Arc<Router>,
+    service: Arc<Service>,
     connections: Arc<Semaphore>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -231,8 +186,8 @@ pub async fn serve(
         stop,
         tracker,
         move |stream, peer| {
-            let (router, shutdown) = (router.clone(), shutdown.clone());
-            async move { serve_connection(name, stream, peer, router, shutdown).await }
+            let (service, shutdown) = (service.clone(), shutdown.clone());
+            async move { serve_connection(name, stream, peer, service, shutdown).await }
         },
     )
     .await
@@ -240,9 +195,9 @@ pub async fn serve(
 
 async fn serve_connection(
     name: &'static str,
-    stream: crate::endpoint::Stream,
+    stream: Stream,
     peer: String,
-    router: Arc<Router>,
+    service: Arc<Service>,
     shutdown: CancellationToken,
 ) {
     tracing::debug!(peer, "{name} connection opened");
@@ -251,12 +206,12 @@ async fn serve_connection(
         let peer = peer.clone();
         let last_request = last_request.clone();
         service_fn(move |req: http::Request<Incoming>| {
-            let router = router.clone();
+            let service = service.clone();
             let peer = peer.clone();
             if let Ok(mut t) = last_request.lock() {
                 *t = tokio::time::Instant::now();
             }
-            async move { Ok::<_, Infallible>(router.dispatch(req, &peer).await) }
+            async move { Ok::<_, Infallible>(service.dispatch(req, &peer).await) }
         })
     };
     let conn = http1::Builder::new()

@@ -1,11 +1,14 @@
 //! submitgate: Exchange Online's SMTP AUTH submission controls for Postfix.
 //!
-//! Module map (see DESIGN.md):
+//! Module map (arrows point from front ends → admission → policy/limiter/audit, from daemon and
+//! the CLI → everything, never back up):
+//! - [`admission`]: the one decision step every front end asks (policy, lease, audit event).
+//! - [`context`]: what the front ends share (policy handle, limiter, audit, replies, stats).
 //! - [`config`]: the daemon's YAML configuration, validated as a whole.
 //! - [`endpoint`]: listener addresses in Postfix notation, bound and accepted.
 //! - [`yaml`]: YAML parsed into a tree that keeps line and column, for precise errors.
 //! - [`policy`]: organization/mailbox policy files → [`policy::PolicySnapshot`]; pure
-//!   [`policy::evaluate`].
+//!   [`policy::evaluate`]; [`policy::reload`]: the snapshot handle, reloads and the watcher.
 //! - [`postfix_policy`]: the Postfix policy delegation front end (`codec` + `server`).
 //! - [`milter`]: the milter front end (`codec` + `session` + `server`).
 //! - [`limiter`]: per-mailbox session leases.
@@ -17,9 +20,11 @@
 //! - [`control`]: the control socket behind `submitgate status` and `submitgate reload`.
 //! - [`daemon`]: wires the parts together and runs until shutdown.
 
+pub mod admission;
 pub mod audit;
 pub mod auth_policy;
 pub mod config;
+pub mod context;
 pub mod control;
 pub mod daemon;
 pub mod endpoint;

@@ -552,10 +552,10 @@ async fn configured_texts_and_unix_socket_and_status() {
 replies: { auth_mailbox_disabled: \"SMTP AUTH is off for this mailbox\" }\n",
     )
     .await;
-    let listeners = &t.daemon.shared().listeners.auth_policy;
+    let listeners = &t.daemon.control_handles().listeners.auth_policy;
     assert_eq!(listeners.len(), 2, "{listeners:?}");
     assert!(listeners[1].ends_with("/auth-policy.sock"), "{listeners:?}");
-    let status = submitgate::control::status(t.daemon.shared()).await;
+    let status = submitgate::control::status(t.daemon.control_handles()).await;
     assert_eq!(status.listeners["auth_policy"].as_array().unwrap().len(), 2);
 
     let sock = tokio::net::UnixStream::connect(t.dir.path().join("auth-policy.sock"))

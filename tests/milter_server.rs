@@ -823,7 +823,7 @@ async fn a_session_keeps_the_policy_it_started_with() {
     .unwrap();
     assert!(matches!(
         t.daemon.reload().await,
-        submitgate::daemon::ReloadOutcome::Reloaded { .. }
+        submitgate::policy::reload::ReloadOutcome::Reloaded { .. }
     ));
 
     // The session that started before the reload finishes under its policy...

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use submitgate::daemon::ReloadOutcome;
+use submitgate::policy::reload::ReloadOutcome;
 use support::daemon::{TestDaemon, Txn, CONTOSO, FABRIKAM};
 
 const FIXTURE: &str = include_str!("fixtures/postfix-3.7/policy-requests.txt");

@@ -3,7 +3,8 @@
 //! [`Session`]; every read and write has a timeout; a bad frame, a protocol violation or a
 //! timeout closes that one connection with a warning naming the peer. However the connection
 //! ends (QUIT, end-of-file, error, timeout, daemon shutdown), [`Session::finish`] runs once and
-//! gives the session's lease back.
+//! gives the session's lease back. It depends on [`crate::context`] (what the front ends
+//! share), never on `daemon`, which only spawns [`serve`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use super::codec::{Command, MilterCodec};
 use super::session::{Session, State};
-use crate::daemon::Context;
+use crate::context::Context;
 use crate::endpoint::{accept_loop, Listener, Stream};
 use crate::sent_items::spool::Spool;
 

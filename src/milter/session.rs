@@ -1,6 +1,8 @@
 //! One milter conversation = one SMTP session: the legal order of stages as one table
-//! ([`State`] × [`Event`]), option negotiation, the decision at MAIL FROM (policy, then the
-//! session's lease), and the capture of allowed messages into the Sent Items spool.
+//! ([`State`] × [`Event`]), option negotiation, asking [`crate::admission`] at MAIL FROM and
+//! turning its outcome into milter replies, and the capture of allowed messages into the Sent
+//! Items spool. Arrows: milter → admission → policy / limiter / audit, through
+//! [`crate::context`]; never `daemon`.
 //!
 //! Per-connection state (`Connection`: client address, login, TLS, the lease) lives as long as
 //! the SMTP session; per-message state (`Message`: envelope, capture) is reset by ABORT,
@@ -19,10 +21,10 @@ use super::codec::{
     SMFIP_NR_DATA, SMFIP_NR_EOH, SMFIP_NR_HDR, SMFIP_NR_HELO, SMFIP_NR_RCPT, SMFIP_NR_UNKN,
     SMFI_PROT_VERSION,
 };
-use crate::audit::{AuditEvent, EventKind, FrontEnd, Outcome};
-use crate::daemon::Context;
-use crate::limiter::{Acquire, Lease};
-use crate::policy::{evaluate, Decision, PolicySnapshot, Submission};
+use crate::admission::{self, Facts, Hold, Opened, Scope};
+use crate::audit::{AuditEvent, EventKind, FrontEnd};
+use crate::context::Context;
+use crate::policy::PolicySnapshot;
 use crate::reason::Reason;
 use crate::sent_items::spool::{EntryMeta, Spool, SpoolWriter};
 
@@ -227,6 +229,17 @@ pub enum SessionError {
 #[derive(Debug)]
 struct Connection {
     started: Instant,
+    macros: Macros,
+    /// The lease, held from the first allowed authenticated MAIL until the session ends, and
+    /// the opened session (`session_opened` audited).
+    hold: Hold,
+    /// Messages accepted at end-of-message.
+    messages: u32,
+}
+
+/// What Postfix told us about the SMTP session.
+#[derive(Debug, Default)]
+struct Macros {
     client_address: Option<String>,
     /// `{auth_authen}`: sent with MAIL, kept for the session.
     login: Option<String>,
@@ -236,27 +249,31 @@ struct Connection {
     tls: Option<String>,
     /// Postfix's queue id (`i`) for the message in progress; arrives with RCPT or DATA.
     queue_id: Option<String>,
-    /// Held from the first allowed authenticated MAIL until the session ends.
-    lease: Option<Lease>,
-    /// Set once `session_opened` has been audited: `(mailbox, organization)`.
-    opened: Option<(String, String)>,
-    /// Messages accepted at end-of-message.
-    messages: u32,
 }
 
 impl Connection {
     fn new() -> Connection {
         Connection {
             started: Instant::now(),
-            client_address: None,
-            login: None,
-            sasl_method: None,
-            tls: None,
-            queue_id: None,
-            lease: None,
-            opened: None,
+            macros: Macros::default(),
+            hold: Hold::new(Scope::Session),
             messages: 0,
         }
+    }
+}
+
+/// The facts of the session and its message for the admission step and the audit events.
+fn facts<'a>(peer: &'a str, macros: &'a Macros, msg: Option<&'a Message>) -> Facts<'a> {
+    Facts {
+        front_end: FrontEnd::Milter,
+        peer,
+        login: macros.login.as_deref().unwrap_or_default(),
+        client_address: macros.client_address.as_deref(),
+        tls: macros.tls.as_deref(),
+        sasl_mechanism: macros.sasl_method.as_deref(),
+        sender: msg.map(|m| m.sender.as_str()),
+        recipients: msg.map_or(&[], |m| m.recipients.as_slice()),
+        queue_id: macros.queue_id.as_deref(),
     }
 }
 
@@ -367,7 +384,7 @@ impl Session {
                 Reply::Continue
             }
             Command::Connect { address, .. } => {
-                self.conn.client_address = non_empty(&address);
+                self.conn.macros.client_address = non_empty(&address);
                 Reply::Continue
             }
             Command::Helo(_) | Command::Data | Command::Unknown(_) => Reply::Continue,
@@ -424,11 +441,15 @@ impl Session {
     /// `session_closed` if the session had been opened. Idempotent.
     pub async fn finish(&mut self) {
         self.end_message();
-        if let Some(lease) = self.conn.lease.take() {
+        if let Some(lease) = self.conn.hold.take_lease() {
             tracing::debug!(peer = %self.peer, mailbox = lease.mailbox(), "milter session ended; lease released");
             lease.release().await;
         }
-        if let Some((mailbox, organization)) = self.conn.opened.take() {
+        if let Some(Opened {
+            mailbox,
+            organization,
+        }) = self.conn.hold.take_opened()
+        {
             let mut ev = self.event(EventKind::SessionClosed);
             ev.queue_id = None;
             ev.mailbox = Some(mailbox);
@@ -442,28 +463,21 @@ impl Session {
 
     fn take_macros(&mut self, macros: &[(Bytes, Bytes)]) {
         if let Some(v) = macro_value(macros, "{auth_authen}").and_then(non_empty) {
-            self.conn.login = Some(v);
+            self.conn.macros.login = Some(v);
         }
         if let Some(v) = macro_value(macros, "{auth_type}").and_then(non_empty) {
-            self.conn.sasl_method = Some(v);
+            self.conn.macros.sasl_method = Some(v);
         }
         if let Some(v) = macro_value(macros, "{tls_version}").and_then(non_empty) {
-            self.conn.tls = Some(v);
+            self.conn.macros.tls = Some(v);
         }
         if let Some(v) = macro_value(macros, "i").and_then(non_empty) {
-            self.conn.queue_id = Some(v);
+            self.conn.macros.queue_id = Some(v);
         }
     }
 
     fn event(&self, kind: EventKind) -> AuditEvent {
-        let mut ev = AuditEvent::new(kind);
-        ev.front_end = Some(FrontEnd::Milter);
-        ev.client_address = self.conn.client_address.clone();
-        ev.queue_id = self.conn.queue_id.clone();
-        ev.tls = self.conn.tls.clone();
-        ev.sasl_method = self.conn.sasl_method.clone();
-        ev.sender = self.msg.as_ref().map(|m| m.sender.clone());
-        ev
+        facts(&self.peer, &self.conn.macros, self.msg.as_ref()).event(kind)
     }
 
     /// The decision at MAIL FROM.
@@ -478,97 +492,22 @@ impl Session {
             capture: Capture::Off,
             size: 0,
         });
-        let Some(login) = self.conn.login.clone() else {
+        if self.conn.macros.login.is_none() {
             // Not a submission: nothing to count, decide or copy for this message.
             self.ctx
                 .stats
                 .unauthenticated
                 .fetch_add(1, Ordering::Relaxed);
             return Reply::Accept;
-        };
-        let allowed = match evaluate(&self.policy, &Submission { login: &login }) {
-            Decision::Reject {
-                reason,
-                mailbox,
-                organization,
-            } => {
-                let reply = self.ctx.replies.for_reason(reason).clone();
-                let mut ev = self.event(EventKind::SubmissionDecision);
-                ev.mailbox = Some(mailbox);
-                ev.organization = organization;
-                ev.decision = Some(Outcome::Reject);
-                ev.reason = Some(reason);
-                ev.reply = Some(reply.to_string());
-                self.ctx.audit.record(ev).await;
-                return Reply::ReplyCode(reply);
-            }
-            Decision::Allow(allowed) => allowed,
-        };
-        // A session holds one lease, for the mailbox it authenticated as.
-        if let Some(lease) = self
-            .conn
-            .lease
-            .take_if(|lease| lease.mailbox() != allowed.mailbox)
-        {
-            lease.release().await;
         }
-        let in_use = if self.conn.lease.is_some() {
-            self.ctx.limiter.in_use(&allowed.mailbox).await
-        } else {
-            match self
-                .ctx
-                .limiter
-                .acquire(&allowed.mailbox, allowed.limit)
-                .await
-            {
-                Acquire::Granted(lease) => {
-                    let in_use = lease.in_use();
-                    self.conn.lease = Some(lease);
-                    in_use
-                }
-                Acquire::Refused { in_use, limit } => {
-                    let reply = self.ctx.replies.concurrency_limit.clone();
-                    self.defer(
-                        &allowed,
-                        Reason::ConcurrencyLimit,
-                        Some(in_use),
-                        limit,
-                        &reply,
-                    )
-                    .await;
-                    return Reply::ReplyCode(reply);
-                }
-                Acquire::Unavailable => {
-                    let reply = self.ctx.replies.tempfail.clone();
-                    self.defer(
-                        &allowed,
-                        Reason::LimiterUnavailable,
-                        None,
-                        allowed.limit,
-                        &reply,
-                    )
-                    .await;
-                    return Reply::ReplyCode(reply);
-                }
+        let facts = facts(&self.peer, &self.conn.macros, self.msg.as_ref());
+        let outcome = admission::admit(&self.ctx, &self.policy, &facts, &mut self.conn.hold).await;
+        let allowed = match outcome {
+            admission::Outcome::Admitted { allowed, .. } => allowed,
+            admission::Outcome::Refused(refusal) | admission::Outcome::Deferred(refusal) => {
+                return Reply::ReplyCode(refusal.reply)
             }
         };
-        if self.conn.opened.is_none() {
-            let mut ev = self.event(EventKind::SessionOpened);
-            ev.mailbox = Some(allowed.mailbox.clone());
-            ev.organization = Some(allowed.organization.clone());
-            ev.sessions_in_use = Some(in_use);
-            ev.limit = Some(allowed.limit);
-            self.ctx.audit.record(ev).await;
-            self.conn.opened = Some((allowed.mailbox.clone(), allowed.organization.clone()));
-        }
-        let mut ev = self.event(EventKind::SubmissionDecision);
-        ev.mailbox = Some(allowed.mailbox.clone());
-        ev.organization = Some(allowed.organization.clone());
-        ev.decision = Some(Outcome::Allow);
-        ev.sessions_in_use = Some(in_use);
-        ev.limit = Some(allowed.limit);
-        self.ctx.audit.record(ev).await;
-
         let capture = match &self.spool {
             Some(spool) if allowed.sent_items.enabled => Capture::Writing {
                 writer: spool.begin(),
@@ -584,26 +523,6 @@ impl Session {
             });
         }
         Reply::Continue
-    }
-
-    async fn defer(
-        &self,
-        allowed: &crate::policy::Allowed,
-        reason: Reason,
-        in_use: Option<u32>,
-        limit: u32,
-        reply: &crate::reply::SmtpReply,
-    ) {
-        let mut ev = self.event(EventKind::SubmissionDecision);
-        ev.mailbox = Some(allowed.mailbox.clone());
-        ev.organization = Some(allowed.organization.clone());
-        ev.decision = Some(Outcome::Defer);
-        ev.reason = Some(reason);
-        ev.sessions_in_use = in_use;
-        ev.limit = Some(limit);
-        ev.reply = Some(reply.to_string());
-        tracing::info!(peer = %self.peer, mailbox = %allowed.mailbox, %reason, "submission deferred");
-        self.ctx.audit.record(ev).await;
     }
 
     /// One header, rebuilt as the client sent it: `\n` folds back to CRLF folds; the value's
@@ -641,7 +560,7 @@ impl Session {
         }
         if let Capture::Writing { writer, .. } = &mut msg.capture {
             if let Err(e) = writer.write(bytes).await {
-                tracing::error!(peer = %self.peer, queue_id = self.conn.queue_id.as_deref(), "Sent Items capture failed: {e}");
+                tracing::error!(peer = %self.peer, queue_id = self.conn.macros.queue_id.as_deref(), "Sent Items capture failed: {e}");
                 msg.capture = Capture::Failed(e.to_string());
             }
         }
@@ -656,7 +575,7 @@ impl Session {
         let Some(submitter) = msg.submitter else {
             return Reply::Continue;
         };
-        let queue_id = self.conn.queue_id.clone().unwrap_or_default();
+        let queue_id = self.conn.macros.queue_id.clone().unwrap_or_default();
         let outcome = match msg.capture {
             Capture::Off => Ok(None),
             Capture::Failed(e) => Err(e),
@@ -685,7 +604,7 @@ impl Session {
         ev.organization = Some(submitter.organization);
         ev.size = Some(msg.size);
         ev.recipient_count = u32::try_from(msg.recipients.len()).ok();
-        self.conn.queue_id = None;
+        self.conn.macros.queue_id = None;
         match outcome {
             Ok(entry) => {
                 self.conn.messages += 1;
@@ -710,7 +629,7 @@ impl Session {
     /// its queue id.
     fn end_message(&mut self) {
         self.drop_message();
-        self.conn.queue_id = None;
+        self.conn.macros.queue_id = None;
     }
 
     fn drop_message(&mut self) {
@@ -761,71 +680,4 @@ fn crlf_folds(value: &[u8], out: &mut Vec<u8>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn postfix_order_is_legal() {
-        // The letters of both captured Postfix sessions.
-        let letters = "ODCDHDMDRDRDTDLDLDLDLDNDBDEADMDRDTDLDLDLDLDNDBDEAAQ";
-        let mut state = State::Start;
-        for l in letters.bytes() {
-            let event = match l {
-                b'O' => Event::OptNeg,
-                b'D' => Event::Macro,
-                b'C' => Event::Connect,
-                b'H' => Event::Helo,
-                b'M' => Event::Mail,
-                b'R' => Event::Rcpt,
-                b'T' => Event::Data,
-                b'L' => Event::Header,
-                b'N' => Event::EndOfHeaders,
-                b'B' => Event::Body,
-                b'E' => Event::EndOfMessage,
-                b'A' => Event::Abort,
-                b'Q' => Event::Quit,
-                other => panic!("unexpected {other}"),
-            };
-            state = state
-                .next(event)
-                .unwrap_or_else(|| panic!("{event:?} refused in {state:?}"));
-        }
-        assert_eq!(state, State::Closed);
-    }
-
-    #[test]
-    fn out_of_order_is_refused() {
-        assert!(!State::Start.has_transition(Event::Connect));
-        assert!(!State::Start.has_transition(Event::Macro));
-        assert!(!State::Negotiated.has_transition(Event::Mail));
-        assert!(!State::Idle.has_transition(Event::Rcpt));
-        assert!(!State::Mail.has_transition(Event::Data));
-        assert!(!State::Body.has_transition(Event::Header));
-        assert!(!State::Closed.has_transition(Event::Abort));
-        assert!(!State::Closed.has_transition(Event::Quit));
-        assert!(!State::Idle.has_transition(Event::OptNeg));
-        // STARTTLS: ABORT, then a new HELO.
-        assert_eq!(
-            State::Idle
-                .next(Event::Abort)
-                .and_then(|s| s.next(Event::Helo)),
-            Some(State::Idle)
-        );
-        assert_eq!(State::Rcpt.next(Event::Unknown), Some(State::Rcpt));
-        assert_eq!(
-            State::Body.next(Event::QuitNewConnection),
-            Some(State::Negotiated)
-        );
-    }
-
-    #[test]
-    fn folds_and_addresses() {
-        let mut out = Vec::new();
-        crlf_folds(b" folded\n header\r\n already", &mut out);
-        assert_eq!(out, b" folded\r\n header\r\n already");
-        assert_eq!(address(b"<alice@contoso.com>"), "alice@contoso.com");
-        assert_eq!(address(b"<>"), "");
-        assert_eq!(address(b"bare@x"), "bare@x");
-        assert_eq!(unfold(b" <a@b>\n "), b"<a@b>");
-    }
-}
+mod tests;

@@ -13,6 +13,7 @@ use std::time::SystemTime;
 
 pub use evaluate::{evaluate, Allowed, Decision, Submission};
 pub mod editor;
+pub mod reload;
 pub use load::{is_policy_file, load_dir, load_files, valid_address, valid_domain, LoadOptions};
 
 /// Default number of concurrent sessions per mailbox (Exchange Online's value).

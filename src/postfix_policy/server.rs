@@ -2,7 +2,10 @@
 //! Postfix connection. Postfix never says when an SMTP session ends, so here the limit counts
 //! submissions in flight: a lease is taken at the first request of a transaction and given back
 //! at END-OF-MESSAGE, when the connection moves on to another session or transaction, when it
-//! closes, or after `lease_idle_timeout` without a request.
+//! closes, or after `lease_idle_timeout` without a request. The decision itself is
+//! [`crate::admission`]'s (transaction scope); this module only turns its outcome into policy
+//! replies. Arrows: postfix_policy → admission → policy / limiter / audit, through
+//! [`crate::context`]; never `daemon`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,12 +19,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::codec::{PolicyCodec, Request, Response};
-use crate::audit::{AuditEvent, EventKind, FrontEnd, Outcome};
-use crate::daemon::Context;
+use crate::admission::{self, Facts, Hold, Scope};
+use crate::audit::{AuditEvent, EventKind, FrontEnd};
+use crate::context::Context;
 use crate::endpoint::{accept_loop, Listener, Stream};
-use crate::limiter::{Acquire, Lease};
-use crate::policy::{evaluate, Allowed, Decision, Submission};
-use crate::reason::Reason;
+use crate::policy::Allowed;
 
 /// Settings of the policy front end.
 #[derive(Debug, Clone)]
@@ -90,8 +92,8 @@ struct Txn {
     /// The login and decision of the transaction's first allowed request.
     login: String,
     allowed: Option<Allowed>,
-    lease: Option<Lease>,
-    allow_audited: bool,
+    /// The transaction's lease and whether its allow decision was audited.
+    hold: Hold,
     last_seen: Instant,
 }
 
@@ -122,7 +124,7 @@ async fn handle_connection(
     let idle = tokio::time::sleep(settings.lease_idle_timeout);
     tokio::pin!(idle);
     loop {
-        let holding = conn.txn.as_ref().is_some_and(|t| t.lease.is_some());
+        let holding = conn.txn.as_ref().is_some_and(|t| t.hold.is_held());
         let next = tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = idle.as_mut(), if holding => {
@@ -155,7 +157,7 @@ async fn handle_connection(
             break;
         }
     }
-    if let Some(lease) = conn.txn.take().and_then(|t| t.lease) {
+    if let Some(lease) = conn.txn.take().and_then(|mut t| t.hold.take_lease()) {
         tracing::debug!(
             peer,
             mailbox = lease.mailbox(),
@@ -166,13 +168,32 @@ async fn handle_connection(
     tracing::debug!(peer, "policy connection closed");
 }
 
-fn non_empty(s: &str) -> Option<String> {
-    (!s.is_empty()).then(|| s.to_string())
+fn non_empty(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
+
+/// What the admission step and the audit events need from a request.
+fn facts<'a>(peer: &'a str, r: &'a Request) -> Facts<'a> {
+    Facts {
+        front_end: FrontEnd::Policy,
+        peer,
+        login: &r.sasl_username,
+        client_address: non_empty(&r.client_address),
+        tls: non_empty(&r.encryption_protocol),
+        sasl_mechanism: non_empty(&r.sasl_method),
+        sender: non_empty(&r.sender),
+        recipients: if r.recipient.is_empty() {
+            &[]
+        } else {
+            std::slice::from_ref(&r.recipient)
+        },
+        queue_id: non_empty(&r.queue_id),
+    }
 }
 
 impl Connection<'_> {
     async fn expire_idle_lease(&mut self) {
-        if let Some(lease) = self.txn.as_mut().and_then(|t| t.lease.take()) {
+        if let Some(lease) = self.txn.as_mut().and_then(|t| t.hold.take_lease()) {
             tracing::info!(
                 peer = self.peer,
                 mailbox = lease.mailbox(),
@@ -184,20 +205,13 @@ impl Connection<'_> {
 
     /// Ends the current transaction, giving its lease back.
     async fn end_txn(&mut self) {
-        if let Some(lease) = self.txn.take().and_then(|t| t.lease) {
+        if let Some(lease) = self.txn.take().and_then(|mut t| t.hold.take_lease()) {
             lease.release().await;
         }
     }
 
     fn event(&self, kind: EventKind, r: &Request) -> AuditEvent {
-        let mut ev = AuditEvent::new(kind);
-        ev.front_end = Some(FrontEnd::Policy);
-        ev.client_address = non_empty(&r.client_address);
-        ev.queue_id = non_empty(&r.queue_id);
-        ev.tls = non_empty(&r.encryption_protocol);
-        ev.sasl_method = non_empty(&r.sasl_method);
-        ev.sender = non_empty(&r.sender);
-        ev
+        facts(self.peer, r).event(kind)
     }
 
     async fn handle(&mut self, r: Request) -> Response {
@@ -217,7 +231,7 @@ impl Connection<'_> {
         if let Some(txn) = self
             .txn
             .as_mut()
-            .filter(|t| t.lease.is_some() && t.login == r.sasl_username)
+            .filter(|t| t.hold.is_held() && t.login == r.sasl_username)
         {
             txn.last_seen = Instant::now();
             if r.is_end_of_message() {
@@ -227,93 +241,23 @@ impl Connection<'_> {
             return Response::dunno();
         }
         let snapshot = self.ctx.policy.load();
-        let decision = evaluate(
-            &snapshot,
-            &Submission {
-                login: &r.sasl_username,
-            },
-        );
-        let allowed = match decision {
-            Decision::Reject {
-                reason,
-                mailbox,
-                organization,
-            } => {
-                self.end_txn().await;
-                let reply = self.ctx.replies.for_reason(reason).to_string();
-                let mut ev = self.event(EventKind::SubmissionDecision, &r);
-                ev.mailbox = Some(mailbox);
-                ev.organization = organization;
-                ev.decision = Some(Outcome::Reject);
-                ev.reason = Some(reason);
-                ev.reply = Some(reply.clone());
-                self.ctx.audit.record(ev).await;
-                return Response(reply);
-            }
-            Decision::Allow(a) => a,
-        };
         let txn = self.txn.get_or_insert_with(|| Txn {
             key: TxnKey::of(&r),
             login: r.sasl_username.clone(),
             allowed: None,
-            lease: None,
-            allow_audited: false,
+            hold: Hold::new(Scope::Transaction),
             last_seen: Instant::now(),
         });
         txn.last_seen = Instant::now();
-        if txn.lease.is_none() {
-            let refusal = match self
-                .ctx
-                .limiter
-                .acquire(&allowed.mailbox, allowed.limit)
-                .await
-            {
-                Acquire::Granted(lease) => {
-                    let in_use = lease.in_use();
-                    txn.lease = Some(lease);
-                    if !std::mem::replace(&mut txn.allow_audited, true) {
-                        let mut ev = self.event(EventKind::SubmissionDecision, &r);
-                        ev.mailbox = Some(allowed.mailbox.clone());
-                        ev.organization = Some(allowed.organization.clone());
-                        ev.decision = Some(Outcome::Allow);
-                        ev.sessions_in_use = Some(in_use);
-                        ev.limit = Some(allowed.limit);
-                        self.ctx.audit.record(ev).await;
-                    }
-                    None
-                }
-                Acquire::Refused { in_use, limit } => Some((
-                    Reason::ConcurrencyLimit,
-                    self.ctx.replies.concurrency_limit.to_string(),
-                    Some(in_use),
-                    limit,
-                )),
-                Acquire::Unavailable => Some((
-                    Reason::LimiterUnavailable,
-                    self.ctx.replies.tempfail.to_string(),
-                    None,
-                    allowed.limit,
-                )),
-            };
-            if let Some((reason, reply, in_use, limit)) = refusal {
-                let mut ev = self.event(EventKind::SubmissionDecision, &r);
-                ev.mailbox = Some(allowed.mailbox);
-                ev.organization = Some(allowed.organization);
-                ev.decision = Some(Outcome::Defer);
-                ev.reason = Some(reason);
-                ev.sessions_in_use = in_use;
-                ev.limit = Some(limit);
-                ev.reply = Some(reply.clone());
-                tracing::info!(
-                    peer = self.peer,
-                    mailbox = ev.mailbox.as_deref(),
-                    %reason,
-                    "submission deferred"
-                );
-                self.ctx.audit.record(ev).await;
-                return Response(reply);
+        let facts = facts(self.peer, &r);
+        let allowed = match admission::admit(self.ctx, &snapshot, &facts, &mut txn.hold).await {
+            admission::Outcome::Admitted { allowed, .. } => allowed,
+            admission::Outcome::Refused(refusal) => {
+                self.end_txn().await;
+                return Response(refusal.reply.to_string());
             }
-        }
+            admission::Outcome::Deferred(refusal) => return Response(refusal.reply.to_string()),
+        };
         if r.is_end_of_message() {
             self.complete(&r, Some(allowed)).await;
         } else if let Some(txn) = self.txn.as_mut() {

@@ -1,0 +1,369 @@
+//! The admission step: the one place that decides whether an authenticated submission may go
+//! on. Given the policy snapshot, the shared [`Context`] (limiter, audit, replies) and what a
+//! front end knows ([`Facts`]), [`admit`] evaluates the policy, takes or reuses the mailbox's
+//! lease, writes the audit event and the log line, and returns a typed [`Outcome`] carrying its
+//! [`Reason`] and [`SmtpReply`]. The Dovecot auth policy endpoint checks at AUTH, before anything
+//! is submitted: [`check_login`] is its lease-free entry point. No sockets, no protocol: the
+//! front ends only translate outcomes into their replies.
+//!
+//! Arrows: front ends (milter, postfix_policy, auth_policy) → admission → policy / limiter /
+//! audit (reached through [`crate::context`]); this module never imports a front end, `daemon`
+//! or `config`. A new rule (sending limits, authentication policies, TLS) is added here, once:
+//! the facts already carry TLS and the SASL mechanism, and every refusal is a [`Refusal`].
+
+use crate::audit::{AuditEvent, EventKind, FrontEnd, Outcome as AuditOutcome};
+use crate::context::Context;
+use crate::limiter::{Acquire, Lease};
+use crate::policy::{evaluate, Allowed, Decision, PolicySnapshot, Submission};
+use crate::reason::Reason;
+use crate::reply::SmtpReply;
+
+/// What a front end knows about a submission when it asks.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    pub front_end: FrontEnd,
+    /// The MTA connection the request came on, for log lines.
+    pub peer: &'a str,
+    /// The SASL login (`sasl_username` / `{auth_authen}`), as the client gave it.
+    pub login: &'a str,
+    /// The SMTP client's address.
+    pub client_address: Option<&'a str>,
+    /// The TLS protocol of the SMTP session (`TLSv1.3`), when known.
+    pub tls: Option<&'a str>,
+    /// The SASL mechanism (`PLAIN`, `XOAUTH2`), when known.
+    pub sasl_mechanism: Option<&'a str>,
+    /// The envelope sender as the front end audits it (the milter keeps `<>` as an empty
+    /// string, the policy front end leaves it out).
+    pub sender: Option<&'a str>,
+    /// The recipients known so far (none at MAIL FROM).
+    pub recipients: &'a [String],
+    /// Postfix's queue id, when known.
+    pub queue_id: Option<&'a str>,
+}
+
+impl Facts<'_> {
+    /// An audit event of `kind` with the fields every submission event carries.
+    pub fn event(&self, kind: EventKind) -> AuditEvent {
+        let mut ev = AuditEvent::new(kind);
+        ev.front_end = Some(self.front_end);
+        ev.client_address = self.client_address.map(str::to_string);
+        ev.queue_id = self.queue_id.map(str::to_string);
+        ev.tls = self.tls.map(str::to_string);
+        ev.sasl_method = self.sasl_mechanism.map(str::to_string);
+        ev.sender = self.sender.map(str::to_string);
+        ev
+    }
+}
+
+/// How long a lease lives, which also decides what is audited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// One SMTP session (milter): the first admitted submission takes the lease and opens the
+    /// session (`session_opened`); later submissions of the session reuse it (one for another
+    /// mailbox gives it back first); every admitted submission is audited.
+    Session,
+    /// One mail transaction (policy front end): a transaction that holds a lease keeps it; the
+    /// allow decision is audited once per transaction, even if its lease expired and is taken
+    /// again.
+    Transaction,
+}
+
+/// The mailbox and organization of an opened session (for `session_closed`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    pub mailbox: String,
+    pub organization: String,
+}
+
+/// What a session or transaction holds across admissions: its lease and what was audited about
+/// it. The front end keeps it, gives the lease back when its scope ends and never looks inside.
+#[derive(Debug)]
+pub struct Hold {
+    scope: Scope,
+    lease: Option<Lease>,
+    opened: Option<Opened>,
+    allow_audited: bool,
+}
+
+impl Hold {
+    /// An empty hold for a session or a transaction.
+    pub fn new(scope: Scope) -> Hold {
+        Hold {
+            scope,
+            lease: None,
+            opened: None,
+            allow_audited: false,
+        }
+    }
+
+    /// Whether a lease is held.
+    pub fn is_held(&self) -> bool {
+        self.lease.is_some()
+    }
+
+    /// Takes the lease out (to give it back); the hold keeps what was audited.
+    pub fn take_lease(&mut self) -> Option<Lease> {
+        self.lease.take()
+    }
+
+    /// Takes the opened session out (to audit `session_closed` exactly once).
+    pub fn take_opened(&mut self) -> Option<Opened> {
+        self.opened.take()
+    }
+}
+
+/// A refusal or a deferral: why, and what the client is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: Reason,
+    pub reply: SmtpReply,
+    /// The normalized mailbox.
+    pub mailbox: String,
+    /// `None` when no organization claims the mailbox's domain.
+    pub organization: Option<String>,
+}
+
+/// The outcome of [`admit`]; its audit event is already written.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The submission goes on; the lease is in the [`Hold`]. With the limiter's
+    /// `on_error: allow` an unreachable Redis also admits (with a lease counted later).
+    Admitted {
+        allowed: Allowed,
+        /// Sessions in use for the mailbox when this was decided (`None` when a transaction
+        /// went on with the lease it held).
+        in_use: Option<u32>,
+    },
+    /// Refused for good (5xx): the policy disables the mailbox or its organization.
+    Refused(Refusal),
+    /// Try again later (4xx): over the mailbox's limit, or the limiter cannot answer.
+    Deferred(Refusal),
+}
+
+/// The admission step for one submission: policy, then the lease (per `hold`'s scope); audits
+/// `submission_decision` (and `session_opened` for a session's first admission).
+pub async fn admit(
+    ctx: &Context,
+    snapshot: &PolicySnapshot,
+    facts: &Facts<'_>,
+    hold: &mut Hold,
+) -> Outcome {
+    let allowed = match evaluate(snapshot, &Submission { login: facts.login }) {
+        Decision::Allow(allowed) => allowed,
+        Decision::Reject {
+            reason,
+            mailbox,
+            organization,
+        } => {
+            let refusal = Refusal {
+                reply: ctx.replies.for_reason(reason).clone(),
+                reason,
+                mailbox,
+                organization,
+            };
+            record_refusal(ctx, facts, AuditOutcome::Reject, &refusal, None, None).await;
+            return Outcome::Refused(refusal);
+        }
+    };
+    match hold.scope {
+        Scope::Session => admit_session(ctx, facts, allowed, hold).await,
+        Scope::Transaction => admit_transaction(ctx, facts, allowed, hold).await,
+    }
+}
+
+async fn admit_session(
+    ctx: &Context,
+    facts: &Facts<'_>,
+    allowed: Allowed,
+    hold: &mut Hold,
+) -> Outcome {
+    // A session holds one lease, for the mailbox it authenticated as.
+    if let Some(lease) = hold.lease.take_if(|l| l.mailbox() != allowed.mailbox) {
+        lease.release().await;
+    }
+    let in_use = if hold.lease.is_some() {
+        ctx.limiter.in_use(&allowed.mailbox).await
+    } else {
+        match acquire(ctx, facts, &allowed).await {
+            Ok(lease) => {
+                let in_use = lease.in_use();
+                hold.lease = Some(lease);
+                in_use
+            }
+            Err(deferred) => return deferred,
+        }
+    };
+    if hold.opened.is_none() {
+        let mut ev = facts.event(EventKind::SessionOpened);
+        ev.mailbox = Some(allowed.mailbox.clone());
+        ev.organization = Some(allowed.organization.clone());
+        ev.sessions_in_use = Some(in_use);
+        ev.limit = Some(allowed.limit);
+        ctx.audit.record(ev).await;
+        hold.opened = Some(Opened {
+            mailbox: allowed.mailbox.clone(),
+            organization: allowed.organization.clone(),
+        });
+    }
+    record_allow(ctx, facts, &allowed, in_use).await;
+    Outcome::Admitted {
+        allowed,
+        in_use: Some(in_use),
+    }
+}
+
+async fn admit_transaction(
+    ctx: &Context,
+    facts: &Facts<'_>,
+    allowed: Allowed,
+    hold: &mut Hold,
+) -> Outcome {
+    if hold.lease.is_some() {
+        return Outcome::Admitted {
+            allowed,
+            in_use: None,
+        };
+    }
+    match acquire(ctx, facts, &allowed).await {
+        Ok(lease) => {
+            let in_use = lease.in_use();
+            hold.lease = Some(lease);
+            if !std::mem::replace(&mut hold.allow_audited, true) {
+                record_allow(ctx, facts, &allowed, in_use).await;
+            }
+            Outcome::Admitted {
+                allowed,
+                in_use: Some(in_use),
+            }
+        }
+        Err(deferred) => deferred,
+    }
+}
+
+/// Takes a lease for the allowed mailbox; a refusal is audited, logged and returned as
+/// [`Outcome::Deferred`].
+async fn acquire(ctx: &Context, facts: &Facts<'_>, allowed: &Allowed) -> Result<Lease, Outcome> {
+    let (reason, in_use, limit) = match ctx.limiter.acquire(&allowed.mailbox, allowed.limit).await {
+        Acquire::Granted(lease) => return Ok(lease),
+        Acquire::Refused { in_use, limit } => (Reason::ConcurrencyLimit, Some(in_use), limit),
+        Acquire::Unavailable => (Reason::LimiterUnavailable, None, allowed.limit),
+    };
+    let refusal = Refusal {
+        reply: ctx.replies.for_reason(reason).clone(),
+        reason,
+        mailbox: allowed.mailbox.clone(),
+        organization: Some(allowed.organization.clone()),
+    };
+    tracing::info!(peer = facts.peer, mailbox = %refusal.mailbox, %reason, "submission deferred");
+    record_refusal(
+        ctx,
+        facts,
+        AuditOutcome::Defer,
+        &refusal,
+        in_use,
+        Some(limit),
+    )
+    .await;
+    Err(Outcome::Deferred(refusal))
+}
+
+async fn record_allow(ctx: &Context, facts: &Facts<'_>, allowed: &Allowed, in_use: u32) {
+    let mut ev = facts.event(EventKind::SubmissionDecision);
+    ev.mailbox = Some(allowed.mailbox.clone());
+    ev.organization = Some(allowed.organization.clone());
+    ev.decision = Some(AuditOutcome::Allow);
+    ev.sessions_in_use = Some(in_use);
+    ev.limit = Some(allowed.limit);
+    ctx.audit.record(ev).await;
+}
+
+async fn record_refusal(
+    ctx: &Context,
+    facts: &Facts<'_>,
+    decision: AuditOutcome,
+    refusal: &Refusal,
+    in_use: Option<u32>,
+    limit: Option<u32>,
+) {
+    let mut ev = facts.event(EventKind::SubmissionDecision);
+    ev.mailbox = Some(refusal.mailbox.clone());
+    ev.organization.clone_from(&refusal.organization);
+    ev.decision = Some(decision);
+    ev.reason = Some(refusal.reason);
+    ev.sessions_in_use = in_use;
+    ev.limit = limit;
+    ev.reply = Some(refusal.reply.to_string());
+    ctx.audit.record(ev).await;
+}
+
+/// What the Dovecot auth policy endpoint knows at AUTH.
+#[derive(Debug, Clone, Copy)]
+pub struct LoginFacts<'a> {
+    /// The login as the client gave it.
+    pub login: &'a str,
+    /// The client's address (`remote`).
+    pub remote: Option<&'a str>,
+    /// Dovecot's protocol (`smtp`, `submission`).
+    pub protocol: Option<&'a str>,
+    /// The SASL mechanism, when Dovecot sends it.
+    pub sasl_mechanism: Option<&'a str>,
+    /// Whether the login came over TLS, as Dovecot says.
+    pub secured: Option<bool>,
+}
+
+/// The answer at AUTH.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginCheck {
+    Allowed(Allowed),
+    /// `text` is the auth policy refusal text (no SMTP code: Postfix adds `535 5.7.8`).
+    Refused {
+        reason: Reason,
+        text: String,
+        mailbox: String,
+        organization: Option<String>,
+    },
+}
+
+/// The lease-free check at AUTH: the policy only (nothing is submitted yet, so nothing is
+/// counted). A refusal is logged; the audit event comes with Dovecot's report.
+pub fn check_login(ctx: &Context, snapshot: &PolicySnapshot, facts: &LoginFacts<'_>) -> LoginCheck {
+    let check = describe_login(ctx, snapshot, facts);
+    if let LoginCheck::Refused {
+        reason, mailbox, ..
+    } = &check
+    {
+        tracing::info!(
+            mailbox,
+            reason = reason.as_str(),
+            remote = facts.remote,
+            protocol = facts.protocol,
+            "login refused at AUTH"
+        );
+    }
+    check
+}
+
+/// [`check_login`] without the log line: what the policy says now about a login (for the
+/// audit of Dovecot's report).
+pub fn describe_login(
+    ctx: &Context,
+    snapshot: &PolicySnapshot,
+    facts: &LoginFacts<'_>,
+) -> LoginCheck {
+    match evaluate(snapshot, &Submission { login: facts.login }) {
+        Decision::Allow(allowed) => LoginCheck::Allowed(allowed),
+        Decision::Reject {
+            reason,
+            mailbox,
+            organization,
+        } => LoginCheck::Refused {
+            text: ctx.replies.auth_text_for(reason).to_string(),
+            reason,
+            mailbox,
+            organization,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;

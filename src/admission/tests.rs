@@ -1,0 +1,401 @@
+//! Tests of the admission step: outcomes, leases per scope and the audit events it writes
+//! (read back from a real audit file), with the memory limiter and a snapshot built from YAML.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::*;
+use crate::audit::{Audit, AuditWriter};
+use crate::context::Stats;
+use crate::limiter::redis::{OnError, RedisBackend, RedisSettings};
+use crate::limiter::Limiter;
+use crate::policy::reload::PolicyHandle;
+use crate::policy::{load_files, LoadOptions};
+use crate::reply::{self, Replies};
+
+const CONTOSO: &str = "\
+organization: contoso
+domains: [contoso.com]
+smtp_client_authentication_disabled: false
+max_concurrent_sessions_per_mailbox: 3
+mailboxes:
+  blocked@contoso.com: { smtp_client_authentication_disabled: true }
+  single@contoso.com: { max_concurrent_sessions_per_mailbox: 1 }
+";
+
+const FABRIKAM: &str = "\
+organization: fabrikam
+domains: [fabrikam.com]
+smtp_client_authentication_disabled: true
+";
+
+/// A context over the memory limiter with its audit log in a temporary directory.
+struct Harness {
+    ctx: Context,
+    snapshot: Arc<PolicySnapshot>,
+    audit_path: PathBuf,
+    _writer: AuditWriter,
+    _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Harness::with_limiter(Limiter::memory())
+    }
+
+    fn with_limiter(limiter: Limiter) -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let audit_path = dir.path().join("audit.log");
+        // The only line that knows how the audit log is configured.
+        let (audit, writer) = Audit::start(&crate::config::AuditConfig {
+            target: crate::config::AuditTarget::File(audit_path.clone()),
+            queue: 16,
+        })
+        .expect("audit log");
+        let files = [("contoso.yaml", CONTOSO), ("fabrikam.yaml", FABRIKAM)]
+            .iter()
+            .map(|(n, t)| (PathBuf::from(n), t.to_string()))
+            .collect::<Vec<_>>();
+        let snapshot = load_files(
+            &files,
+            &LoadOptions {
+                default_domain: Some("contoso.com".into()),
+            },
+        )
+        .expect("policy");
+        let policy = PolicyHandle::new(snapshot);
+        Harness {
+            snapshot: policy.load_full(),
+            ctx: Context {
+                policy,
+                limiter,
+                audit,
+                replies: Arc::new(Replies::default()),
+                stats: Arc::new(Stats::default()),
+            },
+            audit_path,
+            _writer: writer,
+            _dir: dir,
+        }
+    }
+
+    async fn admit(&self, facts: &Facts<'_>, hold: &mut Hold) -> Outcome {
+        admit(&self.ctx, &self.snapshot, facts, hold).await
+    }
+
+    /// Every audit event written so far.
+    async fn audit(&self) -> Vec<Value> {
+        self.ctx.audit.flush().await;
+        std::fs::read_to_string(&self.audit_path)
+            .expect("audit file")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+            .collect()
+    }
+}
+
+fn milter(login: &str) -> Facts<'_> {
+    Facts {
+        front_end: FrontEnd::Milter,
+        peer: "127.0.0.1:4000",
+        login,
+        client_address: Some("192.0.2.7"),
+        tls: Some("TLSv1.3"),
+        sasl_mechanism: Some("PLAIN"),
+        sender: Some(""),
+        recipients: &[],
+        queue_id: Some("5B0E4B672E"),
+    }
+}
+
+fn policy(login: &str) -> Facts<'_> {
+    Facts {
+        front_end: FrontEnd::Policy,
+        sender: None,
+        queue_id: None,
+        ..milter(login)
+    }
+}
+
+fn admitted(outcome: Outcome) -> (Allowed, Option<u32>) {
+    match outcome {
+        Outcome::Admitted { allowed, in_use } => (allowed, in_use),
+        other => panic!("expected admitted, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_session_opens_once_and_keeps_its_lease() {
+    let h = Harness::new();
+    let mut hold = Hold::new(Scope::Session);
+    let (allowed, in_use) = admitted(h.admit(&milter("alice"), &mut hold).await);
+    assert_eq!(allowed.mailbox, "alice@contoso.com");
+    assert_eq!(allowed.organization, "contoso");
+    assert_eq!(in_use, Some(1));
+    assert!(hold.is_held());
+    // The session's second message reuses its lease.
+    let (_, in_use) = admitted(h.admit(&milter("alice"), &mut hold).await);
+    assert_eq!(in_use, Some(1));
+    assert_eq!(h.ctx.limiter.in_use("alice@contoso.com").await, 1);
+
+    let audit = h.audit().await;
+    let kinds: Vec<&str> = audit.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "session_opened",
+            "submission_decision",
+            "submission_decision"
+        ]
+    );
+    for ev in &audit {
+        assert_eq!(ev["front_end"], "milter");
+        assert_eq!(ev["mailbox"], "alice@contoso.com");
+        assert_eq!(ev["organization"], "contoso");
+        assert_eq!(ev["client_address"], "192.0.2.7");
+        assert_eq!(ev["tls"], "TLSv1.3");
+        assert_eq!(ev["sasl_method"], "PLAIN");
+        assert_eq!(ev["queue_id"], "5B0E4B672E");
+        // The milter audits the null sender as an empty string.
+        assert_eq!(ev["sender"], "");
+        assert_eq!(ev["sessions_in_use"], 1);
+        assert_eq!(ev["limit"], 3);
+        assert!(ev.get("reason").is_none() && ev.get("reply").is_none());
+    }
+    assert_eq!(audit[1]["decision"], "allow");
+    assert!(audit[0].get("decision").is_none());
+
+    assert_eq!(
+        hold.take_opened(),
+        Some(Opened {
+            mailbox: "alice@contoso.com".into(),
+            organization: "contoso".into(),
+        })
+    );
+    if let Some(lease) = hold.take_lease() {
+        lease.release().await;
+    }
+    assert_eq!(h.ctx.limiter.in_use("alice@contoso.com").await, 0);
+}
+
+#[tokio::test]
+async fn a_session_that_changes_mailbox_gives_the_old_lease_back() {
+    let h = Harness::new();
+    let mut hold = Hold::new(Scope::Session);
+    admitted(h.admit(&milter("alice"), &mut hold).await);
+    admitted(h.admit(&milter("bob"), &mut hold).await);
+    assert_eq!(h.ctx.limiter.in_use("alice@contoso.com").await, 0);
+    assert_eq!(h.ctx.limiter.in_use("bob@contoso.com").await, 1);
+    let kinds: Vec<String> = h
+        .audit()
+        .await
+        .iter()
+        .map(|e| e["event"].as_str().unwrap_or_default().to_string())
+        .collect();
+    // Still one session.
+    assert_eq!(
+        kinds,
+        [
+            "session_opened",
+            "submission_decision",
+            "submission_decision"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn policy_refusals_carry_reason_and_reply() {
+    let h = Harness::new();
+    let cases = [
+        (
+            "blocked@contoso.com",
+            Reason::MailboxDisabled,
+            reply::MAILBOX_DISABLED,
+            Some("contoso"),
+        ),
+        (
+            "anyone@fabrikam.com",
+            Reason::OrgDisabled,
+            reply::TENANT_DISABLED,
+            Some("fabrikam"),
+        ),
+        (
+            "x@unknown.example",
+            Reason::UnknownOrganization,
+            reply::TENANT_DISABLED,
+            None,
+        ),
+    ];
+    for (login, reason, text, organization) in cases {
+        let mut hold = Hold::new(Scope::Session);
+        match h.admit(&milter(login), &mut hold).await {
+            Outcome::Refused(r) => {
+                assert_eq!(r.reason, reason);
+                assert_eq!(r.reply.to_string(), text);
+                assert_eq!(r.mailbox, login);
+                assert_eq!(r.organization.as_deref(), organization);
+            }
+            other => panic!("{login}: {other:?}"),
+        }
+        assert!(!hold.is_held());
+        assert_eq!(hold.take_opened(), None);
+    }
+    let audit = h.audit().await;
+    assert_eq!(audit.len(), 3);
+    for (ev, (login, reason, text, organization)) in audit.iter().zip(cases) {
+        assert_eq!(ev["event"], "submission_decision");
+        assert_eq!(ev["decision"], "reject");
+        assert_eq!(ev["reason"], reason.as_str());
+        assert_eq!(ev["reply"], text);
+        assert_eq!(ev["mailbox"], login);
+        assert_eq!(ev["organization"].as_str(), organization);
+        assert!(ev.get("sessions_in_use").is_none() && ev.get("limit").is_none());
+    }
+}
+
+#[tokio::test]
+async fn over_the_limit_is_deferred_with_exchange_reply() {
+    let h = Harness::new();
+    let mut first = Hold::new(Scope::Session);
+    admitted(h.admit(&milter("single"), &mut first).await);
+    let mut second = Hold::new(Scope::Transaction);
+    match h.admit(&policy("single"), &mut second).await {
+        Outcome::Deferred(r) => {
+            assert_eq!(r.reason, Reason::ConcurrencyLimit);
+            assert_eq!(r.reply.to_string(), reply::CONCURRENCY_LIMIT);
+            assert_eq!(r.mailbox, "single@contoso.com");
+            assert_eq!(r.organization.as_deref(), Some("contoso"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!second.is_held());
+    let audit = h.audit().await;
+    let defer = audit.last().expect("an event");
+    assert_eq!(defer["event"], "submission_decision");
+    assert_eq!(defer["front_end"], "policy");
+    assert_eq!(defer["decision"], "defer");
+    assert_eq!(defer["reason"], "concurrency_limit");
+    assert_eq!(defer["reply"], reply::CONCURRENCY_LIMIT);
+    assert_eq!(defer["sessions_in_use"], 1);
+    assert_eq!(defer["limit"], 1);
+    // The policy front end leaves an empty sender and queue id out.
+    assert!(defer.get("sender").is_none() && defer.get("queue_id").is_none());
+}
+
+#[tokio::test]
+async fn a_transaction_audits_its_allow_once() {
+    let h = Harness::new();
+    let mut hold = Hold::new(Scope::Transaction);
+    let (_, in_use) = admitted(h.admit(&policy("alice"), &mut hold).await);
+    assert_eq!(in_use, Some(1));
+    // Holding its lease, the transaction goes on without a new decision.
+    let (_, in_use) = admitted(h.admit(&policy("alice"), &mut hold).await);
+    assert_eq!(in_use, None);
+    // Its lease expired (lease_idle_timeout) and is taken again: not audited twice.
+    if let Some(lease) = hold.take_lease() {
+        lease.release().await;
+    }
+    let (_, in_use) = admitted(h.admit(&policy("alice"), &mut hold).await);
+    assert_eq!(in_use, Some(1));
+    let audit = h.audit().await;
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0]["event"], "submission_decision");
+    assert_eq!(audit[0]["decision"], "allow");
+    assert_eq!(audit[0]["front_end"], "policy");
+    // A transaction never opens a session.
+    assert_eq!(hold.take_opened(), None);
+}
+
+#[tokio::test]
+async fn the_check_at_auth_takes_no_lease_and_writes_no_event() {
+    let h = Harness::new();
+    let facts = |login| LoginFacts {
+        login,
+        remote: Some("192.0.2.7"),
+        protocol: Some("smtp"),
+        sasl_mechanism: Some("PLAIN"),
+        secured: Some(true),
+    };
+    match check_login(&h.ctx, &h.snapshot, &facts("blocked")) {
+        LoginCheck::Refused {
+            reason,
+            text,
+            mailbox,
+            organization,
+        } => {
+            assert_eq!(reason, Reason::MailboxDisabled);
+            assert_eq!(text, reply::AUTH_MAILBOX_DISABLED);
+            assert_eq!(mailbox, "blocked@contoso.com");
+            assert_eq!(organization.as_deref(), Some("contoso"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        describe_login(&h.ctx, &h.snapshot, &facts("x@fabrikam.com")),
+        LoginCheck::Refused { reason: Reason::OrgDisabled, ref text, .. }
+            if text == reply::AUTH_TENANT_DISABLED
+    ));
+    match check_login(&h.ctx, &h.snapshot, &facts("alice@contoso.com")) {
+        LoginCheck::Allowed(a) => assert_eq!(a.mailbox, "alice@contoso.com"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.ctx.limiter.in_use("alice@contoso.com").await, 0);
+    assert!(h.audit().await.is_empty());
+}
+
+/// A Redis limiter that cannot reach its server (a socket that does not exist).
+fn unreachable_redis(on_error: OnError) -> Limiter {
+    let backend = RedisBackend::new(
+        RedisSettings {
+            url: "unix:///nonexistent/submitgate-test/redis.sock".into(),
+            key_prefix: "sg:".into(),
+            lease_ttl: std::time::Duration::from_secs(30),
+            timeout: std::time::Duration::from_millis(50),
+            on_error,
+            node_id: "test".into(),
+        },
+        None,
+    )
+    .expect("a lazy redis client");
+    Limiter::redis(backend)
+}
+
+#[tokio::test]
+async fn an_unreachable_limiter_defers_with_tempfail() {
+    let h = Harness::with_limiter(unreachable_redis(OnError::Tempfail));
+    let mut hold = Hold::new(Scope::Session);
+    match h.admit(&milter("alice"), &mut hold).await {
+        Outcome::Deferred(r) => {
+            assert_eq!(r.reason, Reason::LimiterUnavailable);
+            assert_eq!(r.reply.to_string(), reply::TEMPFAIL);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!hold.is_held());
+    assert_eq!(hold.take_opened(), None);
+    let audit = h.audit().await;
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0]["decision"], "defer");
+    assert_eq!(audit[0]["reason"], "limiter_unavailable");
+    assert_eq!(audit[0]["reply"], reply::TEMPFAIL);
+    assert_eq!(audit[0]["limit"], 3);
+    assert!(audit[0].get("sessions_in_use").is_none());
+}
+
+#[tokio::test]
+async fn an_unreachable_limiter_with_on_error_allow_admits() {
+    let h = Harness::with_limiter(unreachable_redis(OnError::Allow));
+    let mut hold = Hold::new(Scope::Transaction);
+    let (allowed, in_use) = admitted(h.admit(&policy("alice"), &mut hold).await);
+    assert_eq!(allowed.mailbox, "alice@contoso.com");
+    // Not counted in Redis yet: the lease is written back when Redis answers again.
+    assert_eq!(in_use, Some(0));
+    assert!(hold.is_held());
+    let audit = h.audit().await;
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0]["decision"], "allow");
+    assert_eq!(audit[0]["sessions_in_use"], 0);
+    drop(hold);
+}
