@@ -11,7 +11,7 @@
 //! 2. when an earlier attempt's outcome is unknown: `EXAMINE` the folder and
 //!    `UID SEARCH HEADER Message-ID "<id>"`; a hit counts as stored;
 //! 3. `APPEND`; on `NO [TRYCREATE]`: `CREATE`, `SUBSCRIBE` and `APPEND` once more;
-//! 4. put the connection back for [`ImapConfig::idle_timeout`].
+//! 4. put the connection back for [`Settings::idle_timeout`].
 //!
 //! A connection that fails in any way is dropped, never reused. Once the `APPEND` has been
 //! started, a failure other than a tagged `NO`/`BAD` leaves the outcome unknown.
@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::num::NonZeroU32;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -55,12 +56,62 @@ use tokio_rustls::rustls::{self, pki_types::ServerName};
 use tokio_rustls::TlsConnector;
 
 use super::{modified_utf7, SentCopy, SentItemsStore, StoreError, Stored};
-use crate::config::{ImapConfig, ImapLogin, ImapTls};
 use crate::sent_items::spool::EntryMeta;
+
+/// How the connection to the IMAP server is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Plain TCP (loopback or a trusted network only).
+    None,
+    /// Plain TCP, then `STARTTLS` before logging in.
+    Starttls,
+    /// TLS from the first byte (port 993).
+    Implicit,
+}
+
+/// How submitgate logs in on behalf of a mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginMode {
+    /// Dovecot master user: `LOGIN "<mailbox>*<master_user>" secret`.
+    MasterUser,
+    /// `AUTHENTICATE PLAIN` with authorization identity = mailbox, authentication identity =
+    /// `master_user`.
+    SaslAuthzid,
+}
+
+/// The `imap` store's checked settings (built by the configuration's `sent_items.store`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Host name or address to connect to.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Connection protection.
+    pub tls: TlsMode,
+    /// The name the server certificate must carry (default: `host`).
+    pub tls_server_name: String,
+    /// Trust these CA certificates (PEM) instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Verify the server certificate (on unless explicitly turned off).
+    pub tls_verify: bool,
+    /// How to log in on a mailbox's behalf.
+    pub login: LoginMode,
+    /// The master (or SASL authentication) user.
+    pub master_user: String,
+    /// File holding the master user's secret (first line); never logged.
+    pub master_password_file: PathBuf,
+    /// Separator between mailbox and master user for [`LoginMode::MasterUser`]
+    /// (Dovecot's `auth_master_user_separator`).
+    pub master_separator: String,
+    /// How long an idle logged-in connection is kept for reuse.
+    pub idle_timeout: Duration,
+    /// Limit for connecting, TLS, and each command.
+    pub timeout: Duration,
+}
 
 /// IMAP delivery with a small pool of logged-in connections per mailbox.
 pub struct ImapStore {
-    config: ImapConfig,
+    settings: Settings,
     tls: Option<TlsConnector>,
     server_name: ServerName<'static>,
     idle: Mutex<HashMap<String, Vec<Idle>>>,
@@ -69,9 +120,9 @@ pub struct ImapStore {
 impl fmt::Debug for ImapStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ImapStore")
-            .field("host", &self.config.host)
-            .field("port", &self.config.port)
-            .field("tls", &self.config.tls)
+            .field("host", &self.settings.host)
+            .field("port", &self.settings.port)
+            .field("tls", &self.settings.tls)
             .finish_non_exhaustive()
     }
 }
@@ -84,20 +135,20 @@ struct Idle {
 impl ImapStore {
     /// Prepares the TLS client (reading the CA file) and checks that the master secret can be
     /// read. Nothing is connected yet.
-    pub fn new(config: ImapConfig) -> Result<ImapStore, StoreError> {
-        let tls = match config.tls {
-            ImapTls::None => None,
-            ImapTls::Starttls | ImapTls::Implicit => Some(tls_connector(&config)?),
+    pub fn new(settings: Settings) -> Result<ImapStore, StoreError> {
+        let tls = match settings.tls {
+            TlsMode::None => None,
+            TlsMode::Starttls | TlsMode::Implicit => Some(tls_connector(&settings)?),
         };
-        let server_name = ServerName::try_from(config.tls_server_name.clone()).map_err(|e| {
+        let server_name = ServerName::try_from(settings.tls_server_name.clone()).map_err(|e| {
             StoreError::permanent(format!(
                 "imap: TLS server name {:?}: {e}",
-                config.tls_server_name
+                settings.tls_server_name
             ))
         })?;
-        read_secret(&config)?;
+        read_secret(&settings)?;
         Ok(ImapStore {
-            config,
+            settings,
             tls,
             server_name,
             idle: Mutex::new(HashMap::new()),
@@ -105,7 +156,7 @@ impl ImapStore {
     }
 
     fn server(&self) -> String {
-        format!("{}:{}", self.config.host, self.config.port)
+        format!("{}:{}", self.settings.host, self.settings.port)
     }
 
     /// An idle connection of `mailbox` that has not outlived the idle time.
@@ -114,7 +165,7 @@ impl ImapStore {
         let conns = idle.get_mut(mailbox)?;
         let mut found = None;
         while let Some(c) = conns.pop() {
-            if c.since.elapsed() < self.config.idle_timeout {
+            if c.since.elapsed() < self.settings.idle_timeout {
                 found = Some(c.conn);
                 break;
             }
@@ -126,7 +177,7 @@ impl ImapStore {
     }
 
     fn checkin(&self, mailbox: &str, conn: Connection) {
-        if self.config.idle_timeout.is_zero() {
+        if self.settings.idle_timeout.is_zero() {
             return;
         }
         if let Ok(mut idle) = self.idle.lock() {
@@ -139,24 +190,24 @@ impl ImapStore {
 
     async fn connect(&self, mailbox: &str) -> Result<Connection, StoreError> {
         let server = self.server();
-        let limit = self.config.timeout;
+        let limit = self.settings.timeout;
         let tcp = within(
             limit,
-            TcpStream::connect((self.config.host.as_str(), self.config.port)),
+            TcpStream::connect((self.settings.host.as_str(), self.settings.port)),
         )
         .await
         .and_then(|r| r.map_err(|e| e.to_string()))
         .map_err(|e| StoreError::transient(format!("imap {server}: cannot connect: {e}")))?;
         let _ = tcp.set_nodelay(true);
-        let mut conn = match (self.config.tls, &self.tls) {
-            (ImapTls::Implicit, Some(tls)) => {
+        let mut conn = match (self.settings.tls, &self.tls) {
+            (TlsMode::Implicit, Some(tls)) => {
                 let stream = self.handshake(tls, tcp).await?;
                 let mut conn =
                     Connection::new(MaybeTlsStream::Rustls(stream), false, &server, limit);
                 conn.greeting().await?;
                 conn
             }
-            (ImapTls::Starttls, Some(tls)) => {
+            (TlsMode::Starttls, Some(tls)) => {
                 let mut plain = Connection::new(MaybeTlsStream::Plain(tcp), false, &server, limit);
                 plain.greeting().await?;
                 plain.run(StartTlsTask).await?.map_err(|e| {
@@ -180,7 +231,7 @@ impl ImapStore {
                 conn
             }
         };
-        conn.login(&self.config, mailbox).await?;
+        conn.login(&self.settings, mailbox).await?;
         Ok(conn)
     }
 
@@ -190,7 +241,7 @@ impl ImapStore {
         tcp: TcpStream,
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, StoreError> {
         within(
-            self.config.timeout,
+            self.settings.timeout,
             tls.connect(self.server_name.clone(), tcp),
         )
         .await
@@ -326,7 +377,7 @@ impl SentItemsStore for ImapStore {
                 for conns in idle.values_mut() {
                     let (keep, drop): (Vec<Idle>, Vec<Idle>) = conns
                         .drain(..)
-                        .partition(|c| !all && c.since.elapsed() < self.config.idle_timeout);
+                        .partition(|c| !all && c.since.elapsed() < self.settings.idle_timeout);
                     *conns = keep;
                     out.extend(drop.into_iter().map(|c| c.conn));
                 }
@@ -444,34 +495,37 @@ impl Connection {
         Ok(())
     }
 
-    async fn login(&mut self, config: &ImapConfig, mailbox: &str) -> Result<(), StoreError> {
-        let secret = read_secret(config)?;
+    async fn login(&mut self, settings: &Settings, mailbox: &str) -> Result<(), StoreError> {
+        let secret = read_secret(settings)?;
         let server = self.server.clone();
-        let outcome = match config.login {
-            ImapLogin::MasterUser => {
+        let outcome = match settings.login {
+            LoginMode::MasterUser => {
                 if self.has(&Capability::LoginDisabled) {
                     return Err(StoreError::permanent(format!(
                         "imap {server}: LOGIN is disabled here (use TLS, or login: sasl_authzid)"
                     )));
                 }
-                let user = format!("{mailbox}{}{}", config.master_separator, config.master_user);
+                let user = format!(
+                    "{mailbox}{}{}",
+                    settings.master_separator, settings.master_user
+                );
                 let user = AString::try_from(user).map_err(|e| {
                     StoreError::permanent(format!("imap: mailbox {mailbox:?} as a login: {e}"))
                 })?;
                 let password = AString::try_from(secret).map_err(|_| {
                     StoreError::permanent(format!(
                         "imap: the secret in {} cannot be sent with LOGIN",
-                        config.master_password_file.display()
+                        settings.master_password_file.display()
                     ))
                 })?;
                 self.run(LoginTask::new(user, Secret::new(password)))
                     .await?
             }
-            ImapLogin::SaslAuthzid => {
+            LoginMode::SaslAuthzid => {
                 let ir = self.has(&Capability::SaslIr);
                 self.run(PlainAuthzidTask::new(
                     mailbox,
-                    &config.master_user,
+                    &settings.master_user,
                     &secret,
                     ir,
                 ))
@@ -493,7 +547,7 @@ impl Connection {
             {
                 Err(StoreError::auth(format!(
                     "imap {server}: login as {mailbox} (master user {}) refused: {}{}",
-                    config.master_user,
+                    settings.master_user,
                     code_text(&body),
                     body.text
                 )))
@@ -660,8 +714,8 @@ pub fn internal_date(at: SystemTime) -> Result<DateTime, StoreError> {
 }
 
 /// The first line of the master password file; its content is never logged.
-fn read_secret(config: &ImapConfig) -> Result<String, StoreError> {
-    let path = &config.master_password_file;
+fn read_secret(settings: &Settings) -> Result<String, StoreError> {
+    let path = &settings.master_password_file;
     let text = std::fs::read_to_string(path).map_err(|e| {
         StoreError::transient(format!(
             "imap: cannot read master_password_file {}: {e}",
@@ -678,14 +732,14 @@ fn read_secret(config: &ImapConfig) -> Result<String, StoreError> {
     Ok(secret)
 }
 
-fn tls_connector(config: &ImapConfig) -> Result<TlsConnector, StoreError> {
+fn tls_connector(settings: &Settings) -> Result<TlsConnector, StoreError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| StoreError::permanent(format!("imap: TLS set-up: {e}")))?;
-    let client = if config.tls_verify {
+    let client = if settings.tls_verify {
         let mut roots = rustls::RootCertStore::empty();
-        match &config.ca_file {
+        match &settings.ca_file {
             Some(path) => {
                 use rustls::pki_types::{pem::PemObject, CertificateDer};
                 let certs = CertificateDer::pem_file_iter(path)
