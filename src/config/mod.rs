@@ -6,8 +6,8 @@
 //! again. The arrows point one way: config may import any module, and no leaf module imports
 //! config.
 //!
-//! The steps (Vector's `compile` style): [`raw`] reads the file into serde types that refuse
-//! unknown keys; a [`check::Checker`] carries the positioned YAML tree and collects every problem
+//! The steps (Vector's `compile` style): `raw` reads the file into serde types that refuse
+//! unknown keys; a `check::Checker` carries the positioned YAML tree and collects every problem
 //! while each section's checks run (one file per section); only when none was found does the
 //! [`Config`] reach the rest of the daemon. Every error names file, line and column.
 //!
