@@ -34,8 +34,8 @@ impl fmt::Display for LocatedError {
     }
 }
 
-/// Every problem of one file (configuration) or one load (policy directory), shown one per
-/// line. [`crate::config::ConfigErrors`] and [`crate::policy::PolicyErrors`] are this type.
+/// Every problem of one file (the daemon configuration) or one load (the policy directory),
+/// shown one per line; the crate's one error-list type (`ConfigErrors`, `PolicyErrors`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct Errors(pub Vec<LocatedError>);
 

@@ -330,3 +330,20 @@ replies:
     assert!(e.to_string().contains("no front end configured"), "{e}");
     assert!(e.to_string().contains("list at least one protocol"), "{e}");
 }
+
+#[test]
+fn duration_messages_keep_their_own_examples() {
+    let e = parse(
+        "milter: [\"inet:127.0.0.1:1\"]\nmilter_timeout: x\nlease_idle_timeout: y\nlimiter: { backend: redis, lease_ttl: z }\nsent_items: { max_age: w }\n",
+    )
+    .unwrap_err();
+    let s = e.to_string();
+    for expected in [
+        "sg.yaml:2:17: milter_timeout: \"x\" is not a duration of at least 1s (e.g. 360s, 6m)",
+        "sg.yaml:3:21: lease_idle_timeout: \"y\" is not a duration of at least 1s (e.g. 300s, 5m)",
+        "sg.yaml:4:39: limiter.lease_ttl: \"z\" is not a duration of at least 1s\n",
+        "sg.yaml:5:24: sent_items.max_age: \"w\" is not a duration of at least 1m (e.g. 30s, 15m, 5d)",
+    ] {
+        assert!(s.contains(expected), "missing {expected:?} in:\n{s}");
+    }
+}
