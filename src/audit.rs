@@ -1,7 +1,7 @@
 //! The audit log: one JSON object per line for every decision and lifecycle event, written by
 //! a dedicated thread behind a bounded queue. Producers wait when the queue is full
 //! (back-pressure) — an event is never dropped. SIGUSR1 (via [`Audit::reopen`]) reopens the file
-//! for logrotate. Operational logs (tracing) never go here. [`report`] reads the log back into
+//! for logrotate. Operational logs (tracing) never go here. [`crate::report`] reads the log back into
 //! the SMTP AUTH clients report.
 
 use std::fs::{File, OpenOptions};
@@ -12,8 +12,38 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{AuditConfig, AuditTarget};
 use crate::reason::Reason;
+
+/// Where audit events go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Standard output (`path: "-"`).
+    Stdout,
+    /// Appended to this file, reopened on [`Audit::reopen`].
+    File(PathBuf),
+}
+
+/// The audit log's checked settings (built by the configuration's `audit` section).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub target: Target,
+    /// Events buffered between the front ends and the writer before they wait (back-pressure).
+    pub queue: usize,
+}
+
+/// Events buffered by default.
+pub const DEFAULT_QUEUE: usize = 4096;
+/// The audit file used when none is configured.
+pub const DEFAULT_PATH: &str = "./audit.log";
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            target: Target::File(PathBuf::from(DEFAULT_PATH)),
+            queue: DEFAULT_QUEUE,
+        }
+    }
+}
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -224,9 +254,9 @@ impl AuditWriter {
 impl Audit {
     /// Opens the target (so a bad path fails at start, not at the first event) and starts the
     /// writer thread.
-    pub fn start(config: &AuditConfig) -> io::Result<(Audit, AuditWriter)> {
-        let sink = Sink::open(&config.target)?;
-        let (tx, rx) = mpsc::channel(config.queue);
+    pub fn start(settings: &Settings) -> io::Result<(Audit, AuditWriter)> {
+        let sink = Sink::open(&settings.target)?;
+        let (tx, rx) = mpsc::channel(settings.queue);
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || writer_loop(sink, rx))?;
@@ -266,10 +296,10 @@ enum Sink {
 }
 
 impl Sink {
-    fn open(target: &AuditTarget) -> io::Result<Sink> {
+    fn open(target: &Target) -> io::Result<Sink> {
         Ok(match target {
-            AuditTarget::Stdout => Sink::Stdout(io::stdout()),
-            AuditTarget::File(path) => Sink::File {
+            Target::Stdout => Sink::Stdout(io::stdout()),
+            Target::File(path) => Sink::File {
                 out: BufWriter::with_capacity(64 * 1024, open_append(path)?),
                 path: path.clone(),
             },
@@ -373,8 +403,8 @@ mod tests {
     async fn writes_json_lines_and_reopens() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
-        let (audit, writer) = Audit::start(&AuditConfig {
-            target: AuditTarget::File(path.clone()),
+        let (audit, writer) = Audit::start(&Settings {
+            target: Target::File(path.clone()),
             queue: 2,
         })
         .unwrap();
@@ -412,8 +442,8 @@ mod tests {
 
     #[test]
     fn bad_path_fails_at_start() {
-        let e = Audit::start(&AuditConfig {
-            target: AuditTarget::File("/nonexistent-dir/x/audit.log".into()),
+        let e = Audit::start(&Settings {
+            target: Target::File("/nonexistent-dir/x/audit.log".into()),
             queue: 8,
         })
         .unwrap_err();

@@ -351,12 +351,13 @@ fn start_sent_items(
     tracker: &TaskTracker,
 ) -> Result<SentItems, StartError> {
     let si = &config.sent_items;
-    let store = Store::from_config(&si.store).map_err(|e| StartError::SentItems(e.to_string()))?;
+    let store =
+        Store::from_settings(&si.store).map_err(|e| StartError::SentItems(e.to_string()))?;
     let delivery = worker::start(
         spool.clone(),
         Arc::new(store),
         ctx.audit.clone(),
-        worker::Settings::from_config(si),
+        si.worker.clone(),
         shutdown.clone(),
         tracker,
     );

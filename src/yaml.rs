@@ -34,15 +34,21 @@ impl fmt::Display for LocatedError {
     }
 }
 
-/// Writes errors one per line (the `Display` of every error list).
-pub fn fmt_lines(errors: &[LocatedError], f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    for (i, e) in errors.iter().enumerate() {
-        if i > 0 {
-            writeln!(f)?;
+/// Every problem of one file (the daemon configuration) or one load (the policy directory),
+/// shown one per line; the crate's one error-list type (`ConfigErrors`, `PolicyErrors`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Errors(pub Vec<LocatedError>);
+
+impl fmt::Display for Errors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
         }
-        write!(f, "{e}")?;
+        Ok(())
     }
-    Ok(())
 }
 
 /// A position in a file: 1-based line and column, and the character offset.

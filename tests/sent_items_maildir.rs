@@ -149,9 +149,8 @@ async fn dovecot_lists_the_maildir_copy_as_seen() {
 #[tokio::test]
 async fn transient_failures_back_off_then_fail_at_max_age() {
     use std::sync::Arc;
-    use submitgate::audit::Audit;
-    use submitgate::config::{AuditConfig, AuditTarget, RetryConfig};
-    use submitgate::sent_items::worker::{self, Settings};
+    use submitgate::audit::{self, Audit};
+    use submitgate::sent_items::worker::{self, RetrySettings, Settings};
     use tokio_util::sync::CancellationToken;
     use tokio_util::task::TaskTracker;
 
@@ -161,8 +160,8 @@ async fn transient_failures_back_off_then_fail_at_max_age() {
     let store = MaildirStore::new(format!("{}/blocker/{{mailbox}}", dir.path().display()));
     let spool = Spool::open(dir.path().join("spool")).expect("spool");
     let audit_path = dir.path().join("audit.log");
-    let (audit, writer) = Audit::start(&AuditConfig {
-        target: AuditTarget::File(audit_path.clone()),
+    let (audit, writer) = Audit::start(&audit::Settings {
+        target: audit::Target::File(audit_path.clone()),
         queue: 16,
     })
     .expect("audit");
@@ -175,7 +174,7 @@ async fn transient_failures_back_off_then_fail_at_max_age() {
         Settings {
             workers: 2,
             max_age: Duration::from_millis(600),
-            retry: RetryConfig {
+            retry: RetrySettings {
                 initial: Duration::from_millis(40),
                 max: Duration::from_millis(80),
                 auth_failure_attempts: 3,

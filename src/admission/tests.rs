@@ -49,8 +49,8 @@ impl Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let audit_path = dir.path().join("audit.log");
         // The only line that knows how the audit log is configured.
-        let (audit, writer) = Audit::start(&crate::config::AuditConfig {
-            target: crate::config::AuditTarget::File(audit_path.clone()),
+        let (audit, writer) = Audit::start(&crate::audit::Settings {
+            target: crate::audit::Target::File(audit_path.clone()),
             queue: 16,
         })
         .expect("audit log");

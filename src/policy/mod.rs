@@ -26,15 +26,8 @@ pub const WILDCARD_DOMAIN: &str = "*";
 /// One problem found while loading the policies, with its place.
 pub type PolicyError = crate::yaml::LocatedError;
 
-/// Every problem found in one load, in file order.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct PolicyErrors(pub Vec<PolicyError>);
-
-impl fmt::Display for PolicyErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        crate::yaml::fmt_lines(&self.0, f)
-    }
-}
+/// Every problem found in one load, in file order (the crate's one error-list type).
+pub use crate::yaml::Errors as PolicyErrors;
 
 /// Where the Sent Items copy goes, as the policy says.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

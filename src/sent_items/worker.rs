@@ -33,33 +33,54 @@ use tokio_util::task::TaskTracker;
 use super::spool::{DeliveryState, EntryId, EntryMeta, Spool, SpoolError};
 use super::store::{FailureKind, SentCopy, SentItemsStore, StoreError, Stored};
 use crate::audit::{Audit, AuditEvent, EventKind};
-use crate::config::{RetryConfig, SentItemsConfig};
 use crate::reason::Reason;
 
-/// Worker settings (from `sent_items` in the configuration).
-#[derive(Debug, Clone)]
+/// The delivery workers' checked settings (built by the configuration's `sent_items` section).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     /// Concurrent deliveries.
     pub workers: usize,
     /// Give up on an entry this long after its first attempt.
     pub max_age: Duration,
     /// Backoff and login-failure limits.
-    pub retry: RetryConfig,
-    /// Rescan the spool at least this often.
+    pub retry: RetrySettings,
+    /// Rescan the spool at least this often (entries put back by `submitgate spool retry`, or
+    /// committed by another process).
     pub scan_interval: Duration,
     /// How long running attempts may go on after shutdown was asked for.
     pub shutdown_grace: Duration,
 }
 
-impl Settings {
-    /// The settings of a validated configuration.
-    pub fn from_config(config: &SentItemsConfig) -> Settings {
+impl Default for Settings {
+    fn default() -> Self {
         Settings {
-            workers: config.workers,
-            max_age: config.max_age,
-            retry: config.retry.clone(),
-            scan_interval: config.scan_interval,
+            workers: 4,
+            max_age: Duration::from_secs(5 * 24 * 3600),
+            retry: RetrySettings::default(),
+            scan_interval: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Delivery retry timing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetrySettings {
+    /// Delay after the first transient failure; doubled after each further one.
+    pub initial: Duration,
+    /// Largest delay between attempts.
+    pub max: Duration,
+    /// Attempts that end in an authentication or authorization failure (wrong master
+    /// password, unknown mailbox) before the entry is moved to `failed/`.
+    pub auth_failure_attempts: u32,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        RetrySettings {
+            initial: Duration::from_secs(10),
+            max: Duration::from_secs(15 * 60),
+            auth_failure_attempts: 3,
         }
     }
 }
@@ -489,7 +510,7 @@ fn jitter_unit(state: &RandomState, id: &EntryId, attempt: u32) -> f64 {
 
 /// Delay before the attempt after `attempts` failed ones: `initial · 2^(attempts-1)`, capped at
 /// `max`, then "equal jitter": half of it fixed, the other half scaled by `unit` ∈ [0, 1).
-pub fn backoff(retry: &RetryConfig, attempts: u32, unit: f64) -> Duration {
+pub fn backoff(retry: &RetrySettings, attempts: u32, unit: f64) -> Duration {
     let exp = attempts.saturating_sub(1).min(32);
     let base = retry
         .initial
@@ -504,8 +525,8 @@ pub fn backoff(retry: &RetryConfig, attempts: u32, unit: f64) -> Duration {
 mod tests {
     use super::*;
 
-    fn retry() -> RetryConfig {
-        RetryConfig {
+    fn retry() -> RetrySettings {
+        RetrySettings {
             initial: Duration::from_secs(10),
             max: Duration::from_secs(600),
             auth_failure_attempts: 3,

@@ -17,7 +17,7 @@ use submitgate::audit::Audit;
 use submitgate::config::Config;
 use submitgate::sent_items::spool::{EntryId, EntryMeta, Spool};
 use submitgate::sent_items::store::Store;
-use submitgate::sent_items::worker::{self, Delivery, Settings};
+use submitgate::sent_items::worker::{self, Delivery};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -460,7 +460,7 @@ impl Rig {
         let config = Config::parse(&dir.path().join("submitgate.yaml"), &text)
             .unwrap_or_else(|e| panic!("config: {e}\n{text}"));
         let spool = Spool::open(&spool_dir).expect("spool");
-        let store = Store::from_config(&config.sent_items.store).expect("store");
+        let store = Store::from_settings(&config.sent_items.store).expect("store");
         let (audit, writer) = Audit::start(&config.audit).expect("audit");
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -468,7 +468,7 @@ impl Rig {
             spool.clone(),
             std::sync::Arc::new(store),
             audit.clone(),
-            Settings::from_config(&config.sent_items),
+            config.sent_items.worker.clone(),
             shutdown.clone(),
             &tracker,
         );

@@ -1,7 +1,7 @@
 //! Where a Sent Items copy ends up: the [`SentItemsStore`] interface and its two backends,
 //! [`maildir`] (files written straight into the mailbox's Maildir++ folder) and [`imap`]
-//! (`APPEND` over IMAP, logged in on the mailbox's behalf). [`Store`] picks one from the
-//! configuration. A store only stores; retries and bookkeeping belong to the workers.
+//! (`APPEND` over IMAP, logged in on the mailbox's behalf). [`Store`] opens the one its
+//! [`Settings`] name. A store only stores; retries and bookkeeping belong to the workers.
 
 pub mod imap;
 pub mod maildir;
@@ -9,7 +9,6 @@ pub mod maildir;
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::config::StoreConfig;
 use crate::sent_items::spool::{EntryId, EntryMeta, Message};
 
 /// One copy to store.
@@ -116,6 +115,29 @@ pub trait SentItemsStore: Send + Sync + 'static {
     fn release_idle(&self, all: bool) -> impl Future<Output = ()> + Send;
 }
 
+/// The store's checked settings (built by the configuration's `sent_items.store`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settings {
+    /// Maildir++ under a root template with `{domain}`, `{local}`, `{mailbox}`.
+    Maildir {
+        /// The template, checked to contain `{local}` or `{mailbox}`.
+        root: String,
+    },
+    /// IMAP APPEND into the mailbox, logged in on its behalf.
+    Imap(imap::Settings),
+}
+
+/// The Maildir root used when none is configured.
+pub const DEFAULT_MAILDIR_ROOT: &str = "./mail/{domain}/{local}/Maildir";
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings::Maildir {
+            root: DEFAULT_MAILDIR_ROOT.to_string(),
+        }
+    }
+}
+
 /// The configured backend.
 #[derive(Debug, Clone)]
 pub enum Store {
@@ -128,12 +150,12 @@ pub enum Store {
 impl Store {
     /// Builds the configured store. Reads the IMAP CA file and master secret once, so that a
     /// mistake shows at start-up rather than at the first delivery.
-    pub fn from_config(config: &StoreConfig) -> Result<Store, StoreError> {
-        Ok(match config {
-            StoreConfig::Maildir { root } => {
+    pub fn from_settings(settings: &Settings) -> Result<Store, StoreError> {
+        Ok(match settings {
+            Settings::Maildir { root } => {
                 Store::Maildir(Arc::new(maildir::MaildirStore::new(root.clone())))
             }
-            StoreConfig::Imap(imap) => Store::Imap(Arc::new(imap::ImapStore::new(imap.clone())?)),
+            Settings::Imap(imap) => Store::Imap(Arc::new(imap::ImapStore::new(imap.clone())?)),
         })
     }
 }

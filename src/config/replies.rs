@@ -1,0 +1,49 @@
+//! `replies:`: overrides of the SMTP replies and of the Dovecot auth policy texts, each
+//! checked, built into [`Replies`] over its defaults.
+
+use super::check::Checker;
+use super::raw::RawReplies;
+use crate::reply::Replies;
+
+/// Checks the section; the defaults when absent.
+pub(super) fn check(ck: &mut Checker, raw: Option<&RawReplies>) -> Replies {
+    let mut replies = Replies::default();
+    let Some(r) = raw else {
+        return replies;
+    };
+    for (name, value, slot) in [
+        (
+            "tenant_disabled",
+            &r.tenant_disabled,
+            &mut replies.tenant_disabled,
+        ),
+        (
+            "mailbox_disabled",
+            &r.mailbox_disabled,
+            &mut replies.mailbox_disabled,
+        ),
+        (
+            "concurrency_limit",
+            &r.concurrency_limit,
+            &mut replies.concurrency_limit,
+        ),
+        ("tempfail", &r.tempfail, &mut replies.tempfail),
+    ] {
+        ck.reply_at(&["replies", name], value.as_deref(), slot);
+    }
+    for (name, value, slot) in [
+        (
+            "auth_tenant_disabled",
+            &r.auth_tenant_disabled,
+            &mut replies.auth_tenant_disabled,
+        ),
+        (
+            "auth_mailbox_disabled",
+            &r.auth_mailbox_disabled,
+            &mut replies.auth_mailbox_disabled,
+        ),
+    ] {
+        ck.auth_reply_at(&["replies", name], value.as_deref(), slot);
+    }
+    replies
+}
