@@ -3,6 +3,8 @@
 //! Module map (see DESIGN.md):
 //! - [`config`]: the daemon's YAML configuration, validated as a whole.
 //! - [`endpoint`]: listener addresses in Postfix notation, bound and accepted.
+//! - [`fsutil`]: durable file steps (temp file → fsync → rename → directory fsync), `flock`,
+//!   the host name.
 //! - [`yaml`]: YAML parsed into a tree that keeps line and column, for precise errors.
 //! - [`policy`]: organization/mailbox policy files → [`policy::PolicySnapshot`]; pure
 //!   [`policy::evaluate`].
@@ -16,12 +18,15 @@
 //! - [`control`]: the control socket behind `submitgate status` and `submitgate reload`.
 //! - [`daemon`]: wires the parts together and runs until shutdown.
 
+#![forbid(unsafe_code)]
+
 pub mod audit;
 pub mod auth_policy;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod endpoint;
+pub mod fsutil;
 pub mod http_server;
 pub mod limiter;
 pub mod milter;

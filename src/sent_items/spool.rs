@@ -106,7 +106,6 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -115,6 +114,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
+
+use crate::fsutil;
 
 /// Bytes a [`SpoolWriter`] buffers before writing through to its temp file.
 pub const WRITE_BUFFER: usize = 64 * 1024;
@@ -1178,18 +1179,12 @@ fn lock_spool(path: &Path) -> Result<File, SpoolError> {
         .mode(FILE_MODE)
         .open(path)
         .map_err(io_err("open lock file", path))?;
-    // SAFETY: flock only reads the descriptor, which `file` keeps open for the call.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        return Ok(file);
-    }
-    let error = io::Error::last_os_error();
-    if error.kind() == io::ErrorKind::WouldBlock {
-        Err(SpoolError::Locked {
+    match fsutil::try_lock_exclusive(&file) {
+        Ok(()) => Ok(file),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(SpoolError::Locked {
             path: path.to_path_buf(),
-        })
-    } else {
-        Err(io_err("lock", path)(error))
+        }),
+        Err(e) => Err(io_err("lock", path)(e)),
     }
 }
 
@@ -1566,7 +1561,9 @@ mod tests {
                 .fail_renames
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
             if fail.is_ok() {
-                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+                return Err(io::Error::from_raw_os_error(
+                    rustix::io::Errno::NOSPC.raw_os_error(),
+                ));
             }
             Ok(())
         }
@@ -1574,7 +1571,9 @@ mod tests {
         pub(super) fn dir_sync_fault(&self) -> io::Result<()> {
             self.dir_syncs.fetch_add(1, Ordering::SeqCst);
             if self.fail_dir_sync.load(Ordering::SeqCst) {
-                return Err(io::Error::from_raw_os_error(libc::EIO));
+                return Err(io::Error::from_raw_os_error(
+                    rustix::io::Errno::IO.raw_os_error(),
+                ));
             }
             Ok(())
         }
@@ -1948,8 +1947,7 @@ mod tests {
     #[tokio::test]
     async fn read_only_spool_is_an_error() {
         use std::os::unix::fs::PermissionsExt;
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
+        if rustix::process::geteuid().is_root() {
             // Root ignores permission bits; the test above covers this case.
             return;
         }
@@ -2100,7 +2098,10 @@ mod tests {
             match result {
                 Err(SpoolError::Io { op, error, .. }) => {
                     assert_eq!(op, "fsync directory");
-                    assert_eq!(error.raw_os_error(), Some(libc::EIO));
+                    assert_eq!(
+                        error.raw_os_error(),
+                        Some(rustix::io::Errno::IO.raw_os_error())
+                    );
                 }
                 other => panic!("expected the fsync error, got {other:?}"),
             }
@@ -2132,7 +2133,10 @@ mod tests {
                 Ok(id) => committed.push(id),
                 Err(SpoolError::Io { op, error, .. }) => {
                     assert_eq!(op, "commit (rename) into");
-                    assert_eq!(error.raw_os_error(), Some(libc::ENOSPC));
+                    assert_eq!(
+                        error.raw_os_error(),
+                        Some(rustix::io::Errno::NOSPC.raw_os_error())
+                    );
                     failed += 1;
                 }
                 Err(e) => panic!("unexpected error {e}"),
