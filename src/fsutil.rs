@@ -1,7 +1,7 @@
 //! Durable file-system steps shared by the spool, the Maildir store and the policy editor:
 //! a temp file that is renamed into place or removed ([`TempFile`]), the whole
 //! write → fsync → rename → directory fsync sequence ([`replace_file`]), directory fsync,
-//! `flock(2)` locks and the host name. System calls go through `rustix`; no `unsafe` here.
+//! `flock(2)` locks and the host name. System calls go through `rustix`'s safe wrappers.
 //!
 //! A leaf module: it knows nothing of the callers' error types. Every failure is a
 //! [`FsError`] naming the step (`op`) and the path, which callers map into their own errors.

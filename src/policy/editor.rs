@@ -769,16 +769,14 @@ fn write_atomically(path: &Path, text: &str) -> Result<(), EditError> {
     fsutil::replace_file(temp, path, fsutil::Sync::All, |temp| {
         temp.write_all(text.as_bytes())?;
         temp.with_file("set permissions of", |f| {
-            f.set_permissions(std::fs::Permissions::from_mode(meta.permissions().mode()))
-        })?;
-        temp.with_file("chown", |f| {
             use std::os::unix::fs::MetadataExt;
+            f.set_permissions(std::fs::Permissions::from_mode(meta.permissions().mode()))?;
             // Keep the owner when we may (running as root); otherwise the file is ours anyway.
             let _ = std::os::unix::fs::fchown(f, Some(meta.uid()), Some(meta.gid()));
             Ok(())
-        })?;
-        Ok::<(), EditError>(())
+        })
     })
+    .map_err(EditError::from)
 }
 
 #[cfg(test)]

@@ -96,10 +96,10 @@ impl SpoolWriter {
         self.written == 0
     }
 
-    /// Makes the entry durable and visible (see [`commit`](super::commit) for the fsync sequence) and
-    /// returns its id. `meta.size` is set to the bytes written. On error nothing is committed
-    /// and the temp file is removed. The file work runs on the blocking pool: if this future
-    /// is dropped, the commit still completes or fails there, unobserved.
+    /// Makes the entry durable and visible (the fsyncs: docs/architecture.md, "Commit
+    /// sequence") and returns its id. `meta.size` is set to the bytes written. On error
+    /// nothing is committed and the temp file is removed. The file work runs on the blocking
+    /// pool: if this future is dropped, the commit still completes or fails there, unobserved.
     pub async fn commit(mut self, mut meta: EntryMeta) -> Result<EntryId, SpoolError> {
         let Some(mut capture) = self.state.take() else {
             return Err(self.failed());
