@@ -6,6 +6,8 @@
 //! - [`context`]: what the front ends share (policy handle, limiter, audit, replies, stats).
 //! - [`config`]: the daemon's YAML configuration, validated as a whole.
 //! - [`endpoint`]: listener addresses in Postfix notation, bound and accepted.
+//! - [`fsutil`]: durable file steps (temp file → fsync → rename → directory fsync), `flock`,
+//!   the host name.
 //! - [`yaml`]: YAML parsed into a tree that keeps line and column, for precise errors.
 //! - [`policy`]: organization/mailbox policy files → [`policy::PolicySnapshot`]; pure
 //!   [`policy::evaluate`]; [`policy::reload`]: the snapshot handle, reloads and the watcher.
@@ -20,6 +22,8 @@
 //! - [`control`]: the control socket behind `submitgate status` and `submitgate reload`.
 //! - [`daemon`]: wires the parts together and runs until shutdown.
 
+#![forbid(unsafe_code)]
+
 pub mod admission;
 pub mod audit;
 pub mod auth_policy;
@@ -28,6 +32,7 @@ pub mod context;
 pub mod control;
 pub mod daemon;
 pub mod endpoint;
+pub mod fsutil;
 pub mod http_server;
 pub mod limiter;
 pub mod milter;

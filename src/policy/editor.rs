@@ -8,13 +8,12 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use super::load::{is_policy_file, load_files, LoadOptions, MAX_SESSION_LIMIT};
 use super::{normalize_login, MailboxSettings, Organization, PolicyErrors, PolicySnapshot};
+use crate::fsutil::{self, FsError, TempFile};
 use crate::yaml::{self, Node, NodeKind, Scalar};
 
 /// Name of the lock file in the policy directory (hidden, so the loader skips it).
@@ -742,53 +741,42 @@ impl DirLock {
             .write(true)
             .open(&path)
             .map_err(io_err(&path))?;
-        // SAFETY: flock on a file descriptor we own; it is released when the file closes.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-        if rc != 0 {
-            return Err(EditError::Io {
-                path,
-                source: std::io::Error::last_os_error(),
-            });
-        }
+        // Released when the file closes, with the lock.
+        fsutil::lock_exclusive(&file).map_err(io_err(&path))?;
         Ok(DirLock(file))
+    }
+}
+
+impl From<FsError> for EditError {
+    fn from(e: FsError) -> EditError {
+        EditError::Io {
+            path: e.path,
+            source: e.source,
+        }
     }
 }
 
 /// Replaces `path` with `text`: a hidden temp file in the same directory, same permissions
 /// and owner, fsynced, renamed over the original, directory fsynced.
 fn write_atomically(path: &Path, text: &str) -> Result<(), EditError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let meta = std::fs::metadata(path).map_err(io_err(path))?;
-        let mut f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
-        f.write_all(text.as_bytes()).map_err(io_err(&tmp))?;
-        f.set_permissions(std::fs::Permissions::from_mode(meta.permissions().mode()))
-            .map_err(io_err(&tmp))?;
-        {
+    let tmp = fsutil::parent_of(path).join(format!(".{name}.tmp-{}", std::process::id()));
+    let meta = std::fs::metadata(path).map_err(io_err(path))?;
+    let temp = TempFile::new(tmp, 0o666).overwriting();
+    fsutil::replace_file(temp, path, fsutil::Sync::All, |temp| {
+        temp.write_all(text.as_bytes())?;
+        temp.with_file("set permissions of", |f| {
             use std::os::unix::fs::MetadataExt;
+            f.set_permissions(std::fs::Permissions::from_mode(meta.permissions().mode()))?;
             // Keep the owner when we may (running as root); otherwise the file is ours anyway.
-            let _ = std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()));
-        }
-        f.sync_all().map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(io_err(path))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(dir))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+            let _ = std::os::unix::fs::fchown(f, Some(meta.uid()), Some(meta.gid()));
+            Ok(())
+        })
+    })
+    .map_err(EditError::from)
 }
 
 #[cfg(test)]

@@ -8,13 +8,14 @@
 //! `cur/<name>:2,S`, `fsync` the `cur/` directory.
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::{modified_utf7, split_mailbox, SentCopy, SentItemsStore, StoreError, Stored};
+use crate::fsutil::{self, FsError, TempFile};
 use crate::sent_items::spool::EntryId;
 
 const FILE_MODE: u32 = 0o600;
@@ -34,7 +35,7 @@ impl MaildirStore {
     pub fn new(root: String) -> MaildirStore {
         MaildirStore {
             root,
-            host: maildir_host(&hostname()),
+            host: maildir_host(&fsutil::hostname()),
             ready: Mutex::new(HashSet::new()),
         }
     }
@@ -93,30 +94,21 @@ impl SentItemsStore for MaildirStore {
             let tmp = dir.join("tmp").join(&base);
             let name = format!("{base},S={size}:2,S");
             let dest = dir.join("cur").join(&name);
-            let written = (|| {
-                let mut file = OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(FILE_MODE)
-                    .open(&tmp)
-                    .map_err(|e| at("create", &tmp, e))?;
+            let temp = TempFile::new(tmp, FILE_MODE).overwriting();
+            let written = fsutil::replace_file(temp, &dest, fsutil::Sync::Data, |temp| {
                 let mut reader = message.into_read();
-                let copied = io::copy(&mut reader, &mut file).map_err(|e| at("write", &tmp, e))?;
+                let copied = temp
+                    .with_file("write", |mut file| io::copy(&mut reader, &mut file))
+                    .map_err(Failed::from)?;
                 if copied != size {
-                    return Err(StoreError::transient(format!(
+                    return Err(Failed(StoreError::transient(format!(
                         "maildir: {}: copied {copied} of {size} bytes (spool entry changed?)",
-                        tmp.display()
-                    )));
+                        temp.path().display()
+                    ))));
                 }
-                file.flush().map_err(|e| at("write", &tmp, e))?;
-                file.sync_data().map_err(|e| at("fsync", &tmp, e))?;
-                fs::rename(&tmp, &dest).map_err(|e| at("rename into place", &dest, e))?;
-                fsync_dir(&dir.join("cur"))
-            })();
-            if written.is_err() {
-                let _ = fs::remove_file(&tmp);
-            }
+                Ok(())
+            })
+            .map_err(|Failed(e)| e);
             written.map(|()| Stored::default())
         })
         .await
@@ -135,8 +127,17 @@ impl SentItemsStore for MaildirStore {
     async fn release_idle(&self, _all: bool) {}
 }
 
-fn at(op: &str, path: &Path, e: io::Error) -> StoreError {
-    StoreError::transient(format!("maildir: cannot {op} {}: {e}", path.display()))
+fn at(op: &'static str, path: &Path, e: io::Error) -> StoreError {
+    Failed::from(FsError::new(op, path, e)).0
+}
+
+/// A failed delivery step as the store reports it (`maildir: cannot <op> <path>: <error>`).
+struct Failed(StoreError);
+
+impl From<FsError> for Failed {
+    fn from(e: FsError) -> Failed {
+        Failed(StoreError::transient(format!("maildir: {e}")))
+    }
 }
 
 fn transient(e: io::Error) -> StoreError {
@@ -167,17 +168,6 @@ pub fn file_base(id: &EntryId, host: &str) -> String {
 pub fn maildir_host(host: &str) -> String {
     let host = if host.is_empty() { "localhost" } else { host };
     host.replace('/', "\\057").replace(':', "\\072")
-}
-
-fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most `buf.len()` bytes into the buffer we own.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "localhost".to_string();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 /// Expands `{domain}`, `{local}`, `{mailbox}` in a (validated) root template. The address parts
@@ -276,9 +266,7 @@ fn ensure_dir(path: &Path) -> Result<(), StoreError> {
 }
 
 fn fsync_dir(path: &Path) -> Result<(), StoreError> {
-    File::open(path)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| at("fsync directory", path, e))
+    fsutil::fsync_dir(path).map_err(|e| Failed::from(e).0)
 }
 
 /// Whether `cur/` or `new/` already holds a file with this base name (whatever its flags).
