@@ -235,12 +235,12 @@ async fn a_commit_wakes_the_workers_without_waiting_for_a_scan() {
     // One copy stored means the dispatcher is past its start-up scan (it scans before it waits
     // for wake-ups): from then on, with a 1 h scan interval, only a commit can wake it.
     let (body, mid) = message(0, 500);
-    support::dovecot::commit(&rig.spool, ALICE, &body, &mid).await;
+    rig.commit_quietly(ALICE, &body, &mid).await;
     rig.drained(Duration::from_secs(5)).await;
     for n in 1..3 {
         let (body, mid) = message(n, 500);
         // Straight into the spool, as the milter does: no explicit wake-up.
-        support::dovecot::commit(&rig.spool, ALICE, &body, &mid).await;
+        rig.commit_quietly(ALICE, &body, &mid).await;
         rig.drained(Duration::from_secs(5)).await;
     }
     let cur = files(&mail.path().join("alice@contoso.com/.Sent Items/cur"));

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use super::{read_audit, wait_for, Deadline};
+use super::{read_audit, Deadline};
 use imap_client::client::tokio::Client;
 use imap_client::imap_next::imap_types::fetch::{MessageDataItem, MessageDataItemName};
 use imap_client::imap_next::imap_types::flag::{Flag, FlagFetch};
@@ -441,6 +441,9 @@ pub struct Rig {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     writer: Option<submitgate::audit::AuditWriter>,
+    /// Every entry the workers were given: found at start, committed through the rig, or seen
+    /// pending while draining. [`Rig::drained`] waits for a final audit event of each.
+    entries: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Rig {
@@ -460,6 +463,14 @@ impl Rig {
         let config = Config::parse(&dir.path().join("submitgate.yaml"), &text)
             .unwrap_or_else(|e| panic!("config: {e}\n{text}"));
         let spool = Spool::open(&spool_dir).expect("spool");
+        // Entries already queued (the spool layout: `queue/<id>.msg`).
+        let entries = std::fs::read_dir(spool_dir.join("queue"))
+            .expect("spool queue")
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                Some(name.strip_suffix(".msg")?.to_string())
+            })
+            .collect();
         let store = Store::from_settings(&config.sent_items.store).expect("store");
         let (audit, writer) = Audit::start(&config.audit).expect("audit");
         let shutdown = CancellationToken::new();
@@ -480,24 +491,57 @@ impl Rig {
             shutdown,
             tracker,
             writer: Some(writer),
+            entries: std::sync::Mutex::new(entries),
         }
+    }
+
+    fn expect(&self, id: &EntryId) {
+        self.entries
+            .lock()
+            .expect("entries lock")
+            .insert(id.to_string());
     }
 
     /// Commits a message and wakes the workers.
     pub async fn commit(&self, mailbox: &str, body: &[u8], message_id: &str) -> EntryId {
-        let id = commit(&self.spool, mailbox, body, message_id).await;
+        let id = self.commit_quietly(mailbox, body, message_id).await;
         self.delivery.wake();
         id
     }
 
-    /// Waits until the queue is empty.
+    /// Commits a message without waking the workers, as the milter does.
+    pub async fn commit_quietly(&self, mailbox: &str, body: &[u8], message_id: &str) -> EntryId {
+        let id = commit(&self.spool, mailbox, body, message_id).await;
+        self.expect(&id);
+        id
+    }
+
+    /// Waits until the queue is empty and each entry's final audit event (`sent_copy_stored`
+    /// or `sent_copy_failed`) is written: a worker moves the entry before it audits.
     pub async fn drained(&self, limit: Duration) {
-        let spool = self.spool.clone();
-        wait_for(limit, "the spool to drain", move || {
-            let spool = spool.clone();
-            async move { spool.pending().await.map(|p| p.is_empty()).unwrap_or(false) }
-        })
-        .await;
+        let deadline = Deadline::new(limit, "the spool to drain");
+        loop {
+            match self.spool.pending().await {
+                Ok(pending) if pending.is_empty() => break,
+                Ok(pending) => pending.iter().for_each(|id| self.expect(id)),
+                Err(_) => {}
+            }
+            deadline.tick().await;
+        }
+        let deadline = Deadline::new(limit, "a final audit event for every entry");
+        loop {
+            let events = self.events().await;
+            let done: std::collections::BTreeSet<&str> = events
+                .iter()
+                .filter(|e| e["event"] == "sent_copy_stored" || e["event"] == "sent_copy_failed")
+                .filter_map(|e| e["spool_entry"].as_str())
+                .collect();
+            let entries = self.entries.lock().expect("entries lock").clone();
+            if entries.iter().all(|id| done.contains(id.as_str())) {
+                return;
+            }
+            deadline.tick().await;
+        }
     }
 
     /// Audit events so far.
