@@ -133,9 +133,7 @@ impl Command {
         };
         let command = match code {
             SMFIC_OPTNEG => {
-                let version = f.u32("shorter than 12 bytes")?;
-                let actions = f.u32("shorter than 12 bytes")?;
-                let protocol = f.u32("shorter than 12 bytes")?;
+                let (version, actions, protocol) = f.optneg()?;
                 return Ok(Command::OptNeg {
                     version,
                     actions,

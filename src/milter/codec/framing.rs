@@ -63,6 +63,13 @@ impl Fields {
         Ok(self.rest.get_u32())
     }
 
+    /// The three words of an option negotiation (version, actions, protocol), in either
+    /// direction; what may follow them (macro lists) is left in the fields.
+    pub(super) fn optneg(&mut self) -> Result<(u32, u32, u32), CodecError> {
+        const SHORT: &str = "shorter than 12 bytes";
+        Ok((self.u32(SHORT)?, self.u32(SHORT)?, self.u32(SHORT)?))
+    }
+
     /// One or more NUL-terminated strings filling the rest of the data.
     pub(super) fn strings(&mut self, none: &'static str) -> Result<Vec<Bytes>, CodecError> {
         if self.is_empty() {

@@ -127,9 +127,7 @@ impl Reply {
             SMFIR_PROGRESS => Reply::Progress,
             SMFIR_SKIP => Reply::Skip,
             SMFIC_OPTNEG => {
-                let version = f.u32("shorter than 12 bytes")?;
-                let actions = f.u32("shorter than 12 bytes")?;
-                let protocol = f.u32("shorter than 12 bytes")?;
+                let (version, actions, protocol) = f.optneg()?;
                 // Macro lists may follow; we do not model them.
                 return Ok(Reply::OptNeg {
                     version,
