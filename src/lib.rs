@@ -1,26 +1,25 @@
 //! submitgate: Exchange Online's SMTP AUTH submission controls for Postfix.
 //!
-//! Module map (arrows point from front ends → admission → policy/limiter/audit, from daemon and
-//! the CLI → everything, never back up):
+//! The rule (docs/architecture.md has the module map and the why; `tests/architecture.rs`
+//! checks it): arrows point from the front ends → [`admission`] → policy/limiter/audit, from
+//! [`daemon`], [`config`] and the CLI → everything, never back up. Leaf modules never read the
+//! configuration: each owns its settings type and `config` builds it.
+//!
+//! - Front ends (protocol in, protocol out): [`milter`] (`smtpd_milters`), [`postfix_policy`]
+//!   (`check_policy_service`), [`auth_policy`] (Dovecot's auth policy, refusal at AUTH), and
+//!   [`control`] (`submitgate status` / `reload`).
 //! - [`admission`]: the one decision step every front end asks (policy, lease, audit event).
 //! - [`context`]: what the front ends share (policy handle, limiter, audit, replies, stats).
-//! - [`config`]: the daemon's YAML configuration, validated as a whole.
-//! - [`endpoint`]: listener addresses in Postfix notation, bound and accepted.
-//! - [`fsutil`]: durable file steps (temp file → fsync → rename → directory fsync), `flock`,
-//!   the host name.
-//! - [`yaml`]: YAML parsed into a tree that keeps line and column, for precise errors.
 //! - [`policy`]: organization/mailbox policy files → [`policy::PolicySnapshot`]; pure
 //!   [`policy::evaluate`]; [`policy::reload`]: the snapshot handle, reloads and the watcher.
-//! - [`postfix_policy`]: the Postfix policy delegation front end (`codec` + `server`).
-//! - [`milter`]: the milter front end (`codec` + `session` + `server`).
-//! - [`limiter`]: per-mailbox session leases.
-//! - [`sent_items`]: the durable spool of Sent Items copies.
+//! - [`limiter`]: per-mailbox session leases (memory or Redis).
 //! - [`audit`]: typed audit events and their JSON-lines writer.
+//! - [`sent_items`]: the durable spool of Sent Items copies, its workers and stores.
+//! - [`reason`]: the one `Reason` enum; [`reply`]: SMTP replies and their defaults.
 //! - [`report`]: the offline `submitgate report` tool: audit logs → the SMTP AUTH clients report.
-//! - [`auth_policy`]: the Dovecot auth policy endpoint (HTTP): refusal at the AUTH command.
-//! - [`http_server`]: the HTTP/1.1 server the auth policy endpoint (and later metrics) runs on.
-//! - [`control`]: the control socket behind `submitgate status` and `submitgate reload`.
-//! - [`daemon`]: wires the parts together and runs until shutdown.
+//! - [`endpoint`], [`http_server`], [`fsutil`], [`yaml`]: listeners in Postfix notation, the
+//!   HTTP server under the auth policy endpoint, durable file steps, YAML with positions.
+//! - [`config`]: `submitgate.yaml`, checked as a whole; [`daemon`]: wires the parts together.
 
 #![forbid(unsafe_code)]
 

@@ -113,7 +113,7 @@ impl Reply {
     }
 
     /// Parses the data of one frame whose reply byte is `code`, as the MTA would (used by
-    /// [`MtaCodec`]). A REPLYCODE is un-escaped as Postfix does and validated.
+    /// [`super::MtaCodec`]). A REPLYCODE is un-escaped as Postfix does and validated.
     pub fn parse(code: u8, data: Bytes) -> Result<Reply, CodecError> {
         let mut f = Fields {
             command: code,
