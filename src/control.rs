@@ -15,6 +15,7 @@ use crate::endpoint::{Endpoint, Listener, Stream};
 use crate::limiter::Limiter;
 use crate::policy::reload::{PolicyHandle, ReloadOutcome, ReloadRecord, Reloader};
 use crate::sent_items::spool::Spool;
+use crate::sent_items::store::problems::{format_problems, Problems, StoreProblem};
 
 /// Longest request line accepted on the control socket.
 const MAX_REQUEST: usize = 4096;
@@ -32,6 +33,8 @@ pub struct Handles {
     pub started: SystemTime,
     /// The Sent Items spool, when the daemon has one (for `status`).
     pub spool: Option<Spool>,
+    /// The Sent Items store's configuration problems, when the daemon delivers copies.
+    pub store_problems: Option<Problems>,
 }
 
 /// Bound listener addresses per front end.
@@ -89,6 +92,9 @@ pub struct Status {
     /// Spool depth, when the daemon has a spool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spool: Option<serde_json::Value>,
+    /// Configuration errors of the Sent Items store that no delivery has fixed yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sent_items_problems: Vec<StoreProblem>,
 }
 
 /// The last reload attempt.
@@ -160,6 +166,11 @@ pub async fn status(shared: &Handles) -> Status {
                 Err(e) => serde_json::json!({ "error": e.to_string() }),
             }),
         },
+        sent_items_problems: shared
+            .store_problems
+            .as_ref()
+            .map(Problems::list)
+            .unwrap_or_default(),
     }
 }
 
@@ -344,6 +355,7 @@ pub fn format_status(s: &Status) -> String {
             _ => out.push_str(&format!("spool: {spool}\n")),
         }
     }
+    out.push_str(&format_problems(&s.sent_items_problems));
     if s.sessions.is_empty() {
         out.push_str("sessions: none\n");
     } else {

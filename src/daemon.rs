@@ -246,6 +246,7 @@ impl Daemon {
             },
             started: SystemTime::now(),
             spool: spool.clone(),
+            store_problems: sent_items.as_ref().map(|s| s.delivery.problems().clone()),
         });
         if let Some(listener) = control {
             tracing::info!(

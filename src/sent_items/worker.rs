@@ -15,7 +15,11 @@
 //!    to finish an `APPEND` it was still working on — searches the folder before storing again;
 //! 4. deliver; success → `complete` (entry removed), audit `sent_copy_stored`;
 //!    transient failure → back off exponentially with jitter, capped, state written;
-//!    permanent failure, or too many refused logins → `fail`, audit `sent_copy_failed`.
+//!    permanent failure, or too many refused logins → `fail`, audit `sent_copy_failed`;
+//!    configuration failure → the entry stays queued and the attempt is not counted (nor does
+//!    `max_age` run until the store works again); the cause is logged once and listed in
+//!    [`Problems`] (`submitgate status`) until a delivery shows it fixed; retries back off with
+//!    the problem's age, capped at `retry.max`.
 //!
 //! On shutdown no new attempt starts; running ones get [`Settings::shutdown_grace`] to finish,
 //! then are abandoned — safe, since step 3 makes an abandoned attempt look "outcome unknown".
@@ -31,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::spool::{DeliveryState, EntryId, EntryMeta, Spool, SpoolError};
+use super::store::problems::{Problems, Recorded};
 use super::store::{FailureKind, SentCopy, SentItemsStore, StoreError, Stored};
 use crate::audit::{Audit, AuditEvent, EventKind};
 use crate::reason::Reason;
@@ -89,12 +94,18 @@ impl Default for RetrySettings {
 #[derive(Debug, Clone)]
 pub struct Delivery {
     wake: Arc<Notify>,
+    problems: Problems,
 }
 
 impl Delivery {
     /// Tells the workers that the spool has a new entry (cheap; wake-ups coalesce).
     pub fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// The store's configuration problems the workers met and no delivery has fixed yet.
+    pub fn problems(&self) -> &Problems {
+        &self.problems
     }
 }
 
@@ -109,7 +120,9 @@ pub fn start<S: SentItemsStore>(
     tracker: &TaskTracker,
 ) -> Delivery {
     let wake = Arc::new(Notify::new());
+    let problems = Problems::new();
     let shared = Arc::new(Shared {
+        problems: problems.clone(),
         spool,
         store,
         audit,
@@ -120,7 +133,7 @@ pub fn start<S: SentItemsStore>(
         jitter: RandomState::new(),
     });
     tracker.spawn(dispatch(shared));
-    Delivery { wake }
+    Delivery { wake, problems }
 }
 
 struct Shared<S> {
@@ -132,6 +145,7 @@ struct Shared<S> {
     wake: Arc<Notify>,
     schedule: Mutex<Schedule>,
     jitter: RandomState,
+    problems: Problems,
 }
 
 /// What the dispatcher knows between scans.
@@ -315,6 +329,7 @@ async fn attempt<S: SentItemsStore>(shared: &Shared<S>, id: EntryId) -> Next {
         return Next::Done;
     }
     let maybe_stored = state.outcome_unknown;
+    let before = state.clone();
     state.attempts += 1;
     state.first_attempt = Some(first);
     state.next_attempt_at = None;
@@ -350,11 +365,76 @@ async fn attempt<S: SentItemsStore>(shared: &Shared<S>, id: EntryId) -> Next {
                 tracing::error!(entry = %id, error = %e, "copy stored but the spool entry could not be removed");
                 return Next::NotBefore(SystemTime::now() + shared.settings.retry.initial);
             }
+            for fixed in shared.problems.delivered(&meta.mailbox) {
+                tracing::warn!(
+                    store = shared.store.name(),
+                    since = %humantime::format_rfc3339_seconds(fixed.since),
+                    failed_attempts = fixed.failed_attempts,
+                    cause = %fixed.cause,
+                    "Sent Items configuration problem fixed: deliveries resume"
+                );
+            }
             record_stored(shared, id, &meta, &state, stored).await;
             Next::Done
         }
+        Err(e) if e.kind == FailureKind::Configuration => {
+            blocked(shared, id, &meta, before, e).await
+        }
         Err(e) => failed_attempt(shared, id, &meta, state, e, now).await,
     }
+}
+
+/// A configuration failure: the attempt is undone in the entry's state (not counted, and
+/// `max_age` starts again once the store works), the error kept as `last_error`; the cause is
+/// logged loudly the first time only. The delay grows with the problem's age, so that a queue
+/// held up by one cause does not hammer the server.
+async fn blocked<S: SentItemsStore>(
+    shared: &Shared<S>,
+    id: EntryId,
+    meta: &EntryMeta,
+    mut state: DeliveryState,
+    error: StoreError,
+) -> Next {
+    let settings = &shared.settings;
+    let store = shared.store.name();
+    match shared.problems.record(store, &error, &meta.mailbox) {
+        Recorded::New => tracing::error!(
+            store,
+            mailbox = %meta.mailbox,
+            cause = %error.cause(),
+            "Sent Items CONFIGURATION ERROR: copies stay queued (not counted as attempts) until it is fixed; `submitgate status` lists it"
+        ),
+        Recorded::Unlisted { first: true } => tracing::error!(
+            store,
+            error = %error,
+            "Sent Items CONFIGURATION ERROR: too many distinct problems to list; copies stay queued"
+        ),
+        Recorded::Known { .. } | Recorded::Unlisted { first: false } => tracing::debug!(
+            entry = %id,
+            mailbox = %meta.mailbox,
+            error = %error,
+            "Sent Items copy held up by a known configuration problem"
+        ),
+    }
+    let lasted = shared
+        .problems
+        .since(&error)
+        .map_or(Duration::ZERO, |since| age(since, SystemTime::now()));
+    let base = lasted.clamp(
+        settings.retry.initial,
+        settings.retry.max.max(settings.retry.initial),
+    );
+    let unit = jitter_unit(&shared.jitter, &id, state.attempts);
+    let delay = base / 2 + (base / 2).mul_f64(unit);
+    let at = SystemTime::now() + delay;
+    state.first_attempt = None;
+    state.last_error = Some(error.message.clone());
+    state.outcome_unknown = state.outcome_unknown || error.outcome_unknown;
+    state.next_attempt_at = Some(at);
+    if let Err(e) = shared.spool.write_state(&id, &state).await {
+        tracing::error!(entry = %id, error = %e, "cannot record the failed attempt");
+    }
+    Next::NotBefore(at)
 }
 
 async fn failed_attempt<S: SentItemsStore>(
@@ -374,6 +454,7 @@ async fn failed_attempt<S: SentItemsStore>(
         FailureKind::Auth if state.attempts >= settings.retry.auth_failure_attempts => {
             Some(Reason::LoginRefused)
         }
+        FailureKind::Configuration => None,
         _ if age(first, SystemTime::now()) >= settings.max_age => Some(Reason::MaxAge),
         _ => None,
     };

@@ -126,7 +126,7 @@ impl ImapStore {
             TlsMode::Starttls | TlsMode::Implicit => Some(tls_connector(&settings)?),
         };
         let server_name = ServerName::try_from(settings.tls_server_name.clone()).map_err(|e| {
-            StoreError::permanent(format!(
+            StoreError::configuration(format!(
                 "imap: TLS server name {:?}: {e}",
                 settings.tls_server_name
             ))
@@ -196,7 +196,7 @@ impl ImapStore {
                 let mut plain = Connection::new(MaybeTlsStream::Plain(tcp), false, &server, limit);
                 plain.greeting().await?;
                 plain.run(StartTlsTask).await?.map_err(|e| {
-                    StoreError::transient(format!("imap {server}: STARTTLS refused: {e}"))
+                    StoreError::configuration(format!("imap {server}: STARTTLS refused: {e}"))
                 })?;
                 // Anything the server sent after its answer is dropped with the old state.
                 let MaybeTlsStream::Plain(tcp) = plain.stream.into_inner() else {
@@ -225,13 +225,19 @@ impl ImapStore {
         tls: &TlsConnector,
         tcp: TcpStream,
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, StoreError> {
-        within(
+        let server = self.server();
+        match within(
             self.settings.timeout,
             tls.connect(self.server_name.clone(), tcp),
         )
         .await
-        .and_then(|r| r.map_err(|e| e.to_string()))
-        .map_err(|e| StoreError::transient(format!("imap {}: TLS handshake: {e}", self.server())))
+        {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) => Err(tls::handshake_error(&server, &e)),
+            Err(e) => Err(StoreError::transient(format!(
+                "imap {server}: TLS handshake: {e}"
+            ))),
+        }
     }
 
     /// Steps 2 and 3 of the module doc on one logged-in connection. A failure keeps the copy

@@ -83,9 +83,9 @@ impl SentItemsStore for MaildirStore {
         let result = tokio::task::spawn_blocking(move || -> Result<Stored, StoreError> {
             let dir = task_dir;
             if !ready {
-                ensure_folder(&dir).map_err(|e| StoreError::transient(e.to_string()))?;
+                ensure_folder(&dir)?;
             }
-            if maybe_stored && find_existing(&dir, &base).map_err(transient)? {
+            if maybe_stored && find_existing(&dir, &base)? {
                 return Ok(Stored {
                     appenduid: None,
                     already_stored: true,
@@ -136,12 +136,48 @@ struct Failed(StoreError);
 
 impl From<FsError> for Failed {
     fn from(e: FsError) -> Failed {
-        Failed(StoreError::transient(format!("maildir: {e}")))
+        Failed(classify(&e))
     }
 }
 
-fn transient(e: io::Error) -> StoreError {
-    StoreError::transient(format!("maildir: {e}"))
+/// The class of a file-system error (README, "Sent Items copies"): a name the file system
+/// cannot hold, or a file too large for it, is permanent for this copy; a directory that is
+/// not one, not writable, read-only or a symlink loop is the operator's to fix (a problem of
+/// the mailboxes below the directory in the way); anything else (full disk, quota, I/O
+/// error, out of descriptors) may clear by itself.
+pub fn classify(e: &FsError) -> StoreError {
+    use rustix::io::Errno;
+    let message = format!("maildir: {e}");
+    match Errno::from_io_error(&e.source) {
+        Some(Errno::NAMETOOLONG | Errno::ILSEQ | Errno::FBIG) => StoreError::permanent(message),
+        Some(
+            Errno::ACCESS
+            | Errno::PERM
+            | Errno::NOTDIR
+            | Errno::ISDIR
+            | Errno::ROFS
+            | Errno::LOOP
+            | Errno::XDEV,
+        ) => {
+            let cause = format!(
+                "maildir: cannot {} below {}: {}",
+                e.op,
+                in_the_way(&e.path).display(),
+                e.source
+            );
+            StoreError::configuration_for_mailboxes(cause, message)
+        }
+        _ => StoreError::transient(message),
+    }
+}
+
+/// The deepest existing ancestor of `path` (the directory in the way: not writable, or not a
+/// directory), so that every mailbox below it shares one cause.
+fn in_the_way(path: &Path) -> &Path {
+    path.ancestors()
+        .skip(1)
+        .find(|p| !p.as_os_str().is_empty() && fs::symlink_metadata(p).is_ok())
+        .unwrap_or(path)
 }
 
 /// The unique part of the file name for an entry: Maildir's `<secs>.M<usecs>P<pid>Q<seq>.<host>`
@@ -270,10 +306,12 @@ fn fsync_dir(path: &Path) -> Result<(), StoreError> {
 }
 
 /// Whether `cur/` or `new/` already holds a file with this base name (whatever its flags).
-fn find_existing(dir: &Path, base: &str) -> io::Result<bool> {
+fn find_existing(dir: &Path, base: &str) -> Result<bool, StoreError> {
     for sub in ["cur", "new"] {
-        for entry in fs::read_dir(dir.join(sub))? {
-            let name = entry?.file_name();
+        let sub = dir.join(sub);
+        let read = |e| at("read directory", &sub, e);
+        for entry in fs::read_dir(&sub).map_err(read)? {
+            let name = entry.map_err(read)?.file_name();
             let name = name.to_string_lossy();
             let stem = name.split([',', ':']).next().unwrap_or_default();
             if stem == base {
@@ -343,5 +381,35 @@ mod tests {
         assert_eq!(file_base(&id, "mx1"), "1718022896.M0P1Q0.mx1");
         assert_eq!(maildir_host("a/b:c"), "a\\057b\\072c");
         assert_eq!(maildir_host(""), "localhost");
+    }
+
+    #[test]
+    fn file_system_errors_are_classified() {
+        use super::super::{FailureKind, ProblemScope};
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A name longer than NAME_MAX: this copy can never be stored.
+        let long = dir.path().join("x".repeat(300)).join("Maildir");
+        let e = ensure_folder(&long).expect_err("ENAMETOOLONG");
+        assert_eq!(e.kind, FailureKind::Permanent, "{e}");
+        assert!(e.message.contains("File name too long"), "{e}");
+        // A plain file where the root's directories go: the operator's to fix, one cause for
+        // every mailbox below it.
+        let blocker = dir.path().join("blocker");
+        fs::write(&blocker, b"").expect("file");
+        let errors: Vec<StoreError> = ["alice", "bob"]
+            .iter()
+            .map(|m| ensure_folder(&blocker.join(m).join(".Sent Items")).expect_err("ENOTDIR"))
+            .collect();
+        for e in &errors {
+            assert_eq!(e.kind, FailureKind::Configuration, "{e}");
+            assert_eq!(e.scope, ProblemScope::Mailboxes);
+            assert!(e.cause().contains(&*blocker.to_string_lossy()), "{e:?}");
+            assert!(!e.cause().contains("alice"), "{e:?}");
+        }
+        assert_eq!(errors[0].cause(), errors[1].cause());
+        assert_ne!(errors[0].message, errors[1].message);
+        // Anything else may clear by itself.
+        let full = FsError::new("write", dir.path(), io::Error::from_raw_os_error(28));
+        assert_eq!(classify(&full).kind, FailureKind::Transient);
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod imap;
 pub mod maildir;
+pub mod problems;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -34,16 +35,36 @@ pub struct Stored {
     pub already_stored: bool,
 }
 
-/// How a failed delivery should be treated.
+/// How a failed delivery should be treated (README, "Sent Items copies", has the table of
+/// which error is which).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
-    /// Connection refused or lost, timeout, `BYE`, a `NO` that may clear: try again later.
+    /// Connection refused or lost, timeout, `BYE`, a `NO` that may clear, a full disk: try
+    /// again later, with backoff, until `max_age`.
     Transient,
-    /// The server refused the login (wrong master secret, unknown mailbox): retried a few
-    /// times, in case an operator is fixing it, then given up.
+    /// The server refused this mailbox's login (`AUTHORIZATIONFAILED`: unknown mailbox, the
+    /// master user may not log in as it): retried a few times, in case an operator is fixing
+    /// it, then given up.
     Auth,
-    /// Retrying cannot help (an unusable mailbox name, a message the server cannot take).
+    /// This copy can never be stored (a mailbox name that cannot be a path or a login, a name
+    /// too long for the file system, a message the server cannot take): given up at once.
     Permanent,
+    /// Something the operator must fix, in front of every copy of a store or of a mailbox (a
+    /// certificate refused, the master login refused, an unwritable Maildir root): the copy
+    /// stays queued and the attempt does not count, the cause is logged once and shown by
+    /// `submitgate status` until a delivery succeeds again.
+    Configuration,
+}
+
+/// Which deliveries a configuration problem stands in the way of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemScope {
+    /// Every delivery through the store (TLS, master login, secret file): any successful
+    /// delivery shows it fixed.
+    Store,
+    /// The deliveries of the mailboxes that met it (a Maildir directory, a folder's rights): a
+    /// successful delivery to one of them shows it fixed.
+    Mailboxes,
 }
 
 /// A failed delivery: its kind, what happened (naming the server or path), and whether the
@@ -58,34 +79,65 @@ pub struct StoreError {
     /// After this attempt the copy may be in the store (e.g. the connection was lost after the
     /// `APPEND` went out); the next attempt must look for it first.
     pub outcome_unknown: bool,
+    /// For [`FailureKind::Configuration`]: the problem in words shared by every copy it stops
+    /// (no queue id or per-message detail), so that it is logged and listed once.
+    pub cause: Option<String>,
+    /// For [`FailureKind::Configuration`]: what a success must touch to show it fixed.
+    pub scope: ProblemScope,
 }
 
 impl StoreError {
-    /// A transient failure after which the copy is known not to be stored.
-    pub fn transient(message: impl Into<String>) -> StoreError {
+    fn of(kind: FailureKind, message: impl Into<String>) -> StoreError {
         StoreError {
-            kind: FailureKind::Transient,
+            kind,
             message: message.into(),
             outcome_unknown: false,
+            cause: None,
+            scope: ProblemScope::Store,
         }
+    }
+
+    /// A transient failure after which the copy is known not to be stored.
+    pub fn transient(message: impl Into<String>) -> StoreError {
+        StoreError::of(FailureKind::Transient, message)
     }
 
     /// A permanent failure.
     pub fn permanent(message: impl Into<String>) -> StoreError {
+        StoreError::of(FailureKind::Permanent, message)
+    }
+
+    /// A refused login of one mailbox.
+    pub fn auth(message: impl Into<String>) -> StoreError {
+        StoreError::of(FailureKind::Auth, message)
+    }
+
+    /// A configuration problem in front of every delivery through the store; `message` is
+    /// also its cause, so it must not name the copy.
+    pub fn configuration(message: impl Into<String>) -> StoreError {
+        let message = message.into();
         StoreError {
-            kind: FailureKind::Permanent,
-            message: message.into(),
-            outcome_unknown: false,
+            cause: Some(message.clone()),
+            ..StoreError::of(FailureKind::Configuration, message)
         }
     }
 
-    /// A refused login.
-    pub fn auth(message: impl Into<String>) -> StoreError {
+    /// A configuration problem in front of the deliveries of some mailboxes: `cause` is the
+    /// part shared by all of them (a directory), `message` this attempt's error.
+    pub fn configuration_for_mailboxes(
+        cause: impl Into<String>,
+        message: impl Into<String>,
+    ) -> StoreError {
         StoreError {
-            kind: FailureKind::Auth,
-            message: message.into(),
-            outcome_unknown: false,
+            cause: Some(cause.into()),
+            scope: ProblemScope::Mailboxes,
+            ..StoreError::of(FailureKind::Configuration, message)
         }
+    }
+
+    /// The text that identifies the problem across copies (the message when none was given).
+    pub fn cause(&self) -> &str {
+        self.cause.as_deref().unwrap_or(&self.message)
     }
 
     /// Marks the outcome as unknown (or keeps it known) for the next attempt.

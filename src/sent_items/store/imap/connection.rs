@@ -136,7 +136,7 @@ impl Connection {
         let outcome = match settings.login {
             LoginMode::MasterUser => {
                 if self.has(&Capability::LoginDisabled) {
-                    return Err(StoreError::permanent(format!(
+                    return Err(StoreError::configuration(format!(
                         "imap {server}: LOGIN is disabled here (use TLS, or login: sasl_authzid)"
                     )));
                 }
@@ -148,7 +148,7 @@ impl Connection {
                     StoreError::permanent(format!("imap: mailbox {mailbox:?} as a login: {e}"))
                 })?;
                 let password = AString::try_from(secret).map_err(|_| {
-                    StoreError::permanent(format!(
+                    StoreError::configuration(format!(
                         "imap: the secret in {} cannot be sent with LOGIN",
                         settings.master_password_file.display()
                     ))
@@ -175,10 +175,29 @@ impl Connection {
                 }
                 Ok(())
             }
+            // The master (or SASL) user's own credentials: wrong for every mailbox.
             Err(TaskError::UnexpectedNoResponse(body))
-                if code_is(&body, b"AUTHENTICATIONFAILED")
-                    || code_is(&body, b"AUTHORIZATIONFAILED")
-                    || body.code.is_none() =>
+                if code_is(&body, b"AUTHENTICATIONFAILED") =>
+            {
+                let cause = format!(
+                    "imap {server}: login of master user {} refused: {}{} (check master_password_file {})",
+                    settings.master_user,
+                    code_text(&body),
+                    body.text,
+                    settings.master_password_file.display()
+                );
+                Err(StoreError {
+                    message: format!(
+                        "imap {server}: login as {mailbox} (master user {}) refused: {}{}",
+                        settings.master_user,
+                        code_text(&body),
+                        body.text
+                    ),
+                    ..StoreError::configuration(cause)
+                })
+            }
+            Err(TaskError::UnexpectedNoResponse(body))
+                if code_is(&body, b"AUTHORIZATIONFAILED") || body.code.is_none() =>
             {
                 Err(StoreError::auth(format!(
                     "imap {server}: login as {mailbox} (master user {}) refused: {}{}",
@@ -187,6 +206,12 @@ impl Connection {
                     body.text
                 )))
             }
+            // The server cannot take the login as submitgate sends it (mechanism, syntax).
+            Err(TaskError::UnexpectedBadResponse(body)) => Err(StoreError::configuration(format!(
+                "imap {server}: login rejected as malformed: {}{} (check `login`)",
+                code_text(&body),
+                body.text
+            ))),
             Err(e) => Err(no_or_bad(e, &server, "login")),
         }
     }
@@ -285,15 +310,31 @@ fn code_text(body: &StatusBody<'_>) -> String {
     }
 }
 
-/// A tagged `NO` is transient (the server may recover: quota, a lock); `BAD` is permanent
-/// (the server cannot parse what we send, which retrying will not change).
+/// A tagged `NO` is transient (the server may recover: quota, a lock) unless its code says
+/// otherwise: `[TOOBIG]`, `[PARSE]`, `[CANNOT]`, `[UNKNOWN-CTE]` are permanent (this message
+/// can never be taken), `[NOPERM]`, `[CONTACTADMIN]` configuration (rights the operator must
+/// grant, for the mailboxes that meet it). `BAD` is permanent (the server cannot parse what we
+/// send, which retrying will not change).
 pub(super) fn no_or_bad(e: TaskError, server: &str, command: &str) -> StoreError {
     match e {
-        TaskError::UnexpectedNoResponse(body) => StoreError::transient(format!(
-            "imap {server}: {command} refused: {}{}",
-            code_text(&body),
-            body.text
-        )),
+        TaskError::UnexpectedNoResponse(body) => {
+            let message = format!(
+                "imap {server}: {command} refused: {}{}",
+                code_text(&body),
+                body.text
+            );
+            let permanent = matches!(
+                body.code,
+                Some(Code::TooBig | Code::Parse | Code::UnknownCte)
+            ) || code_is(&body, b"CANNOT");
+            if permanent {
+                StoreError::permanent(message)
+            } else if code_is(&body, b"NOPERM") || code_is(&body, b"CONTACTADMIN") {
+                StoreError::configuration_for_mailboxes(message.clone(), message)
+            } else {
+                StoreError::transient(message)
+            }
+        }
         TaskError::UnexpectedBadResponse(body) => StoreError::permanent(format!(
             "imap {server}: {command} rejected as malformed: {}{}",
             code_text(&body),
@@ -352,14 +393,14 @@ pub fn internal_date(at: SystemTime) -> Result<DateTime, StoreError> {
 pub(super) fn read_secret(settings: &Settings) -> Result<String, StoreError> {
     let path = &settings.master_password_file;
     let text = std::fs::read_to_string(path).map_err(|e| {
-        StoreError::transient(format!(
+        StoreError::configuration(format!(
             "imap: cannot read master_password_file {}: {e}",
             path.display()
         ))
     })?;
     let secret = text.lines().next().unwrap_or_default().to_string();
     if secret.is_empty() {
-        return Err(StoreError::permanent(format!(
+        return Err(StoreError::configuration(format!(
             "imap: master_password_file {} is empty",
             path.display()
         )));

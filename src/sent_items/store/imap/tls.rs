@@ -1,6 +1,7 @@
 //! The rustls client: the system's roots or a configured CA file, or (`tls_verify: false`)
 //! any certificate.
 
+use std::io;
 use std::sync::Arc;
 
 use tokio_rustls::rustls::{self, pki_types::ServerName};
@@ -13,7 +14,7 @@ pub(super) fn tls_connector(settings: &Settings) -> Result<TlsConnector, StoreEr
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| StoreError::permanent(format!("imap: TLS set-up: {e}")))?;
+        .map_err(|e| StoreError::configuration(format!("imap: TLS set-up: {e}")))?;
     let client = if settings.tls_verify {
         let mut roots = rustls::RootCertStore::empty();
         match &settings.ca_file {
@@ -22,11 +23,11 @@ pub(super) fn tls_connector(settings: &Settings) -> Result<TlsConnector, StoreEr
                 let certs = CertificateDer::pem_file_iter(path)
                     .and_then(|it| it.collect::<Result<Vec<_>, _>>())
                     .map_err(|e| {
-                        StoreError::permanent(format!("imap: ca_file {}: {e}", path.display()))
+                        StoreError::configuration(format!("imap: ca_file {}: {e}", path.display()))
                     })?;
                 let (added, _) = roots.add_parsable_certificates(certs);
                 if added == 0 {
-                    return Err(StoreError::permanent(format!(
+                    return Err(StoreError::configuration(format!(
                         "imap: ca_file {} holds no usable certificate",
                         path.display()
                     )));
@@ -39,7 +40,7 @@ pub(super) fn tls_connector(settings: &Settings) -> Result<TlsConnector, StoreEr
                 }
                 let (added, _) = roots.add_parsable_certificates(found.certs);
                 if added == 0 {
-                    return Err(StoreError::permanent(
+                    return Err(StoreError::configuration(
                         "imap: no system CA certificates found; set ca_file".to_string(),
                     ));
                 }
@@ -54,6 +55,31 @@ pub(super) fn tls_connector(settings: &Settings) -> Result<TlsConnector, StoreEr
             .with_no_client_auth()
     };
     Ok(TlsConnector::from(Arc::new(client)))
+}
+
+/// The class of a failed handshake: a certificate refused (unknown issuer, wrong name,
+/// expired), no protocol version or cipher in common, or an answer that is not TLS (implicit
+/// TLS on a plain port) is the operator's to fix; the rest (a reset, another alert, a
+/// misbehaving peer) may clear by itself.
+pub(super) fn handshake_error(server: &str, e: &io::Error) -> StoreError {
+    use rustls::AlertDescription as Alert;
+    let message = format!("imap {server}: TLS handshake: {e}");
+    let tls = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match tls {
+        Some(
+            rustls::Error::InvalidCertificate(_)
+            | rustls::Error::NoCertificatesPresented
+            | rustls::Error::UnsupportedNameType
+            | rustls::Error::PeerIncompatible(_)
+            | rustls::Error::InvalidMessage(_)
+            | rustls::Error::AlertReceived(
+                Alert::ProtocolVersion | Alert::HandshakeFailure | Alert::InsufficientSecurity,
+            ),
+        ) => StoreError::configuration(message),
+        _ => StoreError::transient(message),
+    }
 }
 
 /// `tls_verify: false`: accepts any certificate (handshake signatures are still checked).
