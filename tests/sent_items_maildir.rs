@@ -1,5 +1,6 @@
 //! Sent Items delivery into Maildir++: one `:2,S` file per entry, byte-identical, idempotent
-//! after a crash; and a real Dovecot reading that Maildir lists the copy `\Seen` (skipped,
+//! after a crash; how failures are classed (a name too long: permanent; a file in the way:
+//! configuration, kept queued until fixed; transient: backoff until `max_age`); and a real Dovecot reading that Maildir lists the copy `\Seen` (skipped,
 //! with a note, without Dovecot).
 
 mod support;
@@ -7,10 +8,16 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use submitgate::sent_items::spool::Spool;
+use std::sync::Arc;
+
+use submitgate::audit::{self, Audit};
+use submitgate::sent_items::spool::{EntryId, Spool};
 use submitgate::sent_items::store::maildir::MaildirStore;
-use submitgate::sent_items::store::{SentCopy, SentItemsStore};
+use submitgate::sent_items::store::{SentCopy, SentItemsStore, StoreError, Stored};
+use submitgate::sent_items::worker;
 use support::dovecot::{message, Dovecot, Options, Rig};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 const ALICE: &str = "alice@contoso.com";
 
@@ -146,55 +153,112 @@ async fn dovecot_lists_the_maildir_copy_as_seen() {
     );
 }
 
+/// Workers over a fresh spool with fast timing (`max_age` 600 ms), for any store.
+struct Workers {
+    dir: tempfile::TempDir,
+    spool: Spool,
+    delivery: worker::Delivery,
+    audit: Audit,
+    writer: submitgate::audit::AuditWriter,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Workers {
+    fn start<S: SentItemsStore>(dir: tempfile::TempDir, store: S) -> Workers {
+        let spool = Spool::open(dir.path().join("spool")).expect("spool");
+        let (audit, writer) = Audit::start(&audit::Settings {
+            target: audit::Target::File(dir.path().join("audit.log")),
+            queue: 16,
+        })
+        .expect("audit");
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let delivery = worker::start(
+            spool.clone(),
+            Arc::new(store),
+            audit.clone(),
+            worker::Settings {
+                workers: 2,
+                max_age: Duration::from_millis(600),
+                retry: worker::RetrySettings {
+                    initial: Duration::from_millis(40),
+                    max: Duration::from_millis(80),
+                    auth_failure_attempts: 3,
+                },
+                scan_interval: Duration::from_millis(50),
+                shutdown_grace: Duration::from_secs(1),
+            },
+            shutdown.clone(),
+            &tracker,
+        );
+        Workers {
+            dir,
+            spool,
+            delivery,
+            audit,
+            writer,
+            shutdown,
+            tracker,
+        }
+    }
+
+    async fn commit(&self, mailbox: &str, n: usize) -> EntryId {
+        let (body, mid) = message(n, 100);
+        let id = support::dovecot::commit(&self.spool, mailbox, &body, &mid).await;
+        self.delivery.wake();
+        id
+    }
+
+    async fn wait_failed(&self, n: usize) {
+        let s = self.spool.clone();
+        support::wait_for(Duration::from_secs(10), "entries to fail", move || {
+            let s = s.clone();
+            async move { s.list(true).await.map(|l| l.len() == n).unwrap_or(false) }
+        })
+        .await;
+    }
+
+    /// Stops everything and returns the audit events.
+    async fn stop(self) -> Vec<serde_json::Value> {
+        self.shutdown.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+        drop(self.delivery);
+        self.audit.flush().await;
+        drop(self.audit);
+        self.writer.finish().await;
+        support::read_audit(&self.dir.path().join("audit.log"))
+    }
+}
+
+/// A store that always fails with a transient error (a full disk, a server away).
+struct AlwaysTransient;
+
+impl SentItemsStore for AlwaysTransient {
+    fn name(&self) -> &'static str {
+        "maildir"
+    }
+
+    fn idempotent(&self) -> bool {
+        true
+    }
+
+    async fn deliver(&self, _copy: SentCopy<'_>) -> Result<Stored, StoreError> {
+        Err(StoreError::transient(
+            "maildir: cannot write /m/tmp/x: No space left on device (os error 28)",
+        ))
+    }
+
+    async fn release_idle(&self, _all: bool) {}
+}
+
 #[tokio::test]
 async fn transient_failures_back_off_then_fail_at_max_age() {
-    use std::sync::Arc;
-    use submitgate::audit::{self, Audit};
-    use submitgate::sent_items::worker::{self, RetrySettings, Settings};
-    use tokio_util::sync::CancellationToken;
-    use tokio_util::task::TaskTracker;
-
-    let dir = tempfile::tempdir().expect("tempdir");
-    // A root below a plain file: every delivery fails with "Not a directory".
-    std::fs::write(dir.path().join("blocker"), b"").expect("file");
-    let store = MaildirStore::new(format!("{}/blocker/{{mailbox}}", dir.path().display()));
-    let spool = Spool::open(dir.path().join("spool")).expect("spool");
-    let audit_path = dir.path().join("audit.log");
-    let (audit, writer) = Audit::start(&audit::Settings {
-        target: audit::Target::File(audit_path.clone()),
-        queue: 16,
-    })
-    .expect("audit");
-    let shutdown = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let delivery = worker::start(
-        spool.clone(),
-        Arc::new(store),
-        audit.clone(),
-        Settings {
-            workers: 2,
-            max_age: Duration::from_millis(600),
-            retry: RetrySettings {
-                initial: Duration::from_millis(40),
-                max: Duration::from_millis(80),
-                auth_failure_attempts: 3,
-            },
-            scan_interval: Duration::from_millis(50),
-            shutdown_grace: Duration::from_secs(1),
-        },
-        shutdown.clone(),
-        &tracker,
-    );
-    let (body, mid) = message(5, 100);
-    let id = support::dovecot::commit(&spool, ALICE, &body, &mid).await;
-    delivery.wake();
-    let s = spool.clone();
-    support::wait_for(Duration::from_secs(10), "the entry to fail", move || {
-        let s = s.clone();
-        async move { s.list(true).await.map(|l| l.len() == 1).unwrap_or(false) }
-    })
-    .await;
-    let failed = spool.list(true).await.expect("failed");
+    let w = Workers::start(tempfile::tempdir().expect("tempdir"), AlwaysTransient);
+    let id = w.commit(ALICE, 5).await;
+    w.wait_failed(1).await;
+    let failed = w.spool.list(true).await.expect("failed");
     assert_eq!(failed[0].id, id);
     assert!(
         failed[0].attempts >= 4,
@@ -203,18 +267,12 @@ async fn transient_failures_back_off_then_fail_at_max_age() {
     );
     let reason = failed[0].last_error.clone().unwrap_or_default();
     assert!(reason.contains("max_age"), "{reason}");
+    assert!(reason.contains("No space left"), "{reason}");
     assert!(
-        reason.contains("Not a directory") || reason.contains("blocker"),
-        "{reason}"
+        w.delivery.problems().list().is_empty(),
+        "not a configuration problem"
     );
-    shutdown.cancel();
-    tracker.close();
-    tracker.wait().await;
-    drop(delivery);
-    audit.flush().await;
-    drop(audit);
-    writer.finish().await;
-    let events = support::read_audit(&audit_path);
+    let events = w.stop().await;
     let ev: Vec<_> = events
         .iter()
         .filter(|e| e["event"] == "sent_copy_failed")
@@ -223,6 +281,100 @@ async fn transient_failures_back_off_then_fail_at_max_age() {
     assert_eq!(ev[0]["reason"], "max_age");
     assert_eq!(ev[0]["mailbox"], ALICE);
     assert!(ev[0]["attempts"].as_u64().unwrap_or(0) >= 4);
+}
+
+#[tokio::test]
+async fn a_name_too_long_for_the_file_system_fails_permanently_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = format!("{}/mail/{{domain}}/{{local}}/Maildir", dir.path().display());
+    let w = Workers::start(dir, MaildirStore::new(root));
+    // A local part longer than NAME_MAX (255): ENAMETOOLONG, never storable.
+    let long = format!("{}@contoso.com", "a".repeat(300));
+    w.commit(&long, 6).await;
+    w.wait_failed(1).await;
+    let failed = w.spool.list(true).await.expect("failed");
+    assert_eq!(failed[0].attempts, 1, "given up at the first attempt");
+    let reason = failed[0].last_error.clone().unwrap_or_default();
+    assert!(reason.contains("permanent failure"), "{reason}");
+    assert!(reason.contains("File name too long"), "{reason}");
+    let events = w.stop().await;
+    let ev: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "sent_copy_failed")
+        .collect();
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0]["reason"], "permanent");
+}
+
+#[tokio::test]
+async fn a_file_in_the_way_holds_copies_queued_until_it_is_removed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A root below a plain file: every delivery fails with "Not a directory" until the
+    // operator removes it. (The tests run as root, so a mode cannot stand in the way.)
+    let blocker = dir.path().join("blocker");
+    std::fs::write(&blocker, b"").expect("file");
+    let root = format!("{}/{{domain}}/{{local}}/Maildir", blocker.display());
+    let w = Workers::start(dir, MaildirStore::new(root));
+    w.commit(ALICE, 7).await;
+    w.commit("bob@contoso.com", 8).await;
+    let problems = w.delivery.problems().clone();
+    let started = std::time::Instant::now();
+    support::wait_for(
+        Duration::from_secs(10),
+        "retries for longer than max_age",
+        || {
+            let problems = problems.clone();
+            async move {
+                started.elapsed() > Duration::from_millis(900)
+                    && problems
+                        .list()
+                        .first()
+                        .is_some_and(|p| p.failed_attempts >= 6)
+            }
+        },
+    )
+    .await;
+    let listed = problems.list();
+    assert_eq!(listed.len(), 1, "one cause for both mailboxes: {listed:?}");
+    assert_eq!(listed[0].mailboxes, 2);
+    assert!(
+        listed[0].cause.contains(&*blocker.to_string_lossy()),
+        "{listed:?}"
+    );
+    assert!(!listed[0].cause.contains("alice"), "{listed:?}");
+    assert!(
+        w.spool.list(true).await.expect("failed").is_empty(),
+        "past max_age, kept"
+    );
+    let queued = w.spool.list(false).await.expect("queued");
+    assert_eq!(queued.len(), 2);
+    for e in &queued {
+        assert_eq!(e.attempts, 0, "not counted: {e:?}");
+        let error = e.last_error.clone().unwrap_or_default();
+        assert!(error.contains("Not a directory"), "{error}");
+    }
+
+    std::fs::remove_file(&blocker).expect("remove the blocker");
+    let s = w.spool.clone();
+    support::wait_for(Duration::from_secs(10), "the queue to drain", move || {
+        let s = s.clone();
+        async move { s.pending().await.map(|p| p.is_empty()).unwrap_or(false) }
+    })
+    .await;
+    let p = problems.clone();
+    support::wait_for(Duration::from_secs(10), "the problem to clear", move || {
+        let p = p.clone();
+        async move { p.list().is_empty() }
+    })
+    .await;
+    let events = w.stop().await;
+    assert!(!events.iter().any(|e| e["event"] == "sent_copy_failed"));
+    let stored: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "sent_copy_stored")
+        .collect();
+    assert_eq!(stored.len(), 2);
+    assert!(stored.iter().all(|e| e["attempts"] == 1), "{stored:?}");
 }
 
 #[tokio::test]

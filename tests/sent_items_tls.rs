@@ -1,6 +1,7 @@
 //! IMAP delivery over TLS into a real Dovecot: STARTTLS and implicit TLS trusting a CA file,
 //! certificate verification refusing an unknown issuer by default (system roots) and a wrong
-//! name, and `tls_verify: false`. Skipped, with a note, without Dovecot.
+//! name (a configuration error: logged once, shown in `submitgate status`, copies kept), and
+//! `tls_verify: false`. Skipped, with a note, without Dovecot.
 
 mod support;
 
@@ -120,4 +121,120 @@ async fn certificate_verification_is_on_by_default() {
         4,
     )
     .await;
+}
+
+/// The real daemon with a certificate that does not carry the configured name: a
+/// configuration error, logged once for all copies and retries, listed by `submitgate status`;
+/// the copies stay queued, uncounted.
+#[tokio::test]
+async fn a_name_mismatch_is_a_configuration_error_logged_once_and_shown_in_status() {
+    use std::process::{Command, Stdio};
+    use submitgate::sent_items::spool::Spool;
+
+    let Some(dovecot) =
+        tls_dovecot("a_name_mismatch_is_a_configuration_error_logged_once_and_shown_in_status")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).expect("policies");
+    std::fs::write(
+        policies.join("contoso.yaml"),
+        "organization: contoso\ndomains: [contoso.com]\n",
+    )
+    .expect("policy");
+    let wrong_name = format!(
+        ", ca_file: \"{}\", tls_server_name: imap.example.com",
+        dovecot.dir.path().join("ca.pem").display()
+    );
+    let config = dir.path().join("submitgate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "policy: [\"inet:127.0.0.1:0\"]\ncontrol: \"unix:{}\"\npolicies: \"{}\"\naudit: {{ path: \"{}\" }}\nsent_items:\n  spool: \"{}\"\n{}",
+            dir.path().join("control.sock").display(),
+            policies.display(),
+            dir.path().join("audit.log").display(),
+            dir.path().join("spool").display(),
+            store(&dovecot, dovecot.imaps_port, "implicit", &wrong_name)
+        ),
+    )
+    .expect("config");
+    {
+        let spool = Spool::open(dir.path().join("spool")).expect("spool");
+        for (n, mailbox) in [ALICE, "bob@contoso.com", ALICE].into_iter().enumerate() {
+            let (body, mid) = message(20 + n, 500);
+            support::dovecot::commit(&spool, mailbox, &body, &mid).await;
+        }
+    }
+    let stderr = dir.path().join("stderr.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_submitgate"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("SUBMITGATE_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+        .spawn()
+        .expect("spawn submitgate");
+    let status = |json: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_submitgate"));
+        cmd.arg("status").arg("--config").arg(&config);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().expect("submitgate status");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    // Every copy retried at least twice (3 copies, 100 ms to 200 ms apart).
+    let failed_attempts = || {
+        let (ok, out) = status(true);
+        let json: serde_json::Value = if ok {
+            serde_json::from_str(&out).unwrap_or_default()
+        } else {
+            serde_json::Value::Null
+        };
+        json["sent_items_problems"][0]["failed_attempts"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    support::wait_for_sync(Duration::from_secs(20), "nine refused handshakes", || {
+        failed_attempts() >= 9
+    });
+    let (ok, json) = status(true);
+    assert!(ok, "{json}");
+    let json: serde_json::Value = serde_json::from_str(&json).expect("status json");
+    let problems = json["sent_items_problems"].as_array().expect("problems");
+    assert_eq!(problems.len(), 1, "one cause: {problems:?}");
+    assert_eq!(problems[0]["store"], "imap");
+    assert_eq!(problems[0]["scope"], "store");
+    assert_eq!(problems[0]["mailboxes"], 2);
+    let (ok, text) = status(false);
+    assert!(ok, "{text}");
+    assert!(text.contains("CONFIGURATION ERROR"), "{text}");
+    assert!(text.contains("not valid for name"), "{text}");
+
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let exit = child.wait().expect("wait");
+    assert!(exit.success(), "clean exit after SIGTERM: {exit:?}");
+    let log = std::fs::read_to_string(&stderr).expect("stderr");
+    let loud: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("not valid for name"))
+        .collect();
+    assert_eq!(loud.len(), 1, "logged once, not per copy or retry:\n{log}");
+    assert!(loud[0].contains("CONFIGURATION ERROR"), "{log}");
+
+    let spool = Spool::attach(dir.path().join("spool")).expect("attach");
+    assert!(spool.list(true).await.expect("failed").is_empty());
+    let queued = spool.list(false).await.expect("queued");
+    assert_eq!(queued.len(), 3, "kept queued");
+    // Not counted (an attempt cut short by the stop would show as 1).
+    assert!(queued.iter().all(|e| e.attempts <= 1), "{queued:?}");
+    assert!(dovecot.fetch(ALICE, "Sent Items").await.is_empty());
 }
