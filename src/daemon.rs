@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::audit::{Audit, AuditWriter};
+use crate::audit::{Audit, AuditWriter, FrontEnd};
 use crate::config::{Config, LimiterConfig};
 use crate::context::{Context, Stats};
 use crate::control::{self, Listeners};
@@ -62,6 +62,7 @@ pub struct Daemon {
     milter_endpoints: Vec<Endpoint>,
     audit_writer: AuditWriter,
     sent_items: Option<SentItems>,
+    caps: FrontEndCaps,
 }
 
 /// The Sent Items spool and its delivery workers, when a store is configured.
@@ -275,6 +276,7 @@ impl Daemon {
             milter_endpoints,
             audit_writer,
             sent_items,
+            caps,
         })
     }
 
@@ -296,6 +298,15 @@ impl Daemon {
     /// The addresses the milter front end listens on (real ports when 0 was configured).
     pub fn milter_endpoints(&self) -> &[Endpoint] {
         &self.milter_endpoints
+    }
+
+    /// A front end's connection cap: its limit, the connections it serves now, those it refused.
+    pub fn connection_cap(&self, front_end: FrontEnd) -> &Arc<ConnectionCap> {
+        match front_end {
+            FrontEnd::Policy => self.caps.policy.own(),
+            FrontEnd::Milter => self.caps.milter.own(),
+            FrontEnd::AuthPolicy => self.caps.auth_policy.own(),
+        }
     }
 
     /// The shared context (policy, limiter, audit).

@@ -178,17 +178,10 @@ pub async fn serve(
     tracker: TaskTracker,
 ) {
     let stop = shutdown.clone();
-    accept_loop(
-        name,
-        listener,
-        caps,
-        stop,
-        tracker,
-        move |stream, peer| {
-            let (service, shutdown) = (service.clone(), shutdown.clone());
-            async move { serve_connection(name, stream, peer, service, shutdown).await }
-        },
-    )
+    accept_loop(name, listener, caps, stop, tracker, move |stream, peer| {
+        let (service, shutdown) = (service.clone(), shutdown.clone());
+        async move { serve_connection(name, stream, peer, service, shutdown).await }
+    })
     .await
 }
 

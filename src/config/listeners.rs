@@ -45,15 +45,23 @@ pub struct ConnectionLimits {
 /// configuration serves the connections it did), else [`DEFAULT_MAX_CONNECTIONS`].
 pub(super) fn connection_limits(ck: &mut Checker, raw: &RawConfig) -> ConnectionLimits {
     let range = (1, MAX_MAX_CONNECTIONS);
-    let shared = raw
-        .max_connections
-        .map(|n| ck.number_at(&["max_connections"], Some(n), range, DEFAULT_MAX_CONNECTIONS));
+    let shared = raw.max_connections.map(|n| {
+        ck.number_at(
+            &["max_connections"],
+            Some(n),
+            range,
+            DEFAULT_MAX_CONNECTIONS,
+        )
+    });
     let default = shared.unwrap_or(DEFAULT_MAX_CONNECTIONS);
     let mut cap = |key: &str, value: Option<usize>| ck.number_at(&[key], value, range, default);
     ConnectionLimits {
         policy: cap("policy_max_connections", raw.policy_max_connections),
         milter: cap("milter_max_connections", raw.milter_max_connections),
-        auth_policy: cap("auth_policy_max_connections", raw.auth_policy_max_connections),
+        auth_policy: cap(
+            "auth_policy_max_connections",
+            raw.auth_policy_max_connections,
+        ),
         shared,
     }
 }
@@ -172,7 +180,10 @@ mod tests {
         )
         .unwrap();
         let l = c.connection_limits;
-        assert_eq!((l.policy, l.milter, l.auth_policy, l.shared), (2000, 300, 50, None));
+        assert_eq!(
+            (l.policy, l.milter, l.auth_policy, l.shared),
+            (2000, 300, 50, None)
+        );
         assert_eq!(c.policy_idle_timeout, Duration::from_secs(300));
         assert_eq!(c.policy_read_timeout, Duration::from_millis(500));
     }
@@ -181,10 +192,15 @@ mod tests {
     fn the_old_shared_key_still_caps_all_front_ends_together() {
         // An older configuration keeps what it had: every front end may use up to
         // max_connections, and all of them together no more.
-        let c = parse("policy: [\"inet:127.0.0.1:1\"]\nmax_connections: 2048\nmilter_max_connections: 100\n")
-            .unwrap();
+        let c = parse(
+            "policy: [\"inet:127.0.0.1:1\"]\nmax_connections: 2048\nmilter_max_connections: 100\n",
+        )
+        .unwrap();
         let l = c.connection_limits;
-        assert_eq!((l.policy, l.milter, l.auth_policy, l.shared), (2048, 100, 2048, Some(2048)));
+        assert_eq!(
+            (l.policy, l.milter, l.auth_policy, l.shared),
+            (2048, 100, 2048, Some(2048))
+        );
     }
 
     #[test]

@@ -37,11 +37,11 @@ use check::Checker;
 use raw::RawConfig;
 
 pub use crate::sent_items::store::DEFAULT_MAILDIR_ROOT;
-pub use listeners::{DEFAULT_MILTER_TIMEOUT, MAX_MILTER_FRAME, MIN_MILTER_FRAME};
 pub use listeners::{
     ConnectionLimits, DEFAULT_MAX_CONNECTIONS, DEFAULT_POLICY_IDLE_TIMEOUT,
     DEFAULT_POLICY_READ_TIMEOUT,
 };
+pub use listeners::{DEFAULT_MILTER_TIMEOUT, MAX_MILTER_FRAME, MIN_MILTER_FRAME};
 
 /// Where the CLI looks when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/submitgate/submitgate.yaml";
@@ -163,8 +163,7 @@ impl Config {
             0o600,
         );
         let connection_limits = listeners::connection_limits(&mut ck, &raw);
-        let (policy_idle_timeout, policy_read_timeout) =
-            listeners::policy_timeouts(&mut ck, &raw);
+        let (policy_idle_timeout, policy_read_timeout) = listeners::policy_timeouts(&mut ck, &raw);
         let limiter = limiter::check(&mut ck, raw.limiter.as_ref());
         let audit = audit::check(&mut ck, raw.audit.as_ref());
         let replies = replies::check(&mut ck, raw.replies.as_ref());

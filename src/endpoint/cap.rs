@@ -230,7 +230,9 @@ pub fn fds_needed(policy: u64, milter: u64, auth_policy: u64, shared: Option<u64
         Some(total) => (connections.min(total), milter.min(total)),
         None => (connections, milter),
     };
-    connections.saturating_add(milter).saturating_add(FD_HEADROOM)
+    connections
+        .saturating_add(milter)
+        .saturating_add(FD_HEADROOM)
 }
 
 /// The warning to log when `needed` file descriptors exceed the soft limit.
@@ -297,7 +299,10 @@ mod tests {
     #[test]
     fn file_descriptor_budget() {
         assert_eq!(fds_needed(500, 500, 500, None), 2000 + FD_HEADROOM);
-        assert_eq!(fds_needed(500, 500, 500, Some(1024)), 1024 + 500 + FD_HEADROOM);
+        assert_eq!(
+            fds_needed(500, 500, 500, Some(1024)),
+            1024 + 500 + FD_HEADROOM
+        );
         assert_eq!(fds_needed(500, 0, 0, Some(100)), 100 + FD_HEADROOM);
         let limit = |soft| NofileLimit {
             soft: Some(soft),

@@ -133,9 +133,9 @@ async fn handle_connection(
         request_started: Some(opened),
         last_reply: opened,
     };
-    // One timer per connection, moved when it fires and, only when a request arrives in
-    // pieces, forward to that request's deadline: a request that comes in one read (Postfix
-    // writes it in one) never touches the timer wheel.
+    // One timer per connection, moved when it fires, or forward when a deadline comes sooner
+    // than it (a request arriving in pieces): a request that comes in one read, as Postfix
+    // writes it, only compares instants and never touches the timer wheel.
     let timer = tokio::time::sleep_until(opened + settings.read_timeout);
     tokio::pin!(timer);
     loop {
@@ -158,20 +158,20 @@ async fn handle_connection(
                 break;
             }
         }
-        if let Some(started) = clock.request_started {
-            let deadline = started + settings.read_timeout;
-            if deadline < timer.deadline() {
-                timer.as_mut().reset(deadline);
-            }
+        let lease_since = conn
+            .txn
+            .as_ref()
+            .filter(|t| t.hold.is_held())
+            .map(|t| t.last_seen);
+        // Deadlines only move later while requests come in; a new one that is earlier (a
+        // request arriving in pieces, a short idle timeout) moves the timer forward.
+        let due = clock.next_deadline(lease_since, settings);
+        if due < timer.deadline() {
+            timer.as_mut().reset(due);
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = timer.as_mut() => {
-                let lease_since = conn
-                    .txn
-                    .as_ref()
-                    .filter(|t| t.hold.is_held())
-                    .map(|t| t.last_seen);
                 match clock.wake(Instant::now(), lease_since, settings) {
                     Wake::RequestTimedOut => {
                         tracing::warn!(
@@ -193,8 +193,7 @@ async fn handle_connection(
                     }
                     Wake::LeaseIdle => {
                         conn.expire_idle_lease().await;
-                        let next = clock.next_deadline(Instant::now(), None, settings);
-                        timer.as_mut().reset(next);
+                        timer.as_mut().reset(clock.next_deadline(None, settings));
                     }
                     Wake::At(next) => timer.as_mut().reset(next),
                 }
@@ -283,17 +282,17 @@ impl Clock {
         if lease_since.is_some_and(|t| now >= t + s.lease_idle_timeout) {
             return Wake::LeaseIdle;
         }
-        Wake::At(self.next_deadline(now, lease_since, s))
+        Wake::At(self.next_deadline(lease_since, s))
     }
 
-    /// The earliest deadline after `now` (never before it).
-    fn next_deadline(&self, now: Instant, lease_since: Option<Instant>, s: &Settings) -> Instant {
+    /// The earliest deadline: of the request under way or of idleness, and of the lease.
+    fn next_deadline(&self, lease_since: Option<Instant>, s: &Settings) -> Instant {
         let own = match self.request_started {
             Some(started) => started + s.read_timeout,
             None => self.last_reply + s.idle_timeout,
         };
         let lease = lease_since.map(|t| t + s.lease_idle_timeout);
-        lease.map_or(own, |l| l.min(own)).max(now)
+        lease.map_or(own, |l| l.min(own))
     }
 }
 
