@@ -260,7 +260,7 @@ mod tests {
         for i in 1..=4 {
             assert_eq!(log.refused(t0 + Duration::from_secs(i)), None);
         }
-        assert_eq!(log.refused(t0 + Duration::from_secs(10)), Some(4));
+        assert_eq!(log.refused(t0 + Duration::from_secs(10)), Some(5));
         assert_eq!(log.refused(t0 + Duration::from_secs(11)), None);
         assert_eq!(log.refused(t0 + Duration::from_secs(25)), Some(2));
     }
