@@ -173,6 +173,15 @@ async fn handle_connection(
             _ = shutdown.cancelled() => break,
             _ = timer.as_mut() => {
                 match clock.wake(Instant::now(), lease_since, settings) {
+                    Wake::RequestTimedOut if buf.is_empty() => {
+                        tracing::info!(
+                            peer,
+                            "closing policy connection: no request within policy_read_timeout \
+                             ({:?}) of connecting",
+                            settings.read_timeout
+                        );
+                        break;
+                    }
                     Wake::RequestTimedOut => {
                         tracing::warn!(
                             peer,
