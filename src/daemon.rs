@@ -7,14 +7,14 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::audit::{Audit, AuditWriter};
+use crate::audit::{Audit, AuditWriter, FrontEnd};
 use crate::config::{Config, LimiterConfig};
 use crate::context::{Context, Stats};
 use crate::control::{self, Listeners};
+use crate::endpoint::cap::{self, ConnectionCap, ConnectionCaps};
 use crate::endpoint::{Endpoint, Listener};
 use crate::limiter::Limiter;
 use crate::milter;
@@ -62,6 +62,7 @@ pub struct Daemon {
     milter_endpoints: Vec<Endpoint>,
     audit_writer: AuditWriter,
     sent_items: Option<SentItems>,
+    caps: FrontEndCaps,
 }
 
 /// The Sent Items spool and its delivery workers, when a store is configured.
@@ -121,7 +122,7 @@ impl Daemon {
         };
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let connections = Arc::new(Semaphore::new(config.max_connections));
+        let caps = connection_caps(&config);
         // The spool: written by the milter, drained by the delivery workers. Opened once (its
         // owner locks it and removes crash leftovers) before any listener, so that a spool or
         // store problem stops the start before anything is served.
@@ -173,6 +174,8 @@ impl Daemon {
 
         let policy_settings = postfix_policy::server::Settings {
             lease_idle_timeout: config.lease_idle_timeout,
+            idle_timeout: config.policy_idle_timeout,
+            read_timeout: config.policy_read_timeout,
         };
         let mut policy_endpoints = Vec::new();
         for (listener, bound) in policy_listeners {
@@ -181,7 +184,7 @@ impl Daemon {
                 listener,
                 ctx.clone(),
                 policy_settings.clone(),
-                connections.clone(),
+                caps.policy.clone(),
                 shutdown.clone(),
                 tracker.clone(),
             ));
@@ -198,7 +201,7 @@ impl Daemon {
                 listener,
                 ctx.clone(),
                 milter_settings.clone(),
-                connections.clone(),
+                caps.milter.clone(),
                 shutdown.clone(),
                 tracker.clone(),
             ));
@@ -219,7 +222,7 @@ impl Daemon {
                     "auth policy",
                     listener,
                     service.clone(),
-                    connections.clone(),
+                    caps.auth_policy.clone(),
                     shutdown.clone(),
                     tracker.clone(),
                 ));
@@ -274,6 +277,7 @@ impl Daemon {
             milter_endpoints,
             audit_writer,
             sent_items,
+            caps,
         })
     }
 
@@ -295,6 +299,15 @@ impl Daemon {
     /// The addresses the milter front end listens on (real ports when 0 was configured).
     pub fn milter_endpoints(&self) -> &[Endpoint] {
         &self.milter_endpoints
+    }
+
+    /// A front end's connection cap: its limit, the connections it serves now, those it refused.
+    pub fn connection_cap(&self, front_end: FrontEnd) -> &Arc<ConnectionCap> {
+        match front_end {
+            FrontEnd::Policy => self.caps.policy.own(),
+            FrontEnd::Milter => self.caps.milter.own(),
+            FrontEnd::AuthPolicy => self.caps.auth_policy.own(),
+        }
     }
 
     /// The shared context (policy, limiter, audit).
@@ -340,6 +353,60 @@ impl Daemon {
         ctx.audit.close().await;
         drop((ctx, reloader, control));
         audit_writer.finish().await;
+    }
+}
+
+/// The connection caps of the three front ends (and the shared one of an older configuration's
+/// `max_connections`). Raises the soft `RLIMIT_NOFILE` to the hard limit first, and warns when
+/// the caps of the front ends that listen could still need more descriptors than that.
+struct FrontEndCaps {
+    policy: ConnectionCaps,
+    milter: ConnectionCaps,
+    auth_policy: ConnectionCaps,
+}
+
+fn connection_caps(config: &Config) -> FrontEndCaps {
+    let limits = config.connection_limits;
+    let shared = limits.shared.map(|n| {
+        tracing::warn!(
+            "max_connections ({n}) caps all front ends together, so one front end can still take \
+             every connection: set policy_max_connections, milter_max_connections and \
+             auth_policy_max_connections instead"
+        );
+        ConnectionCap::new("all front ends", "max_connections", n)
+    });
+    let used = |listeners: &[Endpoint], n: usize| {
+        if listeners.is_empty() {
+            0
+        } else {
+            n as u64
+        }
+    };
+    let needed = cap::fds_needed(
+        used(&config.policy_listeners, limits.policy),
+        used(&config.milter_listeners, limits.milter),
+        used(&config.auth_policy_listeners, limits.auth_policy),
+        limits.shared.map(|n| n as u64),
+    );
+    let nofile = cap::raise_nofile_limit();
+    tracing::info!(
+        soft = nofile.soft,
+        hard = nofile.hard,
+        needed,
+        "file descriptor limit (RLIMIT_NOFILE)"
+    );
+    if let Some(warning) = cap::nofile_warning(needed, nofile) {
+        tracing::warn!("{warning}");
+    }
+    let caps = |name, key, n| ConnectionCaps::new(ConnectionCap::new(name, key, n), shared.clone());
+    FrontEndCaps {
+        policy: caps("policy", "policy_max_connections", limits.policy),
+        milter: caps("milter", "milter_max_connections", limits.milter),
+        auth_policy: caps(
+            "auth policy",
+            "auth_policy_max_connections",
+            limits.auth_policy,
+        ),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Listener addresses in Postfix's own notation (`inet:host:port`, `unix:/path`), binding them,
 //! and accepting connections from either kind behind one stream type, so that the same string
-//! goes into `main.cf` and `submitgate.yaml`.
+//! goes into `main.cf` and `submitgate.yaml`. [`cap`]: the per-front-end connection caps the
+//! accept loop asks before serving a connection.
 
 use std::fmt;
 use std::io;
@@ -9,14 +10,16 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
-use tokio::sync::Semaphore;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+pub mod cap;
+
+pub use cap::{ConnectionCap, ConnectionCaps};
 
 /// Where a front end listens (or where a client connects).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,14 +187,15 @@ impl Drop for Listener {
     }
 }
 
-/// The accept loop every front end shares: until `shutdown`, each connection is served by
-/// `handle(stream, peer)` in its own task on `tracker` while it holds a permit of
-/// `connections` (the daemon-wide cap). Accept errors (out of file descriptors and the like)
-/// back off instead of spinning. `name` labels log lines.
+/// The accept loop every front end shares: until `shutdown`, each connection is accepted and,
+/// when `caps` admit it, served by `handle(stream, peer)` in its own task on `tracker`, holding
+/// its slots until it ends. A connection over a cap is closed at once (never left waiting in the
+/// listen backlog, where Postfix would only time out) and logged by the cap. Accept errors (out
+/// of file descriptors and the like) back off instead of spinning. `name` labels log lines.
 pub async fn accept_loop<F, Fut>(
     name: &'static str,
     listener: Listener,
-    connections: Arc<Semaphore>,
+    caps: ConnectionCaps,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     handle: F,
@@ -201,13 +205,6 @@ pub async fn accept_loop<F, Fut>(
 {
     let mut backoff = Duration::from_millis(10);
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            p = connections.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
             a = listener.accept() => a,
@@ -215,10 +212,14 @@ pub async fn accept_loop<F, Fut>(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(10);
+                let Some(slots) = caps.admit(name, &peer) else {
+                    drop(stream);
+                    continue;
+                };
                 let connection = handle(stream, peer);
                 tracker.spawn(async move {
                     connection.await;
-                    drop(permit);
+                    drop(slots);
                 });
             }
             Err(e) => {

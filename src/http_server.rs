@@ -17,11 +17,10 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::endpoint::{accept_loop, Listener, Stream};
+use crate::endpoint::{accept_loop, ConnectionCaps, Listener, Stream};
 
 /// The largest request body accepted (Dovecot's requests are a few hundred bytes).
 pub const MAX_BODY: usize = 64 * 1024;
@@ -169,27 +168,20 @@ fn response(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Ht
 }
 
 /// Accepts connections until `shutdown`; each is served in its own task on `tracker`, with
-/// keep-alive, while it holds a permit of `connections`. `name` labels log lines.
+/// keep-alive, while it holds a slot of `caps`. `name` labels log lines.
 pub async fn serve(
     name: &'static str,
     listener: Listener,
     service: Arc<Service>,
-    connections: Arc<Semaphore>,
+    caps: ConnectionCaps,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
     let stop = shutdown.clone();
-    accept_loop(
-        name,
-        listener,
-        connections,
-        stop,
-        tracker,
-        move |stream, peer| {
-            let (service, shutdown) = (service.clone(), shutdown.clone());
-            async move { serve_connection(name, stream, peer, service, shutdown).await }
-        },
-    )
+    accept_loop(name, listener, caps, stop, tracker, move |stream, peer| {
+        let (service, shutdown) = (service.clone(), shutdown.clone());
+        async move { serve_connection(name, stream, peer, service, shutdown).await }
+    })
     .await
 }
 

@@ -37,6 +37,10 @@ use check::Checker;
 use raw::RawConfig;
 
 pub use crate::sent_items::store::DEFAULT_MAILDIR_ROOT;
+pub use listeners::{
+    ConnectionLimits, DEFAULT_MAX_CONNECTIONS, DEFAULT_POLICY_IDLE_TIMEOUT,
+    DEFAULT_POLICY_READ_TIMEOUT,
+};
 pub use listeners::{DEFAULT_MILTER_TIMEOUT, MAX_MILTER_FRAME, MIN_MILTER_FRAME};
 
 /// Where the CLI looks when `--config` is not given.
@@ -91,8 +95,14 @@ pub struct Config {
     pub watch_policies: bool,
     pub default_domain: Option<String>,
     pub lease_idle_timeout: Duration,
+    /// Policy front end: a connection with no request under way is closed after this long.
+    pub policy_idle_timeout: Duration,
+    /// Policy front end: a request must arrive whole (and its reply be taken) within this long.
+    pub policy_read_timeout: Duration,
     pub unix_socket_mode: u32,
-    pub max_connections: usize,
+    /// Connections served at once, per front end (and all together when `max_connections`
+    /// is set).
+    pub connection_limits: ConnectionLimits,
     pub limiter: LimiterConfig,
     pub audit: crate::audit::Settings,
     pub replies: Replies,
@@ -152,12 +162,8 @@ impl Config {
             raw.control_socket_mode.as_deref(),
             0o600,
         );
-        let max_connections = ck.number_at(
-            &["max_connections"],
-            raw.max_connections,
-            (1, 1_000_000),
-            1024,
-        );
+        let connection_limits = listeners::connection_limits(&mut ck, &raw);
+        let (policy_idle_timeout, policy_read_timeout) = listeners::policy_timeouts(&mut ck, &raw);
         let limiter = limiter::check(&mut ck, raw.limiter.as_ref());
         let audit = audit::check(&mut ck, raw.audit.as_ref());
         let replies = replies::check(&mut ck, raw.replies.as_ref());
@@ -181,8 +187,10 @@ impl Config {
             watch_policies: raw.watch_policies.unwrap_or(true),
             default_domain,
             lease_idle_timeout,
+            policy_idle_timeout,
+            policy_read_timeout,
             unix_socket_mode,
-            max_connections,
+            connection_limits,
             limiter,
             audit,
             replies,

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::Semaphore;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -18,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use super::codec::{Command, MilterCodec};
 use super::session::{Session, State};
 use crate::context::Context;
-use crate::endpoint::{accept_loop, Listener, Stream};
+use crate::endpoint::{accept_loop, ConnectionCaps, Listener, Stream};
 use crate::sent_items::spool::Spool;
 
 /// Settings of the milter front end.
@@ -38,7 +37,7 @@ pub async fn serve(
     listener: Listener,
     ctx: Context,
     settings: Arc<Settings>,
-    connections: Arc<Semaphore>,
+    caps: ConnectionCaps,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -46,7 +45,7 @@ pub async fn serve(
     accept_loop(
         "milter",
         listener,
-        connections,
+        caps,
         stop,
         tracker,
         move |stream, peer| {

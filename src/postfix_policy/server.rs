@@ -8,21 +8,20 @@
 //! [`crate::context`]; never `daemon`.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use tokio::sync::Semaphore;
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
-use tokio_util::codec::Framed;
+use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::codec::{PolicyCodec, Request, Response};
+use super::codec::{CodecError, PolicyCodec, Request, Response};
 use crate::admission::{self, Facts, Hold, Scope};
 use crate::audit::{AuditEvent, EventKind, FrontEnd};
 use crate::context::Context;
-use crate::endpoint::{accept_loop, Listener, Stream};
+use crate::endpoint::{accept_loop, ConnectionCaps, Listener, Stream};
 use crate::policy::Allowed;
 
 /// Settings of the policy front end.
@@ -30,6 +29,12 @@ use crate::policy::Allowed;
 pub struct Settings {
     /// A held lease is given back after this long without a request on its connection.
     pub lease_idle_timeout: Duration,
+    /// A connection with no request under way is closed after this long since its last reply
+    /// (`policy_idle_timeout`: a little above Postfix's `smtpd_policy_service_max_idle`).
+    pub idle_timeout: Duration,
+    /// A request must arrive whole, and its reply be taken, within this long; a new
+    /// connection's first request counts from the accept (`policy_read_timeout`).
+    pub read_timeout: Duration,
 }
 
 /// Accepts connections until `shutdown`; each runs in its own task on `tracker`.
@@ -37,7 +42,7 @@ pub async fn serve(
     listener: Listener,
     ctx: Context,
     settings: Settings,
-    connections: Arc<Semaphore>,
+    caps: ConnectionCaps,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -45,7 +50,7 @@ pub async fn serve(
     accept_loop(
         "policy",
         listener,
-        connections,
+        caps,
         stop,
         tracker,
         move |stream, peer| {
@@ -106,55 +111,119 @@ struct Connection<'a> {
 }
 
 async fn handle_connection(
-    stream: Stream,
+    mut stream: Stream,
     peer: &str,
     ctx: &Context,
     settings: &Settings,
     shutdown: CancellationToken,
 ) {
     tracing::debug!(peer, "policy connection opened");
-    let mut framed = Framed::new(stream, PolicyCodec::new());
+    let mut codec = PolicyCodec::new();
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut out = BytesMut::new();
     let mut conn = Connection {
         ctx,
         peer,
         txn: None,
     };
-    // One timer per connection, moved only when it fires: requests just note their time, so
-    // the hot path never touches the timer wheel.
-    let idle = tokio::time::sleep(settings.lease_idle_timeout);
-    tokio::pin!(idle);
+    let opened = Instant::now();
+    let mut clock = Clock {
+        // Postfix connects when it has a request to send and writes it at once: the first
+        // request is under way from the moment the connection is accepted.
+        request_started: Some(opened),
+        last_reply: opened,
+    };
+    // One timer per connection, moved when it fires, or forward when a deadline comes sooner
+    // than it (a request arriving in pieces): a request that comes in one read, as Postfix
+    // writes it, only compares instants and never touches the timer wheel.
+    let timer = tokio::time::sleep_until(opened + settings.read_timeout);
+    tokio::pin!(timer);
     loop {
-        let holding = conn.txn.as_ref().is_some_and(|t| t.hold.is_held());
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = idle.as_mut(), if holding => {
-                let now = Instant::now();
-                let deadline = conn
-                    .txn
-                    .as_ref()
-                    .map_or(now, |t| t.last_seen + settings.lease_idle_timeout);
-                if now >= deadline {
-                    conn.expire_idle_lease().await;
-                    idle.as_mut().reset(now + settings.lease_idle_timeout);
-                } else {
-                    idle.as_mut().reset(deadline);
+        match codec.decode(&mut buf) {
+            Ok(Some(request)) => {
+                let response = conn.handle(request).await;
+                if let Err(e) = send(&mut stream, &mut codec, &mut out, response, settings).await {
+                    tracing::warn!(peer, "policy connection: cannot send reply: {e}");
+                    break;
                 }
+                let now = Instant::now();
+                clock.last_reply = now;
+                // Bytes after the request (pipelining) start the next one.
+                clock.request_started = (!buf.is_empty()).then_some(now);
                 continue;
             }
-            next = framed.next() => next,
-        };
-        let request = match next {
-            None => break,
-            Some(Ok(r)) => r,
-            Some(Err(e)) => {
+            Ok(None) => {}
+            Err(e) => {
                 tracing::warn!(peer, "closing policy connection: {e}");
                 break;
             }
-        };
-        let response = conn.handle(request).await;
-        if let Err(e) = framed.send(response).await {
-            tracing::warn!(peer, "policy connection: cannot send reply: {e}");
-            break;
+        }
+        let lease_since = conn
+            .txn
+            .as_ref()
+            .filter(|t| t.hold.is_held())
+            .map(|t| t.last_seen);
+        // Deadlines only move later while requests come in; a new one that is earlier (a
+        // request arriving in pieces, a short idle timeout) moves the timer forward.
+        let due = clock.next_deadline(lease_since, settings);
+        if due < timer.deadline() {
+            timer.as_mut().reset(due);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = timer.as_mut() => {
+                match clock.wake(Instant::now(), lease_since, settings) {
+                    Wake::RequestTimedOut if buf.is_empty() => {
+                        tracing::info!(
+                            peer,
+                            "closing policy connection: no request within policy_read_timeout \
+                             ({:?}) of connecting",
+                            settings.read_timeout
+                        );
+                        break;
+                    }
+                    Wake::RequestTimedOut => {
+                        tracing::warn!(
+                            peer,
+                            "closing policy connection: request not complete within \
+                             policy_read_timeout ({:?})",
+                            settings.read_timeout
+                        );
+                        break;
+                    }
+                    Wake::Idle => {
+                        tracing::info!(
+                            peer,
+                            "closing policy connection: no request within policy_idle_timeout \
+                             ({:?})",
+                            settings.idle_timeout
+                        );
+                        break;
+                    }
+                    Wake::LeaseIdle => {
+                        conn.expire_idle_lease().await;
+                        timer.as_mut().reset(clock.next_deadline(None, settings));
+                    }
+                    Wake::At(next) => timer.as_mut().reset(next),
+                }
+            }
+            read = stream.read_buf(&mut buf) => match read {
+                Ok(0) => {
+                    if !buf.iter().all(u8::is_ascii_whitespace) {
+                        tracing::warn!(peer, "closing policy connection: {}", CodecError::Truncated);
+                    }
+                    break;
+                }
+                Ok(_) => {
+                    if clock.request_started.is_none() {
+                        clock.request_started = Some(Instant::now());
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(peer, "closing policy connection: {e}");
+                    break;
+                }
+            },
         }
     }
     if let Some(lease) = conn.txn.take().and_then(|mut t| t.hold.take_lease()) {
@@ -166,6 +235,74 @@ async fn handle_connection(
         lease.release().await;
     }
     tracing::debug!(peer, "policy connection closed");
+}
+
+/// Writes one reply; a peer that does not take it within `read_timeout` is given up on.
+async fn send(
+    stream: &mut Stream,
+    codec: &mut PolicyCodec,
+    out: &mut BytesMut,
+    response: Response,
+    settings: &Settings,
+) -> Result<(), CodecError> {
+    out.clear();
+    codec.encode(response, out)?;
+    match tokio::time::timeout(settings.read_timeout, stream.write_all(out)).await {
+        Ok(written) => Ok(written?),
+        Err(_) => Err(CodecError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "reply not taken within policy_read_timeout ({:?})",
+                settings.read_timeout
+            ),
+        ))),
+    }
+}
+
+/// A connection's times: when the request being read started, when the last reply went out.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    /// `Some` while a request is under way (bytes of it received, or the connection new).
+    request_started: Option<Instant>,
+    last_reply: Instant,
+}
+
+/// What the connection's timer found when it fired.
+#[derive(Debug, PartialEq, Eq)]
+enum Wake {
+    /// A request has been under way for `read_timeout`: close.
+    RequestTimedOut,
+    /// No request for `idle_timeout`: close.
+    Idle,
+    /// The held lease saw no request for `lease_idle_timeout`: give it back.
+    LeaseIdle,
+    /// Nothing due yet: sleep until then.
+    At(Instant),
+}
+
+impl Clock {
+    /// What is due at `now`; `lease_since` is when the held lease last saw a request.
+    fn wake(&self, now: Instant, lease_since: Option<Instant>, s: &Settings) -> Wake {
+        match self.request_started {
+            Some(started) if now >= started + s.read_timeout => return Wake::RequestTimedOut,
+            None if now >= self.last_reply + s.idle_timeout => return Wake::Idle,
+            _ => {}
+        }
+        if lease_since.is_some_and(|t| now >= t + s.lease_idle_timeout) {
+            return Wake::LeaseIdle;
+        }
+        Wake::At(self.next_deadline(lease_since, s))
+    }
+
+    /// The earliest deadline: of the request under way or of idleness, and of the lease.
+    fn next_deadline(&self, lease_since: Option<Instant>, s: &Settings) -> Instant {
+        let own = match self.request_started {
+            Some(started) => started + s.read_timeout,
+            None => self.last_reply + s.idle_timeout,
+        };
+        let lease = lease_since.map(|t| t + s.lease_idle_timeout);
+        lease.map_or(own, |l| l.min(own))
+    }
 }
 
 fn non_empty(s: &str) -> Option<&str> {
@@ -278,5 +415,70 @@ impl Connection<'_> {
         ev.recipient_count = r.recipient_count;
         self.ctx.audit.record(ev).await;
         self.end_txn().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings {
+            lease_idle_timeout: Duration::from_secs(300),
+            idle_timeout: Duration::from_secs(330),
+            read_timeout: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn a_request_under_way_times_out_after_read_timeout() {
+        let s = settings();
+        let t0 = Instant::now();
+        let clock = Clock {
+            request_started: Some(t0),
+            last_reply: t0,
+        };
+        let at = Duration::from_secs(10);
+        assert_eq!(
+            clock.wake(t0 + Duration::from_secs(3), None, &s),
+            Wake::At(t0 + at)
+        );
+        assert_eq!(clock.wake(t0 + at, None, &s), Wake::RequestTimedOut);
+        // A request under way is never "idle", however long ago the last reply was.
+        let old = Clock {
+            request_started: Some(t0 + Duration::from_secs(400)),
+            last_reply: t0,
+        };
+        assert_eq!(
+            old.wake(t0 + Duration::from_secs(401), None, &s),
+            Wake::At(t0 + Duration::from_secs(410))
+        );
+    }
+
+    #[test]
+    fn an_idle_connection_closes_after_idle_timeout_and_its_lease_goes_first() {
+        let s = settings();
+        let t0 = Instant::now();
+        let clock = Clock {
+            request_started: None,
+            last_reply: t0,
+        };
+        let lease = Some(t0);
+        assert_eq!(
+            clock.wake(t0 + Duration::from_secs(10), lease, &s),
+            Wake::At(t0 + Duration::from_secs(300))
+        );
+        assert_eq!(
+            clock.wake(t0 + Duration::from_secs(300), lease, &s),
+            Wake::LeaseIdle
+        );
+        assert_eq!(
+            clock.wake(t0 + Duration::from_secs(300), None, &s),
+            Wake::At(t0 + Duration::from_secs(330))
+        );
+        assert_eq!(
+            clock.wake(t0 + Duration::from_secs(330), None, &s),
+            Wake::Idle
+        );
     }
 }
