@@ -97,15 +97,24 @@ mod tests {
             ),
             (
                 "\u{1b}[2Jalice@contoso.com",
-                Problem::ControlCharacter { at: 0, ch: '\u{1b}' },
+                Problem::ControlCharacter {
+                    at: 0,
+                    ch: '\u{1b}',
+                },
             ),
             (
                 "alice\u{7f}@contoso.com",
-                Problem::ControlCharacter { at: 5, ch: '\u{7f}' },
+                Problem::ControlCharacter {
+                    at: 5,
+                    ch: '\u{7f}',
+                },
             ),
             (
                 "alice\u{85}@contoso.com",
-                Problem::ControlCharacter { at: 5, ch: '\u{85}' },
+                Problem::ControlCharacter {
+                    at: 5,
+                    ch: '\u{85}',
+                },
             ),
             (
                 "moc.\u{202e}alice@contoso.com",
@@ -144,7 +153,11 @@ mod tests {
     #[test]
     fn problems_read_clearly_and_logins_are_shown_escaped_and_bounded() {
         assert_eq!(
-            Problem::ControlCharacter { at: 3, ch: '\u{202e}' }.to_string(),
+            Problem::ControlCharacter {
+                at: 3,
+                ch: '\u{202e}'
+            }
+            .to_string(),
             "control character U+202E at byte 3"
         );
         assert_eq!(

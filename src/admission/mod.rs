@@ -359,7 +359,7 @@ pub fn check_login(ctx: &Context, snapshot: &PolicySnapshot, facts: &LoginFacts<
         // login, normalized.
         let problem = login::check(facts.login).err().map(|p| p.to_string());
         tracing::info!(
-            mailbox = mailbox.as_str(),
+            mailbox = %mailbox,
             reason = reason.as_str(),
             problem,
             remote = facts.remote,

@@ -406,8 +406,14 @@ const INVALID_LOGINS: &[(&str, &str)] = &[
     ("   ", "   "),
     ("@contoso.com", "@contoso.com"),
     ("alice\n@contoso.com", "alice\\n@contoso.com"),
-    ("\u{1b}[31malice@contoso.com", "\\u{1b}[31malice@contoso.com"),
-    ("moc.\u{202e}alice@contoso.com", "moc.\\u{202e}alice@contoso.com"),
+    (
+        "\u{1b}[31malice@contoso.com",
+        "\\u{1b}[31malice@contoso.com",
+    ),
+    (
+        "moc.\u{202e}alice@contoso.com",
+        "moc.\\u{202e}alice@contoso.com",
+    ),
     ("alice\u{85}@contoso.com", "alice\\u{85}@contoso.com"),
 ];
 
