@@ -439,6 +439,17 @@ mod tests {
     }
 
     #[test]
+    fn the_login_is_kept_as_sent_for_the_admission_check() {
+        let r = PolicyRequest::parse(br#"{"login":"  ","protocol":"smtp"}"#).unwrap();
+        assert_eq!(r.login.as_deref(), Some("  "));
+        let r = PolicyRequest::parse(br#"{"login":"\talice@contoso.com\n"}"#).unwrap();
+        assert_eq!(r.login.as_deref(), Some("\talice@contoso.com\n"));
+        // An empty login is no login.
+        let r = PolicyRequest::parse(br#"{"login":""}"#).unwrap();
+        assert_eq!(r.login, None);
+    }
+
+    #[test]
     fn malformed_bodies() {
         assert!(matches!(
             PolicyRequest::parse(b"{\"login\":"),

@@ -40,16 +40,17 @@ pub fn is_control(c: char) -> bool {
     )
 }
 
-/// `s` with every control character written as a Rust escape (`\n`, `\u{1b}`, `\u{202e}`) and
-/// every backslash doubled, so that the text shows on one line, in order, and reads back
-/// unambiguously; borrowed when there is nothing to escape.
+/// `s` with every control character written as a Rust escape (`\n`, `\u{1b}`, `\u{202e}`), so
+/// that the text shows on one line, in order, as it is; borrowed when there is nothing to
+/// escape. A backslash stays as it is: the result is for reading, not for parsing back, and
+/// escaping text that is already escaped changes nothing.
 pub fn escape(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(|c| is_control(c) || c == '\\') {
+    if !s.chars().any(is_control) {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
     for c in s.chars() {
-        if is_control(c) || c == '\\' {
+        if is_control(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -102,12 +103,14 @@ mod tests {
     }
 
     #[test]
-    fn escape_writes_controls_and_backslashes_as_escapes() {
+    fn escape_writes_controls_as_escapes() {
         assert!(matches!(escape("alice@contoso.com"), Cow::Borrowed(_)));
         assert_eq!(
             escape("a\nb\u{1b}[31m\u{202e}moc\\x"),
-            "a\\nb\\u{1b}[31m\\u{202e}moc\\\\x"
+            "a\\nb\\u{1b}[31m\\u{202e}moc\\x"
         );
+        let once = escape("a\n\u{7f}");
+        assert_eq!(escape(&once), once);
         assert_eq!(escape("josé@exämple.com"), "josé@exämple.com");
     }
 

@@ -109,12 +109,15 @@ fn format_spool(entries: &[EntryInfo]) -> String {
                 humantime::format_duration(std::time::Duration::from_secs(e.age.as_secs()))
                     .to_string(),
                 e.attempts.to_string(),
-                e.problem
-                    .clone()
-                    .or_else(|| e.last_error.clone())
-                    .unwrap_or_default(),
+                text::cell(
+                    e.problem
+                        .as_deref()
+                        .or(e.last_error.as_deref())
+                        .unwrap_or_default(),
+                    ERROR_MAX_CHARS,
+                )
+                .into_owned(),
             ]
-            .map(|cell| text::cell(&cell, ERROR_MAX_CHARS).into_owned())
         })
         .collect();
     let header = ["ID", "MAILBOX", "QUEUE ID", "AGE", "ATTEMPTS", "LAST ERROR"];
