@@ -63,8 +63,12 @@ pub fn check(login: &str) -> Result<(), Problem> {
 }
 
 /// A refused login as logs and the audit event show it: escaped, at most
-/// [`SHOWN_LOGIN_CHARS`] characters.
+/// [`SHOWN_LOGIN_CHARS`] characters; a blank one in quotes (`"  "`), so that it stays visible
+/// and the report has a sender to count it for.
 pub fn shown(login: &str) -> String {
+    if login.trim().is_empty() {
+        return format!("{:?}", text::cell(login, SHOWN_LOGIN_CHARS));
+    }
     text::cell(login, SHOWN_LOGIN_CHARS).into_owned()
 }
 
@@ -165,6 +169,7 @@ mod tests {
             "400 bytes long (at most 320)"
         );
         assert_eq!(shown("a\nb@c"), "a\\nb@c");
+        assert_eq!(shown("  "), "\"  \"");
         let s = shown(&"x".repeat(70_000));
         assert_eq!(s.chars().count(), SHOWN_LOGIN_CHARS);
         assert!(s.ends_with('…'));

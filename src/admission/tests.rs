@@ -403,7 +403,7 @@ async fn an_unreachable_limiter_with_on_error_allow_admits() {
 /// Logins that cannot be mailboxes, each with the escaped form the audit event shows. The
 /// whitespace-only one used to become `@contoso.com` (the default domain) and be allowed.
 const INVALID_LOGINS: &[(&str, &str)] = &[
-    ("   ", "   "),
+    ("   ", "\"   \""),
     ("@contoso.com", "@contoso.com"),
     ("alice\n@contoso.com", "alice\\n@contoso.com"),
     (
