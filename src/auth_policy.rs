@@ -165,7 +165,7 @@ impl PolicyRequest {
             return Err(RequestError::NotObject);
         };
         Ok(PolicyRequest {
-            login: string_field(&obj, &["login"]),
+            login: login_field(&obj),
             remote: string_field(&obj, &["remote"]),
             protocol: string_field(&obj, &["protocol"]).map(|p| p.to_ascii_lowercase()),
             mechanism: string_field(&obj, &["mechanism", "mech"]),
@@ -188,6 +188,16 @@ fn string_field(obj: &Map<String, Value>, keys: &[&str]) -> Option<String> {
         Value::Bool(b) => Some(b.to_string()),
         _ => None,
     })
+}
+
+/// `login` exactly as sent (absent or `""` = no login): white space or a control character
+/// around it is for the admission step to refuse, not for this parser to trim away.
+fn login_field(obj: &Map<String, Value>) -> Option<String> {
+    match obj.get("login")? {
+        Value::String(s) if s.is_empty() => None,
+        Value::String(s) => Some(s.clone()),
+        _ => string_field(obj, &["login"]),
+    }
 }
 
 /// A boolean, also from `"true"`/`"yes"`/`"1"` and numbers.
@@ -426,6 +436,17 @@ mod tests {
         // Invalid UTF-8 inside a string is replaced, not refused.
         let r = PolicyRequest::parse(b"{\"login\":\"al\xffce@contoso.com\"}").unwrap();
         assert_eq!(r.login.as_deref(), Some("al\u{fffd}ce@contoso.com"));
+    }
+
+    #[test]
+    fn the_login_is_kept_as_sent_for_the_admission_check() {
+        let r = PolicyRequest::parse(br#"{"login":"  ","protocol":"smtp"}"#).unwrap();
+        assert_eq!(r.login.as_deref(), Some("  "));
+        let r = PolicyRequest::parse(br#"{"login":"\talice@contoso.com\n"}"#).unwrap();
+        assert_eq!(r.login.as_deref(), Some("\talice@contoso.com\n"));
+        // An empty login is no login.
+        let r = PolicyRequest::parse(br#"{"login":""}"#).unwrap();
+        assert_eq!(r.login, None);
     }
 
     #[test]

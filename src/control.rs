@@ -16,6 +16,7 @@ use crate::limiter::Limiter;
 use crate::policy::reload::{PolicyHandle, ReloadOutcome, ReloadRecord, Reloader};
 use crate::sent_items::spool::Spool;
 use crate::sent_items::store::problems::{format_problems, Problems, StoreProblem};
+use crate::text;
 
 /// Longest request line accepted on the control socket.
 const MAX_REQUEST: usize = 4096;
@@ -364,22 +365,62 @@ pub fn format_status(s: &Status) -> String {
             "sessions: {total} across {} mailboxes (busiest first)\n",
             s.sessions.len()
         ));
-        let width = s
+        // A mailbox is a checked login, but the table never trusts that: escaped, cut to
+        // text::CELL_MAX_CHARS, so that no width can overflow the formatter.
+        let cells: Vec<_> = s
             .sessions
             .iter()
-            .map(|m| m.mailbox.len())
+            .map(|m| text::cell(&m.mailbox, text::CELL_MAX_CHARS))
+            .collect();
+        let width = cells
+            .iter()
+            .map(|c| c.chars().count())
             .max()
             .unwrap_or(7)
             .max(7);
         out.push_str(&format!("  {:<width$}  SESSIONS  LIMIT\n", "MAILBOX"));
-        for m in &s.sessions {
+        for (m, cell) in s.sessions.iter().zip(&cells) {
             out.push_str(&format!(
-                "  {:<width$}  {:>8}  {:>5}\n",
-                m.mailbox,
+                "  {cell:<width$}  {:>8}  {:>5}\n",
                 m.sessions,
                 m.limit.map_or("-".to_string(), |l| l.to_string())
             ));
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_table_cuts_a_huge_mailbox_instead_of_panicking() {
+        let huge = format!("{}@contoso.com", "a".repeat(70_000));
+        let status: Status = serde_json::from_value(serde_json::json!({
+            "version": "test", "started_at": "2026-12-04T20:00:00Z", "uptime_seconds": 5,
+            "limiter": "memory",
+            "policy": {"version": "v", "loaded_at": "t", "organizations": 1, "mailboxes": 0,
+                       "files": 1},
+            "last_reload": null, "listeners": {},
+            "sessions": [{"mailbox": huge, "sessions": 1, "limit": 3},
+                         {"mailbox": "bob\u{1b}[2J@contoso.com", "sessions": 2, "limit": null}],
+        }))
+        .expect("status");
+        let text = format_status(&status);
+        let rows: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.contains("MAILBOX"))
+            .collect();
+        assert_eq!(rows.len(), 3, "{text}");
+        let width = crate::text::CELL_MAX_CHARS;
+        assert!(
+            rows[1].starts_with(&format!("  {}…  ", "a".repeat(width - 1))),
+            "{text}"
+        );
+        assert!(rows[2].starts_with("  bob\\u{1b}[2J@contoso.com"), "{text}");
+        assert!(rows
+            .iter()
+            .all(|r| r.chars().count() == rows[0].chars().count()));
+    }
 }

@@ -16,6 +16,7 @@
 //! - [`audit`]: typed audit events and their JSON-lines writer.
 //! - [`sent_items`]: the durable spool of Sent Items copies, its workers and stores.
 //! - [`reason`]: the one `Reason` enum; [`reply`]: SMTP replies and their defaults.
+//! - [`text`]: control characters, escaped log text and bounded table cells.
 //! - [`report`]: the offline `submitgate report` tool: audit logs → the SMTP AUTH clients report.
 //! - [`endpoint`], [`http_server`], [`fsutil`], [`yaml`]: listeners in Postfix notation, the
 //!   HTTP server under the auth policy endpoint, durable file steps, YAML with positions.
@@ -41,4 +42,5 @@ pub mod reason;
 pub mod reply;
 pub mod report;
 pub mod sent_items;
+pub mod text;
 pub mod yaml;

@@ -21,6 +21,9 @@ pub enum Reason {
     MailboxDisabled,
     /// No organization claims the login's domain and there is no `"*"` organization.
     UnknownOrganization,
+    /// The login cannot be a mailbox: a control character (C0, DEL, C1, Unicode format or bidi
+    /// control), an empty local part or domain, or longer than 320 bytes (RFC 5321's path).
+    InvalidLogin,
 
     // Deferrals (the client is told to try again).
     /// The mailbox already has its limit of concurrent sessions.
@@ -43,10 +46,11 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in declaration order (for reports and metrics that list them all).
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::OrgDisabled,
         Reason::MailboxDisabled,
         Reason::UnknownOrganization,
+        Reason::InvalidLogin,
         Reason::ConcurrencyLimit,
         Reason::LimiterUnavailable,
         Reason::SpoolUnavailable,
@@ -62,6 +66,7 @@ impl Reason {
             Reason::OrgDisabled => "org_disabled",
             Reason::MailboxDisabled => "mailbox_disabled",
             Reason::UnknownOrganization => "unknown_organization",
+            Reason::InvalidLogin => "invalid_login",
             Reason::ConcurrencyLimit => "concurrency_limit",
             Reason::LimiterUnavailable => "limiter_unavailable",
             Reason::SpoolUnavailable => "spool_unavailable",

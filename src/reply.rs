@@ -71,6 +71,8 @@ pub struct Replies {
     pub tenant_disabled: SmtpReply,
     pub mailbox_disabled: SmtpReply,
     pub concurrency_limit: SmtpReply,
+    /// A login that cannot be a mailbox (control characters, empty local part, too long).
+    pub invalid_login: SmtpReply,
     /// When submitgate itself cannot do its part (limiter down with `on_error: tempfail`,
     /// spool unwritable).
     pub tempfail: SmtpReply,
@@ -79,6 +81,8 @@ pub struct Replies {
     pub auth_tenant_disabled: String,
     /// The auth policy refusal text when the mailbox disables SMTP AUTH.
     pub auth_mailbox_disabled: String,
+    /// The auth policy refusal text for a login that cannot be a mailbox.
+    pub auth_invalid_login: String,
 }
 
 /// Exchange Online's reply when the organization disables SMTP AUTH.
@@ -89,6 +93,9 @@ pub const MAILBOX_DISABLED: &str =
     "550 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox.";
 /// Exchange Online's reply over the concurrency limit.
 pub const CONCURRENCY_LIMIT: &str = "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded";
+/// Our reply to a login that cannot be a mailbox (not Exchange's: it has no such check).
+pub const INVALID_LOGIN: &str =
+    "550 5.7.1 Authentication unsuccessful, the login is not a valid mailbox address.";
 /// Our own temporary failure.
 pub const TEMPFAIL: &str = "451 4.3.0 Temporary submission failure, try again later";
 /// The auth policy text (at AUTH) when the organization disables SMTP AUTH.
@@ -97,6 +104,10 @@ pub const AUTH_TENANT_DISABLED: &str =
 /// The auth policy text (at AUTH) when the mailbox disables SMTP AUTH.
 pub const AUTH_MAILBOX_DISABLED: &str =
     "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox";
+
+/// The auth policy text (at AUTH) for a login that cannot be a mailbox.
+pub const AUTH_INVALID_LOGIN: &str =
+    "Authentication unsuccessful, the login is not a valid mailbox address";
 
 /// Longest auth policy refusal text: Dovecot passes it on in one SASL line, and Postfix in one
 /// SMTP reply line.
@@ -126,21 +137,24 @@ impl Default for Replies {
             tenant_disabled: p(TENANT_DISABLED),
             mailbox_disabled: p(MAILBOX_DISABLED),
             concurrency_limit: p(CONCURRENCY_LIMIT),
+            invalid_login: p(INVALID_LOGIN),
             tempfail: p(TEMPFAIL),
             auth_tenant_disabled: AUTH_TENANT_DISABLED.to_string(),
             auth_mailbox_disabled: AUTH_MAILBOX_DISABLED.to_string(),
+            auth_invalid_login: AUTH_INVALID_LOGIN.to_string(),
         }
     }
 }
 
 impl Replies {
     /// The SMTP reply for a refusal or deferral reason: a policy refusal (an unknown
-    /// organization gets the Tenant text), the concurrency limit, or our own temporary failure.
+    /// organization gets the Tenant text), an invalid login, the concurrency limit, or our own temporary failure.
     pub fn for_reason(&self, reason: Reason) -> &SmtpReply {
         match reason {
             Reason::MailboxDisabled => &self.mailbox_disabled,
             Reason::OrgDisabled | Reason::UnknownOrganization => &self.tenant_disabled,
             Reason::ConcurrencyLimit => &self.concurrency_limit,
+            Reason::InvalidLogin => &self.invalid_login,
             Reason::LimiterUnavailable
             | Reason::SpoolUnavailable
             | Reason::Corrupt
@@ -154,6 +168,7 @@ impl Replies {
     pub fn auth_text_for(&self, reason: Reason) -> &str {
         match reason {
             Reason::MailboxDisabled => &self.auth_mailbox_disabled,
+            Reason::InvalidLogin => &self.auth_invalid_login,
             _ => &self.auth_tenant_disabled,
         }
     }

@@ -654,3 +654,49 @@ async fn mailbox_set_changes_the_auth_answer_without_reload() {
         deadline.tick().await;
     }
 }
+
+#[tokio::test]
+async fn allow_refuses_invalid_logins_and_the_report_audits_them() {
+    let (t, mut c) = start("default_domain: contoso.com\n").await;
+    const INVALID: &str = "Authentication unsuccessful, the login is not a valid mailbox address";
+    let long = format!("{}@contoso.com", "a".repeat(400));
+    // A whitespace-only login used to become "@contoso.com" and be allowed.
+    for bad in [
+        "  ",
+        "@contoso.com",
+        "bob\n@contoso.com",
+        "\u{1b}[2Jbob@contoso.com",
+        "moc.\u{202e}bob@contoso.com",
+        long.as_str(),
+    ] {
+        let body = serde_json::json!({
+            "device_id": "", "login": bad, "protocol": "smtp", "pwhash": "08fd",
+            "remote": "127.0.0.1", "session_id": "", "tls": false,
+        });
+        let r = c.post("/?command=allow", &body.to_string(), "").await;
+        assert_eq!(r.status, 200, "{bad:?}: {r:?}");
+        assert_eq!(
+            r.json(),
+            serde_json::json!({"status": -1, "msg": INVALID}),
+            "{bad:?}"
+        );
+    }
+    assert_eq!(
+        c.allow("bob@contoso.com", "smtp").await,
+        serde_json::json!({"status": 0})
+    );
+    // Dovecot's report of the refusal is audited with the typed reason and the escaped login.
+    let body = serde_json::json!({
+        "device_id": "", "login": "bob\n@contoso.com", "protocol": "smtp", "pwhash": "08fd",
+        "remote": "192.0.2.7", "session_id": "", "success": false, "policy_reject": true,
+        "tls": false,
+    });
+    let r = c.post("/?command=report", &body.to_string(), "").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let audit = t.audit().await;
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0]["event"], "auth_refused_by_policy");
+    assert_eq!(audit[0]["reason"], "invalid_login");
+    assert_eq!(audit[0]["reply"], INVALID);
+    assert_eq!(audit[0]["mailbox"], "bob\\n@contoso.com");
+}

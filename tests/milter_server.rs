@@ -838,3 +838,43 @@ async fn a_session_keeps_the_policy_it_started_with() {
     old.quit().await;
     new.quit().await;
 }
+
+#[tokio::test]
+async fn invalid_logins_are_refused_verbatim_and_take_no_lease() {
+    const INVALID: &str =
+        "550 5.7.1 Authentication unsuccessful, the login is not a valid mailbox address.";
+    let t = TestDaemon::start_milter(
+        &[("contoso.yaml", CONTOSO)],
+        "default_domain: contoso.com\n",
+    )
+    .await;
+    let mut c = t.milter().await;
+    c.open().await;
+    let long = format!("{}@contoso.com", "a".repeat(400));
+    let bad = [
+        "  ",
+        "bob\r\n@contoso.com",
+        "\u{1b}]0;owned\u{7}bob@contoso.com",
+        "moc.\u{2067}bob@contoso.com",
+        long.as_str(),
+    ];
+    for login in bad {
+        assert_eq!(reply_text(&c.mail(Some(login)).await), INVALID, "{login:?}");
+        c.abort().await;
+    }
+    assert_eq!(t.in_use("@contoso.com").await, 0);
+    // The same session may still authenticate properly.
+    assert_eq!(c.mail(Some("bob@contoso.com")).await, Reply::Continue);
+    c.quit().await;
+    let audit = t.audit().await;
+    let refused: Vec<&serde_json::Value> = audit
+        .iter()
+        .filter(|e| e["reason"] == "invalid_login")
+        .collect();
+    assert_eq!(refused.len(), bad.len(), "{audit:?}");
+    assert!(refused
+        .iter()
+        .all(|e| e["decision"] == "reject" && e["reply"] == INVALID && e["front_end"] == "milter"));
+    assert_eq!(refused[1]["mailbox"], "bob\\r\\n@contoso.com");
+    assert!(t.spool_entries().is_empty());
+}

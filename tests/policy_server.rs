@@ -410,3 +410,53 @@ async fn a_lease_in_use_is_not_expired_by_its_first_deadline() {
     settle().await;
     assert_eq!(t.in_use("bob@contoso.com").await, 0);
 }
+
+#[tokio::test]
+async fn invalid_logins_are_refused_with_their_own_reply() {
+    const INVALID: &str =
+        "550 5.7.1 Authentication unsuccessful, the login is not a valid mailbox address.";
+    let t = TestDaemon::start(
+        &[("contoso.yaml", CONTOSO)],
+        "default_domain: contoso.com\n",
+    )
+    .await;
+    let mut c = t.client().await;
+    let long = format!("{}@contoso.com", "a".repeat(400));
+    // The policy protocol is line-based: no newline in a value, but every other control.
+    let bad = [
+        " ",
+        "@contoso.com",
+        "bob\u{1b}[31m@contoso.com",
+        "moc.\u{202e}bob@contoso.com",
+        "bob\u{7f}@contoso.com",
+        long.as_str(),
+    ];
+    for (i, login) in bad.iter().enumerate() {
+        let instance = format!("bad{i}");
+        let tx = Txn {
+            login,
+            client_port: 40000 + i as u16,
+            instance: &instance,
+        };
+        assert_eq!(c.ask(&tx, "RCPT").await, INVALID, "{login:?}");
+    }
+    // Nothing counted, not even the mailbox " " would have become with the default domain.
+    assert_eq!(t.in_use("@contoso.com").await, 0);
+    let ok = Txn {
+        login: "bob@contoso.com",
+        client_port: 41000,
+        instance: "good",
+    };
+    assert_eq!(c.ask(&ok, "RCPT").await, "DUNNO");
+    let audit = t.audit().await;
+    let refused: Vec<&serde_json::Value> = audit
+        .iter()
+        .filter(|e| e["reason"] == "invalid_login")
+        .collect();
+    assert_eq!(refused.len(), bad.len(), "{audit:?}");
+    assert!(refused
+        .iter()
+        .all(|e| e["decision"] == "reject" && e["reply"] == INVALID));
+    assert_eq!(refused[2]["mailbox"], "bob\\u{1b}[31m@contoso.com");
+    assert_eq!(refused[3]["mailbox"], "moc.\\u{202e}bob@contoso.com");
+}

@@ -206,7 +206,7 @@ fn csv_records(text: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
-const HEADER: [&str; 17] = [
+const HEADER: [&str; 18] = [
     "Sender address",
     "Domain",
     "Messages sent",
@@ -224,6 +224,7 @@ const HEADER: [&str; 17] = [
     "Other refusals",
     "Auth failures",
     "Auth refused",
+    "Invalid login",
 ];
 
 fn row(fields: &[&str]) -> Vec<String> {
@@ -260,6 +261,7 @@ fn csv_has_exact_rows_and_parses_back() {
             "0",
             "0",
             "0",
+            "0",
         ]),
         row(&[
             "printer@fabrikam.com",
@@ -271,6 +273,7 @@ fn csv_has_exact_rows_and_parses_back() {
             "0.0",
             "1",
             "LOGIN:2",
+            "0",
             "0",
             "0",
             "0",
@@ -298,6 +301,7 @@ fn csv_has_exact_rows_and_parses_back() {
             "0",
             "0",
             "0",
+            "0",
         ]),
         row(&[
             "bob@contoso.com",
@@ -311,6 +315,7 @@ fn csv_has_exact_rows_and_parses_back() {
             "",
             "0",
             "2",
+            "0",
             "0",
             "0",
             "0",
@@ -336,6 +341,7 @@ fn csv_has_exact_rows_and_parses_back() {
             "0",
             "2",
             "1",
+            "0",
         ]),
         row(&[
             "x@unknown.example",
@@ -350,6 +356,7 @@ fn csv_has_exact_rows_and_parses_back() {
             "0",
             "0",
             "1",
+            "0",
             "0",
             "0",
             "0",
@@ -375,6 +382,7 @@ fn csv_has_exact_rows_and_parses_back() {
             "0",
             "2",
             "1",
+            "0",
         ]),
     ];
     assert_eq!(records[1..], expected[..]);
@@ -424,7 +432,7 @@ fn json_has_rows_and_totals() {
             "auth_mechanisms": {"PLAIN": 2, "LOGIN": 1},
             "refusals": {
                 "org_disabled": 0, "mailbox_disabled": 0, "unknown_organization": 0,
-                "concurrency_limit": 1, "limiter_unavailable": 0, "other": 0
+                "invalid_login": 0, "concurrency_limit": 1, "limiter_unavailable": 0, "other": 0
             },
             "auth_failures": 0,
             "auth_refused": 0

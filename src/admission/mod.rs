@@ -10,6 +10,12 @@
 //! audit (reached through [`crate::context`]); this module never imports a front end, `daemon`
 //! or `config`. A new rule (sending limits, authentication policies, TLS) is added here, once:
 //! the facts already carry TLS and the SASL mechanism, and every refusal is a [`Refusal`].
+//!
+//! The first rule is [`login::check`]: a login that cannot be a mailbox (control characters,
+//! an empty local part, over 320 bytes) is refused with [`Reason::InvalidLogin`] before the
+//! policy sees it, at AUTH and at submission alike. Logins reach log lines only escaped.
+
+pub mod login;
 
 use crate::audit::{AuditEvent, EventKind, FrontEnd, Outcome as AuditOutcome};
 use crate::context::Context;
@@ -134,7 +140,8 @@ pub enum Outcome {
         /// went on with the lease it held).
         in_use: Option<u32>,
     },
-    /// Refused for good (5xx): the policy disables the mailbox or its organization.
+    /// Refused for good (5xx): the policy disables the mailbox or its organization, or the
+    /// login cannot be a mailbox (then `mailbox` is the login escaped, [`login::shown`]).
     Refused(Refusal),
     /// Try again later (4xx): over the mailbox's limit, or the limiter cannot answer.
     Deferred(Refusal),
@@ -148,6 +155,22 @@ pub async fn admit(
     facts: &Facts<'_>,
     hold: &mut Hold,
 ) -> Outcome {
+    if let Err(problem) = login::check(facts.login) {
+        let refusal = Refusal {
+            reason: Reason::InvalidLogin,
+            reply: ctx.replies.for_reason(Reason::InvalidLogin).clone(),
+            mailbox: login::shown(facts.login),
+            organization: None,
+        };
+        tracing::info!(
+            peer = facts.peer,
+            login = %refusal.mailbox,
+            %problem,
+            "submission refused: invalid login"
+        );
+        record_refusal(ctx, facts, AuditOutcome::Reject, &refusal, None, None).await;
+        return Outcome::Refused(refusal);
+    }
     let allowed = match evaluate(snapshot, &Submission { login: facts.login }) {
         Decision::Allow(allowed) => allowed,
         Decision::Reject {
@@ -332,9 +355,13 @@ pub fn check_login(ctx: &Context, snapshot: &PolicySnapshot, facts: &LoginFacts<
         reason, mailbox, ..
     } = &check
     {
+        // An invalid login's `mailbox` is already escaped; a policy refusal's is a checked
+        // login, normalized.
+        let problem = login::check(facts.login).err().map(|p| p.to_string());
         tracing::info!(
-            mailbox,
+            mailbox = %mailbox,
             reason = reason.as_str(),
+            problem,
             remote = facts.remote,
             protocol = facts.protocol,
             "login refused at AUTH"
@@ -350,6 +377,14 @@ pub fn describe_login(
     snapshot: &PolicySnapshot,
     facts: &LoginFacts<'_>,
 ) -> LoginCheck {
+    if login::check(facts.login).is_err() {
+        return LoginCheck::Refused {
+            reason: Reason::InvalidLogin,
+            text: ctx.replies.auth_text_for(Reason::InvalidLogin).to_string(),
+            mailbox: login::shown(facts.login),
+            organization: None,
+        };
+    }
     match evaluate(snapshot, &Submission { login: facts.login }) {
         Decision::Allow(allowed) => LoginCheck::Allowed(allowed),
         Decision::Reject {

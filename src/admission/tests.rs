@@ -399,3 +399,121 @@ async fn an_unreachable_limiter_with_on_error_allow_admits() {
     assert_eq!(audit[0]["sessions_in_use"], 0);
     drop(hold);
 }
+
+/// Logins that cannot be mailboxes, each with the escaped form the audit event shows. The
+/// whitespace-only one used to become `@contoso.com` (the default domain) and be allowed.
+const INVALID_LOGINS: &[(&str, &str)] = &[
+    ("   ", "\"   \""),
+    ("@contoso.com", "@contoso.com"),
+    ("alice\n@contoso.com", "alice\\n@contoso.com"),
+    (
+        "\u{1b}[31malice@contoso.com",
+        "\\u{1b}[31malice@contoso.com",
+    ),
+    (
+        "moc.\u{202e}alice@contoso.com",
+        "moc.\\u{202e}alice@contoso.com",
+    ),
+    ("alice\u{85}@contoso.com", "alice\\u{85}@contoso.com"),
+];
+
+#[tokio::test]
+async fn invalid_logins_are_refused_before_the_policy_and_audited() {
+    let h = Harness::new();
+    let too_long = format!("{}@contoso.com", "a".repeat(400));
+    let too_long_shown = login::shown(&too_long);
+    assert_eq!(too_long_shown.chars().count(), login::SHOWN_LOGIN_CHARS);
+    let mut cases: Vec<(&str, &str)> = INVALID_LOGINS.to_vec();
+    cases.push((&too_long, &too_long_shown));
+    for (i, (bad, shown)) in cases.iter().enumerate() {
+        // Both scopes, as the milter and the policy front end ask.
+        let (facts, scope) = if i % 2 == 0 {
+            (milter(bad), Scope::Session)
+        } else {
+            (policy(bad), Scope::Transaction)
+        };
+        let mut hold = Hold::new(scope);
+        match h.admit(&facts, &mut hold).await {
+            Outcome::Refused(r) => {
+                assert_eq!(r.reason, Reason::InvalidLogin, "{bad:?}");
+                assert_eq!(r.reply.to_string(), reply::INVALID_LOGIN);
+                assert_eq!(r.mailbox, *shown);
+                assert_eq!(r.organization, None);
+            }
+            other => panic!("{bad:?}: {other:?}"),
+        }
+        assert!(!hold.is_held());
+        assert_eq!(hold.take_opened(), None);
+    }
+    // Nothing was counted, not even for the mailbox the default domain would have made.
+    assert_eq!(h.ctx.limiter.in_use("@contoso.com").await, 0);
+    let audit = h.audit().await;
+    assert_eq!(audit.len(), cases.len());
+    for (ev, (bad, shown)) in audit.iter().zip(&cases) {
+        assert_eq!(ev["event"], "submission_decision", "{bad:?}");
+        assert_eq!(ev["decision"], "reject");
+        assert_eq!(ev["reason"], "invalid_login");
+        assert_eq!(ev["reply"], reply::INVALID_LOGIN);
+        assert_eq!(ev["mailbox"], *shown);
+        assert!(ev.get("organization").map_or(true, Value::is_null));
+        assert!(ev.get("session_opened").is_none());
+    }
+    // A valid login is still admitted after all that.
+    let mut hold = Hold::new(Scope::Session);
+    admitted(h.admit(&milter("alice@contoso.com"), &mut hold).await);
+}
+
+#[tokio::test]
+async fn the_configured_invalid_login_reply_is_used() {
+    let mut h = Harness::new();
+    h.ctx.replies = Arc::new(Replies {
+        invalid_login: "553 5.7.1 Bad login".parse().expect("reply"),
+        auth_invalid_login: "Bad login".to_string(),
+        ..Replies::default()
+    });
+    let mut hold = Hold::new(Scope::Transaction);
+    match h.admit(&policy("a\u{7f}b@contoso.com"), &mut hold).await {
+        Outcome::Refused(r) => assert_eq!(r.reply.to_string(), "553 5.7.1 Bad login"),
+        other => panic!("{other:?}"),
+    }
+    let facts = LoginFacts {
+        login: " ",
+        remote: None,
+        protocol: Some("smtp"),
+        sasl_mechanism: None,
+        secured: None,
+    };
+    assert!(matches!(
+        check_login(&h.ctx, &h.snapshot, &facts),
+        LoginCheck::Refused { reason: Reason::InvalidLogin, ref text, .. } if text == "Bad login"
+    ));
+}
+
+#[tokio::test]
+async fn the_check_at_auth_refuses_invalid_logins() {
+    let h = Harness::new();
+    for (bad, shown) in INVALID_LOGINS {
+        let facts = LoginFacts {
+            login: bad,
+            remote: Some("192.0.2.7"),
+            protocol: Some("smtp"),
+            sasl_mechanism: Some("PLAIN"),
+            secured: Some(true),
+        };
+        match check_login(&h.ctx, &h.snapshot, &facts) {
+            LoginCheck::Refused {
+                reason,
+                text,
+                mailbox,
+                organization,
+            } => {
+                assert_eq!(reason, Reason::InvalidLogin, "{bad:?}");
+                assert_eq!(text, reply::AUTH_INVALID_LOGIN);
+                assert_eq!(mailbox, *shown);
+                assert_eq!(organization, None);
+            }
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+    assert!(h.audit().await.is_empty());
+}

@@ -13,12 +13,12 @@ pub(super) fn run(args: &PolicyArgs) -> anyhow::Result<ExitCode> {
     let config = match load_config_for_policy(args) {
         Ok(c) => {
             if let Some(c) = &c {
-                println!("{}: configuration OK", c.path.display());
+                outln!("{}: configuration OK", c.path.display())?;
             }
             c
         }
         Err(e) => {
-            println!("{e}");
+            outln!("{e}")?;
             failed = true;
             None
         }
@@ -29,30 +29,30 @@ pub(super) fn run(args: &PolicyArgs) -> anyhow::Result<ExitCode> {
         .and_then(|c| c.auth_policy_api_key_file.as_ref())
     {
         if let Err(e) = submitgate::auth_policy::ApiKey::read(path) {
-            println!("{e}");
+            outln!("{e}")?;
             failed = true;
         }
     }
     let (dir, opts) = policy_location(args, config.as_ref());
     match policy::load_dir(&dir, &opts) {
         Ok(snap) => {
-            println!(
+            outln!(
                 "{}: policies OK: {} organization(s), {} mailbox(es) with own settings, version {}",
                 dir.display(),
                 snap.organizations().len(),
                 snap.mailbox_count(),
                 snap.version
-            );
+            )?;
             if snap.organizations().is_empty() {
-                println!(
+                outln!(
                     "{}: warning: no organization defined; every submission will be refused",
                     dir.display()
-                );
+                )?;
             }
         }
         Err(errors) => {
-            println!("{errors}");
-            println!("{} error(s)", errors.0.len());
+            outln!("{errors}")?;
+            outln!("{} error(s)", errors.0.len())?;
             failed = true;
         }
     }

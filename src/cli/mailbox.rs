@@ -72,9 +72,9 @@ pub(super) fn run(command: MailboxCommand) -> anyhow::Result<ExitCode> {
 fn print_mailbox(snap: &PolicySnapshot, address: &str, json: bool) -> anyhow::Result<()> {
     let view = snap.describe(address);
     if json {
-        println!("{}", serde_json::to_string_pretty(&view)?);
+        outln!("{}", serde_json::to_string_pretty(&view)?)?;
     } else {
-        print!("{}", format_mailbox(&view));
+        out!("{}", format_mailbox(&view))?;
     }
     Ok(())
 }

@@ -10,12 +10,33 @@
 //! - `status`: `status` and `reload`, through the running daemon's control socket.
 //! - `spool`: `spool list|retry`.
 //! - `report`: the SMTP AUTH clients report from audit logs.
+//!
+//! Standard output is written only through `outln!`/`out!`, which return the write error
+//! (`println!` panics on it): a reader that goes away (`submitgate report | head`) ends the
+//! command quietly with exit status 141, as a tool killed by SIGPIPE reports in the shell.
 
+use std::io::{self, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use submitgate::config::DEFAULT_CONFIG_PATH;
+
+/// `println!` to standard output that returns the `io::Result` instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
+/// `print!` to standard output that returns the `io::Result` instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
 
 mod check;
 mod mailbox;
@@ -105,8 +126,44 @@ pub fn init_tracing() {
         .init();
 }
 
-/// Runs the subcommand; its exit code, or the error `main` prints.
+/// The exit status when standard output was closed early: 128 + SIGPIPE, what a shell shows
+/// for `yes | head` (Rust ignores SIGPIPE, so the write fails with EPIPE instead).
+pub const BROKEN_PIPE_EXIT: u8 = 141;
+
+/// Runs the subcommand; its exit code, or the error `main` prints. Standard output closed by
+/// its reader is not an error: the command stops quietly with [`BROKEN_PIPE_EXIT`].
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let result = dispatch(cli).and_then(|code| {
+        io::stdout().lock().flush()?;
+        Ok(code)
+    });
+    match result {
+        Err(e) if is_broken_pipe(&e) => Ok(ExitCode::from(BROKEN_PIPE_EXIT)),
+        other => other,
+    }
+}
+
+/// Whether an error comes from writing into a pipe nobody reads any more (directly, or
+/// inside the report's CSV or JSON writer).
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        let kind = if let Some(io) = cause.downcast_ref::<io::Error>() {
+            Some(io.kind())
+        } else if let Some(json) = cause.downcast_ref::<serde_json::Error>() {
+            json.io_error_kind()
+        } else if let Some(csv) = cause.downcast_ref::<csv::Error>() {
+            match csv.kind() {
+                csv::ErrorKind::Io(io) => Some(io.kind()),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        kind == Some(io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(c) => serve::run(&c),
         Command::Check(args) => check::run(&args),

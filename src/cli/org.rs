@@ -98,12 +98,12 @@ fn org_get(snap: &PolicySnapshot, name: Option<&str>, json: bool) -> anyhow::Res
         } else {
             serde_json::Value::Array(v)
         };
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     for (i, o) in orgs.iter().enumerate() {
         if i > 0 {
-            println!();
+            outln!()?;
         }
         let rows = [
             ("Organization", o.name.clone()),
@@ -134,7 +134,7 @@ fn org_get(snap: &PolicySnapshot, name: Option<&str>, json: bool) -> anyhow::Res
                 snap.mailboxes_of(&o.name).len().to_string(),
             ),
         ];
-        print!("{}", format_list(&rows));
+        out!("{}", format_list(&rows))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use clap::Subcommand;
 use submitgate::config::Config;
 use submitgate::sent_items::spool::{EntryId, EntryInfo, Spool};
+use submitgate::text;
 
 use super::ConfigArg;
 
@@ -49,9 +50,9 @@ pub(super) fn run(command: SpoolCommand) -> anyhow::Result<ExitCode> {
             let spool = attach_spool(&config)?;
             let entries = rt.block_on(spool.list(failed))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&entries)?);
+                outln!("{}", serde_json::to_string_pretty(&entries)?)?;
             } else {
-                print!("{}", format_spool(&entries));
+                out!("{}", format_spool(&entries))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -65,14 +66,14 @@ pub(super) fn run(command: SpoolCommand) -> anyhow::Result<ExitCode> {
                 vec![id]
             };
             for id in &moved {
-                println!("{id}: queued again");
+                outln!("{id}: queued again")?;
             }
-            println!(
+            outln!(
                 "{} entr{} queued again; the daemon picks {} up within its scan_interval",
                 moved.len(),
                 if moved.len() == 1 { "y" } else { "ies" },
                 if moved.len() == 1 { "it" } else { "them" }
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -90,22 +91,32 @@ fn attach_spool(config: &ConfigArg) -> anyhow::Result<Spool> {
     })
 }
 
-/// `spool list` as a table; an unreadable entry shows its problem as the error.
+/// Longest LAST ERROR shown in the table, in characters (the last column is not padded).
+const ERROR_MAX_CHARS: usize = 200;
+
+/// `spool list` as a table; an unreadable entry shows its problem as the error. Every cell
+/// is escaped; the padded ones are cut to [`text::CELL_MAX_CHARS`], the error to
+/// [`ERROR_MAX_CHARS`] (`--json` has the whole values).
 fn format_spool(entries: &[EntryInfo]) -> String {
     let rows: Vec<[String; 6]> = entries
         .iter()
         .map(|e| {
+            let cut = |s: &str| text::cell(s, text::CELL_MAX_CHARS).into_owned();
             [
                 e.id.to_string(),
-                e.mailbox.clone().unwrap_or_else(|| "?".into()),
-                e.queue_id.clone().unwrap_or_else(|| "?".into()),
+                cut(e.mailbox.as_deref().unwrap_or("?")),
+                cut(e.queue_id.as_deref().unwrap_or("?")),
                 humantime::format_duration(std::time::Duration::from_secs(e.age.as_secs()))
                     .to_string(),
                 e.attempts.to_string(),
-                e.problem
-                    .clone()
-                    .or_else(|| e.last_error.clone())
-                    .unwrap_or_default(),
+                text::cell(
+                    e.problem
+                        .as_deref()
+                        .or(e.last_error.as_deref())
+                        .unwrap_or_default(),
+                    ERROR_MAX_CHARS,
+                )
+                .into_owned(),
             ]
         })
         .collect();
@@ -137,4 +148,48 @@ fn format_spool(entries: &[EntryInfo]) -> String {
         if rows.len() == 1 { "y" } else { "ies" }
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn entry(mailbox: &str, error: Option<String>) -> EntryInfo {
+        EntryInfo {
+            id: "1718022896.123456-4242-7".parse().expect("entry id"),
+            mailbox: Some(mailbox.to_string()),
+            queue_id: Some("5B0E4B672E".into()),
+            size: Some(10),
+            age: Duration::from_secs(90),
+            attempts: 2,
+            last_error: error,
+            next_attempt_at: None,
+            problem: None,
+        }
+    }
+
+    #[test]
+    fn huge_and_odd_cells_are_cut_and_escaped() {
+        let huge = format!("{}@contoso.com", "a".repeat(70_000));
+        let table = format_spool(&[
+            entry(&huge, Some("e".repeat(70_000))),
+            entry("bob\n\u{1b}[2J@contoso.com", Some("line\nbreak".into())),
+        ]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        let width = text::CELL_MAX_CHARS;
+        assert!(
+            lines[1].contains(&format!("  {}…  ", "a".repeat(width - 1))),
+            "{table}"
+        );
+        assert!(lines[1].ends_with(&format!("{}…", "e".repeat(ERROR_MAX_CHARS - 1))));
+        assert!(lines[2].contains("bob\\n\\u{1b}[2J@contoso.com"), "{table}");
+        assert!(lines[2].ends_with("line\\nbreak"), "{table}");
+        // The columns stay aligned: QUEUE ID starts at the same place on every line.
+        let at = |l: &str| l.find("5B0E4B672E").map(|i| l[..i].chars().count());
+        assert_eq!(at(lines[1]), at(lines[2]));
+        assert_eq!(lines[3], "2 entries");
+    }
 }

@@ -15,9 +15,9 @@ pub(super) fn status(json: bool, config: &ConfigArg) -> anyhow::Result<ExitCode>
     let status: control::Status =
         rt.block_on(control::request(&endpoint, &control::Request::Status))?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        outln!("{}", serde_json::to_string_pretty(&status)?)?;
     } else {
-        print!("{}", control::format_status(&status));
+        out!("{}", control::format_status(&status))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -29,20 +29,20 @@ pub(super) fn reload(json: bool, config: &ConfigArg) -> anyhow::Result<ExitCode>
     let reply: control::ReloadReply =
         rt.block_on(control::request(&endpoint, &control::Request::Reload))?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&reply)?);
+        outln!("{}", serde_json::to_string_pretty(&reply)?)?;
     } else if reply.ok {
-        println!(
+        outln!(
             "reloaded: policy version {}{}",
             reply.version.unwrap_or_default(),
             if reply.unchanged { " (unchanged)" } else { "" }
-        );
+        )?;
     } else {
-        println!(
+        outln!(
             "reload FAILED; the old policy (version {}) stays in force:",
             reply.version.unwrap_or_default()
-        );
+        )?;
         for e in &reply.errors {
-            println!("  {e}");
+            outln!("  {e}")?;
         }
     }
     Ok(if reply.ok {

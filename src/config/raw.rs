@@ -141,4 +141,6 @@ pub(super) struct RawReplies {
     pub tempfail: Option<String>,
     pub auth_tenant_disabled: Option<String>,
     pub auth_mailbox_disabled: Option<String>,
+    pub invalid_login: Option<String>,
+    pub auth_invalid_login: Option<String>,
 }

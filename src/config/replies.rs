@@ -28,6 +28,11 @@ pub(super) fn check(ck: &mut Checker, raw: Option<&RawReplies>) -> Replies {
             &mut replies.concurrency_limit,
         ),
         ("tempfail", &r.tempfail, &mut replies.tempfail),
+        (
+            "invalid_login",
+            &r.invalid_login,
+            &mut replies.invalid_login,
+        ),
     ] {
         ck.reply_at(&["replies", name], value.as_deref(), slot);
     }
@@ -41,6 +46,11 @@ pub(super) fn check(ck: &mut Checker, raw: Option<&RawReplies>) -> Replies {
             "auth_mailbox_disabled",
             &r.auth_mailbox_disabled,
             &mut replies.auth_mailbox_disabled,
+        ),
+        (
+            "auth_invalid_login",
+            &r.auth_invalid_login,
+            &mut replies.auth_invalid_login,
         ),
     ] {
         ck.auth_reply_at(&["replies", name], value.as_deref(), slot);

@@ -281,6 +281,30 @@ fn replies_can_be_overridden() {
 }
 
 #[test]
+fn the_invalid_login_replies_default_and_can_be_overridden() {
+    let c = parse("policy: [\"inet:127.0.0.1:1\"]\n").unwrap();
+    assert_eq!(
+        c.replies.invalid_login.to_string(),
+        crate::reply::INVALID_LOGIN
+    );
+    assert_eq!(
+        c.replies.auth_invalid_login,
+        crate::reply::AUTH_INVALID_LOGIN
+    );
+    let c = parse(
+        "policy: [\"inet:127.0.0.1:1\"]\nreplies: { invalid_login: \"553 5.7.1 Bad login\", \
+auth_invalid_login: \"Bad login\" }\n",
+    )
+    .unwrap();
+    assert_eq!(c.replies.invalid_login.to_string(), "553 5.7.1 Bad login");
+    assert_eq!(c.replies.auth_invalid_login, "Bad login");
+    let e = parse("policy: [\"inet:127.0.0.1:1\"]\nreplies: { invalid_login: \"250 ok\" }\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("replies.invalid_login"), "{e}");
+}
+
+#[test]
 fn auth_policy_defaults_and_overrides() {
     let c = parse("policy: [\"inet:127.0.0.1:1\"]\n").unwrap();
     assert!(c.auth_policy_listeners.is_empty());

@@ -6,6 +6,7 @@ use std::io::{self, Write};
 use super::range::rfc3339;
 use super::tally::{Report, Tally};
 use super::ReportError;
+use crate::text;
 
 /// A line of the table and CSV outputs: a sender, or the totals.
 struct Entry<'a> {
@@ -112,6 +113,10 @@ const COLUMNS: &[Column] = &[
     optional("Other refusals", |e| e.tally.refusals.other.to_string()),
     optional("Auth failures", |e| e.tally.auth_failures.to_string()),
     optional("Auth refused", |e| e.tally.auth_refused.to_string()),
+    // Last, so that CSV readers by column position written before it still read right.
+    optional("Invalid login", |e| {
+        e.tally.refusals.invalid_login.to_string()
+    }),
 ];
 
 /// `PLAIN:3 LOGIN:1`.
@@ -123,8 +128,8 @@ fn mechanisms(t: &Tally) -> String {
         .join(" ")
 }
 
-/// Aligned columns (text left, numbers right, `-` for an undefined share), a rule under the
-/// header and above the totals; optional columns only when one of their values is not zero.
+/// Aligned columns (text left, numbers right, `-` for an undefined share; a text cell escaped
+/// and cut to [`text::CELL_MAX_CHARS`]), a rule under the header and above the totals; optional columns only when one of their values is not zero.
 pub fn write_table(report: &Report, out: &mut dyn Write) -> io::Result<()> {
     match (report.first_event, report.last_event) {
         (Some(f), Some(l)) => writeln!(
@@ -145,8 +150,11 @@ pub fn write_table(report: &Report, out: &mut dyn Write) -> io::Result<()> {
         let v = (c.cell)(e);
         if c.numeric && v.is_empty() {
             "-".to_string()
-        } else {
+        } else if c.numeric {
             v
+        } else {
+            // A sender comes from the audit log: escaped and cut, it cannot break the table.
+            text::cell(&v, text::CELL_MAX_CHARS).into_owned()
         }
     };
     let columns: Vec<&Column> = COLUMNS

@@ -77,6 +77,8 @@ pub struct Refusals {
     pub mailbox_disabled: u64,
     /// No organization claims the login's domain.
     pub unknown_organization: u64,
+    /// The login cannot be a mailbox (control characters, empty local part, too long).
+    pub invalid_login: u64,
     /// Over the concurrent session limit.
     pub concurrency_limit: u64,
     /// The limiter could not be reached and the configuration says tempfail.
@@ -92,6 +94,7 @@ impl Refusals {
             Some(Reason::OrgDisabled) => &mut self.org_disabled,
             Some(Reason::MailboxDisabled) => &mut self.mailbox_disabled,
             Some(Reason::UnknownOrganization) => &mut self.unknown_organization,
+            Some(Reason::InvalidLogin) => &mut self.invalid_login,
             Some(Reason::ConcurrencyLimit) => &mut self.concurrency_limit,
             Some(Reason::LimiterUnavailable) => &mut self.limiter_unavailable,
             Some(
@@ -109,6 +112,7 @@ impl Refusals {
         self.org_disabled += o.org_disabled;
         self.mailbox_disabled += o.mailbox_disabled;
         self.unknown_organization += o.unknown_organization;
+        self.invalid_login += o.invalid_login;
         self.concurrency_limit += o.concurrency_limit;
         self.limiter_unavailable += o.limiter_unavailable;
         self.other += o.other;
@@ -119,6 +123,7 @@ impl Refusals {
         self.org_disabled
             + self.mailbox_disabled
             + self.unknown_organization
+            + self.invalid_login
             + self.concurrency_limit
             + self.limiter_unavailable
             + self.other

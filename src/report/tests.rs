@@ -249,3 +249,26 @@ fn times_are_written_as_the_audit_log_does() {
     assert_eq!(parse_timestamp("1969-12-31T23:59:59Z"), None);
     assert!(TimeRange::parse(Some("1969-12-31"), None, now).is_err());
 }
+
+#[test]
+fn invalid_logins_have_their_own_column() {
+    let log = concat!(
+        r#"{"ts":"2026-11-27T09:00:00.000Z","event":"submission_decision","mailbox":"bob\\n@contoso.com","decision":"reject","reason":"invalid_login"}"#,
+        "\n",
+        r#"{"ts":"2026-11-27T09:00:01.000Z","event":"submission_decision","mailbox":"a@x","decision":"reject","reason":"org_disabled"}"#,
+        "\n",
+    );
+    let mut b = ReportBuilder::new(TimeRange::default());
+    b.add_reader("mem", &mut log.as_bytes()).unwrap();
+    let r = b.finish();
+    assert_eq!(r.totals.refusals.invalid_login, 1);
+    assert_eq!(r.totals.refusals.other, 0);
+    assert_eq!(r.totals.refusals.total(), 2);
+    let mut table = Vec::new();
+    table::write_table(&r, &mut table).unwrap();
+    let table = String::from_utf8(table).unwrap();
+    let header = table.lines().nth(2).unwrap();
+    assert!(header.ends_with("Invalid login"), "{table}");
+    // The sender is shown as the audit log has it (already escaped).
+    assert!(table.contains("bob\\n@contoso.com"), "{table}");
+}
