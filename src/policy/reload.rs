@@ -51,7 +51,8 @@ pub enum ReloadOutcome {
         version: String,
         organizations: usize,
         mailboxes: usize,
-        /// The files had not changed: nothing was swapped or audited.
+        /// The files had not changed: nothing was swapped or audited (the success is still
+        /// recorded for `status`).
         unchanged: bool,
     },
     /// The old policy stays in force.
@@ -105,11 +106,15 @@ impl Reloader {
     }
 
     /// Reloads the policy files. A broken set keeps the old policy, logs every error and
-    /// audits `policy_reload_failed`; an unchanged set is a no-op.
+    /// audits `policy_reload_failed`; an unchanged set swaps and audits nothing, but like any
+    /// successful reload it is recorded for `status` (clearing an earlier failure).
     pub async fn reload(&self) -> ReloadOutcome {
         let _one_at_a_time = self.lock.lock().await;
         match load(&self.dir, &self.options).await {
             Ok(snapshot) if snapshot.version == self.policy.load().version => {
+                // Still a successful reload: it clears a FAILED left by a broken edit that
+                // has since been reverted to the text in force.
+                self.record(true, Vec::new());
                 tracing::debug!(version = %snapshot.version, "policy files unchanged");
                 ReloadOutcome::Reloaded {
                     version: snapshot.version.clone(),
