@@ -163,6 +163,7 @@ async fn transient_failures_back_off_then_fail_at_max_age() {
     let (audit, writer) = Audit::start(&audit::Settings {
         target: audit::Target::File(audit_path.clone()),
         queue: 16,
+        mode: audit::DEFAULT_MODE,
     })
     .expect("audit");
     let shutdown = CancellationToken::new();

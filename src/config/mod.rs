@@ -113,6 +113,7 @@ impl Config {
                 file: path.to_path_buf(),
                 line: 0,
                 column: 0,
+                kind: crate::yaml::ErrorKind::Unreadable,
                 message: format!("cannot read: {e}"),
             }])
         })?;
@@ -127,6 +128,7 @@ impl Config {
                 file: path.to_path_buf(),
                 line,
                 column,
+                kind: crate::yaml::ErrorKind::Config,
                 message: e.to_string(),
             }])
         })?;

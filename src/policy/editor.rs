@@ -11,7 +11,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use super::load::{is_policy_file, load_files, LoadOptions, MAX_SESSION_LIMIT};
+use super::load::{is_policy_file, load_files, read_policy_file, LoadOptions, MAX_SESSION_LIMIT};
 use super::{normalize_login, MailboxSettings, Organization, PolicyErrors, PolicySnapshot};
 use crate::fsutil::{self, FsError, TempFile};
 use crate::yaml::{self, Node};
@@ -126,9 +126,17 @@ fn read_files(dir: &Path) -> Result<Vec<(PathBuf, String)>, EditError> {
     paths.sort();
     paths
         .into_iter()
-        .map(|p| {
-            let text = std::fs::read_to_string(&p).map_err(io_err(&p))?;
-            Ok((p, text))
+        .map(|p| match read_policy_file(dir, &p) {
+            Ok(text) => Ok((p, text)),
+            Err((kind, message)) => {
+                Err(EditError::Invalid(PolicyErrors(vec![super::PolicyError {
+                    file: p,
+                    line: 0,
+                    column: 0,
+                    kind,
+                    message,
+                }])))
+            }
         })
         .collect()
 }

@@ -10,7 +10,7 @@ use super::{
     MailboxEntry, MailboxSettings, Organization, PolicyError, PolicyErrors, PolicySnapshot,
     SentItems, DEFAULT_MAX_SESSIONS, WILDCARD_DOMAIN,
 };
-use crate::yaml::{self, Node, NodeKind, Pos, Scalar};
+use crate::yaml::{self, quote, ErrorKind, Node, NodeKind, Pos, Scalar};
 
 /// Largest policy file accepted (100 000 mailboxes take about 6 MiB).
 pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
@@ -31,6 +31,7 @@ pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<PolicySnapshot, Policy
             file: dir.to_path_buf(),
             line: 0,
             column: 0,
+            kind: ErrorKind::Unreadable,
             message,
         }])
     };
@@ -48,12 +49,13 @@ pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<PolicySnapshot, Policy
     let mut files = Vec::with_capacity(paths.len());
     let mut errors = Vec::new();
     for path in paths {
-        match read_policy_file(&path) {
+        match read_policy_file(dir, &path) {
             Ok(text) => files.push((path, text)),
-            Err(message) => errors.push(PolicyError {
+            Err((kind, message)) => errors.push(PolicyError {
                 file: path,
                 line: 0,
                 column: 0,
+                kind,
                 message,
             }),
         }
@@ -68,28 +70,88 @@ pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<PolicySnapshot, Policy
     }
 }
 
-/// Whether `path` names a policy file: `*.yaml`/`*.yml`, not hidden (editors' swap and temp
-/// files start with a dot).
+/// Whether `path` is named like a policy file: `*.yaml`/`*.yml`, not hidden (editors' swap and
+/// temp files start with a dot). Whether it may be read is [`read_policy_file`]'s business: a
+/// name that matches but is not a regular file is an error, not silently skipped.
 pub fn is_policy_file(path: &Path) -> bool {
     let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
         return false;
     };
-    !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml")) && path.is_file()
+    !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"))
 }
 
-fn read_policy_file(path: &Path) -> Result<String, String> {
-    let md = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
-    if md.len() > MAX_FILE_BYTES {
-        return Err(format!(
-            "file is {} bytes; the limit is {MAX_FILE_BYTES}",
-            md.len()
+/// Reads the policy file `path` of the directory `dir`, refusing what must not be read: a
+/// symbolic link that leads out of the directory (a link to `/etc/shadow` must not end up
+/// quoted in error messages), anything but a regular file (a fifo would block the loader),
+/// more than [`MAX_FILE_BYTES`], text that is not UTF-8. The file is opened without following
+/// a link and checked on the open descriptor, so it cannot be swapped between check and read.
+pub(super) fn read_policy_file(dir: &Path, path: &Path) -> Result<String, (ErrorKind, String)> {
+    use rustix::fs::{Mode, OFlags};
+    use std::io::Read;
+    let unreadable =
+        |e: &dyn std::fmt::Display| (ErrorKind::Unreadable, format!("cannot read: {e}"));
+    let md = std::fs::symlink_metadata(path).map_err(|e| unreadable(&e))?;
+    let real = if md.file_type().is_symlink() {
+        let outside = || {
+            (
+                ErrorKind::OutsideDirectory,
+                "is a symbolic link that leads out of the policy directory (or nowhere); refused"
+                    .to_string(),
+            )
+        };
+        let real = std::fs::canonicalize(path).map_err(|_| outside())?;
+        let real_dir = std::fs::canonicalize(dir).map_err(|e| unreadable(&e))?;
+        if !real.starts_with(&real_dir) {
+            return Err(outside());
+        }
+        real
+    } else {
+        path.to_path_buf()
+    };
+    // NONBLOCK: opening a fifo must not wait for a writer; NOFOLLOW: no link swapped in.
+    let fd = rustix::fs::open(
+        &real,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| unreadable(&e))?;
+    let mut file = std::fs::File::from(fd);
+    let md = file.metadata().map_err(|e| unreadable(&e))?;
+    if !md.is_file() {
+        let what = if md.is_dir() {
+            "a directory"
+        } else {
+            "a special file"
+        };
+        return Err((
+            ErrorKind::NotRegularFile,
+            format!("is {what}, not a regular file; refused"),
         ));
     }
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    if md.len() > MAX_FILE_BYTES {
+        return Err((
+            ErrorKind::TooLarge,
+            format!("file is {} bytes; the limit is {MAX_FILE_BYTES}", md.len()),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(md.len()).unwrap_or(0));
+    (&mut file)
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| unreadable(&e))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err((
+            ErrorKind::TooLarge,
+            format!("file grew past the limit of {MAX_FILE_BYTES} bytes while being read"),
+        ));
+    }
     String::from_utf8(bytes).map_err(|e| {
-        format!(
-            "not valid UTF-8 (byte offset {})",
-            e.utf8_error().valid_up_to()
+        (
+            ErrorKind::NotUtf8,
+            format!(
+                "not valid UTF-8 (byte offset {})",
+                e.utf8_error().valid_up_to()
+            ),
         )
     })
 }
@@ -113,7 +175,7 @@ pub fn load_files(
                     raw_orgs.push(org);
                 }
             }
-            Err(e) => ctx.error(e.pos, e.message),
+            Err(e) => ctx.error(e.pos, ErrorKind::Syntax, e.message),
         }
     }
     let snap = compile(raw_orgs, files, opts, &mut errors);
@@ -160,11 +222,12 @@ const MAILBOX_KEYS: &[&str] = &[
 const SENT_ITEMS_KEYS: &[&str] = &["enabled", "folder"];
 
 impl FileCtx<'_> {
-    fn error(&mut self, pos: Pos, message: impl Into<String>) {
+    fn error(&mut self, pos: Pos, kind: ErrorKind, message: impl Into<String>) {
         self.errors.push(PolicyError {
             file: self.file.to_path_buf(),
             line: pos.line,
             column: pos.column,
+            kind,
             message: message.into(),
         });
     }
@@ -180,6 +243,7 @@ impl FileCtx<'_> {
         let Some(map) = node.as_map() else {
             self.error(
                 node.start,
+                ErrorKind::WrongType,
                 format!("{what} must be a mapping, found {}", node.describe()),
             );
             return None;
@@ -188,7 +252,11 @@ impl FileCtx<'_> {
         let mut out = Vec::new();
         for (k, v) in map {
             let Some(key) = k.text() else {
-                self.error(k.start, format!("keys in {what} must be plain names"));
+                self.error(
+                    k.start,
+                    ErrorKind::WrongType,
+                    format!("keys in {what} must be plain names"),
+                );
                 continue;
             };
             if !known.contains(&key) {
@@ -197,8 +265,10 @@ impl FileCtx<'_> {
                     .unwrap_or_default();
                 self.error(
                     k.start,
+                    ErrorKind::UnknownKey,
                     format!(
-                        "unknown key {key:?} in {what}{hint}; allowed: {}",
+                        "unknown key {} in {what}{hint}; allowed: {}",
+                        quote(key),
                         known.join(", ")
                     ),
                 );
@@ -207,6 +277,7 @@ impl FileCtx<'_> {
             if let Some((_, first)) = seen.iter().find(|(s, _)| *s == key) {
                 self.error(
                     k.start,
+                    ErrorKind::DuplicateKey,
                     format!(
                         "duplicate key {key:?} in {what} (first at line {})",
                         first.line
@@ -227,6 +298,7 @@ impl FileCtx<'_> {
             _ => {
                 self.error(
                     node.start,
+                    ErrorKind::WrongType,
                     format!(
                         "{key} must be true, false or null, found {}",
                         node.describe()
@@ -241,9 +313,14 @@ impl FileCtx<'_> {
         match node.scalar() {
             Some(Scalar::Null) => Ok(None),
             Some(Scalar::Int(i)) if (1..=MAX_SESSION_LIMIT).contains(&i) => Ok(Some(i as u32)),
-            _ => {
+            other => {
+                let kind = match other {
+                    Some(Scalar::Int(_)) => ErrorKind::InvalidValue,
+                    _ => ErrorKind::WrongType,
+                };
                 self.error(
                     node.start,
+                    kind,
                     format!(
                         "{key} must be a whole number from 1 to {MAX_SESSION_LIMIT} (or null), found {}",
                         node.describe()
@@ -260,6 +337,7 @@ impl FileCtx<'_> {
             _ => {
                 self.error(
                     node.start,
+                    ErrorKind::WrongType,
                     format!("{key} must be a string, found {}", node.describe()),
                 );
                 None
@@ -275,7 +353,11 @@ impl FileCtx<'_> {
         if f.trim().is_empty() || f.len() > 255 || f.chars().any(|c| c.is_control()) {
             self.error(
                 node.start,
-                format!("sent_items.folder must be 1 to 255 printable characters, found {f:?}"),
+                ErrorKind::InvalidValue,
+                format!(
+                    "sent_items.folder must be 1 to 255 printable characters, found {}",
+                    quote(&f)
+                ),
             );
             return Err(());
         }
@@ -326,7 +408,8 @@ impl FileCtx<'_> {
                         } else {
                             self.error(
                                 v.start,
-                                format!("organization name {name:?} must be 1 to 64 letters, digits, '.', '-' or '_'"),
+                                ErrorKind::InvalidValue,
+                                format!("organization name {} must be 1 to 64 letters, digits, '.', '-' or '_'", quote(&name)),
                             );
                         }
                     }
@@ -357,12 +440,14 @@ impl FileCtx<'_> {
         if !has_name {
             self.error(
                 doc.start,
+                ErrorKind::MissingKey,
                 "missing key \"organization\" (the organization's name)",
             );
         }
         if !has_domains {
             self.error(
                 doc.start,
+                ErrorKind::MissingKey,
                 "missing key \"domains\" (a list of domains, or [\"*\"] for the fallback organization)",
             );
         }
@@ -376,6 +461,7 @@ impl FileCtx<'_> {
         let NodeKind::Seq(items) = &node.kind else {
             self.error(
                 node.start,
+                ErrorKind::WrongType,
                 format!(
                     "domains must be a list of domains, found {}",
                     node.describe()
@@ -384,7 +470,11 @@ impl FileCtx<'_> {
             return;
         };
         if items.is_empty() {
-            self.error(node.start, "domains must list at least one domain");
+            self.error(
+                node.start,
+                ErrorKind::InvalidValue,
+                "domains must list at least one domain",
+            );
         }
         for item in items {
             let Some(d) = self.string(item, "each entry of domains") else {
@@ -394,13 +484,18 @@ impl FileCtx<'_> {
             if d != WILDCARD_DOMAIN && !valid_domain(&d) {
                 self.error(
                     item.start,
-                    format!("{d:?} is not a domain name (ASCII; use the xn-- form for IDNs)"),
+                    ErrorKind::InvalidValue,
+                    format!(
+                        "{} is not a domain name (ASCII; use the xn-- form for IDNs)",
+                        quote(&d)
+                    ),
                 );
                 continue;
             }
             if let Some((_, first)) = out.iter().find(|(x, _)| *x == d) {
                 self.error(
                     item.start,
+                    ErrorKind::DuplicateDomain,
                     format!(
                         "domain {d:?} is listed twice (first at line {})",
                         first.line
@@ -419,6 +514,7 @@ impl FileCtx<'_> {
         let Some(map) = node.as_map() else {
             self.error(
                 node.start,
+                ErrorKind::WrongType,
                 format!(
                     "mailboxes must be a mapping of address to settings, found {}",
                     node.describe()
@@ -430,6 +526,7 @@ impl FileCtx<'_> {
             let Some(Scalar::Str(raw)) = k.scalar() else {
                 self.error(
                     k.start,
+                    ErrorKind::WrongType,
                     format!("mailbox key must be an address, found {}", k.describe()),
                 );
                 continue;
@@ -438,7 +535,8 @@ impl FileCtx<'_> {
             if !valid_address(&address) {
                 self.error(
                     k.start,
-                    format!("{raw:?} is not a mailbox address (local@domain)"),
+                    ErrorKind::InvalidValue,
+                    format!("{} is not a mailbox address (local@domain)", quote(raw)),
                 );
                 continue;
             }
@@ -475,14 +573,16 @@ fn compile(
     opts: &LoadOptions,
     errors: &mut Vec<PolicyError>,
 ) -> PolicySnapshot {
-    let err = |errors: &mut Vec<PolicyError>, file: &Path, pos: Pos, message: String| {
-        errors.push(PolicyError {
-            file: file.to_path_buf(),
-            line: pos.line,
-            column: pos.column,
-            message,
-        })
-    };
+    let err =
+        |errors: &mut Vec<PolicyError>, file: &Path, pos: Pos, kind: ErrorKind, message: String| {
+            errors.push(PolicyError {
+                file: file.to_path_buf(),
+                line: pos.line,
+                column: pos.column,
+                kind,
+                message,
+            })
+        };
     let where_ = |file: &Path, pos: Pos| format!("{}:{}", file.display(), pos.line);
 
     let mut orgs: Vec<Organization> = Vec::with_capacity(raw.len());
@@ -503,6 +603,7 @@ fn compile(
                     errors,
                     &r.file,
                     r.name_pos,
+                    ErrorKind::DuplicateOrganization,
                     format!(
                         "organization {:?} is already defined at {}",
                         r.name,
@@ -520,6 +621,7 @@ fn compile(
                         errors,
                         &r.file,
                         *pos,
+                        ErrorKind::SecondFallback,
                         format!(
                             "a second fallback organization (\"*\"); the first is at {}",
                             where_(f, *p)
@@ -534,6 +636,7 @@ fn compile(
                     errors,
                     &r.file,
                     *pos,
+                    ErrorKind::DuplicateDomain,
                     format!(
                         "domain {d:?} already belongs to the organization at {}",
                         where_(f, *p)
@@ -563,6 +666,7 @@ fn compile(
                     errors,
                     &r.file,
                     *pos,
+                    ErrorKind::DuplicateMailbox,
                     format!("mailbox {address} is already listed at {}", where_(f, *p)),
                 );
                 continue;
@@ -571,7 +675,7 @@ fn compile(
             match by_domain.get(domain) {
                 Some(owner) if *owner == idx => {}
                 Some(owner) => {
-                    err(errors, &r.file, *pos, format!(
+                    err(errors, &r.file, *pos, ErrorKind::OutsideDomains, format!(
                         "mailbox {address} is outside organization {:?}'s domains: {domain} belongs to organization {:?} ({})",
                         r.name, orgs[*owner].name, orgs[*owner].file.display()
                     ));
@@ -583,6 +687,7 @@ fn compile(
                         errors,
                         &r.file,
                         *pos,
+                        ErrorKind::OutsideDomains,
                         format!(
                             "mailbox {address} is outside organization {:?}'s domains ({})",
                             r.name,

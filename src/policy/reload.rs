@@ -145,7 +145,9 @@ impl Reloader {
                 }
                 let mut ev = AuditEvent::new(EventKind::PolicyReloadFailed);
                 ev.version = Some(self.policy.load().version.clone());
-                ev.errors = Some(errors.0.iter().map(|e| e.to_string()).collect());
+                // Place and kind only: the audit log may be readable by people who may not
+                // read the policy files, and a message quotes a token of the file.
+                ev.errors = Some(errors.0.iter().map(|e| e.place_and_kind()).collect());
                 self.audit.record(ev).await;
                 ReloadOutcome::Failed(errors)
             }
@@ -250,6 +252,7 @@ fn join_error(e: tokio::task::JoinError) -> PolicyErrors {
         file: "policies".into(),
         line: 0,
         column: 0,
+        kind: crate::yaml::ErrorKind::Internal,
         message: format!("policy loader failed: {e}"),
     }])
 }
