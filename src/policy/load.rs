@@ -1,14 +1,18 @@
-//! Loading policy files: every file parsed into a positioned tree, every key checked, and the
-//! organizations compiled into one [`PolicySnapshot`]. All problems of all files are collected
-//! and returned together, each with file, line and column.
+//! Loading policy files: one file at a time read, parsed into a positioned tree, every key
+//! checked and its mailboxes stored straight into the snapshot's compact table (so only one
+//! file's text and tree exist at any moment); then the cross-file checks and one
+//! [`PolicySnapshot`]. All problems of all files are collected and returned together, each with
+//! file, line and column.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
+use super::compile::compile;
+use super::files::{is_policy_file, read_policy_file, Version};
+use super::mailboxes::{Mailboxes, TooLarge};
 use super::{
-    MailboxEntry, MailboxSettings, Organization, PolicyError, PolicyErrors, PolicySnapshot,
-    SentItems, DEFAULT_MAX_SESSIONS, WILDCARD_DOMAIN,
+    MailboxSettings, PolicyError, PolicyErrors, PolicySnapshot, SentItems, DEFAULT_MAX_SESSIONS,
+    WILDCARD_DOMAIN,
 };
 use crate::yaml::{self, quote, ErrorKind, Node, NodeKind, Pos, Scalar};
 
@@ -46,12 +50,13 @@ pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<PolicySnapshot, Policy
         }
     }
     paths.sort();
-    let mut files = Vec::with_capacity(paths.len());
-    let mut errors = Vec::new();
+    // One file at a time: its text and tree are dropped before the next is read.
+    let mut loader = Loader::default();
+    let mut unreadable = Vec::new();
     for path in paths {
         match read_policy_file(dir, &path) {
-            Ok(text) => files.push((path, text)),
-            Err((kind, message)) => errors.push(PolicyError {
+            Ok(text) => loader.add(path, &text),
+            Err((kind, message)) => unreadable.push(PolicyError {
                 file: path,
                 line: 0,
                 column: 0,
@@ -60,100 +65,14 @@ pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<PolicySnapshot, Policy
             }),
         }
     }
-    match load_files(&files, opts) {
-        Ok(snap) if errors.is_empty() => Ok(snap),
-        Ok(_) => Err(PolicyErrors(errors)),
+    match loader.finish(opts) {
+        Ok(snap) if unreadable.is_empty() => Ok(snap),
+        Ok(_) => Err(PolicyErrors(unreadable)),
         Err(PolicyErrors(more)) => {
-            errors.extend(more);
-            Err(PolicyErrors(errors))
+            unreadable.extend(more);
+            Err(PolicyErrors(unreadable))
         }
     }
-}
-
-/// Whether `path` is named like a policy file: `*.yaml`/`*.yml`, not hidden (editors' swap and
-/// temp files start with a dot). Whether it may be read is [`read_policy_file`]'s business: a
-/// name that matches but is not a regular file is an error, not silently skipped.
-pub fn is_policy_file(path: &Path) -> bool {
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-        return false;
-    };
-    !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"))
-}
-
-/// Reads the policy file `path` of the directory `dir`, refusing what must not be read: a
-/// symbolic link that leads out of the directory (a link to `/etc/shadow` must not end up
-/// quoted in error messages), anything but a regular file (a fifo would block the loader),
-/// more than [`MAX_FILE_BYTES`], text that is not UTF-8. The file is opened without following
-/// a link and checked on the open descriptor, so it cannot be swapped between check and read.
-pub(super) fn read_policy_file(dir: &Path, path: &Path) -> Result<String, (ErrorKind, String)> {
-    use rustix::fs::{Mode, OFlags};
-    use std::io::Read;
-    let unreadable =
-        |e: &dyn std::fmt::Display| (ErrorKind::Unreadable, format!("cannot read: {e}"));
-    let md = std::fs::symlink_metadata(path).map_err(|e| unreadable(&e))?;
-    let real = if md.file_type().is_symlink() {
-        let outside = || {
-            (
-                ErrorKind::OutsideDirectory,
-                "is a symbolic link that leads out of the policy directory (or nowhere); refused"
-                    .to_string(),
-            )
-        };
-        let real = std::fs::canonicalize(path).map_err(|_| outside())?;
-        let real_dir = std::fs::canonicalize(dir).map_err(|e| unreadable(&e))?;
-        if !real.starts_with(&real_dir) {
-            return Err(outside());
-        }
-        real
-    } else {
-        path.to_path_buf()
-    };
-    // NONBLOCK: opening a fifo must not wait for a writer; NOFOLLOW: no link swapped in.
-    let fd = rustix::fs::open(
-        &real,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| unreadable(&e))?;
-    let mut file = std::fs::File::from(fd);
-    let md = file.metadata().map_err(|e| unreadable(&e))?;
-    if !md.is_file() {
-        let what = if md.is_dir() {
-            "a directory"
-        } else {
-            "a special file"
-        };
-        return Err((
-            ErrorKind::NotRegularFile,
-            format!("is {what}, not a regular file; refused"),
-        ));
-    }
-    if md.len() > MAX_FILE_BYTES {
-        return Err((
-            ErrorKind::TooLarge,
-            format!("file is {} bytes; the limit is {MAX_FILE_BYTES}", md.len()),
-        ));
-    }
-    let mut bytes = Vec::with_capacity(usize::try_from(md.len()).unwrap_or(0));
-    (&mut file)
-        .take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| unreadable(&e))?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err((
-            ErrorKind::TooLarge,
-            format!("file grew past the limit of {MAX_FILE_BYTES} bytes while being read"),
-        ));
-    }
-    String::from_utf8(bytes).map_err(|e| {
-        (
-            ErrorKind::NotUtf8,
-            format!(
-                "not valid UTF-8 (byte offset {})",
-                e.utf8_error().valid_up_to()
-            ),
-        )
-    })
 }
 
 /// Compiles already-read files (name, text). Used by [`load_dir`], by the policy editor to
@@ -162,48 +81,93 @@ pub fn load_files(
     files: &[(PathBuf, String)],
     opts: &LoadOptions,
 ) -> Result<PolicySnapshot, PolicyErrors> {
-    let mut errors = Vec::new();
-    let mut raw_orgs = Vec::new();
+    let mut loader = Loader::default();
     for (path, text) in files {
+        loader.add(path.clone(), text);
+    }
+    loader.finish(opts)
+}
+
+/// A load in progress: the files checked so far and their mailboxes.
+#[derive(Default)]
+struct Loader {
+    errors: Vec<PolicyError>,
+    raw: Vec<RawOrg>,
+    mailboxes: Mailboxes,
+    /// Column of each mailbox's key, for cross-file errors; dropped with the loader.
+    columns: Vec<u32>,
+    files: Vec<PathBuf>,
+    version: Version,
+}
+
+impl Loader {
+    /// Checks one file and stores what it defines.
+    fn add(&mut self, path: PathBuf, text: &str) {
+        self.version.add(&path, text);
         let mut ctx = FileCtx {
-            file: path,
-            errors: &mut errors,
+            file: &path,
+            errors: &mut self.errors,
+            org: u32::try_from(self.raw.len()).unwrap_or(u32::MAX),
+            mailboxes: &mut self.mailboxes,
+            columns: &mut self.columns,
         };
         match yaml::parse(text) {
             Ok(doc) => {
                 if let Some(org) = ctx.organization(&doc) {
-                    raw_orgs.push(org);
+                    self.raw.push(org);
                 }
             }
             Err(e) => ctx.error(e.pos, ErrorKind::Syntax, e.message),
         }
+        self.files.push(path);
     }
-    let snap = compile(raw_orgs, files, opts, &mut errors);
-    if errors.is_empty() {
-        Ok(snap)
-    } else {
-        // Report in reading order: file by file, top to bottom.
-        let file_index = |p: &Path| files.iter().position(|(f, _)| f == p);
-        errors.sort_by_key(|e| (file_index(&e.file), e.line, e.column));
-        Err(PolicyErrors(errors))
+
+    fn finish(self, opts: &LoadOptions) -> Result<PolicySnapshot, PolicyErrors> {
+        let Loader {
+            mut errors,
+            raw,
+            mailboxes,
+            columns,
+            files,
+            version,
+        } = self;
+        let snap = compile(raw, mailboxes, &columns, files, version, opts, &mut errors);
+        if errors.is_empty() {
+            Ok(snap)
+        } else {
+            // Report in reading order: file by file, top to bottom.
+            let order: HashMap<&Path, usize> = snap
+                .files
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (f.as_path(), i))
+                .collect();
+            errors.sort_by_key(|e| (order.get(e.file.as_path()).copied(), e.line, e.column));
+            Err(PolicyErrors(errors))
+        }
     }
 }
 
 /// An organization as read from one file, before the cross-file checks.
-struct RawOrg {
-    file: PathBuf,
-    name: String,
-    name_pos: Pos,
-    domains: Vec<(String, Pos)>,
-    disabled: bool,
-    max_sessions: u32,
-    sent_items: SentItems,
-    mailboxes: Vec<(String, Pos, MailboxSettings)>,
+pub(super) struct RawOrg {
+    pub file: PathBuf,
+    pub name: String,
+    pub name_pos: Pos,
+    pub domains: Vec<(String, Pos)>,
+    pub disabled: bool,
+    pub max_sessions: u32,
+    pub sent_items: SentItems,
+    /// Its mailboxes' numbers in the table.
+    pub mailboxes: std::ops::Range<u32>,
 }
 
 struct FileCtx<'a> {
     file: &'a Path,
     errors: &'a mut Vec<PolicyError>,
+    /// The index the file's organization gets.
+    org: u32,
+    mailboxes: &'a mut Mailboxes,
+    columns: &'a mut Vec<u32>,
 }
 
 const ORG_KEYS: &[&str] = &[
@@ -392,7 +356,7 @@ impl FileCtx<'_> {
             disabled: false,
             max_sessions: DEFAULT_MAX_SESSIONS,
             sent_items: SentItems::default(),
-            mailboxes: Vec::new(),
+            mailboxes: 0..0,
         };
         let mut has_name = false;
         let mut has_domains = false;
@@ -452,7 +416,7 @@ impl FileCtx<'_> {
             );
         }
         if let Some(m) = mailboxes {
-            self.mailboxes(m, &mut org.mailboxes);
+            org.mailboxes = self.mailboxes(m);
         }
         Some(org)
     }
@@ -507,9 +471,12 @@ impl FileCtx<'_> {
         }
     }
 
-    fn mailboxes(&mut self, node: &Node, out: &mut Vec<(String, Pos, MailboxSettings)>) {
+    /// Stores the file's mailboxes in the table; returns their numbers.
+    fn mailboxes(&mut self, node: &Node) -> std::ops::Range<u32> {
+        let first = u32::try_from(self.columns.len()).unwrap_or(u32::MAX);
+        let mut last = first;
         if node.scalar() == Some(Scalar::Null) {
-            return;
+            return first..last;
         }
         let Some(map) = node.as_map() else {
             self.error(
@@ -520,7 +487,7 @@ impl FileCtx<'_> {
                     node.describe()
                 ),
             );
-            return;
+            return first..last;
         };
         for (k, v) in map {
             let Some(Scalar::Str(raw)) = k.scalar() else {
@@ -561,188 +528,25 @@ impl FileCtx<'_> {
                     }
                 }
             }
-            out.push((address, k.start, settings));
-        }
-    }
-}
-
-/// Cross-file checks and the compiled snapshot.
-fn compile(
-    raw: Vec<RawOrg>,
-    files: &[(PathBuf, String)],
-    opts: &LoadOptions,
-    errors: &mut Vec<PolicyError>,
-) -> PolicySnapshot {
-    let err =
-        |errors: &mut Vec<PolicyError>, file: &Path, pos: Pos, kind: ErrorKind, message: String| {
-            errors.push(PolicyError {
-                file: file.to_path_buf(),
-                line: pos.line,
-                column: pos.column,
-                kind,
-                message,
-            })
-        };
-    let where_ = |file: &Path, pos: Pos| format!("{}:{}", file.display(), pos.line);
-
-    let mut orgs: Vec<Organization> = Vec::with_capacity(raw.len());
-    let mut by_domain: HashMap<String, usize> = HashMap::new();
-    let mut domain_pos: HashMap<String, (PathBuf, Pos)> = HashMap::new();
-    let mut names: HashMap<String, (PathBuf, Pos)> = HashMap::new();
-    let mut wildcard: Option<(usize, PathBuf, Pos)> = None;
-    let total_mailboxes = raw.iter().map(|o| o.mailboxes.len()).sum();
-    let mut mailboxes: HashMap<String, MailboxEntry> = HashMap::with_capacity(total_mailboxes);
-    let mut mailbox_pos: HashMap<String, (PathBuf, Pos)> = HashMap::new();
-
-    for r in &raw {
-        let idx = orgs.len();
-        if !r.name.is_empty() {
-            let key = r.name.to_ascii_lowercase();
-            if let Some((f, p)) = names.get(&key) {
-                err(
-                    errors,
-                    &r.file,
-                    r.name_pos,
-                    ErrorKind::DuplicateOrganization,
-                    format!(
-                        "organization {:?} is already defined at {}",
-                        r.name,
-                        where_(f, *p)
-                    ),
-                );
-            } else {
-                names.insert(key, (r.file.clone(), r.name_pos));
-            }
-        }
-        for (d, pos) in &r.domains {
-            if d == WILDCARD_DOMAIN {
-                match &wildcard {
-                    Some((_, f, p)) => err(
-                        errors,
-                        &r.file,
-                        *pos,
-                        ErrorKind::SecondFallback,
-                        format!(
-                            "a second fallback organization (\"*\"); the first is at {}",
-                            where_(f, *p)
-                        ),
-                    ),
-                    None => wildcard = Some((idx, r.file.clone(), *pos)),
+            let line = u32::try_from(k.start.line).unwrap_or(u32::MAX);
+            match self.mailboxes.push(&address, self.org, line, &settings) {
+                Ok(n) => {
+                    self.columns
+                        .push(u32::try_from(k.start.column).unwrap_or(u32::MAX));
+                    last = n + 1;
                 }
-                continue;
-            }
-            if let Some((f, p)) = domain_pos.get(d) {
-                err(
-                    errors,
-                    &r.file,
-                    *pos,
-                    ErrorKind::DuplicateDomain,
-                    format!(
-                        "domain {d:?} already belongs to the organization at {}",
-                        where_(f, *p)
-                    ),
-                );
-                continue;
-            }
-            domain_pos.insert(d.clone(), (r.file.clone(), *pos));
-            by_domain.insert(d.clone(), idx);
-        }
-        orgs.push(Organization {
-            name: r.name.clone(),
-            domains: r.domains.iter().map(|(d, _)| d.clone()).collect(),
-            smtp_client_authentication_disabled: r.disabled,
-            max_concurrent_sessions_per_mailbox: r.max_sessions,
-            sent_items: r.sent_items.clone(),
-            file: r.file.clone(),
-        });
-    }
-
-    // Mailboxes after all domains are known, so "outside its organization" can name the owner.
-    for (idx, r) in raw.iter().enumerate() {
-        let is_wildcard = wildcard.as_ref().is_some_and(|(w, _, _)| *w == idx);
-        for (address, pos, settings) in &r.mailboxes {
-            if let Some((f, p)) = mailbox_pos.get(address) {
-                err(
-                    errors,
-                    &r.file,
-                    *pos,
-                    ErrorKind::DuplicateMailbox,
-                    format!("mailbox {address} is already listed at {}", where_(f, *p)),
-                );
-                continue;
-            }
-            let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
-            match by_domain.get(domain) {
-                Some(owner) if *owner == idx => {}
-                Some(owner) => {
-                    err(errors, &r.file, *pos, ErrorKind::OutsideDomains, format!(
-                        "mailbox {address} is outside organization {:?}'s domains: {domain} belongs to organization {:?} ({})",
-                        r.name, orgs[*owner].name, orgs[*owner].file.display()
-                    ));
-                    continue;
-                }
-                None if is_wildcard => {}
-                None => {
-                    err(
-                        errors,
-                        &r.file,
-                        *pos,
-                        ErrorKind::OutsideDomains,
-                        format!(
-                            "mailbox {address} is outside organization {:?}'s domains ({})",
-                            r.name,
-                            r.domains
-                                .iter()
-                                .map(|(d, _)| d.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
+                Err(TooLarge::Arena | TooLarge::Count) => {
+                    self.error(
+                        k.start,
+                        ErrorKind::TooLarge,
+                        "the policy files hold more mailboxes than submitgate can load",
                     );
-                    continue;
+                    break;
                 }
             }
-            mailbox_pos.insert(address.clone(), (r.file.clone(), *pos));
-            mailboxes.insert(
-                address.clone(),
-                MailboxEntry {
-                    org: idx,
-                    settings: settings.clone(),
-                },
-            );
         }
+        first..last
     }
-
-    PolicySnapshot {
-        orgs,
-        by_domain,
-        wildcard: wildcard.map(|(i, _, _)| i),
-        mailboxes,
-        default_domain: opts.default_domain.as_ref().map(|d| d.to_ascii_lowercase()),
-        version: version_of(files),
-        loaded_at: SystemTime::now(),
-        files: files.iter().map(|(p, _)| p.clone()).collect(),
-    }
-}
-
-/// FNV-1a over file names and contents: a version string that is stable across runs.
-fn version_of(files: &[(PathBuf, String)]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    for (p, text) in files {
-        eat(p
-            .file_name()
-            .map(|n| n.as_encoded_bytes())
-            .unwrap_or_default());
-        eat(&[0]);
-        eat(text.as_bytes());
-        eat(&[0]);
-    }
-    format!("{h:016x}")
 }
 
 fn valid_org_name(name: &str) -> bool {

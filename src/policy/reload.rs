@@ -12,7 +12,7 @@ use arc_swap::{ArcSwap, Guard};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use super::{load_dir, LoadOptions, PolicyError, PolicyErrors, PolicySnapshot};
+use super::{load_dir, version_of_dir, LoadOptions, PolicyError, PolicyErrors, PolicySnapshot};
 use crate::audit::{Audit, AuditEvent, EventKind};
 
 /// How long the policy directory must be quiet before a reload: editors write in bursts.
@@ -110,6 +110,23 @@ impl Reloader {
     /// successful reload it is recorded for `status` (clearing an earlier failure).
     pub async fn reload(&self) -> ReloadOutcome {
         let _one_at_a_time = self.lock.lock().await;
+        // Unchanged files (SIGHUP, a save without changes, a reverted edit): answered from the
+        // files' hash, without building a second snapshot beside the one in force.
+        let dir = self.dir.clone();
+        let current = self.policy.load_full();
+        if let Ok(Some(version)) = tokio::task::spawn_blocking(move || version_of_dir(&dir)).await {
+            if version == current.version {
+                self.record(true, Vec::new());
+                tracing::debug!(%version, "policy files unchanged");
+                return ReloadOutcome::Reloaded {
+                    version,
+                    organizations: current.organizations().len(),
+                    mailboxes: current.mailbox_count(),
+                    unchanged: true,
+                };
+            }
+        }
+        drop(current);
         match load(&self.dir, &self.options).await {
             Ok(snapshot) if snapshot.version == self.policy.load().version => {
                 // Still a successful reload: it clears a FAILED left by a broken edit that
