@@ -188,6 +188,14 @@ impl Mailboxes {
         }
     }
 
+    /// Bytes of memory the table holds (capacities, not lengths), for tests and benchmarks.
+    pub fn heap_bytes(&self) -> usize {
+        self.names.capacity()
+            + self.entries.capacity() * std::mem::size_of::<Entry>()
+            + self.index.capacity() * (std::mem::size_of::<u32>() + 1)
+            + self.folders.iter().map(|f| f.len() + 16).sum::<usize>()
+    }
+
     /// Ends the load: drops what only loading needed and gives back spare capacity.
     pub fn finish(&mut self) {
         self.folder_ids = HashMap::new();

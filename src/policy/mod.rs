@@ -157,6 +157,11 @@ impl PolicySnapshot {
         self.mailboxes.len()
     }
 
+    /// Bytes the mailbox table holds: what a policy of many mailboxes costs in memory.
+    pub fn mailbox_heap_bytes(&self) -> usize {
+        self.mailboxes.heap_bytes()
+    }
+
     /// Turns a login into the normalized mailbox address: trimmed, lower-case, and completed
     /// with the default domain when it has no `@`.
     pub fn normalize(&self, login: &str) -> String {

@@ -530,3 +530,46 @@ fn errors_quote_at_most_one_short_escaped_token() {
     assert_eq!(e.0[1].kind, crate::yaml::ErrorKind::UnknownKey);
     assert_eq!(e.0[1].place_and_kind(), "a.yaml:3:1: unknown_key");
 }
+
+#[test]
+fn many_mailboxes_cost_a_few_dozen_bytes_each_and_versions_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = 0;
+    for f in 0..20 {
+        let mut text = format!("organization: o{f}\ndomains: [o{f}.example]\nmailboxes:\n");
+        for m in 0..1000 {
+            let settings = match m % 4 {
+                0 => "{ smtp_client_authentication_disabled: true }",
+                1 => "{ sent_items: { folder: Gesendet } }",
+                _ => "{}",
+            };
+            text.push_str(&format!("  user{m}@o{f}.example: {settings}\n"));
+            n += 1;
+        }
+        std::fs::write(dir.path().join(format!("o{f}.yaml")), text).unwrap();
+    }
+    let snap = load_dir(dir.path(), &LoadOptions::default()).unwrap();
+    assert_eq!(snap.mailbox_count(), n);
+    // Was a HashMap<String, entry> of about 150 bytes a mailbox before any allocator overhead.
+    let per_mailbox = snap.mailbox_heap_bytes() / n;
+    assert!(per_mailbox <= 64, "{per_mailbox} bytes per mailbox");
+    let view = snap.describe("user1@o3.example");
+    assert_eq!(view.sent_items.unwrap().folder, "Gesendet");
+    assert!(
+        snap.describe("user0@o19.example")
+            .effective_smtp_client_authentication_disabled
+    );
+    assert_eq!(
+        version_of_dir(dir.path()).as_deref(),
+        Some(snap.version.as_str())
+    );
+    let files: Vec<(PathBuf, String)> = snap
+        .files
+        .iter()
+        .map(|p| (p.clone(), std::fs::read_to_string(p).unwrap()))
+        .collect();
+    assert_eq!(
+        load_files(&files, &LoadOptions::default()).unwrap().version,
+        snap.version
+    );
+}
