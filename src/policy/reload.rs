@@ -39,8 +39,9 @@ impl PolicyHandle {
         self.0.load_full()
     }
 
-    fn store(&self, snapshot: Arc<PolicySnapshot>) {
-        self.0.store(snapshot);
+    /// Puts `snapshot` in force; returns the one it replaces.
+    fn swap(&self, snapshot: Arc<PolicySnapshot>) -> Arc<PolicySnapshot> {
+        self.0.swap(snapshot)
     }
 }
 
@@ -127,33 +128,51 @@ impl Reloader {
             }
         }
         drop(current);
-        match load(&self.dir, &self.options).await {
-            Ok(snapshot) if snapshot.version == self.policy.load().version => {
+        // Built, compared and swapped on one blocking-pool thread, which also frees the old
+        // snapshot when no session holds it any more: frees on the allocating thread let the
+        // allocator reuse and return the pages at once (frees from another thread are deferred
+        // until the idle loader thread runs again).
+        let (dir, options, policy) = (self.dir.clone(), self.options.clone(), self.policy.clone());
+        let swapped = tokio::task::spawn_blocking(move || {
+            let snapshot = load_dir(&dir, &options)?;
+            let summary = (
+                snapshot.version.clone(),
+                snapshot.organizations().len(),
+                snapshot.mailbox_count(),
+            );
+            let unchanged = snapshot.version == policy.load().version;
+            if !unchanged {
+                drop(policy.swap(Arc::new(snapshot)));
+            }
+            Ok((summary, unchanged))
+        })
+        .await
+        .unwrap_or_else(|e| Err(join_error(e)));
+        match swapped {
+            Ok(((version, organizations, mailboxes), true)) => {
                 // Still a successful reload: it clears a FAILED left by a broken edit that
                 // has since been reverted to the text in force.
                 self.record(true, Vec::new());
-                tracing::debug!(version = %snapshot.version, "policy files unchanged");
+                tracing::debug!(%version, "policy files unchanged");
                 ReloadOutcome::Reloaded {
-                    version: snapshot.version.clone(),
-                    organizations: snapshot.organizations().len(),
-                    mailboxes: snapshot.mailbox_count(),
+                    version,
+                    organizations,
+                    mailboxes,
                     unchanged: true,
                 }
             }
-            Ok(snapshot) => {
+            Ok(((version, organizations, mailboxes), false)) => {
                 self.record(true, Vec::new());
-                let outcome = ReloadOutcome::Reloaded {
-                    version: snapshot.version.clone(),
-                    organizations: snapshot.organizations().len(),
-                    mailboxes: snapshot.mailbox_count(),
-                    unchanged: false,
-                };
                 let mut ev = AuditEvent::new(EventKind::PolicyReloaded);
-                ev.version = Some(snapshot.version.clone());
-                tracing::info!(version = %snapshot.version, "policy reloaded");
-                self.policy.store(Arc::new(snapshot));
+                ev.version = Some(version.clone());
+                tracing::info!(%version, "policy reloaded");
                 self.audit.record(ev).await;
-                outcome
+                ReloadOutcome::Reloaded {
+                    version,
+                    organizations,
+                    mailboxes,
+                    unchanged: false,
+                }
             }
             Err(errors) => {
                 self.record(false, errors.0.iter().map(|e| e.to_string()).collect());
