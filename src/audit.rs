@@ -29,10 +29,16 @@ pub struct Settings {
     pub target: Target,
     /// Events buffered between the front ends and the writer before they wait (back-pressure).
     pub queue: usize,
+    /// Permissions of a log file submitgate creates (the umask still applies); an existing
+    /// file keeps its own.
+    pub mode: u32,
 }
 
 /// Events buffered by default.
 pub const DEFAULT_QUEUE: usize = 4096;
+/// Permissions of a new audit log: owner and group only. The log names every mailbox that
+/// submits and from where, which not every local user should read.
+pub const DEFAULT_MODE: u32 = 0o640;
 /// The audit file used when none is configured.
 pub const DEFAULT_PATH: &str = "./audit.log";
 
@@ -41,6 +47,7 @@ impl Default for Settings {
         Settings {
             target: Target::File(PathBuf::from(DEFAULT_PATH)),
             queue: DEFAULT_QUEUE,
+            mode: DEFAULT_MODE,
         }
     }
 }
@@ -255,7 +262,7 @@ impl Audit {
     /// Opens the target (so a bad path fails at start, not at the first event) and starts the
     /// writer thread.
     pub fn start(settings: &Settings) -> io::Result<(Audit, AuditWriter)> {
-        let sink = Sink::open(&settings.target)?;
+        let sink = Sink::open(&settings.target, settings.mode)?;
         let (tx, rx) = mpsc::channel(settings.queue);
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
@@ -292,16 +299,21 @@ impl Audit {
 
 enum Sink {
     Stdout(io::Stdout),
-    File { path: PathBuf, out: BufWriter<File> },
+    File {
+        path: PathBuf,
+        out: BufWriter<File>,
+        mode: u32,
+    },
 }
 
 impl Sink {
-    fn open(target: &Target) -> io::Result<Sink> {
+    fn open(target: &Target, mode: u32) -> io::Result<Sink> {
         Ok(match target {
             Target::Stdout => Sink::Stdout(io::stdout()),
             Target::File(path) => Sink::File {
-                out: BufWriter::with_capacity(64 * 1024, open_append(path)?),
+                out: BufWriter::with_capacity(64 * 1024, open_append(path, mode)?),
                 path: path.clone(),
+                mode,
             },
         })
     }
@@ -321,18 +333,20 @@ impl Sink {
     }
 
     fn reopen(&mut self) -> io::Result<()> {
-        if let Sink::File { path, out } = self {
+        if let Sink::File { path, out, mode } = self {
             out.flush()?;
-            *out = BufWriter::with_capacity(64 * 1024, open_append(path)?);
+            *out = BufWriter::with_capacity(64 * 1024, open_append(path, *mode)?);
         }
         Ok(())
     }
 }
 
-fn open_append(path: &PathBuf) -> io::Result<File> {
+fn open_append(path: &PathBuf, mode: u32) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
     OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(mode)
         .open(path)
         .map_err(|e| io::Error::new(e.kind(), format!("audit log {}: {e}", path.display())))
 }
@@ -406,6 +420,7 @@ mod tests {
         let (audit, writer) = Audit::start(&Settings {
             target: Target::File(path.clone()),
             queue: 2,
+            mode: DEFAULT_MODE,
         })
         .unwrap();
         for i in 0..10 {
@@ -440,11 +455,42 @@ mod tests {
         assert!(text.contains("policy_reloaded"));
     }
 
+    #[tokio::test]
+    async fn a_new_log_is_created_with_the_configured_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        for (name, mode) in [("default.log", DEFAULT_MODE), ("strict.log", 0o600)] {
+            let path = dir.path().join(name);
+            let (audit, writer) = Audit::start(&Settings {
+                target: Target::File(path.clone()),
+                queue: 2,
+                mode,
+            })
+            .unwrap();
+            // logrotate moved it away: the reopened file gets the same mode.
+            std::fs::rename(&path, dir.path().join(format!("{name}.1"))).unwrap();
+            audit.reopen().await;
+            audit
+                .record(AuditEvent::new(EventKind::PolicyReloaded))
+                .await;
+            drop(audit);
+            writer.finish().await;
+            for p in [path.clone(), dir.path().join(format!("{name}.1"))] {
+                let got = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+                // The umask can only take bits away: never more than asked, never world-readable.
+                assert_eq!(got & !mode, 0, "{}: {got:o}", p.display());
+                assert_eq!(got & 0o007, 0, "{}: {got:o}", p.display());
+                assert_eq!(got & 0o600, 0o600, "{}: {got:o}", p.display());
+            }
+        }
+    }
+
     #[test]
     fn bad_path_fails_at_start() {
         let e = Audit::start(&Settings {
             target: Target::File("/nonexistent-dir/x/audit.log".into()),
             queue: 8,
+            mode: DEFAULT_MODE,
         })
         .unwrap_err();
         assert!(e.to_string().contains("/nonexistent-dir/x/audit.log"));

@@ -14,7 +14,129 @@ pub struct LocatedError {
     /// 1-based; 0 when the problem is with the file as a whole (unreadable, not UTF-8).
     pub line: usize,
     pub column: usize,
+    /// What went wrong, as a fixed label: what the audit log records instead of `message`.
+    pub kind: ErrorKind,
+    /// The full text for the operator; quotes at most one token of the file (see [`quote`]).
     pub message: String,
+}
+
+impl LocatedError {
+    /// `file:line:column: kind` (or `file: kind`): the place and the kind, no text taken from
+    /// the file. What the audit log gets, since it may be readable by more people than the
+    /// policy files are.
+    pub fn place_and_kind(&self) -> String {
+        if self.line == 0 {
+            format!("{}: {}", self.file.display(), self.kind)
+        } else {
+            format!(
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.kind
+            )
+        }
+    }
+}
+
+/// The kind of a [`LocatedError`], a snake_case label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Not YAML, or a YAML feature submitgate does not accept (anchors, tags, two documents).
+    Syntax,
+    /// A file or directory that cannot be read.
+    Unreadable,
+    /// A file over the size limit.
+    TooLarge,
+    /// A file that is not UTF-8.
+    NotUtf8,
+    /// A policy file that is not a regular file (a fifo, a device, a directory).
+    NotRegularFile,
+    /// A symbolic link that leads out of the policy directory.
+    OutsideDirectory,
+    UnknownKey,
+    DuplicateKey,
+    MissingKey,
+    /// A value of the wrong type (a list where a mapping belongs, a string for a number).
+    WrongType,
+    /// A value of the right type that is not allowed (out of range, not a domain).
+    InvalidValue,
+    DuplicateOrganization,
+    DuplicateDomain,
+    SecondFallback,
+    DuplicateMailbox,
+    OutsideDomains,
+    /// A daemon configuration error (`submitgate.yaml`).
+    Config,
+    /// submitgate itself failed (a loader thread panicked).
+    Internal,
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let label = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        f.write_str(&label)
+    }
+}
+
+/// Longest quotation of file text in an error message, in characters.
+pub const MAX_QUOTE: usize = 64;
+
+/// `text` as an error message quotes it: in double quotes, cut to [`MAX_QUOTE`] characters
+/// (`…` marks the cut), with control characters, bidirectional overrides and other invisible
+/// format characters escaped as `\u{..}`, so that an error never copies more than one short,
+/// visible token of a file to a terminal or log.
+pub fn quote(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_QUOTE * 2) + 2);
+    out.push('"');
+    for (i, c) in text.chars().enumerate() {
+        if i == MAX_QUOTE {
+            out.push('…');
+            break;
+        }
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() || is_invisible_format(c) => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The parser's own message (which may show one character of the file) with control and
+/// invisible characters escaped and its length bounded.
+fn plain(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(200));
+    for (i, c) in message.chars().enumerate() {
+        if i == 200 {
+            out.push('…');
+            break;
+        }
+        if c.is_control() || is_invisible_format(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Unicode format characters that change how a line displays without showing themselves:
+/// bidirectional marks, embeddings, overrides and isolates, zero-width characters, BOM.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c as u32,
+        0x061c | 0x200b..=0x200f | 0x2028..=0x202e | 0x2060..=0x2069 | 0xfeff)
 }
 
 impl fmt::Display for LocatedError {
@@ -125,7 +247,7 @@ impl Node {
                 Some(Scalar::Null) => "null".to_string(),
                 Some(Scalar::Bool(b)) => b.to_string(),
                 Some(Scalar::Int(i)) => i.to_string(),
-                Some(Scalar::Str(s)) => format!("{:?}", truncate(s, 60)),
+                Some(Scalar::Str(s)) => quote(s),
                 None => "a scalar".to_string(),
             },
         }
@@ -170,16 +292,6 @@ impl Node {
             NodeKind::Scalar { text, .. } => Some(text),
             _ => None,
         }
-    }
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        let mut t: String = s.chars().take(max).collect();
-        t.push('…');
-        t
     }
 }
 
@@ -234,7 +346,7 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
             Some(Err(e)) => {
                 return Err(SyntaxError {
                     pos: pos(*e.marker()),
-                    message: e.info().to_string(),
+                    message: plain(e.info()),
                 })
             }
         };

@@ -168,7 +168,37 @@ async fn a_broken_hand_edit_keeps_the_old_policy_and_status_shows_it() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("reload FAILED"));
     let audit = t.audit().await;
-    assert!(audit.iter().any(|e| e["event"] == "policy_reload_failed"));
+    let failed = audit
+        .iter()
+        .find(|e| e["event"] == "policy_reload_failed")
+        .expect("policy_reload_failed audited");
+    let error = failed["errors"][0].as_str().unwrap();
+    assert!(error.ends_with("contoso.yaml:6:26: unknown_key"), "{error}");
+    assert!(!error.contains("disabld"), "no text of the file: {error}");
+
+    // Reverting the edit gives back the text in force: the reload finds nothing changed, and
+    // must still clear the FAILED (it used to stay until some other change).
+    std::fs::write(&tmp, CONTOSO).unwrap();
+    std::fs::rename(&tmp, dir.join("contoso.yaml")).unwrap();
+    let deadline = support::Deadline::new(Duration::from_secs(5), "the revert's reload");
+    let s = loop {
+        let s = status(&t).await;
+        if s.last_reload.as_ref().is_some_and(|r| r.ok) {
+            break s;
+        }
+        deadline.tick().await;
+    };
+    assert_eq!(s.policy.version, version, "same text, same version");
+    assert!(s.last_reload.unwrap().errors.is_empty());
+    let out = cli(&t, &["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("FAILED"), "{text}");
+    let out = cli(&t, &["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -41,6 +41,7 @@ async fn refused_logins_reach_the_log_only_escaped() {
     let (audit, _writer) = Audit::start(&audit::Settings {
         target: audit::Target::File(dir.path().join("audit.log")),
         queue: 16,
+        mode: audit::DEFAULT_MODE,
     })
     .expect("audit log");
     let files = [(

@@ -170,6 +170,7 @@ impl Workers {
         let (audit, writer) = Audit::start(&audit::Settings {
             target: audit::Target::File(dir.path().join("audit.log")),
             queue: 16,
+            mode: audit::DEFAULT_MODE,
         })
         .expect("audit");
         let shutdown = CancellationToken::new();

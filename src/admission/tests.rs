@@ -52,6 +52,7 @@ impl Harness {
         let (audit, writer) = Audit::start(&crate::audit::Settings {
             target: crate::audit::Target::File(audit_path.clone()),
             queue: 16,
+            mode: crate::audit::DEFAULT_MODE,
         })
         .expect("audit log");
         let files = [("contoso.yaml", CONTOSO), ("fabrikam.yaml", FABRIKAM)]

@@ -44,6 +44,7 @@ impl Checker {
             file: self.file.clone(),
             line,
             column,
+            kind: crate::yaml::ErrorKind::Config,
             message: format!("{}: {}", keys.join("."), message.into()),
         });
     }

@@ -123,6 +123,7 @@ impl Config {
                 file: path.to_path_buf(),
                 line: 0,
                 column: 0,
+                kind: crate::yaml::ErrorKind::Unreadable,
                 message: format!("cannot read: {e}"),
             }])
         })?;
@@ -137,6 +138,7 @@ impl Config {
                 file: path.to_path_buf(),
                 line,
                 column,
+                kind: crate::yaml::ErrorKind::Config,
                 message: e.to_string(),
             }])
         })?;

@@ -129,6 +129,7 @@ pub(super) struct RawLimiter {
 pub(super) struct RawAudit {
     pub path: String,
     pub queue: Option<usize>,
+    pub mode: Option<String>,
 }
 
 /// `replies:`.

@@ -11,7 +11,8 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use super::load::{is_policy_file, load_files, LoadOptions, MAX_SESSION_LIMIT};
+use super::files::{is_policy_file, read_policy_file};
+use super::load::{load_files, LoadOptions, MAX_SESSION_LIMIT};
 use super::{normalize_login, MailboxSettings, Organization, PolicyErrors, PolicySnapshot};
 use crate::fsutil::{self, FsError, TempFile};
 use crate::yaml::{self, Node};
@@ -126,9 +127,17 @@ fn read_files(dir: &Path) -> Result<Vec<(PathBuf, String)>, EditError> {
     paths.sort();
     paths
         .into_iter()
-        .map(|p| {
-            let text = std::fs::read_to_string(&p).map_err(io_err(&p))?;
-            Ok((p, text))
+        .map(|p| match read_policy_file(dir, &p) {
+            Ok(text) => Ok((p, text)),
+            Err((kind, message)) => {
+                Err(EditError::Invalid(PolicyErrors(vec![super::PolicyError {
+                    file: p,
+                    line: 0,
+                    column: 0,
+                    kind,
+                    message,
+                }])))
+            }
         })
         .collect()
 }
@@ -244,7 +253,13 @@ impl Model {
             mailboxes: s
                 .mailboxes
                 .iter()
-                .map(|(a, e)| (a.clone(), (s.orgs[e.org].name.clone(), e.settings.clone())))
+                .map(|(a, e)| {
+                    let org = s.orgs.get(e.org as usize).map(|o| o.name.clone());
+                    (
+                        a.to_string(),
+                        (org.unwrap_or_default(), s.mailboxes.settings(e)),
+                    )
+                })
                 .collect(),
         }
     }

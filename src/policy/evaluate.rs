@@ -48,7 +48,11 @@ pub fn evaluate(snapshot: &PolicySnapshot, submission: &Submission<'_>) -> Decis
         };
     };
     let org = &snapshot.orgs[org_idx];
-    let own = snapshot.mailboxes.get(&mailbox).map(|e| &e.settings);
+    let own = snapshot
+        .mailboxes
+        .get(&mailbox)
+        .map(|e| snapshot.mailboxes.settings(e));
+    let own = own.as_ref();
     let disabled = own
         .and_then(|s| s.smtp_client_authentication_disabled)
         .map(|v| (v, Reason::MailboxDisabled))

@@ -1,16 +1,20 @@
-//! Loading policy files: every file parsed into a positioned tree, every key checked, and the
-//! organizations compiled into one [`PolicySnapshot`]. All problems of all files are collected
-//! and returned together, each with file, line and column.
+//! Loading policy files: one file at a time read, parsed into a positioned tree, every key
+//! checked and its mailboxes stored straight into the snapshot's compact table (so only one
+//! file's text and tree exist at any moment); then the cross-file checks and one
+//! [`PolicySnapshot`]. All problems of all files are collected and returned together, each with
+//! file, line and column.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
+use super::compile::compile;
+use super::files::{is_policy_file, read_policy_file, Version};
+use super::mailboxes::{Mailboxes, TooLarge};
 use super::{
-    MailboxEntry, MailboxSettings, Organization, PolicyError, PolicyErrors, PolicySnapshot,
-    SentItems, DEFAULT_MAX_SESSIONS, WILDCARD_DOMAIN,
+    MailboxSettings, PolicyError, PolicyErrors, PolicySnapshot, SentItems, DEFAULT_MAX_SESSIONS,
+    WILDCARD_DOMAIN,
 };
-use crate::yaml::{self, Node, NodeKind, Pos, Scalar};
+use crate::yaml::{self, quote, ErrorKind, Node, NodeKind, Pos, Scalar};
 
 /// Largest policy file accepted (100 000 mailboxes take about 6 MiB).
 pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
@@ -31,6 +35,7 @@ pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<PolicySnapshot, Policy
             file: dir.to_path_buf(),
             line: 0,
             column: 0,
+            kind: ErrorKind::Unreadable,
             message,
         }])
     };
@@ -45,53 +50,29 @@ pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<PolicySnapshot, Policy
         }
     }
     paths.sort();
-    let mut files = Vec::with_capacity(paths.len());
-    let mut errors = Vec::new();
+    // One file at a time: its text and tree are dropped before the next is read.
+    let mut loader = Loader::default();
+    let mut unreadable = Vec::new();
     for path in paths {
-        match read_policy_file(&path) {
-            Ok(text) => files.push((path, text)),
-            Err(message) => errors.push(PolicyError {
+        match read_policy_file(dir, &path) {
+            Ok(text) => loader.add(path, &text),
+            Err((kind, message)) => unreadable.push(PolicyError {
                 file: path,
                 line: 0,
                 column: 0,
+                kind,
                 message,
             }),
         }
     }
-    match load_files(&files, opts) {
-        Ok(snap) if errors.is_empty() => Ok(snap),
-        Ok(_) => Err(PolicyErrors(errors)),
+    match loader.finish(opts) {
+        Ok(snap) if unreadable.is_empty() => Ok(snap),
+        Ok(_) => Err(PolicyErrors(unreadable)),
         Err(PolicyErrors(more)) => {
-            errors.extend(more);
-            Err(PolicyErrors(errors))
+            unreadable.extend(more);
+            Err(PolicyErrors(unreadable))
         }
     }
-}
-
-/// Whether `path` names a policy file: `*.yaml`/`*.yml`, not hidden (editors' swap and temp
-/// files start with a dot).
-pub fn is_policy_file(path: &Path) -> bool {
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-        return false;
-    };
-    !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml")) && path.is_file()
-}
-
-fn read_policy_file(path: &Path) -> Result<String, String> {
-    let md = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
-    if md.len() > MAX_FILE_BYTES {
-        return Err(format!(
-            "file is {} bytes; the limit is {MAX_FILE_BYTES}",
-            md.len()
-        ));
-    }
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    String::from_utf8(bytes).map_err(|e| {
-        format!(
-            "not valid UTF-8 (byte offset {})",
-            e.utf8_error().valid_up_to()
-        )
-    })
 }
 
 /// Compiles already-read files (name, text). Used by [`load_dir`], by the policy editor to
@@ -100,48 +81,93 @@ pub fn load_files(
     files: &[(PathBuf, String)],
     opts: &LoadOptions,
 ) -> Result<PolicySnapshot, PolicyErrors> {
-    let mut errors = Vec::new();
-    let mut raw_orgs = Vec::new();
+    let mut loader = Loader::default();
     for (path, text) in files {
+        loader.add(path.clone(), text);
+    }
+    loader.finish(opts)
+}
+
+/// A load in progress: the files checked so far and their mailboxes.
+#[derive(Default)]
+struct Loader {
+    errors: Vec<PolicyError>,
+    raw: Vec<RawOrg>,
+    mailboxes: Mailboxes,
+    /// Column of each mailbox's key, for cross-file errors; dropped with the loader.
+    columns: Vec<u32>,
+    files: Vec<PathBuf>,
+    version: Version,
+}
+
+impl Loader {
+    /// Checks one file and stores what it defines.
+    fn add(&mut self, path: PathBuf, text: &str) {
+        self.version.add(&path, text);
         let mut ctx = FileCtx {
-            file: path,
-            errors: &mut errors,
+            file: &path,
+            errors: &mut self.errors,
+            org: u32::try_from(self.raw.len()).unwrap_or(u32::MAX),
+            mailboxes: &mut self.mailboxes,
+            columns: &mut self.columns,
         };
         match yaml::parse(text) {
             Ok(doc) => {
                 if let Some(org) = ctx.organization(&doc) {
-                    raw_orgs.push(org);
+                    self.raw.push(org);
                 }
             }
-            Err(e) => ctx.error(e.pos, e.message),
+            Err(e) => ctx.error(e.pos, ErrorKind::Syntax, e.message),
         }
+        self.files.push(path);
     }
-    let snap = compile(raw_orgs, files, opts, &mut errors);
-    if errors.is_empty() {
-        Ok(snap)
-    } else {
-        // Report in reading order: file by file, top to bottom.
-        let file_index = |p: &Path| files.iter().position(|(f, _)| f == p);
-        errors.sort_by_key(|e| (file_index(&e.file), e.line, e.column));
-        Err(PolicyErrors(errors))
+
+    fn finish(self, opts: &LoadOptions) -> Result<PolicySnapshot, PolicyErrors> {
+        let Loader {
+            mut errors,
+            raw,
+            mailboxes,
+            columns,
+            files,
+            version,
+        } = self;
+        let snap = compile(raw, mailboxes, &columns, files, version, opts, &mut errors);
+        if errors.is_empty() {
+            Ok(snap)
+        } else {
+            // Report in reading order: file by file, top to bottom.
+            let order: HashMap<&Path, usize> = snap
+                .files
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (f.as_path(), i))
+                .collect();
+            errors.sort_by_key(|e| (order.get(e.file.as_path()).copied(), e.line, e.column));
+            Err(PolicyErrors(errors))
+        }
     }
 }
 
 /// An organization as read from one file, before the cross-file checks.
-struct RawOrg {
-    file: PathBuf,
-    name: String,
-    name_pos: Pos,
-    domains: Vec<(String, Pos)>,
-    disabled: bool,
-    max_sessions: u32,
-    sent_items: SentItems,
-    mailboxes: Vec<(String, Pos, MailboxSettings)>,
+pub(super) struct RawOrg {
+    pub file: PathBuf,
+    pub name: String,
+    pub name_pos: Pos,
+    pub domains: Vec<(String, Pos)>,
+    pub disabled: bool,
+    pub max_sessions: u32,
+    pub sent_items: SentItems,
+    /// Its mailboxes' numbers in the table.
+    pub mailboxes: std::ops::Range<u32>,
 }
 
 struct FileCtx<'a> {
     file: &'a Path,
     errors: &'a mut Vec<PolicyError>,
+    /// The index the file's organization gets.
+    org: u32,
+    mailboxes: &'a mut Mailboxes,
+    columns: &'a mut Vec<u32>,
 }
 
 const ORG_KEYS: &[&str] = &[
@@ -160,11 +186,12 @@ const MAILBOX_KEYS: &[&str] = &[
 const SENT_ITEMS_KEYS: &[&str] = &["enabled", "folder"];
 
 impl FileCtx<'_> {
-    fn error(&mut self, pos: Pos, message: impl Into<String>) {
+    fn error(&mut self, pos: Pos, kind: ErrorKind, message: impl Into<String>) {
         self.errors.push(PolicyError {
             file: self.file.to_path_buf(),
             line: pos.line,
             column: pos.column,
+            kind,
             message: message.into(),
         });
     }
@@ -180,6 +207,7 @@ impl FileCtx<'_> {
         let Some(map) = node.as_map() else {
             self.error(
                 node.start,
+                ErrorKind::WrongType,
                 format!("{what} must be a mapping, found {}", node.describe()),
             );
             return None;
@@ -188,7 +216,11 @@ impl FileCtx<'_> {
         let mut out = Vec::new();
         for (k, v) in map {
             let Some(key) = k.text() else {
-                self.error(k.start, format!("keys in {what} must be plain names"));
+                self.error(
+                    k.start,
+                    ErrorKind::WrongType,
+                    format!("keys in {what} must be plain names"),
+                );
                 continue;
             };
             if !known.contains(&key) {
@@ -197,8 +229,10 @@ impl FileCtx<'_> {
                     .unwrap_or_default();
                 self.error(
                     k.start,
+                    ErrorKind::UnknownKey,
                     format!(
-                        "unknown key {key:?} in {what}{hint}; allowed: {}",
+                        "unknown key {} in {what}{hint}; allowed: {}",
+                        quote(key),
                         known.join(", ")
                     ),
                 );
@@ -207,6 +241,7 @@ impl FileCtx<'_> {
             if let Some((_, first)) = seen.iter().find(|(s, _)| *s == key) {
                 self.error(
                     k.start,
+                    ErrorKind::DuplicateKey,
                     format!(
                         "duplicate key {key:?} in {what} (first at line {})",
                         first.line
@@ -227,6 +262,7 @@ impl FileCtx<'_> {
             _ => {
                 self.error(
                     node.start,
+                    ErrorKind::WrongType,
                     format!(
                         "{key} must be true, false or null, found {}",
                         node.describe()
@@ -241,9 +277,14 @@ impl FileCtx<'_> {
         match node.scalar() {
             Some(Scalar::Null) => Ok(None),
             Some(Scalar::Int(i)) if (1..=MAX_SESSION_LIMIT).contains(&i) => Ok(Some(i as u32)),
-            _ => {
+            other => {
+                let kind = match other {
+                    Some(Scalar::Int(_)) => ErrorKind::InvalidValue,
+                    _ => ErrorKind::WrongType,
+                };
                 self.error(
                     node.start,
+                    kind,
                     format!(
                         "{key} must be a whole number from 1 to {MAX_SESSION_LIMIT} (or null), found {}",
                         node.describe()
@@ -260,6 +301,7 @@ impl FileCtx<'_> {
             _ => {
                 self.error(
                     node.start,
+                    ErrorKind::WrongType,
                     format!("{key} must be a string, found {}", node.describe()),
                 );
                 None
@@ -275,7 +317,11 @@ impl FileCtx<'_> {
         if f.trim().is_empty() || f.len() > 255 || f.chars().any(|c| c.is_control()) {
             self.error(
                 node.start,
-                format!("sent_items.folder must be 1 to 255 printable characters, found {f:?}"),
+                ErrorKind::InvalidValue,
+                format!(
+                    "sent_items.folder must be 1 to 255 printable characters, found {}",
+                    quote(&f)
+                ),
             );
             return Err(());
         }
@@ -310,7 +356,7 @@ impl FileCtx<'_> {
             disabled: false,
             max_sessions: DEFAULT_MAX_SESSIONS,
             sent_items: SentItems::default(),
-            mailboxes: Vec::new(),
+            mailboxes: 0..0,
         };
         let mut has_name = false;
         let mut has_domains = false;
@@ -326,7 +372,8 @@ impl FileCtx<'_> {
                         } else {
                             self.error(
                                 v.start,
-                                format!("organization name {name:?} must be 1 to 64 letters, digits, '.', '-' or '_'"),
+                                ErrorKind::InvalidValue,
+                                format!("organization name {} must be 1 to 64 letters, digits, '.', '-' or '_'", quote(&name)),
                             );
                         }
                     }
@@ -357,17 +404,19 @@ impl FileCtx<'_> {
         if !has_name {
             self.error(
                 doc.start,
+                ErrorKind::MissingKey,
                 "missing key \"organization\" (the organization's name)",
             );
         }
         if !has_domains {
             self.error(
                 doc.start,
+                ErrorKind::MissingKey,
                 "missing key \"domains\" (a list of domains, or [\"*\"] for the fallback organization)",
             );
         }
         if let Some(m) = mailboxes {
-            self.mailboxes(m, &mut org.mailboxes);
+            org.mailboxes = self.mailboxes(m);
         }
         Some(org)
     }
@@ -376,6 +425,7 @@ impl FileCtx<'_> {
         let NodeKind::Seq(items) = &node.kind else {
             self.error(
                 node.start,
+                ErrorKind::WrongType,
                 format!(
                     "domains must be a list of domains, found {}",
                     node.describe()
@@ -384,7 +434,11 @@ impl FileCtx<'_> {
             return;
         };
         if items.is_empty() {
-            self.error(node.start, "domains must list at least one domain");
+            self.error(
+                node.start,
+                ErrorKind::InvalidValue,
+                "domains must list at least one domain",
+            );
         }
         for item in items {
             let Some(d) = self.string(item, "each entry of domains") else {
@@ -394,13 +448,18 @@ impl FileCtx<'_> {
             if d != WILDCARD_DOMAIN && !valid_domain(&d) {
                 self.error(
                     item.start,
-                    format!("{d:?} is not a domain name (ASCII; use the xn-- form for IDNs)"),
+                    ErrorKind::InvalidValue,
+                    format!(
+                        "{} is not a domain name (ASCII; use the xn-- form for IDNs)",
+                        quote(&d)
+                    ),
                 );
                 continue;
             }
             if let Some((_, first)) = out.iter().find(|(x, _)| *x == d) {
                 self.error(
                     item.start,
+                    ErrorKind::DuplicateDomain,
                     format!(
                         "domain {d:?} is listed twice (first at line {})",
                         first.line
@@ -412,24 +471,29 @@ impl FileCtx<'_> {
         }
     }
 
-    fn mailboxes(&mut self, node: &Node, out: &mut Vec<(String, Pos, MailboxSettings)>) {
+    /// Stores the file's mailboxes in the table; returns their numbers.
+    fn mailboxes(&mut self, node: &Node) -> std::ops::Range<u32> {
+        let first = u32::try_from(self.columns.len()).unwrap_or(u32::MAX);
+        let mut last = first;
         if node.scalar() == Some(Scalar::Null) {
-            return;
+            return first..last;
         }
         let Some(map) = node.as_map() else {
             self.error(
                 node.start,
+                ErrorKind::WrongType,
                 format!(
                     "mailboxes must be a mapping of address to settings, found {}",
                     node.describe()
                 ),
             );
-            return;
+            return first..last;
         };
         for (k, v) in map {
             let Some(Scalar::Str(raw)) = k.scalar() else {
                 self.error(
                     k.start,
+                    ErrorKind::WrongType,
                     format!("mailbox key must be an address, found {}", k.describe()),
                 );
                 continue;
@@ -438,7 +502,8 @@ impl FileCtx<'_> {
             if !valid_address(&address) {
                 self.error(
                     k.start,
-                    format!("{raw:?} is not a mailbox address (local@domain)"),
+                    ErrorKind::InvalidValue,
+                    format!("{} is not a mailbox address (local@domain)", quote(raw)),
                 );
                 continue;
             }
@@ -463,181 +528,25 @@ impl FileCtx<'_> {
                     }
                 }
             }
-            out.push((address, k.start, settings));
-        }
-    }
-}
-
-/// Cross-file checks and the compiled snapshot.
-fn compile(
-    raw: Vec<RawOrg>,
-    files: &[(PathBuf, String)],
-    opts: &LoadOptions,
-    errors: &mut Vec<PolicyError>,
-) -> PolicySnapshot {
-    let err = |errors: &mut Vec<PolicyError>, file: &Path, pos: Pos, message: String| {
-        errors.push(PolicyError {
-            file: file.to_path_buf(),
-            line: pos.line,
-            column: pos.column,
-            message,
-        })
-    };
-    let where_ = |file: &Path, pos: Pos| format!("{}:{}", file.display(), pos.line);
-
-    let mut orgs: Vec<Organization> = Vec::with_capacity(raw.len());
-    let mut by_domain: HashMap<String, usize> = HashMap::new();
-    let mut domain_pos: HashMap<String, (PathBuf, Pos)> = HashMap::new();
-    let mut names: HashMap<String, (PathBuf, Pos)> = HashMap::new();
-    let mut wildcard: Option<(usize, PathBuf, Pos)> = None;
-    let total_mailboxes = raw.iter().map(|o| o.mailboxes.len()).sum();
-    let mut mailboxes: HashMap<String, MailboxEntry> = HashMap::with_capacity(total_mailboxes);
-    let mut mailbox_pos: HashMap<String, (PathBuf, Pos)> = HashMap::new();
-
-    for r in &raw {
-        let idx = orgs.len();
-        if !r.name.is_empty() {
-            let key = r.name.to_ascii_lowercase();
-            if let Some((f, p)) = names.get(&key) {
-                err(
-                    errors,
-                    &r.file,
-                    r.name_pos,
-                    format!(
-                        "organization {:?} is already defined at {}",
-                        r.name,
-                        where_(f, *p)
-                    ),
-                );
-            } else {
-                names.insert(key, (r.file.clone(), r.name_pos));
-            }
-        }
-        for (d, pos) in &r.domains {
-            if d == WILDCARD_DOMAIN {
-                match &wildcard {
-                    Some((_, f, p)) => err(
-                        errors,
-                        &r.file,
-                        *pos,
-                        format!(
-                            "a second fallback organization (\"*\"); the first is at {}",
-                            where_(f, *p)
-                        ),
-                    ),
-                    None => wildcard = Some((idx, r.file.clone(), *pos)),
+            let line = u32::try_from(k.start.line).unwrap_or(u32::MAX);
+            match self.mailboxes.push(&address, self.org, line, &settings) {
+                Ok(n) => {
+                    self.columns
+                        .push(u32::try_from(k.start.column).unwrap_or(u32::MAX));
+                    last = n + 1;
                 }
-                continue;
-            }
-            if let Some((f, p)) = domain_pos.get(d) {
-                err(
-                    errors,
-                    &r.file,
-                    *pos,
-                    format!(
-                        "domain {d:?} already belongs to the organization at {}",
-                        where_(f, *p)
-                    ),
-                );
-                continue;
-            }
-            domain_pos.insert(d.clone(), (r.file.clone(), *pos));
-            by_domain.insert(d.clone(), idx);
-        }
-        orgs.push(Organization {
-            name: r.name.clone(),
-            domains: r.domains.iter().map(|(d, _)| d.clone()).collect(),
-            smtp_client_authentication_disabled: r.disabled,
-            max_concurrent_sessions_per_mailbox: r.max_sessions,
-            sent_items: r.sent_items.clone(),
-            file: r.file.clone(),
-        });
-    }
-
-    // Mailboxes after all domains are known, so "outside its organization" can name the owner.
-    for (idx, r) in raw.iter().enumerate() {
-        let is_wildcard = wildcard.as_ref().is_some_and(|(w, _, _)| *w == idx);
-        for (address, pos, settings) in &r.mailboxes {
-            if let Some((f, p)) = mailbox_pos.get(address) {
-                err(
-                    errors,
-                    &r.file,
-                    *pos,
-                    format!("mailbox {address} is already listed at {}", where_(f, *p)),
-                );
-                continue;
-            }
-            let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
-            match by_domain.get(domain) {
-                Some(owner) if *owner == idx => {}
-                Some(owner) => {
-                    err(errors, &r.file, *pos, format!(
-                        "mailbox {address} is outside organization {:?}'s domains: {domain} belongs to organization {:?} ({})",
-                        r.name, orgs[*owner].name, orgs[*owner].file.display()
-                    ));
-                    continue;
-                }
-                None if is_wildcard => {}
-                None => {
-                    err(
-                        errors,
-                        &r.file,
-                        *pos,
-                        format!(
-                            "mailbox {address} is outside organization {:?}'s domains ({})",
-                            r.name,
-                            r.domains
-                                .iter()
-                                .map(|(d, _)| d.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
+                Err(TooLarge::Arena | TooLarge::Count) => {
+                    self.error(
+                        k.start,
+                        ErrorKind::TooLarge,
+                        "the policy files hold more mailboxes than submitgate can load",
                     );
-                    continue;
+                    break;
                 }
             }
-            mailbox_pos.insert(address.clone(), (r.file.clone(), *pos));
-            mailboxes.insert(
-                address.clone(),
-                MailboxEntry {
-                    org: idx,
-                    settings: settings.clone(),
-                },
-            );
         }
+        first..last
     }
-
-    PolicySnapshot {
-        orgs,
-        by_domain,
-        wildcard: wildcard.map(|(i, _, _)| i),
-        mailboxes,
-        default_domain: opts.default_domain.as_ref().map(|d| d.to_ascii_lowercase()),
-        version: version_of(files),
-        loaded_at: SystemTime::now(),
-        files: files.iter().map(|(p, _)| p.clone()).collect(),
-    }
-}
-
-/// FNV-1a over file names and contents: a version string that is stable across runs.
-fn version_of(files: &[(PathBuf, String)]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    for (p, text) in files {
-        eat(p
-            .file_name()
-            .map(|n| n.as_encoded_bytes())
-            .unwrap_or_default());
-        eat(&[0]);
-        eat(text.as_bytes());
-        eat(&[0]);
-    }
-    format!("{h:016x}")
 }
 
 fn valid_org_name(name: &str) -> bool {

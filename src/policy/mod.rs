@@ -3,8 +3,13 @@
 //! into a [`Decision`] (`effective_disabled = mailbox ?? organization`). No protocol knowledge
 //! and no I/O beyond reading the policy files.
 
+mod compile;
 mod evaluate;
+mod files;
 mod load;
+mod mailboxes;
+
+use mailboxes::Mailboxes;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -14,7 +19,8 @@ use std::time::SystemTime;
 pub use evaluate::{evaluate, Allowed, Decision, Submission};
 pub mod editor;
 pub mod reload;
-pub use load::{is_policy_file, load_dir, load_files, valid_address, valid_domain, LoadOptions};
+pub use files::{is_policy_file, version_of_dir};
+pub use load::{load_dir, load_files, valid_address, valid_domain, LoadOptions};
 
 /// Default number of concurrent sessions per mailbox (Exchange Online's value).
 pub const DEFAULT_MAX_SESSIONS: u32 = 3;
@@ -67,12 +73,6 @@ pub struct MailboxSettings {
     pub sent_items_folder: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct MailboxEntry {
-    org: usize,
-    settings: MailboxSettings,
-}
-
 /// The compiled policy: what every decision reads. Immutable; a reload builds a new one and
 /// swaps it in, so a session never sees a mix of two versions.
 #[derive(Debug, Clone)]
@@ -80,7 +80,8 @@ pub struct PolicySnapshot {
     orgs: Vec<Organization>,
     by_domain: HashMap<String, usize>,
     wildcard: Option<usize>,
-    mailboxes: HashMap<String, MailboxEntry>,
+    /// Compact: one arena of addresses and 24 bytes per mailbox (see [`mailboxes`]).
+    mailboxes: Mailboxes,
     default_domain: Option<String>,
     /// Short hash of the files' names and contents: equal policies have equal versions.
     pub version: String,
@@ -133,7 +134,7 @@ impl PolicySnapshot {
             orgs: Vec::new(),
             by_domain: HashMap::new(),
             wildcard: None,
-            mailboxes: HashMap::new(),
+            mailboxes: Mailboxes::default(),
             default_domain: None,
             version: "empty".to_string(),
             loaded_at: SystemTime::now(),
@@ -156,6 +157,11 @@ impl PolicySnapshot {
         self.mailboxes.len()
     }
 
+    /// Bytes the mailbox table holds: what a policy of many mailboxes costs in memory.
+    pub fn mailbox_heap_bytes(&self) -> usize {
+        self.mailboxes.heap_bytes()
+    }
+
     /// Turns a login into the normalized mailbox address: trimmed, lower-case, and completed
     /// with the default domain when it has no `@`.
     pub fn normalize(&self, login: &str) -> String {
@@ -171,15 +177,22 @@ impl PolicySnapshot {
     /// The `Get-CASMailbox` view of one address.
     pub fn describe(&self, login: &str) -> MailboxView {
         let address = self.normalize(login);
-        let entry = self.mailboxes.get(&address);
+        let entry = self
+            .mailboxes
+            .get(&address)
+            .map(|e| self.mailboxes.settings(e));
         let org = self.org_index_for(&address).map(|i| &self.orgs[i]);
-        let own = entry.and_then(|e| e.settings.smtp_client_authentication_disabled);
+        let own = entry
+            .as_ref()
+            .and_then(|e| e.smtp_client_authentication_disabled);
         let (effective, source) = match (own, org) {
             (Some(v), Some(_)) => (v, Source::Mailbox),
             (None, Some(o)) => (o.smtp_client_authentication_disabled, Source::Organization),
             (_, None) => (true, Source::UnknownOrganization),
         };
-        let own_limit = entry.and_then(|e| e.settings.max_concurrent_sessions_per_mailbox);
+        let own_limit = entry
+            .as_ref()
+            .and_then(|e| e.max_concurrent_sessions_per_mailbox);
         MailboxView {
             listed: entry.is_some(),
             organization: org.map(|o| o.name.clone()),
@@ -191,13 +204,13 @@ impl PolicySnapshot {
             mailbox_max_concurrent_sessions: own_limit,
             effective_max_concurrent_sessions: org
                 .map(|o| own_limit.unwrap_or(o.max_concurrent_sessions_per_mailbox)),
-            sent_items: org.map(|o| effective_sent_items(o, entry.map(|e| &e.settings))),
+            sent_items: org.map(|o| effective_sent_items(o, entry.as_ref())),
             address,
         }
     }
 
     /// The mailboxes with settings of their own that belong to `org`, sorted by address.
-    pub fn mailboxes_of(&self, org: &str) -> Vec<(&str, &MailboxSettings)> {
+    pub fn mailboxes_of(&self, org: &str) -> Vec<(&str, MailboxSettings)> {
         let Some(idx) = self
             .orgs
             .iter()
@@ -208,8 +221,8 @@ impl PolicySnapshot {
         let mut v: Vec<_> = self
             .mailboxes
             .iter()
-            .filter(|(_, e)| e.org == idx)
-            .map(|(a, e)| (a.as_str(), &e.settings))
+            .filter(|(_, e)| e.org as usize == idx)
+            .map(|(a, e)| (a, self.mailboxes.settings(e)))
             .collect();
         v.sort_by(|a, b| a.0.cmp(b.0));
         v

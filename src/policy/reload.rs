@@ -12,7 +12,7 @@ use arc_swap::{ArcSwap, Guard};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use super::{load_dir, LoadOptions, PolicyError, PolicyErrors, PolicySnapshot};
+use super::{load_dir, version_of_dir, LoadOptions, PolicyError, PolicyErrors, PolicySnapshot};
 use crate::audit::{Audit, AuditEvent, EventKind};
 
 /// How long the policy directory must be quiet before a reload: editors write in bursts.
@@ -39,8 +39,9 @@ impl PolicyHandle {
         self.0.load_full()
     }
 
-    fn store(&self, snapshot: Arc<PolicySnapshot>) {
-        self.0.store(snapshot);
+    /// Puts `snapshot` in force; returns the one it replaces.
+    fn swap(&self, snapshot: Arc<PolicySnapshot>) -> Arc<PolicySnapshot> {
+        self.0.swap(snapshot)
     }
 }
 
@@ -51,7 +52,8 @@ pub enum ReloadOutcome {
         version: String,
         organizations: usize,
         mailboxes: usize,
-        /// The files had not changed: nothing was swapped or audited.
+        /// The files had not changed: nothing was swapped or audited (the success is still
+        /// recorded for `status`).
         unchanged: bool,
     },
     /// The old policy stays in force.
@@ -105,33 +107,72 @@ impl Reloader {
     }
 
     /// Reloads the policy files. A broken set keeps the old policy, logs every error and
-    /// audits `policy_reload_failed`; an unchanged set is a no-op.
+    /// audits `policy_reload_failed`; an unchanged set swaps and audits nothing, but like any
+    /// successful reload it is recorded for `status` (clearing an earlier failure).
     pub async fn reload(&self) -> ReloadOutcome {
         let _one_at_a_time = self.lock.lock().await;
-        match load(&self.dir, &self.options).await {
-            Ok(snapshot) if snapshot.version == self.policy.load().version => {
-                tracing::debug!(version = %snapshot.version, "policy files unchanged");
+        // Unchanged files (SIGHUP, a save without changes, a reverted edit): answered from the
+        // files' hash, without building a second snapshot beside the one in force.
+        let dir = self.dir.clone();
+        let current = self.policy.load_full();
+        if let Ok(Some(version)) = tokio::task::spawn_blocking(move || version_of_dir(&dir)).await {
+            if version == current.version {
+                self.record(true, Vec::new());
+                tracing::debug!(%version, "policy files unchanged");
+                return ReloadOutcome::Reloaded {
+                    version,
+                    organizations: current.organizations().len(),
+                    mailboxes: current.mailbox_count(),
+                    unchanged: true,
+                };
+            }
+        }
+        drop(current);
+        // Built, compared and swapped on one blocking-pool thread, which also frees the old
+        // snapshot when no session holds it any more: frees on the allocating thread let the
+        // allocator reuse and return the pages at once (frees from another thread are deferred
+        // until the idle loader thread runs again).
+        let (dir, options, policy) = (self.dir.clone(), self.options.clone(), self.policy.clone());
+        let swapped = tokio::task::spawn_blocking(move || {
+            let snapshot = load_dir(&dir, &options)?;
+            let summary = (
+                snapshot.version.clone(),
+                snapshot.organizations().len(),
+                snapshot.mailbox_count(),
+            );
+            let unchanged = snapshot.version == policy.load().version;
+            if !unchanged {
+                drop(policy.swap(Arc::new(snapshot)));
+            }
+            Ok((summary, unchanged))
+        })
+        .await
+        .unwrap_or_else(|e| Err(join_error(e)));
+        match swapped {
+            Ok(((version, organizations, mailboxes), true)) => {
+                // Still a successful reload: it clears a FAILED left by a broken edit that
+                // has since been reverted to the text in force.
+                self.record(true, Vec::new());
+                tracing::debug!(%version, "policy files unchanged");
                 ReloadOutcome::Reloaded {
-                    version: snapshot.version.clone(),
-                    organizations: snapshot.organizations().len(),
-                    mailboxes: snapshot.mailbox_count(),
+                    version,
+                    organizations,
+                    mailboxes,
                     unchanged: true,
                 }
             }
-            Ok(snapshot) => {
+            Ok(((version, organizations, mailboxes), false)) => {
                 self.record(true, Vec::new());
-                let outcome = ReloadOutcome::Reloaded {
-                    version: snapshot.version.clone(),
-                    organizations: snapshot.organizations().len(),
-                    mailboxes: snapshot.mailbox_count(),
-                    unchanged: false,
-                };
                 let mut ev = AuditEvent::new(EventKind::PolicyReloaded);
-                ev.version = Some(snapshot.version.clone());
-                tracing::info!(version = %snapshot.version, "policy reloaded");
-                self.policy.store(Arc::new(snapshot));
+                ev.version = Some(version.clone());
+                tracing::info!(%version, "policy reloaded");
                 self.audit.record(ev).await;
-                outcome
+                ReloadOutcome::Reloaded {
+                    version,
+                    organizations,
+                    mailboxes,
+                    unchanged: false,
+                }
             }
             Err(errors) => {
                 self.record(false, errors.0.iter().map(|e| e.to_string()).collect());
@@ -140,7 +181,9 @@ impl Reloader {
                 }
                 let mut ev = AuditEvent::new(EventKind::PolicyReloadFailed);
                 ev.version = Some(self.policy.load().version.clone());
-                ev.errors = Some(errors.0.iter().map(|e| e.to_string()).collect());
+                // Place and kind only: the audit log may be readable by people who may not
+                // read the policy files, and a message quotes a token of the file.
+                ev.errors = Some(errors.0.iter().map(|e| e.place_and_kind()).collect());
                 self.audit.record(ev).await;
                 ReloadOutcome::Failed(errors)
             }
@@ -245,6 +288,7 @@ fn join_error(e: tokio::task::JoinError) -> PolicyErrors {
         file: "policies".into(),
         line: 0,
         column: 0,
+        kind: crate::yaml::ErrorKind::Internal,
         message: format!("policy loader failed: {e}"),
     }])
 }

@@ -405,3 +405,171 @@ fn load_dir_reads_yaml_files_only_and_names_bad_ones() {
     let e = load_dir(&dir.path().join("missing"), &LoadOptions::default()).unwrap_err();
     assert!(e.to_string().contains("cannot read directory"));
 }
+
+/// A policy directory with one good organization, for the file-safety tests.
+fn dir_with_contoso() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("contoso.yaml"),
+        "organization: contoso\ndomains: [contoso.com]\n",
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn a_symlink_out_of_the_directory_is_refused_without_quoting_its_target() {
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("shadow");
+    std::fs::write(
+        &secret,
+        "root:$6$SECRETSALT$SECRETHASH:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n",
+    )
+    .unwrap();
+    let dir = dir_with_contoso();
+    std::os::unix::fs::symlink(&secret, dir.path().join("evil.yaml")).unwrap();
+    let e = load_dir(dir.path(), &LoadOptions::default()).unwrap_err();
+    assert_eq!(e.0.len(), 1, "{e}");
+    assert_eq!(e.0[0].kind, crate::yaml::ErrorKind::OutsideDirectory);
+    let text = e.to_string();
+    assert!(
+        text.contains("evil.yaml: is a symbolic link that leads out of the policy directory"),
+        "{text}"
+    );
+    assert!(!text.contains("SECRET") && !text.contains("root"), "{text}");
+    assert_eq!(
+        e.0[0].place_and_kind(),
+        format!(
+            "{}: outside_directory",
+            dir.path().join("evil.yaml").display()
+        )
+    );
+
+    // A dangling link is refused the same way; a link inside the directory is read.
+    std::fs::remove_file(dir.path().join("evil.yaml")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("gone"), dir.path().join("evil.yaml")).unwrap();
+    let e = load_dir(dir.path(), &LoadOptions::default()).unwrap_err();
+    assert_eq!(e.0[0].kind, crate::yaml::ErrorKind::OutsideDirectory, "{e}");
+    std::fs::remove_file(dir.path().join("evil.yaml")).unwrap();
+    std::fs::create_dir(dir.path().join("orgs")).unwrap();
+    std::fs::write(
+        dir.path().join("orgs/fabrikam.txt"),
+        "organization: fabrikam\ndomains: [fabrikam.com]\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("orgs/fabrikam.txt", dir.path().join("fabrikam.yaml")).unwrap();
+    let snap = load_dir(dir.path(), &LoadOptions::default()).unwrap();
+    assert_eq!(snap.organizations().len(), 2);
+}
+
+#[test]
+fn non_regular_files_are_refused_by_name_and_a_fifo_does_not_block() {
+    let dir = dir_with_contoso();
+    std::fs::create_dir(dir.path().join("sub.yaml")).unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(dir.path().join("pipe.yaml"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let e = load_dir(dir.path(), &LoadOptions::default()).unwrap_err();
+    let text = e.to_string();
+    assert_eq!(e.0.len(), 2, "{text}");
+    assert!(
+        e.0.iter()
+            .all(|e| e.kind == crate::yaml::ErrorKind::NotRegularFile),
+        "{text}"
+    );
+    assert!(
+        text.contains("pipe.yaml: is a special file, not a regular file"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sub.yaml: is a directory, not a regular file"),
+        "{text}"
+    );
+}
+
+#[test]
+fn errors_quote_at_most_one_short_escaped_token() {
+    let long_key = "k".repeat(1_000);
+    let e = load(&[(
+        "a.yaml",
+        &format!("organization: a\ndomains: [\"a.com\\u202e\\x1b[2J\"]\n{long_key}: 1\nmailboxes:\n  \"x\\ny@a.com\": {{}}\n"),
+    )])
+    .unwrap_err();
+    assert_eq!(e.0.len(), 3, "{e}");
+    for err in &e.0 {
+        let m = &err.message;
+        assert!(m.len() < 400, "message of {} bytes: {m}", m.len());
+        assert!(
+            !m.chars().any(|c| c.is_control() || c == '\u{202e}'),
+            "{m:?}"
+        );
+    }
+    assert!(
+        e.0[0]
+            .message
+            .contains(r#""a.com\u{202e}\u{1b}[2j" is not a domain name"#),
+        "{}",
+        e.0[0].message
+    );
+    assert!(
+        e.0[1]
+            .message
+            .contains(&format!("unknown key \"{}…\"", "k".repeat(64))),
+        "{}",
+        e.0[1].message
+    );
+    assert!(
+        e.0[2]
+            .message
+            .contains(r#""x\ny@a.com" is not a mailbox address"#),
+        "{}",
+        e.0[2].message
+    );
+    assert_eq!(e.0[1].kind, crate::yaml::ErrorKind::UnknownKey);
+    assert_eq!(e.0[1].place_and_kind(), "a.yaml:3:1: unknown_key");
+}
+
+#[test]
+fn many_mailboxes_cost_a_few_dozen_bytes_each_and_versions_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = 0;
+    for f in 0..20 {
+        let mut text = format!("organization: o{f}\ndomains: [o{f}.example]\nmailboxes:\n");
+        for m in 0..1000 {
+            let settings = match m % 4 {
+                0 => "{ smtp_client_authentication_disabled: true }",
+                1 => "{ sent_items: { folder: Gesendet } }",
+                _ => "{}",
+            };
+            text.push_str(&format!("  user{m}@o{f}.example: {settings}\n"));
+            n += 1;
+        }
+        std::fs::write(dir.path().join(format!("o{f}.yaml")), text).unwrap();
+    }
+    let snap = load_dir(dir.path(), &LoadOptions::default()).unwrap();
+    assert_eq!(snap.mailbox_count(), n);
+    // Was a HashMap<String, entry> of about 150 bytes a mailbox before any allocator overhead.
+    let per_mailbox = snap.mailbox_heap_bytes() / n;
+    assert!(per_mailbox <= 64, "{per_mailbox} bytes per mailbox");
+    let view = snap.describe("user1@o3.example");
+    assert_eq!(view.sent_items.unwrap().folder, "Gesendet");
+    assert!(
+        snap.describe("user0@o19.example")
+            .effective_smtp_client_authentication_disabled
+    );
+    assert_eq!(
+        version_of_dir(dir.path()).as_deref(),
+        Some(snap.version.as_str())
+    );
+    let files: Vec<(PathBuf, String)> = snap
+        .files
+        .iter()
+        .map(|p| (p.clone(), std::fs::read_to_string(p).unwrap()))
+        .collect();
+    assert_eq!(
+        load_files(&files, &LoadOptions::default()).unwrap().version,
+        snap.version
+    );
+}
