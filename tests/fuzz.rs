@@ -11,8 +11,9 @@
 //! chunking, buffers never past the frame or request cap, positions inside the file).
 //!
 //! `cargo test --test fuzz` runs 500 cases per target with a fixed seed. The `--ignored`
-//! versions run 100 000 cases each (`SUBMITGATE_FUZZ_CASES` to change) from a random seed
-//! printed first (`SUBMITGATE_FUZZ_SEED` to replay one):
+//! versions run 100 000 cases each (`SUBMITGATE_FUZZ_CASES` to change; at most
+//! `SUBMITGATE_FUZZ_SECONDS` per target when set) from a random seed that a failure names
+//! (`SUBMITGATE_FUZZ_SEED` replays it):
 //!
 //! ```sh
 //! cargo test --release --test fuzz -- --ignored --test-threads 2
@@ -50,6 +51,17 @@ const MAX_ERROR_TEXT: usize = 200;
 // ---------------------------------------------------------------------------------------------
 // The runner and the damage every target shares.
 
+fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|s| s.trim().parse().ok())
+}
+
+/// Cases per proptest runner; a long run is a series of batches so that it can stop on time.
+const BATCH: u32 = 1000;
+
+/// Runs `test` on `cases` values of `strategy`. With `fixed_seed` (the quick tests) always the
+/// same cases; otherwise from a random seed, `SUBMITGATE_FUZZ_CASES` cases, and at most
+/// `SUBMITGATE_FUZZ_SECONDS` seconds when set (CI's bound: the batch running then finishes).
+/// A failure names the seed that replays it: `SUBMITGATE_FUZZ_SEED=N`.
 fn run<S>(
     name: &str,
     cases: u32,
@@ -60,41 +72,49 @@ fn run<S>(
     S: Strategy,
     S::Value: Debug,
 {
-    let seed = std::env::var("SUBMITGATE_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
+    let seed = env_number("SUBMITGATE_FUZZ_SEED")
         .or(fixed_seed)
         .unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_nanos() as u64)
         });
-    let cases = if fixed_seed.is_some() {
-        cases
-    } else {
-        std::env::var("SUBMITGATE_FUZZ_CASES")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(cases)
+    let (cases, budget) = match fixed_seed {
+        Some(_) => (cases, None),
+        None => (
+            env_number("SUBMITGATE_FUZZ_CASES").unwrap_or(cases),
+            env_number::<u64>("SUBMITGATE_FUZZ_SECONDS").map(std::time::Duration::from_secs),
+        ),
     };
-    // Past the harness's capture, so that a long run shows what it is doing and how to replay.
-    {
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "fuzz {name}: {cases} cases, SUBMITGATE_FUZZ_SEED={seed}"
-        );
+    let started = std::time::Instant::now();
+    let mut done: u32 = 0;
+    let mut batch: u64 = 0;
+    while done < cases && budget.map_or(true, |b| started.elapsed() < b) {
+        let n = (cases - done).min(BATCH);
+        let batch_seed = seed.wrapping_add(batch);
+        let mut runner = TestRunner::new(Config {
+            cases: n,
+            rng_seed: RngSeed::Fixed(batch_seed),
+            failure_persistence: None,
+            max_shrink_iters: 4096,
+            ..Config::default()
+        });
+        if let Err(e) = runner.run(&strategy, &test) {
+            panic!(
+                "fuzz {name}: {e}\nreplay: SUBMITGATE_FUZZ_SEED={batch_seed} \
+                 SUBMITGATE_FUZZ_CASES={n} (after {done} passing cases)"
+            );
+        }
+        done += n;
+        batch += 1;
     }
-    let mut runner = TestRunner::new(Config {
-        cases,
-        rng_seed: RngSeed::Fixed(seed),
-        failure_persistence: None,
-        max_shrink_iters: 4096,
-        ..Config::default()
-    });
-    if let Err(e) = runner.run(&strategy, test) {
-        panic!("fuzz {name} (SUBMITGATE_FUZZ_SEED={seed}): {e}");
-    }
+    // Past the harness's capture, so that a fuzz run shows how much it did.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "fuzz {name}: {done} cases passed in {:.1} s (SUBMITGATE_FUZZ_SEED={seed})",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// One way of damaging a byte string; positions are fractions of its length.
@@ -990,6 +1010,11 @@ impl PolicyFileCase {
     }
 }
 
+/// The lines of a text as YAML counts them: `\n`, `\r\n` and a lone `\r` each end one.
+fn yaml_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.split('\n').flat_map(|l| l.split('\r'))
+}
+
 /// Every error of a load names the file, a position inside the text (or 0: the whole file)
 /// and a non-empty message.
 fn check_located(
@@ -998,9 +1023,8 @@ fn check_located(
     text: &str,
 ) -> Result<(), TestCaseError> {
     prop_assert!(!errors.is_empty(), "an error list without errors");
-    let lines = text.split('\n').count();
-    let widest = text
-        .split('\n')
+    let lines = yaml_lines(text).count();
+    let widest = yaml_lines(text)
         .map(|l| l.chars().count())
         .max()
         .unwrap_or(0);
@@ -1041,7 +1065,7 @@ fn yaml_policy_target(case: PolicyFileCase) -> Result<(), TestCaseError> {
     match submitgate::yaml::parse(&damaged) {
         Ok(_) => {}
         Err(e) => {
-            let lines = damaged.split('\n').count();
+            let lines = yaml_lines(&damaged).count();
             prop_assert!(e.pos.line >= 1 && e.pos.line <= lines + 1, "{e:?}");
             prop_assert!(!e.message.is_empty());
         }

@@ -181,7 +181,10 @@ impl Decoder for PolicyCodec {
             i = nl + 1;
         }
         let Some((block_end, consumed)) = found else {
-            if buf.len() > MAX_REQUEST_BYTES {
+            // A buffer ending in "\n\r" may still be a request that ends at that newline, one
+            // byte before the buffer's end: the same verdict whatever the segmentation.
+            let pending = usize::from(buf.ends_with(b"\n\r"));
+            if buf.len() - pending > MAX_REQUEST_BYTES {
                 return Err(CodecError::TooLarge);
             }
             self.scanned = i.max(self.scanned);
@@ -261,6 +264,29 @@ mod tests {
         let r = codec.decode(&mut buf).unwrap().unwrap();
         assert_eq!(r.sasl_username, "x".repeat(1000));
         assert!(buf.is_empty());
+    }
+
+    /// Found by tests/fuzz.rs: a CRLF request of exactly the maximum size was refused as
+    /// too large when its final "\r\n" arrived in two pieces, and accepted otherwise.
+    #[test]
+    fn a_request_of_the_maximum_size_is_accepted_however_it_arrives() {
+        let line_len = MAX_REQUEST_BYTES - "\r\n".len();
+        let mut text = format!("sasl_username={}", "x".repeat(line_len - 14)).into_bytes();
+        text.extend_from_slice(b"\r\n\r\n");
+        for split in [text.len() - 1, text.len() - 2, text.len()] {
+            let mut codec = PolicyCodec::new();
+            let mut buf = BytesMut::from(&text[..split]);
+            let mut got = codec.decode(&mut buf).unwrap();
+            if got.is_none() {
+                buf.extend_from_slice(&text[split..]);
+                got = codec.decode(&mut buf).unwrap();
+            }
+            assert_eq!(
+                got.unwrap().sasl_username.len(),
+                line_len - 14,
+                "split at {split}"
+            );
+        }
     }
 
     #[test]
