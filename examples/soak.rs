@@ -25,7 +25,7 @@
 //! ```
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

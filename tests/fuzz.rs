@@ -903,13 +903,16 @@ fn fuzz_auth_policy_request() {
 // ---------------------------------------------------------------------------------------------
 // YAML reader and the policy loader.
 
+/// A mailbox entry: local part, its switch, its limit, its `sent_items.enabled`.
+type MailboxCase = (String, Option<bool>, Option<u32>, Option<bool>);
+
 #[derive(Debug, Clone)]
 struct PolicyFileCase {
     organization: String,
     domains: Vec<String>,
     disabled: Option<bool>,
     limit: Option<u32>,
-    mailboxes: Vec<(String, Option<bool>, Option<u32>, Option<bool>)>,
+    mailboxes: Vec<MailboxCase>,
     flow: bool,
     /// A hostile prefix: deep nesting, an alias bomb, a second document…
     prefix: Option<String>,
