@@ -1,20 +1,16 @@
 //! Runs `tests/miltertest/run.sh` (the Lua scripts driven by miltertest, a milter client that
 //! is not ours) against the binary cargo built for this test run. Skips with a note when
-//! miltertest is not installed (Debian package `miltertest`).
+//! miltertest is not installed (Debian package `miltertest`), and fails then under CI
+//! (`support::require`).
+
+mod support;
 
 use std::path::Path;
 use std::process::Command;
 
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
-        .unwrap_or(false)
-}
-
 #[test]
 fn miltertest_scripts_pass() {
-    if !on_path("miltertest") {
-        eprintln!("note: miltertest is not installed (apt-get install miltertest); skipping");
+    if support::require("miltertest").is_none() {
         return;
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/miltertest/run.sh");

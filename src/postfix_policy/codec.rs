@@ -152,7 +152,13 @@ impl Decoder for PolicyCodec {
         // lines on the way so that an endless request is refused early.
         let mut i = self.scanned;
         let mut found = None;
-        while let Some(off) = buf[i..].iter().position(|b| *b == b'\n') {
+        loop {
+            let Some(off) = buf[i..].iter().position(|b| *b == b'\n') else {
+                // No newline in the rest: the next call resumes after it, so that a long line
+                // arriving in small pieces is scanned once, not once per piece.
+                i = buf.len();
+                break;
+            };
             let nl = i + off;
             let rest = &buf[nl + 1..];
             if rest.is_empty() || rest == b"\r" {
@@ -175,7 +181,10 @@ impl Decoder for PolicyCodec {
             i = nl + 1;
         }
         let Some((block_end, consumed)) = found else {
-            if buf.len() > MAX_REQUEST_BYTES {
+            // A buffer ending in "\n\r" may still be a request that ends at that newline, one
+            // byte before the buffer's end: the same verdict whatever the segmentation.
+            let pending = usize::from(buf.ends_with(b"\n\r"));
+            if buf.len() - pending > MAX_REQUEST_BYTES {
                 return Err(CodecError::TooLarge);
             }
             self.scanned = i.max(self.scanned);
@@ -230,6 +239,54 @@ mod tests {
             out.push(r);
         }
         Ok(out)
+    }
+
+    /// Found by tests/fuzz.rs: without a newline in the new bytes the scan restarted at the
+    /// line's beginning on every call, so a 64 KiB line sent in 1-byte pieces cost ~2·10⁹
+    /// comparisons.
+    #[test]
+    fn a_long_line_in_small_pieces_is_scanned_once() {
+        let mut codec = PolicyCodec::new();
+        let mut buf = BytesMut::from(&b"request=smtpd_access_policy\nsasl_username="[..]);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        for _ in 0..1000 {
+            buf.extend_from_slice(b"x");
+            assert!(codec.decode(&mut buf).unwrap().is_none());
+            assert_eq!(
+                codec.scanned,
+                buf.len(),
+                "the next call resumes after what was searched"
+            );
+        }
+        buf.extend_from_slice(b"\r");
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        buf.extend_from_slice(b"\n\n");
+        let r = codec.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(r.sasl_username, "x".repeat(1000));
+        assert!(buf.is_empty());
+    }
+
+    /// Found by tests/fuzz.rs: a CRLF request of exactly the maximum size was refused as
+    /// too large when its final "\r\n" arrived in two pieces, and accepted otherwise.
+    #[test]
+    fn a_request_of_the_maximum_size_is_accepted_however_it_arrives() {
+        let line_len = MAX_REQUEST_BYTES - "\r\n".len();
+        let mut text = format!("sasl_username={}", "x".repeat(line_len - 14)).into_bytes();
+        text.extend_from_slice(b"\r\n\r\n");
+        for split in [text.len() - 1, text.len() - 2, text.len()] {
+            let mut codec = PolicyCodec::new();
+            let mut buf = BytesMut::from(&text[..split]);
+            let mut got = codec.decode(&mut buf).unwrap();
+            if got.is_none() {
+                buf.extend_from_slice(&text[split..]);
+                got = codec.decode(&mut buf).unwrap();
+            }
+            assert_eq!(
+                got.unwrap().sasl_username.len(),
+                line_len - 14,
+                "split at {split}"
+            );
+        }
     }
 
     #[test]

@@ -1,14 +1,14 @@
 //! A private Dovecot for the Sent Items tests (see shared/REAL-PEERS.md): its own config,
 //! loopback port and mail directory under a temp dir; master user `submitgate`. Tests call
 //! [`Dovecot::start`], which returns `None` (after printing a note) where Dovecot is not
-//! installed, so that they pass without it; `tests/dovecot/run.sh` runs them where it is.
+//! installed, and fails the test instead under CI (`CI` set; see [`super::require`]).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use super::{read_audit, Deadline};
+use super::{is_ci, note, read_audit, require, Deadline};
 use imap_client::client::tokio::Client;
 use imap_client::imap_next::imap_types::fetch::{MessageDataItem, MessageDataItemName};
 use imap_client::imap_next::imap_types::flag::{Flag, FlagFetch};
@@ -57,27 +57,19 @@ pub struct Dovecot {
     conf: PathBuf,
 }
 
-/// True (after a note on stderr) when the tests that need Dovecot must be skipped: Dovecot is
-/// not installed, or `SUBMITGATE_SKIP_DOVECOT` is set.
+/// True (after a note on stderr) when the tests that need Dovecot must be skipped:
+/// `SUBMITGATE_SKIP_DOVECOT` is set (refused under CI), or `dovecot`/`doveadm` is not
+/// installed, which [`require`] turns into a failure under CI.
 pub fn skip(test: &str) -> bool {
     if std::env::var_os("SUBMITGATE_SKIP_DOVECOT").is_some() {
+        assert!(
+            !is_ci(std::env::var_os("CI").as_deref()),
+            "{test}: SUBMITGATE_SKIP_DOVECOT is set, but CI is set too: CI runs every Dovecot test"
+        );
         note(&format!("{test}: SUBMITGATE_SKIP_DOVECOT is set; skipped"));
         return true;
     }
-    let found = Path::new("/usr/sbin/dovecot").exists()
-        || Command::new("dovecot").arg("--version").output().is_ok();
-    if !found {
-        note(&format!(
-            "{test}: dovecot is not installed; skipped (tests/dovecot/run.sh installs it)"
-        ));
-    }
-    !found
-}
-
-/// Writes straight to stderr, past the test harness's capture, so that a skip is seen.
-fn note(text: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "note: {text}");
+    require("dovecot").is_none() || require("doveadm").is_none()
 }
 
 fn free_port() -> u16 {
@@ -93,10 +85,7 @@ impl Dovecot {
         if skip(test) {
             return None;
         }
-        if options.tls && Command::new("openssl").arg("version").output().is_err() {
-            note(&format!(
-                "{test}: openssl is not installed; skipped (tests/dovecot/run.sh installs it)"
-            ));
+        if options.tls && require("openssl").is_none() {
             return None;
         }
         ensure_vmail();

@@ -1,13 +1,16 @@
 //! What the integration test suites share, in one place: polling with a deadline
 //! ([`wait_for`], [`wait_for_sync`]) instead of sleeping, the one audit-log reader
-//! ([`read_audit`]), a real daemon under test ([`daemon`]) and a private Dovecot with delivery
-//! workers ([`dovecot`]). Each suite declares `mod support;` and uses what it needs.
+//! ([`read_audit`]), a real daemon under test ([`daemon`]), a private Dovecot with delivery
+//! workers ([`dovecot`]) and the one check for an external program a test needs
+//! ([`require`]: fails under CI, skips with a note elsewhere). Each suite declares
+//! `mod support;` and uses what it needs.
 #![allow(dead_code)]
 
 pub mod daemon;
 pub mod dovecot;
 
-use std::path::Path;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// How often a condition is polled.
@@ -104,4 +107,93 @@ pub fn read_audit(path: &Path) -> Vec<serde_json::Value> {
             })
         })
         .collect()
+}
+
+/// The Debian package that installs `program`, for the hint in [`require`]'s message.
+fn package_of(program: &str) -> &str {
+    match program {
+        "redis-server" | "redis-cli" => "redis-server",
+        "dovecot" | "doveadm" => "dovecot-imapd",
+        "miltertest" => "miltertest",
+        "openssl" => "openssl",
+        other => other,
+    }
+}
+
+/// Whether the `CI` environment variable says this is a CI run (CI systems set `CI=true`;
+/// unset, empty, `0` and `false` mean a developer's machine).
+pub fn is_ci(ci: Option<&OsStr>) -> bool {
+    match ci.and_then(OsStr::to_str) {
+        None => ci.is_some(),
+        Some(v) => !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "0" | "false"),
+    }
+}
+
+/// `program` found as an executable file in one of the directories of `path` (a `PATH`
+/// value), the first one in order, as `Command::new(program)` would run it.
+pub fn find_program(program: &str, path: Option<&OsStr>) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(path?)
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .map(|dir| dir.join(program))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+/// What [`require`] decides, from a `PATH` and a `CI` value rather than the process's own:
+/// `Ok(Some(path))` when `program` is on `path`; when it is not, `Ok(None)` (skip) outside CI
+/// and `Err(message)` under CI.
+pub fn require_in(
+    program: &str,
+    path: Option<&OsStr>,
+    ci: Option<&OsStr>,
+) -> Result<Option<PathBuf>, String> {
+    if let Some(found) = find_program(program, path) {
+        return Ok(Some(found));
+    }
+    if is_ci(ci) {
+        return Err(format!(
+            "{program} is required but not on PATH ({}), and CI is set: a test that needs it \
+             must not pass without it (apt-get install {}; .ci/run installs it)",
+            path.map_or_else(|| "unset".into(), |p| p.to_string_lossy()),
+            package_of(program)
+        ));
+    }
+    Ok(None)
+}
+
+/// The path of an external program a test needs (`redis-server`, `dovecot`, `miltertest`…),
+/// looked up on `PATH`. When it is missing: under CI (`CI` set, as CI systems do) the test
+/// **fails** with a message naming the program and its package, so that a failed install can
+/// never give a green run; elsewhere this prints a visible note (past the harness's capture)
+/// and returns `None`, and the test returns early.
+#[track_caller]
+pub fn require(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH");
+    let ci = std::env::var_os("CI");
+    match require_in(program, path.as_deref(), ci.as_deref()) {
+        Ok(Some(found)) => Some(found),
+        Ok(None) => {
+            let test = std::thread::current()
+                .name()
+                .unwrap_or("this test")
+                .to_string();
+            note(&format!(
+                "{test}: SKIPPED: {program} is not installed (apt-get install {}); \
+                 under CI=true this fails",
+                package_of(program)
+            ));
+            None
+        }
+        Err(message) => panic!("{message}"),
+    }
+}
+
+/// Writes straight to stderr, past the test harness's capture, so that a skip is seen.
+pub fn note(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "note: {text}");
 }
