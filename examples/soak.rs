@@ -28,6 +28,10 @@
 #[allow(unused_imports)]
 mod support;
 
+/// The allocator the `submitgate` binary uses (src/main.rs), so that RSS is what production sees.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
