@@ -113,9 +113,7 @@ impl Mailboxes {
 
     /// The address of mailbox `number`.
     pub fn address(&self, number: u32) -> &str {
-        self.entries
-            .get(number as usize)
-            .map_or("", |e| self.name_of(e))
+        address_in(&self.names, &self.entries, number)
     }
 
     /// Mailbox `number`.
@@ -124,10 +122,7 @@ impl Mailboxes {
     }
 
     fn name_of(&self, e: &Entry) -> &str {
-        let start = e.start as usize;
-        self.names
-            .get(start..start + usize::from(e.len))
-            .unwrap_or("")
+        name_in(&self.names, e)
     }
 
     /// The number of the findable mailbox with this address.
@@ -148,13 +143,9 @@ impl Mailboxes {
             entries,
             ..
         } = self;
-        let name = |n: &u32| {
-            entries.get(*n as usize).map_or("", |e| {
-                let start = e.start as usize;
-                names.get(start..start + usize::from(e.len)).unwrap_or("")
-            })
-        };
-        index.insert_unique(hash, number, |n| hasher.hash_one(name(n)));
+        index.insert_unique(hash, number, |n| {
+            hasher.hash_one(address_in(names, entries, *n))
+        });
     }
 
     /// The findable mailbox with this address.
@@ -208,13 +199,24 @@ impl Mailboxes {
             entries,
             ..
         } = self;
-        index.shrink_to_fit(|n| {
-            hasher.hash_one(entries.get(*n as usize).map_or("", |e| {
-                let start = e.start as usize;
-                names.get(start..start + usize::from(e.len)).unwrap_or("")
-            }))
-        });
+        index.shrink_to_fit(|n| hasher.hash_one(address_in(names, entries, *n)));
     }
+}
+
+/// The address of `entry` in the arena (free functions, so that the index can rehash while the
+/// table is borrowed field by field).
+fn name_in<'a>(names: &'a str, entry: &Entry) -> &'a str {
+    let start = entry.start as usize;
+    names
+        .get(start..start + usize::from(entry.len))
+        .unwrap_or("")
+}
+
+/// The address of mailbox `number`, or `""` for a number that is not in the table.
+fn address_in<'a>(names: &'a str, entries: &[Entry], number: u32) -> &'a str {
+    entries
+        .get(number as usize)
+        .map_or("", |e| name_in(names, e))
 }
 
 #[cfg(test)]
