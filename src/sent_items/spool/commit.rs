@@ -116,10 +116,9 @@ fn send_all(replies: Vec<Reply>) {
     }
 }
 
-/// The committer role, held by one thread at a time. If that thread unwinds, the role is
-/// given up, the batch's writes are withdrawn (see [`Withdrawal`]) and the ops still queued
-/// fail (their callers get [`SpoolError::Task`]) rather than wait for a committer that will
-/// never come.
+/// The committer role, held by one thread at a time. If that thread unwinds, its batch's
+/// writes are withdrawn (see [`Withdrawal`]), the ops of that batch fail (their callers get
+/// [`SpoolError::Task`]), and the role passes to a new thread for the ops queued since.
 pub(super) struct Committer {
     inner: Arc<Inner>,
     finished: bool,
@@ -139,7 +138,11 @@ impl Committer {
             #[cfg(test)]
             this.inner.hooks.gather(&this.inner.commits);
             let batch = std::mem::take(&mut this.inner.lock_commits().waiting);
-            let replies = this.inner.commit_batch(&mut active, batch);
+            let replies = if batch.is_empty() {
+                Vec::new()
+            } else {
+                this.inner.commit_batch(&mut active, batch)
+            };
             let mut queue = this.inner.lock_commits();
             if queue.waiting.is_empty() {
                 queue.draining = false;
@@ -157,19 +160,27 @@ impl Committer {
 }
 
 impl Drop for Committer {
+    /// The committer unwound (a bug): its batch failed as it unwound. Ops that queued up
+    /// meanwhile (some may have queued after their callers heard of the failure) get a new
+    /// committer, on a thread of its own.
     fn drop(&mut self) {
         if self.finished {
             return;
         }
-        let stranded = {
-            let mut queue = self.inner.lock_commits();
-            queue.draining = false;
-            std::mem::take(&mut queue.waiting)
-        };
-        tracing::error!(
-            stranded = stranded.len(),
-            "spool committer stopped; failing the commits it left"
-        );
+        let waiting = self.inner.lock_commits().waiting.len();
+        tracing::error!(waiting, "spool committer stopped; its batch failed");
+        let inner = Arc::clone(&self.inner);
+        let spawned = std::thread::Builder::new()
+            .name("spool-committer".to_string())
+            .spawn(move || Committer::drain(inner));
+        if let Err(e) = spawned {
+            let stranded = {
+                let mut queue = self.inner.lock_commits();
+                queue.draining = false;
+                std::mem::take(&mut queue.waiting)
+            };
+            tracing::error!(error = %e, stranded = stranded.len(), "cannot start a new spool committer; failing the commits left");
+        }
     }
 }
 
