@@ -1240,6 +1240,109 @@ async fn a_crash_at_any_step_loses_and_duplicates_nothing() {
     }
 }
 
+/// An entry file of the earlier layout: message, metadata, footer.
+fn old_entry(body: &[u8], meta: &EntryMeta) -> Vec<u8> {
+    let json = serde_json::to_vec(meta).expect("json");
+    let mut file = body.to_vec();
+    file.extend_from_slice(&json);
+    file.extend_from_slice(&(body.len() as u64).to_be_bytes());
+    file.extend_from_slice(&(json.len() as u64).to_be_bytes());
+    file.extend_from_slice(b"SGSPOOL1");
+    file
+}
+
+#[tokio::test]
+async fn entries_of_the_earlier_layout_are_converted_at_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(Spool::open(dir.path()).expect("create"));
+    let (queue, failed) = (dir.path().join(QUEUE_DIR), dir.path().join(FAILED_DIR));
+    let id = |seq| EntryId {
+        micros: 1_718_022_896_000_000 + seq,
+        pid: 42,
+        seq,
+    };
+    let sized = |body: &[u8]| EntryMeta {
+        size: body.len() as u64,
+        ..meta()
+    };
+    let big = message(3 * WRITE_BUFFER);
+    fs::write(
+        queue.join(format!("{}.msg", id(1))),
+        old_entry(b"with state", &sized(b"with state")),
+    )
+    .expect("write");
+    fs::write(
+        queue.join(format!("{}.state", id(1))),
+        br#"{"attempts":2,"outcome_unknown":true}"#,
+    )
+    .expect("write");
+    fs::write(
+        queue.join(format!("{}.msg", id(2))),
+        old_entry(&big, &sized(&big)),
+    )
+    .expect("write");
+    fs::write(
+        failed.join(format!("{}.msg", id(3))),
+        old_entry(b"failed", &sized(b"failed")),
+    )
+    .expect("write");
+    fs::write(
+        failed.join(format!("{}.state", id(3))),
+        br#"{"attempts":5,"last_error":"mailbox unknown"}"#,
+    )
+    .expect("write");
+    let damaged = old_entry(b"damaged", &sized(b"damaged"));
+    fs::write(
+        queue.join(format!("{}.msg", id(4))),
+        &damaged[..damaged.len() - 3],
+    )
+    .expect("write");
+    fs::write(queue.join(format!("{}.state", id(5))), b"{}").expect("write");
+    let old_files = |dir: &Path| -> Vec<String> {
+        names(dir)
+            .into_iter()
+            .filter(|n| !n.ends_with(".seg"))
+            .collect()
+    };
+
+    let spool = Spool::open(dir.path()).expect("open");
+    assert_eq!(spool.pending().await.expect("pending"), vec![id(1), id(2)]);
+    assert_eq!(body_of(&spool, &id(1)).await, b"with state");
+    assert!(body_of(&spool, &id(2)).await == big);
+    let state = spool.read_state(&id(1)).await.expect("state");
+    assert_eq!((state.attempts, state.outcome_unknown), (2, true));
+    let given_up = spool.list(true).await.expect("failed");
+    assert_eq!(given_up.len(), 1);
+    assert_eq!((given_up[0].id, given_up[0].attempts), (id(3), 5));
+    assert_eq!(given_up[0].last_error.as_deref(), Some("mailbox unknown"));
+    // The damaged one stays as it was, never delivered; the orphan state is gone.
+    assert_eq!(old_files(&queue), vec![format!("{}.msg", id(4))]);
+    assert!(old_files(&failed).is_empty());
+
+    // A crash after converting, before removing the old files: converted once only.
+    drop(spool);
+    fs::write(
+        queue.join(format!("{}.msg", id(1))),
+        old_entry(b"with state", &sized(b"with state")),
+    )
+    .expect("write");
+    fs::write(
+        failed.join(format!("{}.msg", id(3))),
+        old_entry(b"failed", &sized(b"failed")),
+    )
+    .expect("write");
+    let spool = Spool::open(dir.path()).expect("reopen");
+    assert_eq!(spool.pending().await.expect("pending"), vec![id(1), id(2)]);
+    assert_eq!(spool.list(true).await.expect("failed").len(), 1);
+    assert_eq!(old_files(&queue), vec![format!("{}.msg", id(4))]);
+    assert!(old_files(&failed).is_empty());
+    spool.retry(&id(3)).await.expect("retry");
+    assert_eq!(
+        spool.pending().await.expect("pending"),
+        vec![id(1), id(2), id(3)]
+    );
+}
+
 #[test]
 fn entry_ids_parse_only_their_own_form() {
     let id = EntryId {
