@@ -433,9 +433,31 @@ impl Inner {
         let path = self.segment_path(segment);
         match File::open(&path) {
             Ok(file) => Ok((path, file)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(self.unknown(Area::Queue, id)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if self.owner {
+                    self.forget_if_missing(segment, &path);
+                }
+                Err(self.unknown(Area::Queue, id))
+            }
             Err(e) => Err(io_err("open", &path)(e)),
         }
+    }
+
+    /// Owner: a segment the index still lists but that is not on disk was removed from
+    /// outside (the committer takes a segment out of the index before unlinking it, and puts
+    /// one in before creating it): its entries are gone, and are forgotten so that no worker
+    /// tries them again.
+    fn forget_if_missing(&self, segment: &SegmentId, path: &Path) {
+        let mut index = self.lock_index();
+        if !index.segments.contains_key(segment) || path.exists() {
+            return;
+        }
+        index.segments.remove(segment);
+        let before = index.entries.len();
+        index.entries.retain(|_, slot| slot.segment != *segment);
+        let lost = before - index.entries.len();
+        drop(index);
+        tracing::error!(segment = %path.display(), lost, "spool segment removed from outside submitgate; its pending entries are lost");
     }
 
     /// Segment names in `queue/`, sorted; other names are skipped here (this runs on every

@@ -705,6 +705,21 @@ async fn retry_beside_the_owner_is_adopted_by_it() {
     assert!(admin.pending().await.expect("pending").is_empty());
 }
 
+#[tokio::test]
+async fn a_segment_removed_from_outside_is_forgotten() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = Spool::open(dir.path()).expect("open");
+    let kept = commit(&spool, b"kept").await;
+    let lost = commit(&spool, &large(1)).await;
+    fs::remove_file(segment_of(&spool, &lost)).expect("remove");
+    assert!(matches!(
+        spool.read_meta(&lost).await,
+        Err(SpoolError::UnknownEntry { .. })
+    ));
+    // No worker tries it again.
+    assert_eq!(spool.pending().await.expect("pending"), vec![kept]);
+}
+
 /// Starts `n` commits at once, the `i`-th with body `body(i)`; their results in order.
 async fn commit_concurrently(
     spool: &Spool,
