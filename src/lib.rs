@@ -14,6 +14,7 @@
 //!   [`policy::evaluate`]; [`policy::reload`]: the snapshot handle, reloads and the watcher.
 //! - [`limiter`]: per-mailbox session leases (memory or Redis).
 //! - [`audit`]: typed audit events and their JSON-lines writer.
+//! - [`metrics`]: Prometheus counters, histograms and the `/metrics` route.
 //! - [`sent_items`]: the durable spool of Sent Items copies, its workers and stores.
 //! - [`reason`]: the one `Reason` enum; [`reply`]: SMTP replies and their defaults.
 //! - [`text`]: control characters, escaped log text and bounded table cells.
@@ -35,6 +36,7 @@ pub mod endpoint;
 pub mod fsutil;
 pub mod http_server;
 pub mod limiter;
+pub mod metrics;
 pub mod milter;
 pub mod policy;
 pub mod postfix_policy;
