@@ -113,6 +113,8 @@ pub struct Config {
     pub auth_policy_api_key_file: Option<PathBuf>,
     /// Dovecot protocols whose logins the auth policy checks (lower-case; default `smtp`).
     pub auth_policy_protocols: Vec<String>,
+    /// Prometheus `GET /metrics` listeners (HTTP).
+    pub metrics_listeners: Vec<Endpoint>,
 }
 
 impl Config {
@@ -175,6 +177,7 @@ impl Config {
             auth_policy::api_key_file(&mut ck, raw.auth_policy_api_key_file.as_deref());
         let auth_policy_protocols =
             auth_policy::protocols(&mut ck, raw.auth_policy_protocols.as_deref());
+        let metrics_listeners = ck.endpoints_at("metrics", &raw.metrics);
         listeners::require_front_end(&mut ck, &raw);
 
         ck.finish(Config {
@@ -200,6 +203,7 @@ impl Config {
             auth_policy_listeners,
             auth_policy_api_key_file,
             auth_policy_protocols,
+            metrics_listeners,
         })
     }
 

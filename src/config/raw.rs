@@ -37,6 +37,9 @@ pub(super) struct RawConfig {
     pub auth_policy: Vec<String>,
     pub auth_policy_api_key_file: Option<PathBuf>,
     pub auth_policy_protocols: Option<Vec<String>>,
+    /// Prometheus `/metrics` listeners.
+    #[serde(default)]
+    pub metrics: Vec<String>,
 }
 
 impl RawConfig {

@@ -224,6 +224,7 @@ impl RedisBackend {
                 Some(v)
             }
             Err(e) => {
+                crate::metrics::limiter_error("redis");
                 self.mark_down(&e).await;
                 None
             }

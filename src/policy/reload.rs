@@ -191,6 +191,7 @@ impl Reloader {
     }
 
     fn record(&self, ok: bool, errors: Vec<String>) {
+        crate::metrics::policy_reload(ok);
         let record = ReloadRecord {
             at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             ok,

@@ -395,6 +395,7 @@ async fn blocked<S: SentItemsStore>(
     mut state: DeliveryState,
     error: StoreError,
 ) -> Next {
+    crate::metrics::delivery(shared.store.name(), crate::metrics::DeliveryResult::Blocked);
     let settings = &shared.settings;
     let store = shared.store.name();
     match shared.problems.record(store, &error, &meta.mailbox) {
@@ -487,6 +488,7 @@ async fn failed_attempt<S: SentItemsStore>(
     }
     let at = SystemTime::now() + delay;
     state.next_attempt_at = Some(at);
+    crate::metrics::delivery(shared.store.name(), crate::metrics::DeliveryResult::Retry);
     tracing::warn!(
         entry = %id,
         mailbox = %meta.mailbox,
@@ -511,6 +513,7 @@ async fn give_up<S: SentItemsStore>(
     reason: Reason,
     text: String,
 ) {
+    crate::metrics::delivery(shared.store.name(), crate::metrics::DeliveryResult::Failed);
     tracing::error!(entry = %id, %reason, error = %text, "Sent Items copy given up; `submitgate spool retry` puts it back");
     if let Err(e) = shared.spool.fail(&id, text.clone()).await {
         tracing::error!(entry = %id, error = %e, "cannot move the entry to failed/");
@@ -534,6 +537,8 @@ async fn record_stored<S: SentItemsStore>(
     state: &DeliveryState,
     stored: Stored,
 ) {
+    crate::metrics::delivery(shared.store.name(), crate::metrics::DeliveryResult::Stored);
+    crate::metrics::delivery_lag(id.committed_at());
     tracing::debug!(entry = %id, mailbox = %meta.mailbox, already = stored.already_stored, "Sent Items copy stored");
     let mut ev = copy_event(
         EventKind::SentCopyStored,
