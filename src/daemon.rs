@@ -413,7 +413,11 @@ fn observe(
     let fronts: Vec<(&'static str, Arc<ConnectionCap>)> = [
         listening(&config.policy_listeners, "policy", &caps.policy),
         listening(&config.milter_listeners, "milter", &caps.milter),
-        listening(&config.auth_policy_listeners, "auth_policy", &caps.auth_policy),
+        listening(
+            &config.auth_policy_listeners,
+            "auth_policy",
+            &caps.auth_policy,
+        ),
         listening(&config.metrics_listeners, "metrics", &caps.metrics),
     ]
     .into_iter()

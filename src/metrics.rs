@@ -28,9 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::{Method, StatusCode};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet,
-};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -47,8 +45,7 @@ pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CON
 /// Upper bounds of the decision duration buckets, in seconds: a decision takes tens of
 /// microseconds in memory, up to the Redis timeout (50 ms by default) with Redis.
 pub const DECISION_BUCKETS: [f64; 13] = [
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-    1.0,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 
 /// Upper bounds of the Sent Items delivery lag buckets (spool commit → stored), in seconds:
@@ -121,7 +118,11 @@ impl AtomicHistogram {
 
     /// Observations so far.
     pub fn count(&self) -> u64 {
-        self.0.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+        self.0
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 }
 
@@ -283,7 +284,8 @@ impl Metrics {
         let _one_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
         *self.observed.lock().unwrap_or_else(|e| e.into_inner()) = observed;
         let mut out = String::with_capacity(16 * 1024);
-        if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        if let Err(e) =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
         {
             tracing::error!("metrics encoding failed: {e}");
             let _ = writeln!(out, "# encoding failed");
@@ -389,9 +391,7 @@ impl Collector for DurationCollector {
 
 /// Counts one submission decision (an audited `submission_decision`, or a check at AUTH).
 pub fn decision(front_end: FrontEnd, outcome: Outcome, reason: Option<Reason>) {
-    global()
-        .decision_counter(front_end, outcome, reason)
-        .inc();
+    global().decision_counter(front_end, outcome, reason).inc();
 }
 
 /// Times one admission decision: started by [`DecisionTimer::start`], recorded into
@@ -414,8 +414,7 @@ impl DecisionTimer {
 
 impl Drop for DecisionTimer {
     fn drop(&mut self) {
-        global().decision_duration[front_end_index(self.front_end)]
-            .observe(self.started.elapsed());
+        global().decision_duration[front_end_index(self.front_end)].observe(self.started.elapsed());
     }
 }
 
@@ -521,8 +520,7 @@ pub struct Observed {
 }
 
 /// How the route asks the daemon for the [`Observed`] values.
-pub type Observe =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Observed> + Send>> + Send + Sync>;
+pub type Observe = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Observed> + Send>> + Send + Sync>;
 
 /// The HTTP service of a `metrics:` listener: `GET /metrics` answers the exposition; any
 /// other path is 404, any other method 405.
@@ -719,7 +717,11 @@ mod tests {
 
     #[test]
     fn render_has_every_family_and_the_observed_values() {
-        decision(FrontEnd::Policy, Outcome::Reject, Some(Reason::MailboxDisabled));
+        decision(
+            FrontEnd::Policy,
+            Outcome::Reject,
+            Some(Reason::MailboxDisabled),
+        );
         drop(DecisionTimer::start(FrontEnd::Milter));
         delivery("maildir", DeliveryResult::Stored);
         delivery_lag(SystemTime::now() - Duration::from_millis(300));
@@ -769,6 +771,9 @@ mod tests {
         }
         // A later scrape without a spool drops the spool series.
         let text = global().render(Observed::default());
-        assert!(!text.contains("submitgate_sent_items_spool_entries{"), "{text}");
+        assert!(
+            !text.contains("submitgate_sent_items_spool_entries{"),
+            "{text}"
+        );
     }
 }
