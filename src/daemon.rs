@@ -64,6 +64,8 @@ pub struct Daemon {
     audit_writer: AuditWriter,
     sent_items: Option<SentItems>,
     caps: FrontEndCaps,
+    /// The alerter [`crate::alerts::raise`] uses while this daemon runs.
+    alerts: Option<crate::alerts::Installed>,
 }
 
 /// The Sent Items spool and its delivery workers, when a store is configured.
@@ -123,6 +125,20 @@ impl Daemon {
         };
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        // First, so that what goes wrong from here on can raise its alert.
+        let alerts = config.alerts.clone().map(|settings| {
+            tracing::info!(
+                webhook = settings.webhook.as_deref(),
+                command = settings.command.as_ref().map(|c| c.join(" ")),
+                "alerts on"
+            );
+            crate::alerts::install(crate::alerts::start(
+                settings,
+                ctx.audit.clone(),
+                shutdown.clone(),
+                &tracker,
+            ))
+        });
         let caps = connection_caps(&config);
         // The spool: written by the milter, drained by the delivery workers. Opened once (its
         // owner locks it and removes crash leftovers) before any listener, so that a spool or
@@ -302,6 +318,7 @@ impl Daemon {
             audit_writer,
             sent_items,
             caps,
+            alerts,
         })
     }
 
@@ -375,8 +392,10 @@ impl Daemon {
             reloader,
             control,
             audit_writer,
+            alerts,
             ..
         } = self;
+        drop(alerts);
         // Close the queue explicitly: a task that outlived the grace period may still hold a
         // handle, and the writer must not wait for it.
         ctx.audit.close().await;

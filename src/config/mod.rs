@@ -16,6 +16,7 @@
 //! [`store::Settings`]: crate::sent_items::store::Settings
 //! [`imap::Settings`]: crate::sent_items::store::imap::Settings
 
+mod alerts;
 mod audit;
 mod auth_policy;
 mod check;
@@ -115,6 +116,8 @@ pub struct Config {
     pub auth_policy_protocols: Vec<String>,
     /// Prometheus `GET /metrics` listeners (HTTP).
     pub metrics_listeners: Vec<Endpoint>,
+    /// Where alert events go (`None`: no alerts).
+    pub alerts: Option<crate::alerts::Settings>,
 }
 
 impl Config {
@@ -178,6 +181,7 @@ impl Config {
         let auth_policy_protocols =
             auth_policy::protocols(&mut ck, raw.auth_policy_protocols.as_deref());
         let metrics_listeners = ck.endpoints_at("metrics", &raw.metrics);
+        let alerts = alerts::check(&mut ck, raw.alerts.as_ref());
         listeners::require_front_end(&mut ck, &raw);
 
         ck.finish(Config {
@@ -204,6 +208,7 @@ impl Config {
             auth_policy_api_key_file,
             auth_policy_protocols,
             metrics_listeners,
+            alerts,
         })
     }
 

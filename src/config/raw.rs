@@ -40,6 +40,19 @@ pub(super) struct RawConfig {
     /// Prometheus `/metrics` listeners.
     #[serde(default)]
     pub metrics: Vec<String>,
+    pub alerts: Option<RawAlerts>,
+}
+
+/// `alerts:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAlerts {
+    pub webhook: Option<String>,
+    pub command: Option<Vec<String>>,
+    pub kinds: Option<Vec<String>>,
+    pub min_interval: Option<String>,
+    pub timeout: Option<String>,
+    pub queue: Option<usize>,
 }
 
 impl RawConfig {

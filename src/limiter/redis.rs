@@ -250,6 +250,9 @@ impl RedisBackend {
                 ));
                 audit.record(ev).await;
             }
+            crate::alerts::raise(crate::alerts::AlertEvent::limiter_unavailable(&format!(
+                "{url}: {error}"
+            )));
         }
     }
 

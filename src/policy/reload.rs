@@ -184,6 +184,10 @@ impl Reloader {
                 // Place and kind only: the audit log may be readable by people who may not
                 // read the policy files, and a message quotes a token of the file.
                 ev.errors = Some(errors.0.iter().map(|e| e.place_and_kind()).collect());
+                crate::alerts::raise(crate::alerts::AlertEvent::policy_reload_failed(
+                    ev.version.as_deref().unwrap_or_default(),
+                    ev.errors.as_deref().unwrap_or_default(),
+                ));
                 self.audit.record(ev).await;
                 ReloadOutcome::Failed(errors)
             }

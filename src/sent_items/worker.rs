@@ -526,6 +526,12 @@ async fn give_up<S: SentItemsStore>(
         state,
     );
     ev.reason = Some(reason);
+    crate::alerts::raise(crate::alerts::AlertEvent::sent_copy_failed(
+        ev.mailbox.as_deref(),
+        ev.organization.as_deref(),
+        reason.as_str(),
+        &text,
+    ));
     ev.message = Some(text);
     shared.audit.record(ev).await;
 }
