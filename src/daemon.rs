@@ -465,6 +465,7 @@ fn observe(
                 mailboxes_at_limit: at_limit,
                 spool,
                 policy_version: Some(status.policy.version),
+                last_reload_ok: status.last_reload.as_ref().map(|r| r.ok),
                 connections: fronts
                     .iter()
                     .map(|(name, cap)| crate::metrics::Connections {

@@ -294,24 +294,28 @@ impl Metrics {
     }
 }
 
+/// One unlabelled gauge.
+fn gauge_line(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    ConstGauge::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
 impl Collector for ObservedCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let o = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let mut plain = |name: &str, help: &str, value: u64| -> Result<(), std::fmt::Error> {
-            ConstGauge::new(value).encode(encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                MetricType::Gauge,
-            )?)
-        };
-        plain(
+        gauge_line(
+            &mut encoder,
             "sessions_in_use",
             "Session leases held, all mailboxes together (across the cluster with the redis \
              limiter).",
             o.sessions_in_use,
         )?;
-        plain(
+        gauge_line(
+            &mut encoder,
             "mailboxes_at_limit",
             "Mailboxes whose sessions in use have reached their limit.",
             o.mailboxes_at_limit,
@@ -337,6 +341,14 @@ impl Collector for ObservedCollector {
             )?;
             ConstGauge::new(1u64).encode(m.encode_family(&[("version", version.as_str())])?)?;
         }
+        // 1 before any reload: the policy in force was loaded at start without error.
+        gauge_line(
+            &mut encoder,
+            "policy_last_reload_successful",
+            "Whether the last policy reload succeeded (0: the policy in force is older than \
+             the files).",
+            u64::from(o.last_reload_ok.unwrap_or(true)),
+        )?;
         if !o.connections.is_empty() {
             let mut m = encoder.encode_descriptor(
                 "connections",
@@ -513,6 +525,8 @@ pub struct Observed {
     pub spool: Option<SpoolDepth>,
     /// The policy version in force.
     pub policy_version: Option<String>,
+    /// Whether the last reload succeeded (`None` before the first reload).
+    pub last_reload_ok: Option<bool>,
     /// Connections per listening front end.
     pub connections: Vec<Connections>,
     /// Requests without a login, since start.
@@ -736,6 +750,7 @@ mod tests {
                 failed: 1,
             }),
             policy_version: Some("abc123".into()),
+            last_reload_ok: Some(false),
             connections: vec![Connections {
                 front_end: "policy",
                 open: 4,
@@ -758,6 +773,7 @@ mod tests {
             "submitgate_sent_items_spool_entries{state=\"pending\"} 3\n",
             "submitgate_sent_items_spool_entries{state=\"failed\"} 1\n",
             "submitgate_policy_version_info{version=\"abc123\"} 1\n",
+            "submitgate_policy_last_reload_successful 0\n",
             "submitgate_connections{front_end=\"policy\"} 4\n",
             "submitgate_connections_refused_total{front_end=\"policy\"} 9\n",
             "submitgate_unauthenticated_requests_total 5\n",
