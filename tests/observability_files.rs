@@ -72,12 +72,7 @@ fn exported() -> BTreeSet<String> {
     });
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            l.split(|c| c == '{' || c == ' ')
-                .next()
-                .unwrap()
-                .to_string()
-        })
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
         .collect()
 }
 

@@ -235,7 +235,7 @@ fn volume_chart(out: &mut String, report: &Report) {
 }
 
 /// The top `TOP` of `items` by value, the rest summed as "others".
-fn top<'a>(mut items: Vec<(String, u64)>, colour: &'a str) -> Vec<(String, u64, &'a str)> {
+fn top(mut items: Vec<(String, u64)>, colour: &str) -> Vec<(String, u64, &str)> {
     items.retain(|i| i.1 > 0);
     items.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     let rest: u64 = items.iter().skip(TOP).map(|i| i.1).sum();
@@ -353,7 +353,8 @@ pub fn write_html(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
         &top(domains, PALETTE[3]),
     );
     // A sender counts once under every protocol it sent at least one message with.
-    let protocols: [(&str, fn(&super::TlsCounts) -> u64); 5] = [
+    type Count = fn(&super::TlsCounts) -> u64;
+    let protocols: [(&str, Count); 5] = [
         ("TLS 1.0", |t| t.v1_0),
         ("TLS 1.1", |t| t.v1_1),
         ("TLS 1.2", |t| t.v1_2),
@@ -381,7 +382,7 @@ pub fn write_html(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
     );
     page.push_str("</div>\n");
     write_table(&mut page, report);
-    let _ = write!(page, "<script>{SCRIPT}</script></body></html>\n");
+    let _ = writeln!(page, "<script>{SCRIPT}</script></body></html>");
     out.write_all(page.as_bytes())
 }
 
