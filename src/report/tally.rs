@@ -233,8 +233,8 @@ pub struct ReportBuilder {
     last_event: Option<SystemTime>,
     skipped: Skipped,
     read_errors: Vec<String>,
-    /// Messages per (UTC day, sending domain): grows with days × domains, not with messages.
-    daily: HashMap<(i64, Box<str>), u64>,
+    /// Messages per UTC day and sending domain: grows with days × domains, not with messages.
+    daily: HashMap<i64, HashMap<Box<str>, u64>>,
 }
 
 /// The UTC day of `t`, as days since the Unix epoch.
@@ -321,7 +321,14 @@ impl ReportBuilder {
             } else {
                 Cow::Borrowed(domain)
             };
-            *self.daily.entry((day_of(ts), domain.into())).or_default() += 1;
+            let domains = self.daily.entry(day_of(ts)).or_default();
+            // Looked up by reference: a key is allocated once per day and domain.
+            match domains.get_mut(&*domain) {
+                Some(n) => *n += 1,
+                None => {
+                    domains.insert(domain.into(), 1);
+                }
+            }
         }
         let tally = self.tally(mailbox);
         match contribution {
@@ -378,8 +385,11 @@ impl ReportBuilder {
                 .then_with(|| a.sender.cmp(&b.sender))
         });
         let mut daily: BTreeMap<i64, Vec<(String, u64)>> = BTreeMap::new();
-        for ((day, domain), n) in self.daily {
-            daily.entry(day).or_default().push((domain.into(), n));
+        for (day, domains) in self.daily {
+            daily.insert(
+                day,
+                domains.into_iter().map(|(d, n)| (d.into(), n)).collect(),
+            );
         }
         for domains in daily.values_mut() {
             domains.sort();
