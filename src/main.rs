@@ -1,4 +1,4 @@
-//! The `submitgate` binary: parses the command line, sets up logging and runs the subcommand
+//! The `submitgate` binary: parses the command line and runs the subcommand (which sets up logging)
 //! ([`cli`]); an error is printed as `submitgate: …` with exit code 1. The logic lives in the
 //! library.
 
@@ -15,7 +15,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    cli::init_tracing();
     match cli::run(cli) {
         Ok(code) => code,
         Err(e) => {
