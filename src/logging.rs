@@ -158,8 +158,8 @@ pub fn init(settings: &Settings) -> Result<LogHandle, InitError> {
             install(registry, settings.format, Writer::Syslog(writer))
         }
         Target::File { path } => {
-            let file = ReopenableFile::open(&path)
-                .map_err(|source| InitError::File { path, source })?;
+            let file =
+                ReopenableFile::open(&path).map_err(|source| InitError::File { path, source })?;
             handle.file = Some(file.clone());
             install(registry, settings.format, Writer::File(file))
         }

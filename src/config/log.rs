@@ -135,7 +135,10 @@ mod tests {
             })
         );
         let c = parse("log: { level: \"warn,submitgate::milter=debug\" }\n").unwrap();
-        assert_eq!(c.log.level.as_deref(), Some("warn,submitgate::milter=debug"));
+        assert_eq!(
+            c.log.level.as_deref(),
+            Some("warn,submitgate::milter=debug")
+        );
     }
 
     #[test]
@@ -145,16 +148,33 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("sg.yaml:3:11: log.format: \"xml\" is not text or json"), "{e}");
         assert!(
-            e.contains("sg.yaml:4:11: log.target: \"kafka\" is not stderr, journald, syslog or file"),
+            e.contains("sg.yaml:3:11: log.format: \"xml\" is not text or json"),
             "{e}"
         );
-        assert!(e.contains("sg.yaml:5:10: log.level: \"x=loud\" is not a level"), "{e}");
-        assert!(e.contains("sg.yaml:6:9: log.path: only for target: file"), "{e}");
-        assert!(e.contains("sg.yaml:7:18: log.syslog_socket: only for target: syslog"), "{e}");
+        assert!(
+            e.contains(
+                "sg.yaml:4:11: log.target: \"kafka\" is not stderr, journald, syslog or file"
+            ),
+            "{e}"
+        );
+        assert!(
+            e.contains("sg.yaml:5:10: log.level: \"x=loud\" is not a level"),
+            "{e}"
+        );
+        assert!(
+            e.contains("sg.yaml:6:9: log.path: only for target: file"),
+            "{e}"
+        );
+        assert!(
+            e.contains("sg.yaml:7:18: log.syslog_socket: only for target: syslog"),
+            "{e}"
+        );
         let e = parse("log: { target: file }\n").unwrap_err().to_string();
-        assert!(e.contains("sg.yaml:2:16: log.target: file needs log.path"), "{e}");
+        assert!(
+            e.contains("sg.yaml:2:16: log.target: file needs log.path"),
+            "{e}"
+        );
         let e = parse("log: { colour: red }\n").unwrap_err().to_string();
         assert!(e.contains("unknown field `colour`"), "{e}");
     }

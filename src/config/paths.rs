@@ -97,7 +97,10 @@ log: { target: file, path: log/submitgate.log }
             c.audit.target,
             crate::audit::Target::File("/etc/sg/./audit.log".into())
         );
-        assert_eq!(c.sent_items.spool, PathBuf::from("/var/lib/submitgate/spool"));
+        assert_eq!(
+            c.sent_items.spool,
+            PathBuf::from("/var/lib/submitgate/spool")
+        );
         assert_eq!(
             c.sent_items.store,
             crate::sent_items::store::Settings::Maildir {
@@ -120,8 +123,11 @@ log: { target: file, path: log/submitgate.log }
     fn a_file_in_the_working_directory_changes_nothing() {
         let c = Config::parse(Path::new("submitgate.yaml"), TEXT).unwrap();
         assert_eq!(c.policies_dir, PathBuf::from("../policies"));
-        let c = Config::parse(Path::new("/etc/sg/s.yaml"), "policy: [\"inet:127.0.0.1:1\"]\n")
-            .unwrap();
+        let c = Config::parse(
+            Path::new("/etc/sg/s.yaml"),
+            "policy: [\"inet:127.0.0.1:1\"]\n",
+        )
+        .unwrap();
         assert_eq!(c.policies_dir, PathBuf::from("/etc/sg/./policies"));
         assert_eq!(c.sent_items.spool, PathBuf::from("/etc/sg/./spool"));
     }
