@@ -39,6 +39,7 @@ macro_rules! out {
     }};
 }
 
+mod access;
 mod check;
 mod generate;
 mod mailbox;
@@ -51,7 +52,6 @@ mod status;
 
 use mailbox::MailboxCommand;
 use org::OrgCommand;
-use policy::PolicyArgs;
 use report::ReportArgs;
 use spool::SpoolCommand;
 
@@ -81,7 +81,7 @@ enum Command {
     /// Run the daemon in the foreground.
     Serve(ConfigArg),
     /// Check the configuration and the policy files; print every error (exit 1 if any).
-    Check(PolicyArgs),
+    Check(check::CheckArgs),
     /// Organization settings (Get-TransportConfig).
     Org {
         #[command(subcommand)]
