@@ -55,11 +55,12 @@ pub(super) fn run(check: &CheckArgs) -> anyhow::Result<ExitCode> {
     let (dir, opts) = policy_location(args, config.as_ref());
     match policy::load_dir(&dir, &opts) {
         Ok(snap) => {
+            let (orgs, mailboxes) = (snap.organizations().len(), snap.mailbox_count());
             outln!(
-                "{}: policies OK: {} organization(s), {} mailbox(es) with own settings, version {}",
+                "{}: policies OK: {orgs} organization{}, {mailboxes} {} with own settings, version {}",
                 dir.display(),
-                snap.organizations().len(),
-                snap.mailbox_count(),
+                if orgs == 1 { "" } else { "s" },
+                if mailboxes == 1 { "mailbox" } else { "mailboxes" },
                 snap.version
             )?;
             if snap.organizations().is_empty() {
