@@ -65,9 +65,11 @@ for d in postfix dovecot; do
   install -m 0644 "$REPO"/examples/$d/* "$SHARE/$d/"
 done
 DATE=$(git -C "$REPO" log -1 --format=%aD 2>/dev/null || date -R)
-printf 'submitgate (%s) unstable; urgency=medium\n\n  * Built from the repository (packaging/build-deb.sh).\n\n -- submitgate developers <submitgate@localhost>  %s\n' \
-  "$VERSION" "$DATE" | gzip -9n >"$DOC/changelog.Debian.gz"
+printf 'submitgate (%s) unstable; urgency=medium\n\n  * Built from the repository (packaging/build-deb.sh).\n\n -- submitgate developers <submitgate@example.org>  %s\n' \
+  "$VERSION" "$DATE" | gzip -9n >"$DOC/changelog.gz"
 chmod 0644 "$DOC"/*.gz
+
+install -D -m 0644 "$HERE/debian/lintian-overrides" "$ROOT/usr/share/lintian/overrides/submitgate"
 
 # Control files.
 install -d -m 0755 "$ROOT/DEBIAN"
