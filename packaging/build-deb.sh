@@ -91,6 +91,8 @@ sed -e "s/@VERSION@/$VERSION/" -e "s/@ARCH@/$ARCH/" -e "s/@SIZE@/$SIZE/" \
 chmod 0644 "$ROOT/DEBIAN/md5sums"
 
 mkdir -p "$OUT"
+# An absolute path: `apt-get install` takes a .deb only as a path (./x.deb or /…/x.deb).
+OUT=$(cd "$OUT" && pwd)
 DEB=$OUT/submitgate_${VERSION}_${ARCH}.deb
 dpkg-deb --root-owner-group -Zxz --build "$ROOT" "$DEB" >/dev/null
 echo "$DEB"

@@ -342,5 +342,6 @@ if [ "$FAILED" -gt 0 ]; then
   printf '\n----- the guide, traced (last 80 lines) -----\n'
   tail -n 80 "$WORK/guide.out"
 fi
+echo "install e2e took $SECONDS s (package builds included)"
 echo "install e2e: $PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]
