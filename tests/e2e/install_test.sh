@@ -86,6 +86,8 @@ HAD_VMAIL_DIR=
 [ -e /var/vmail ] && HAD_VMAIL_DIR=1
 HAD_BACKUPS=
 [ -e /var/backups/submitgate ] && HAD_BACKUPS=1
+HAD_ETC=
+[ -e /etc/submitgate ] && HAD_ETC=1
 
 save_config() {
   if [ -f "$BACKUP/saved" ]; then
@@ -111,7 +113,13 @@ cleanup() {
   doveadm stop >/dev/null 2>&1
   if [ -z "$WAS_INSTALLED" ]; then
     DEBIAN_FRONTEND=noninteractive apt-get purge -y submitgate >/dev/null 2>&1
-    [ -n "$HAD_USER" ] || deluser --system --quiet submitgate >/dev/null 2>&1
+    if [ -z "$HAD_USER" ]; then
+      deluser --system --quiet submitgate >/dev/null 2>&1
+      delgroup --system --quiet submitgate >/dev/null 2>&1
+    fi
+    # Purging keeps files the guide added (a policy file); they would belong to a group that
+    # no longer exists.
+    [ -n "$HAD_ETC" ] || rm -rf /etc/submitgate
   fi
   restore_config
   [ -n "$HAD_VMAIL_DIR" ] || rm -rf /var/vmail
