@@ -23,6 +23,8 @@ mod check;
 mod imap;
 mod limiter;
 mod listeners;
+mod log;
+mod paths;
 mod raw;
 mod replies;
 mod sent_items;
@@ -118,6 +120,8 @@ pub struct Config {
     pub metrics_listeners: Vec<Endpoint>,
     /// Where alert events go (`None`: no alerts).
     pub alerts: Option<crate::alerts::Settings>,
+    /// The operational log (`log:`).
+    pub log: crate::logging::Settings,
 }
 
 impl Config {
@@ -135,7 +139,8 @@ impl Config {
         Config::parse(path, &text)
     }
 
-    /// Validates configuration text; `path` names it in errors.
+    /// Validates configuration text; `path` names it in errors, and relative paths in it are
+    /// relative to its directory.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         let raw = RawConfig::from_text(text).map_err(|e| {
             let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
@@ -182,9 +187,10 @@ impl Config {
             auth_policy::protocols(&mut ck, raw.auth_policy_protocols.as_deref());
         let metrics_listeners = ck.endpoints_at("metrics", &raw.metrics);
         let alerts = alerts::check(&mut ck, raw.alerts.as_ref());
+        let log = log::check(&mut ck, raw.log.as_ref());
         listeners::require_front_end(&mut ck, &raw);
 
-        ck.finish(Config {
+        let mut config = ck.finish(Config {
             path: path.to_path_buf(),
             policy_listeners,
             milter_listeners,
@@ -209,7 +215,10 @@ impl Config {
             auth_policy_protocols,
             metrics_listeners,
             alerts,
-        })
+            log,
+        })?;
+        paths::resolve(&mut config, path.parent().unwrap_or(Path::new("")));
+        Ok(config)
     }
 
     /// The options policy loading needs from the daemon configuration.

@@ -41,6 +41,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub metrics: Vec<String>,
     pub alerts: Option<RawAlerts>,
+    pub log: Option<RawLog>,
 }
 
 /// `alerts:`.
@@ -160,4 +161,15 @@ pub(super) struct RawReplies {
     pub auth_mailbox_disabled: Option<String>,
     pub invalid_login: Option<String>,
     pub auth_invalid_login: Option<String>,
+}
+
+/// `log:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    pub format: Option<String>,
+    pub target: Option<String>,
+    pub level: Option<String>,
+    pub syslog_socket: Option<PathBuf>,
+    pub path: Option<PathBuf>,
 }
