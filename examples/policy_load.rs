@@ -124,6 +124,8 @@ async fn drive(addr: String, conn: usize, mailboxes: usize, until: Instant) -> (
 }
 
 struct Result {
+    /// The server's CPU time per request, µs.
+    cpu_us: Option<f64>,
     rps: f64,
     p50: u32,
     p99: u32,
@@ -131,7 +133,10 @@ struct Result {
     not_dunno: u64,
 }
 
-async fn measure(addr: &str, a: &Args) -> Result {
+/// Drives `addr` for `--seconds`; `pid` is the server's process, whose CPU time per request
+/// is reported.
+async fn measure(addr: &str, pid: Option<u32>, a: &Args) -> Result {
+    let cpu_before = pid.map(child::cpu_time);
     let until = Instant::now() + Duration::from_secs(a.seconds);
     let start = Instant::now();
     let tasks: Vec<_> = (0..a.connections)
@@ -147,7 +152,11 @@ async fn measure(addr: &str, a: &Args) -> Result {
     let elapsed = start.elapsed().as_secs_f64();
     all.sort_unstable();
     let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    let cpu = pid
+        .zip(cpu_before)
+        .map(|(pid, before)| (child::cpu_time(pid) - before).as_secs_f64() * 1e6);
     Result {
+        cpu_us: cpu.map(|c| c / all.len().max(1) as f64),
         rps: all.len() as f64 / elapsed,
         p50: pct(0.50),
         p99: pct(0.99),
@@ -233,11 +242,14 @@ fn addr(child: &child::Child) -> String {
 
 fn print(name: &str, r: &Result) {
     println!(
-        "{name:<22} {:>9.0} req/s   p50 {:>5} µs   p99 {:>5} µs   p99.9 {:>5} µs{}",
+        "{name:<22} {:>9.0} req/s   p50 {:>5} µs   p99 {:>5} µs   p99.9 {:>5} µs{}{}",
         r.rps,
         r.p50,
         r.p99,
         r.p999,
+        r.cpu_us
+            .map(|c| format!("   server CPU {c:.1} µs/request"))
+            .unwrap_or_default(),
         if r.not_dunno > 0 {
             format!("   ({} non-DUNNO answers)", r.not_dunno)
         } else {
@@ -286,7 +298,7 @@ fn main() {
             loadavg()
         );
         if let Some(target) = &a.target {
-            print(target, &measure(target, &a).await);
+            print(target, &measure(target, None, &a).await);
             return;
         }
         let (Some(baseline), Some(sg)) = (&baseline, &sg) else {
@@ -300,16 +312,16 @@ fn main() {
         let (mut best_base, mut best_sg, mut best_redis) = (0f64, 0f64, 0f64);
         let mut p99s = Vec::new();
         for round in 1..=a.rounds {
-            let b = measure(&addr(baseline), &a).await;
+            let b = measure(&addr(baseline), Some(baseline.id()), &a).await;
             print(&format!("DUNNO responder (r{round})"), &b);
-            let s = measure(&addr(sg), &a).await;
+            let s = measure(&addr(sg), Some(sg.id()), &a).await;
             print(&format!("submitgate (r{round})"), &s);
             println!(
                 "  round {round}: submitgate / responder {:.2}",
                 s.rps / b.rps
             );
             if let Some(r) = &redis {
-                let r = measure(&addr(r), &a).await;
+                let r = measure(&addr(r), Some(r.id()), &a).await;
                 print(&format!("sg+redis (r{round})"), &r);
                 best_redis = best_redis.max(r.rps);
             }

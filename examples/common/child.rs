@@ -99,3 +99,25 @@ pub fn serve_daemon(config: &Path) -> anyhow::Result<()> {
         Ok(())
     })
 }
+
+/// CPU time (user + system) the process `pid` has used so far, from `/proc/PID/stat`; zero if
+/// it cannot be read. Less disturbed by other load on the machine than throughput is.
+pub fn cpu_time(pid: u32) -> std::time::Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return std::time::Duration::ZERO;
+    };
+    // The fields after the command name (which may hold spaces) in parentheses.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return std::time::Duration::ZERO;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let per_second = u64::try_from(per_second).unwrap_or(100).max(1);
+    std::time::Duration::from_micros(ticks * 1_000_000 / per_second)
+}
