@@ -471,7 +471,7 @@ fn main() -> anyhow::Result<()> {
         let committed = pending(&spool).await.saturating_sub(before);
         report("responder, same flags (floor)", &base);
         report("responder, replies to every event", &all);
-        report("submitgate (spool on disk, audit)", &sgo);
+        report("submitgate (spool, audit)", &sgo);
         let best = |i: usize| rates.iter().map(|r| r[i]).fold(0.0, f64::max);
         let mut ratios: Vec<f64> = rates.iter().map(|r| r[2] / r[0]).collect();
         ratios.sort_by(f64::total_cmp);
