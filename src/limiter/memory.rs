@@ -16,9 +16,12 @@ use super::MailboxSessions;
 /// for one another.
 const SHARDS: usize = 16;
 
+/// One shard: sessions in use per mailbox.
+type Shard = HashMap<Box<str>, u32>;
+
 /// Counts per mailbox.
 pub struct MemoryBackend {
-    shards: Box<[Mutex<HashMap<Box<str>, u32>>]>,
+    shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
 }
 
@@ -38,7 +41,7 @@ impl MemoryBackend {
 
     /// The shard holding `mailbox`, locked. A poisoned lock (a panic while holding it, which
     /// nothing here can cause) still holds consistent counts: each update is one assignment.
-    fn shard(&self, mailbox: &str) -> MutexGuard<'_, HashMap<Box<str>, u32>> {
+    fn shard(&self, mailbox: &str) -> MutexGuard<'_, Shard> {
         let i = self.hasher.hash_one(mailbox) as usize & (SHARDS - 1);
         self.shards[i]
             .lock()
