@@ -396,9 +396,11 @@ fn main() -> anyhow::Result<()> {
         } => return run_responder(&listen, protocol, until_stdin_closes),
     };
     std::fs::create_dir_all(&args.spool_dir)?;
+    // Absolute: the configuration's paths must not depend on where it is read from.
+    let spool_dir = std::fs::canonicalize(&args.spool_dir)?;
     let work = tempfile::Builder::new()
         .prefix("run-")
-        .tempdir_in(&args.spool_dir)?;
+        .tempdir_in(&spool_dir)?;
     let policies = work.path().join("policies");
     std::fs::create_dir(&policies)?;
     std::fs::write(
