@@ -12,6 +12,24 @@ use std::num::NonZeroU32;
 
 use super::MailboxSettings;
 
+/// XXH3 with a random seed per table: several times faster than SipHash on addresses, which
+/// counts when a large table grows and rehashes. Only the operator's files insert into a table;
+/// logins only look up, so flooding one hash chain is not a peer's to try.
+#[derive(Clone)]
+struct Hasher(u64);
+
+impl Default for Hasher {
+    fn default() -> Self {
+        Hasher(std::collections::hash_map::RandomState::new().hash_one(0u64))
+    }
+}
+
+impl Hasher {
+    fn hash_one(&self, address: &str) -> u64 {
+        xxhash_rust::xxh3::xxh3_64_with_seed(address.as_bytes(), self.0)
+    }
+}
+
 /// The entry uses no [`Rare`] settings.
 const NO_RARE: u32 = u32::MAX;
 
@@ -78,7 +96,7 @@ pub(super) struct Mailboxes {
     names: String,
     entries: Vec<Entry>,
     index: hashbrown::HashTable<u32>,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: Hasher,
     rare: Vec<Rare>,
     /// Distinct rare combinations while loading; emptied by [`Mailboxes::finish`].
     rare_ids: HashMap<Rare, u32>,

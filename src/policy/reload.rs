@@ -18,6 +18,25 @@ use crate::audit::{Audit, AuditEvent, EventKind};
 /// How long the policy directory must be quiet before a reload: editors write in bursts.
 const WATCH_DEBOUNCE: Duration = Duration::from_millis(300);
 
+/// What gives the memory a load or reload freed back to the system (see [`set_memory_release`]).
+static MEMORY_RELEASE: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Sets what gives freed memory back to the system once a policy has been loaded or a reload
+/// has ended (swapped, unchanged or failed): the binary's allocator's own call (mimalloc's
+/// `mi_collect`), which this library, free of `unsafe`, does not make itself. It runs on the
+/// loader's thread, which made and freed the memory. Without it, memory goes back whenever the
+/// allocator decides (mimalloc: a second after it is freed, but only at its next activity).
+/// The first call wins.
+pub fn set_memory_release(release: fn()) {
+    let _ = MEMORY_RELEASE.set(release);
+}
+
+fn release_memory() {
+    if let Some(release) = MEMORY_RELEASE.get() {
+        release();
+    }
+}
+
 /// The policy in force, shared by every front end; cheap to clone. Only a [`Reloader`]
 /// replaces it, so readers always see one whole snapshot.
 #[derive(Clone, Debug)]
@@ -72,9 +91,13 @@ pub struct ReloadRecord {
 /// Loads the policy directory off the async threads.
 pub async fn load(dir: &Path, options: &LoadOptions) -> Result<PolicySnapshot, PolicyErrors> {
     let (dir, options) = (dir.to_path_buf(), options.clone());
-    tokio::task::spawn_blocking(move || load_dir(&dir, &options))
-        .await
-        .unwrap_or_else(|e| Err(join_error(e)))
+    tokio::task::spawn_blocking(move || {
+        let loaded = load_dir(&dir, &options);
+        release_memory();
+        loaded
+    })
+    .await
+    .unwrap_or_else(|e| Err(join_error(e)))
 }
 
 /// Reloads the policy files into a [`PolicyHandle`], one reload at a time.
@@ -129,15 +152,18 @@ impl Reloader {
                     s.mailbox_count(),
                 )
             };
-            match reload_dir(&dir, &options, &current)? {
-                Reload::Unchanged => Ok((summary(&current), true)),
-                Reload::Changed(snapshot) => {
+            let outcome = match reload_dir(&dir, &options, &current) {
+                Ok(Reload::Unchanged) => Ok((summary(&current), true)),
+                Ok(Reload::Changed(snapshot)) => {
                     let new = summary(&snapshot);
                     drop(policy.swap(Arc::from(snapshot)));
-                    drop(current);
                     Ok((new, false))
                 }
-            }
+                Err(errors) => Err(errors),
+            };
+            drop(current);
+            release_memory();
+            outcome
         })
         .await
         .unwrap_or_else(|e| Err(join_error(e)));
