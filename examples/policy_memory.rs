@@ -35,6 +35,19 @@ fn status_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time this process has used (user + system): on a shared machine, what a load costs
+/// apart from waiting for a core.
+fn cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a whole rusage into the pointer it is given.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
 fn rss_mib() -> f64 {
     status_kib("VmRSS") as f64 / 1024.0
 }
@@ -106,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
     let mailboxes = arg(&args, "--mailboxes", 1_000_000);
     let files = arg(&args, "--files", 1000);
     let reloads = arg(&args, "--reloads", 10);
+    let verbose = args.iter().any(|a| a == "--verbose");
 
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("policies");
@@ -127,10 +141,12 @@ async fn main() -> anyhow::Result<()> {
     set_memory_release(release_memory);
     let opts = LoadOptions::default();
     let started = Instant::now();
+    let cpu_before = cpu_time();
     let snapshot = load(&dir, &opts)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let load_time = started.elapsed();
+    let load_cpu = cpu_time() - cpu_before;
     let load_peak = hwm_mib();
     assert_eq!(snapshot.mailbox_count(), mailboxes);
     let table_mib = snapshot.mailbox_heap_bytes() as f64 / (1024.0 * 1024.0);
@@ -139,8 +155,9 @@ async fn main() -> anyhow::Result<()> {
     let steady = rss_mib();
     println!("baseline before loading: {baseline:.1} MiB; mailbox tables hold {table_mib:.1} MiB");
     println!(
-        "load: {:.2} s, peak {load_peak:.1} MiB, steady {steady:.1} MiB",
-        load_time.as_secs_f64()
+        "load: {:.2} s ({:.2} s CPU), peak {load_peak:.1} MiB, steady {steady:.1} MiB",
+        load_time.as_secs_f64(),
+        load_cpu.as_secs_f64()
     );
 
     reset_peak();
@@ -183,6 +200,14 @@ async fn main() -> anyhow::Result<()> {
             "{outcome:?}"
         );
         worst_peak = worst_peak.max(hwm_mib());
+        if verbose {
+            println!(
+                "  reload {}: peak {:.1} MiB, then {:.1} MiB",
+                round + 1,
+                hwm_mib(),
+                rss_mib()
+            );
+        }
     }
     settle();
     let after = rss_mib();

@@ -192,10 +192,13 @@ fn compile_file(
     errors: &mut Vec<PolicyError>,
 ) -> Option<OrgTable> {
     let first_error = errors.len();
+    // A mailbox in block style takes at least one line, and its address is never longer than
+    // the text: room for as many entries as lines and the text's length in addresses.
+    let lines = text.bytes().filter(|b| *b == b'\n').count() + 1;
     let mut ctx = FileCtx {
         file: path,
         errors,
-        mailboxes: Mailboxes::default(),
+        mailboxes: Mailboxes::with_capacity(lines, text.len()),
         full: false,
     };
     // The mailboxes are checked and stored as the parser reads them; the rest of the file

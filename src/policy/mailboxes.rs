@@ -113,6 +113,20 @@ impl fmt::Debug for Mailboxes {
 }
 
 impl Mailboxes {
+    /// An empty table with room for about `mailboxes` entries and `bytes` of addresses, so that
+    /// a large file's table does not grow by doubling (each doubling holds the old and the new
+    /// block at once). Room that is never written costs address space, not memory.
+    pub fn with_capacity(mailboxes: usize, bytes: usize) -> Mailboxes {
+        let hasher = Hasher::default();
+        Mailboxes {
+            names: String::with_capacity(bytes),
+            entries: Vec::with_capacity(mailboxes),
+            index: hashbrown::HashTable::with_capacity(mailboxes),
+            hasher,
+            ..Mailboxes::default()
+        }
+    }
+
     /// Adds a mailbox and makes it findable, unless one with this address is already there:
     /// then returns that one's entry as `Ok(Err(first))`. `address` is a validated address
     /// (at most 318 bytes).
