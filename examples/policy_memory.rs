@@ -1,7 +1,8 @@
 //! Policy memory benchmark: generates N mailboxes over M policy files in a temp directory,
 //! loads them as the daemon does, and reports the load time, the resident memory once loaded
 //! (VmRSS from /proc/self/status), the peak during a reload (VmHWM, reset before each reload
-//! through /proc/self/clear_refs) and the resident memory after 10 reloads. Reloads go through
+//! through /proc/self/clear_refs) and the resident memory after 10 reloads that each change one
+//! file, then the peak of one reload that changes every file (nothing to share). Reloads go through
 //! the daemon's own [`Reloader`], so the old snapshot stays in force while the new one is
 //! built, as in production. Uses the same allocator as the `submitgate` binary (mimalloc).
 //!
@@ -219,6 +220,36 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "after {reloads} reloads: {after:.1} MiB ({:+.1} % of steady)",
         (after / steady - 1.0) * 100.0
+    );
+
+    // The worst case for sharing: every file changed, so every table is built anew while the
+    // old ones are in force.
+    for f in 0..files {
+        let path = dir.join(format!("org{f:04}.yaml"));
+        let mut file = std::fs::OpenOptions::new().append(true).open(path)?;
+        file.write_all(b"# every file edited\n")?;
+    }
+    reset_peak();
+    let started = Instant::now();
+    let outcome = reloader.reload().await;
+    let all_time = started.elapsed();
+    anyhow::ensure!(
+        matches!(
+            outcome,
+            ReloadOutcome::Reloaded {
+                unchanged: false,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    let all_peak = hwm_mib();
+    settle();
+    println!(
+        "reload, every file changed: {:.2} s, peak {all_peak:.1} MiB ({:.2}x steady), then {:.1} MiB",
+        all_time.as_secs_f64(),
+        all_peak / steady,
+        rss_mib()
     );
     drop(reloader);
     writer.finish().await;
