@@ -4,25 +4,88 @@
 //! through /proc/self/clear_refs) and the resident memory after 10 reloads that each change one
 //! file, then the peak of one reload that changes every file (nothing to share). Reloads go through
 //! the daemon's own [`Reloader`], so the old snapshot stays in force while the new one is
-//! built, as in production. Uses the same allocator as the `submitgate` binary (mimalloc).
+//! built, as in production. Uses the same allocator as the `submitgate` binary (mimalloc), or
+//! the C library's malloc with `SYSTEM_ALLOC=1` in the environment.
 //!
 //! ```sh
 //! cargo run --release --example policy_memory -- --mailboxes 1000000 --files 1000
 //! ```
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use submitgate::audit::{self, Audit};
 use submitgate::policy::reload::{load, set_memory_release, PolicyHandle, ReloadOutcome, Reloader};
 use submitgate::policy::LoadOptions;
 
+/// The binary's allocator (mimalloc), or with `SYSTEM_ALLOC=1` in the environment the C
+/// library's malloc, for comparison.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: Switch = Switch;
+
+/// Which allocator: 0 not chosen yet, 1 mimalloc, 2 the C library's.
+static CHOSEN: AtomicU8 = AtomicU8::new(0);
+
+struct Switch;
+
+impl Switch {
+    /// Chosen at the first allocation, for the whole process (getenv does not allocate).
+    fn system(&self) -> bool {
+        match CHOSEN.load(Ordering::Relaxed) {
+            1 => false,
+            2 => true,
+            _ => {
+                // SAFETY: a NUL-terminated name; nothing changes the environment this early.
+                let set = unsafe { !libc::getenv(c"SYSTEM_ALLOC".as_ptr()).is_null() };
+                match CHOSEN.compare_exchange(
+                    0,
+                    1 + u8::from(set),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => set,
+                    Err(first) => first == 2,
+                }
+            }
+        }
+    }
+}
+
+// SAFETY: every call goes unchanged to one allocator, the same for the whole process.
+unsafe impl GlobalAlloc for Switch {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if self.system() {
+            System.alloc(layout)
+        } else {
+            mimalloc::MiMalloc.alloc(layout)
+        }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if self.system() {
+            System.dealloc(ptr, layout)
+        } else {
+            mimalloc::MiMalloc.dealloc(ptr, layout)
+        }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
+        if self.system() {
+            System.realloc(ptr, layout, new)
+        } else {
+            mimalloc::MiMalloc.realloc(ptr, layout, new)
+        }
+    }
+}
 
 /// As src/main.rs: memory freed by a load or reload goes back to the system at once.
 fn release_memory() {
+    if CHOSEN.load(Ordering::Relaxed) != 1 {
+        return;
+    }
     // SAFETY: mi_collect has no preconditions (see src/main.rs).
     unsafe { libmimalloc_sys::mi_collect(true) }
 }

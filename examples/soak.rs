@@ -170,6 +170,8 @@ fn release_memory() {
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     rss_kib: u64,
+    /// The anonymous part of RSS (heap, stacks), without the binary's mapped pages.
+    anon_kib: u64,
     /// Bytes in use (allocated and not freed), in KiB.
     heap_kib: i64,
     fds: usize,
@@ -201,6 +203,7 @@ async fn settled_sample() -> Sample {
 fn sample() -> Sample {
     Sample {
         rss_kib: status_field("VmRSS:"),
+        anon_kib: status_field("RssAnon:"),
         heap_kib: LIVE_BYTES.load(Ordering::Relaxed) / 1024,
         fds: std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count()),
         threads: status_field("Threads:"),
@@ -212,8 +215,9 @@ fn sample() -> Sample {
 
 fn print_sample(label: &str, s: Sample) {
     println!(
-        "{label:>14}: RSS {:>7.1} MiB  heap in use {:>6.1} MiB  fds {:>4}  threads {:>3}  tokio tasks {:>4}",
+        "{label:>14}: RSS {:>6.1} MiB (anon {:>6.1})  heap in use {:>5.1} MiB  fds {:>4}  threads {:>3}  tokio tasks {:>4}",
         s.rss_kib as f64 / 1024.0,
+        s.anon_kib as f64 / 1024.0,
         s.heap_kib as f64 / 1024.0,
         s.fds,
         s.threads,
