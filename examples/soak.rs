@@ -508,6 +508,8 @@ auth_policy: [\"inet:127.0.0.1:0\"]\n";
     load("warm-up", &d, &c, args.warmup, None).await;
     if let Err(e) = settle(&d).await {
         eprintln!("soak: after the warm-up: {e}");
+        // exit() runs no destructor: stop the private Dovecot first.
+        drop(dovecot);
         std::process::exit(1);
     }
     let start = settled_sample().await;
@@ -524,6 +526,8 @@ auth_policy: [\"inet:127.0.0.1:0\"]\n";
     let loaded = began.elapsed();
     if let Err(e) = settle(&d).await {
         eprintln!("soak: at the end: {e}");
+        // exit() runs no destructor: stop the private Dovecot first.
+        drop(dovecot);
         std::process::exit(1);
     }
     let end = settled_sample().await;
@@ -587,6 +591,8 @@ auth_policy: [\"inet:127.0.0.1:0\"]\n";
         for f in &failed {
             eprintln!("soak: FAILED: {f}");
         }
+        // exit() runs no destructor: stop the private Dovecot first.
+        drop(dovecot);
         std::process::exit(1);
     }
 }
