@@ -76,6 +76,10 @@ pub enum EventKind {
     AuthRefusedByPolicy,
     /// An auth policy request without the configured `X-API-Key`; answered 401.
     AuthPolicyUnauthorized,
+    /// An alert reached its webhook or command (`alerts:`).
+    AlertSent,
+    /// An alert could not be delivered to its webhook or command.
+    AlertFailed,
 }
 
 /// The outcome of a submission decision.
@@ -184,6 +188,9 @@ pub struct AuditEvent {
     /// The copy was found already stored (an earlier attempt's outcome was unknown).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub already_stored: Option<bool>,
+    /// The alert's kind (`alert_sent` / `alert_failed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alert: Option<&'static str>,
 }
 
 impl AuditEvent {
@@ -224,6 +231,7 @@ impl AuditEvent {
             uid_validity: None,
             uid: None,
             already_stored: None,
+            alert: None,
         }
     }
 }

@@ -1,8 +1,8 @@
 //! Listener addresses in Postfix's own notation (`inet:host:port`, `unix:/path`), binding them,
 //! and accepting connections from either kind behind one stream type, so that the same string
-//! goes into `main.cf` and `submitgate.yaml`. An accepted TCP stream keeps delayed ACKs off
-//! (see [`Stream`]). [`cap`]: the per-front-end connection caps the accept loop asks before
-//! serving a connection.
+//! goes into `main.cf` and `submitgate.yaml`. An accepted TCP stream never waits for Nagle, and
+//! a milter stream keeps delayed ACKs off (see [`Stream`]). [`cap`]: the per-front-end
+//! connection caps the accept loop asks before serving a connection.
 
 use std::fmt;
 use std::io;
@@ -240,13 +240,15 @@ pub async fn accept_loop<F, Fut>(
 
 /// A connected stream of either kind (TCP or unix socket).
 ///
-/// An accepted TCP stream has `TCP_NODELAY` set (replies are small and latency-bound: never
-/// wait for Nagle) and `TCP_QUICKACK` set at accept and again after every read that returned
-/// bytes. Why: with the no-reply milter flags Postfix writes several small packets in a row
-/// with Nagle on, so each waits for the ACK of the one before; a peer that has nothing to send
-/// back delays that ACK by up to 40 ms. Linux leaves quick-ACK mode by itself after a few
-/// segments, hence the re-arm: one `setsockopt` per read, and nothing at all on unix sockets
-/// (no ACKs there) or on client streams.
+/// An accepted TCP stream has `TCP_NODELAY` set: replies are small and latency-bound, never
+/// wait for Nagle. A front end whose peer sends several packets without waiting for a reply
+/// asks for [`Stream::keep_quickack`]: with the no-reply milter flags Postfix writes several
+/// small packets in a row with Nagle on, so each waits for the ACK of the one before, and a
+/// peer that has nothing to send back delays that ACK by up to 40 ms. `TCP_QUICKACK` is then
+/// set at once and again after every read that returned bytes, since Linux leaves quick-ACK
+/// mode by itself after a few segments: one `setsockopt` per read, nothing on unix sockets (no
+/// ACKs there). The policy front end does not ask: each of its requests is answered at once,
+/// so the ACK rides on the reply, and the `setsockopt` would cost ~10 % of its CPU.
 #[derive(Debug)]
 pub struct Stream {
     inner: Either<TcpStream, UnixStream>,
@@ -255,13 +257,9 @@ pub struct Stream {
 
 impl Stream {
     fn accepted_tcp(s: TcpStream) -> Stream {
-        // Best effort: a socket that refuses an option still works, only slower.
+        // Best effort: a socket that refuses the option still works, only slower.
         let _ = s.set_nodelay(true);
-        let quickack = set_quickack(&s);
-        Stream {
-            inner: Either::Left(s),
-            quickack,
-        }
+        Stream::client(Either::Left(s))
     }
 
     fn client(inner: Either<TcpStream, UnixStream>) -> Stream {
@@ -271,7 +269,16 @@ impl Stream {
         }
     }
 
-    /// True when the stream re-arms `TCP_QUICKACK` after each read (accepted TCP streams).
+    /// Keeps delayed ACKs off on a TCP stream: `TCP_QUICKACK` now and after every read (see
+    /// above). Nothing for a unix stream, or where the system has no such option.
+    pub fn keep_quickack(mut self) -> Stream {
+        if let Either::Left(tcp) = &self.inner {
+            self.quickack = set_quickack(tcp);
+        }
+        self
+    }
+
+    /// True when the stream re-arms `TCP_QUICKACK` after each read.
     pub fn quickack(&self) -> bool {
         self.quickack
     }
@@ -374,9 +381,9 @@ mod tests {
         );
     }
 
-    /// Accepted TCP streams ask for immediate ACKs again after each read (Linux drops quick-ACK
-    /// mode once the connection looks interactive, e.g. after a reply went out); unix streams
-    /// and client streams are left alone.
+    /// A TCP stream that keeps quick ACKs asks for them again after each read (Linux drops
+    /// quick-ACK mode once the connection looks interactive, e.g. after a reply went out); unix
+    /// streams and client streams are left alone.
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn accepted_tcp_streams_keep_quickack_after_each_read() {
@@ -389,7 +396,10 @@ mod tests {
             .unwrap();
         let mut client = listener.local_endpoint().unwrap().connect().await.unwrap();
         assert!(!client.quickack());
-        let (mut server, _) = listener.accept().await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        // Only when asked (the milter asks, the policy front end does not).
+        assert!(!server.quickack());
+        let mut server = server.keep_quickack();
         assert!(server.quickack());
         let Either::Left(tcp) = &server.inner else {
             panic!("not TCP")
@@ -413,7 +423,7 @@ mod tests {
         let listener = unix.bind(0o600).await.unwrap();
         let _client = unix.connect().await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        assert!(!server.quickack());
+        assert!(!server.keep_quickack().quickack());
     }
 
     #[test]

@@ -37,6 +37,23 @@ pub(super) struct RawConfig {
     pub auth_policy: Vec<String>,
     pub auth_policy_api_key_file: Option<PathBuf>,
     pub auth_policy_protocols: Option<Vec<String>>,
+    /// Prometheus `/metrics` listeners.
+    #[serde(default)]
+    pub metrics: Vec<String>,
+    pub alerts: Option<RawAlerts>,
+    pub log: Option<RawLog>,
+}
+
+/// `alerts:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAlerts {
+    pub webhook: Option<String>,
+    pub command: Option<Vec<String>>,
+    pub kinds: Option<Vec<String>>,
+    pub min_interval: Option<String>,
+    pub timeout: Option<String>,
+    pub queue: Option<usize>,
 }
 
 impl RawConfig {
@@ -144,4 +161,15 @@ pub(super) struct RawReplies {
     pub auth_mailbox_disabled: Option<String>,
     pub invalid_login: Option<String>,
     pub auth_invalid_login: Option<String>,
+}
+
+/// `log:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    pub format: Option<String>,
+    pub target: Option<String>,
+    pub level: Option<String>,
+    pub syslog_socket: Option<PathBuf>,
+    pub path: Option<PathBuf>,
 }

@@ -3,7 +3,7 @@
 (milter)"), set up by milterunix_suite.sh exactly as README says.
 
 Checked: the socket and its directory have the recipe's owner, group and mode; submitgate runs
-as its own user; a chrooted smtpd reaches it through `unix:submitgate/milter` (the message is
+as its own user; a chrooted smtpd reaches it through `unix:submitgate/milter.sock` (the message is
 copied into Dovecot, replies are verbatim, several sessions at once work); Postfix logged no
 milter connection failure.
 """
@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import milter_scenarios as m  # noqa: E402
 from e2e_lib import Scenarios, Submission, check  # noqa: E402
 
-SOCKET = os.environ.get("E2E_MILTER_SOCKET", "/var/spool/postfix/submitgate/milter")
+SOCKET = os.environ.get("E2E_MILTER_SOCKET", "/var/spool/postfix/submitgate/milter.sock")
 POSTFIX_LOG = os.environ.get("E2E_POSTFIX_LOG", "")
 
 
@@ -68,10 +68,10 @@ def concurrent_sessions_through_the_socket():
 
 def postfix_logged_no_milter_failure():
     with open(POSTFIX_LOG, errors="replace") as f:
-        bad = [line.strip() for line in f if "submitgate/milter" in line and
+        bad = [line.strip() for line in f if "submitgate/milter.sock" in line and
                ("warning" in line or "fatal" in line or "can't" in line)]
     check(not bad, f"Postfix: {bad[:3]}")
-    return "no warning about unix:submitgate/milter"
+    return "no warning about unix:submitgate/milter.sock"
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@
 #   - a `submitgate` system user; the directory /var/spool/postfix/submitgate owned by
 #     submitgate, group postfix, mode 2750 (setgid: the socket gets group postfix);
 #   - submitgate runs as that user with `unix_socket_mode: "0660"` and listens on
-#     unix:/var/spool/postfix/submitgate/milter;
+#     unix:/var/spool/postfix/submitgate/milter.sock;
 #   - the submission service is chrooted (as Debian's master.cf has it) and names the socket
-#     relative to the queue directory: smtpd_milters = unix:submitgate/milter.
+#     relative to the queue directory: smtpd_milters = unix:submitgate/milter.sock.
 # The milter suite's policies and Dovecot store are reused; scenarios: milterunix_scenarios.py.
 
 # shellcheck source=milter_suite.sh
@@ -14,7 +14,7 @@ source "$E2E_DIR/milter_suite.sh"
 eval "milter_suite_setup() $(declare -f suite_setup | tail -n +2)"
 
 MILTER_DIR=/var/spool/postfix/submitgate
-export E2E_MILTER_SOCKET=$MILTER_DIR/milter
+export E2E_MILTER_SOCKET=$MILTER_DIR/milter.sock
 # The daemon also listens on TCP (nothing uses it): run.sh waits for that port, bound after
 # the socket, to know the daemon is up.
 SUITE_PORTS=("$E2E_MILTER_PORT")
@@ -30,7 +30,7 @@ suite_setup() {
   rm -rf "$MILTER_DIR"
   install -d -o submitgate -g postfix -m 2750 "$MILTER_DIR"
   submission_service \
-    'smtpd_milters=unix:submitgate/milter' \
+    'smtpd_milters=unix:submitgate/milter.sock' \
     'milter_default_action=tempfail' \
     'milter_protocol=6' \
     'milter_mail_macros=$sg_e2e_milter_mail_macros' \
