@@ -868,13 +868,14 @@ async fn many_concurrent_commits_are_all_committed() {
         assert_eq!(info.problem, None, "{}", info.id);
     }
     // However they were grouped, every commit was in exactly one batch, each batch had one
-    // fdatasync, and the directory was synced once per segment (2 MB of mail: 2 or 3).
+    // fdatasync, and the directory was synced once per segment (2 MB of mail: a segment takes
+    // batches until it holds 1 MiB, so 1 to 3 of them).
     let batches = batches(&spool);
     assert_eq!(batches.iter().sum::<usize>(), 200);
     let (data, dir_syncs) = syncs(&spool);
     assert_eq!(data, batches.len());
     assert_eq!(dir_syncs, segments(dir.path()).len());
-    assert!((2..=3).contains(&dir_syncs), "{dir_syncs} segments");
+    assert!((1..=3).contains(&dir_syncs), "{dir_syncs} segments");
     assert!(names(&dir.path().join(TMP_DIR)).is_empty());
 }
 
