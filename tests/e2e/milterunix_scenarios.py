@@ -22,6 +22,9 @@ from e2e_lib import Scenarios, Submission, check  # noqa: E402
 
 SOCKET = os.environ.get("E2E_MILTER_SOCKET", "/var/spool/postfix/submitgate/milter.sock")
 POSTFIX_LOG = os.environ.get("E2E_POSTFIX_LOG", "")
+# Where Postfix's log stood when the scenarios started (submitgate up): run.sh's own probe of
+# the submission port, made before submitgate starts, may have logged a failed milter connect.
+LOG_START = os.path.getsize(POSTFIX_LOG) if POSTFIX_LOG and os.path.exists(POSTFIX_LOG) else 0
 
 
 def owner(path):
@@ -68,10 +71,11 @@ def concurrent_sessions_through_the_socket():
 
 def postfix_logged_no_milter_failure():
     with open(POSTFIX_LOG, errors="replace") as f:
+        f.seek(LOG_START)
         bad = [line.strip() for line in f if "submitgate/milter.sock" in line and
                ("warning" in line or "fatal" in line or "can't" in line)]
     check(not bad, f"Postfix: {bad[:3]}")
-    return "no warning about unix:submitgate/milter.sock"
+    return "no warning about unix:submitgate/milter.sock since submitgate started"
 
 
 if __name__ == "__main__":
