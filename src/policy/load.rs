@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::compile::compile;
 use super::files::{is_policy_file, read_policy_file, Version};
+use super::limits::{LimitOverrides, Limits};
 use super::mailboxes::{Mailboxes, TooLarge};
 use super::{
     MailboxSettings, PolicyError, PolicyErrors, PolicySnapshot, SentItems, DEFAULT_MAX_SESSIONS,
@@ -157,11 +158,13 @@ pub(super) struct RawOrg {
     pub disabled: bool,
     pub max_sessions: u32,
     pub sent_items: SentItems,
+    /// `sending_limits:` and `outbound_spam:` over Exchange's defaults.
+    pub limits: Limits,
     /// Its mailboxes' numbers in the table.
     pub mailboxes: std::ops::Range<u32>,
 }
 
-struct FileCtx<'a> {
+pub(super) struct FileCtx<'a> {
     file: &'a Path,
     errors: &'a mut Vec<PolicyError>,
     /// The index the file's organization gets.
@@ -176,17 +179,21 @@ const ORG_KEYS: &[&str] = &[
     "smtp_client_authentication_disabled",
     "max_concurrent_sessions_per_mailbox",
     "sent_items",
+    "sending_limits",
+    "outbound_spam",
     "mailboxes",
 ];
 const MAILBOX_KEYS: &[&str] = &[
     "smtp_client_authentication_disabled",
     "max_concurrent_sessions_per_mailbox",
     "sent_items",
+    "sending_limits",
+    "outbound_spam",
 ];
 const SENT_ITEMS_KEYS: &[&str] = &["enabled", "folder"];
 
 impl FileCtx<'_> {
-    fn error(&mut self, pos: Pos, kind: ErrorKind, message: impl Into<String>) {
+    pub(super) fn error(&mut self, pos: Pos, kind: ErrorKind, message: impl Into<String>) {
         self.errors.push(PolicyError {
             file: self.file.to_path_buf(),
             line: pos.line,
@@ -198,7 +205,7 @@ impl FileCtx<'_> {
 
     /// The entries of a mapping node, reporting unknown and duplicate keys. Returns the
     /// recognised entries (first occurrence of each key).
-    fn entries<'n>(
+    pub(super) fn entries<'n>(
         &mut self,
         node: &'n Node,
         what: &str,
@@ -356,8 +363,10 @@ impl FileCtx<'_> {
             disabled: false,
             max_sessions: DEFAULT_MAX_SESSIONS,
             sent_items: SentItems::default(),
+            limits: Limits::default(),
             mailboxes: 0..0,
         };
+        let mut limits = LimitOverrides::default();
         let mut has_name = false;
         let mut has_domains = false;
         let mut mailboxes = None;
@@ -398,9 +407,12 @@ impl FileCtx<'_> {
                         org.sent_items.folder = f;
                     }
                 }
+                "sending_limits" | "outbound_spam" => self.limit_section(key, v, &mut limits),
                 _ => mailboxes = Some(v),
             }
         }
+        // Keys left out (or null) keep Exchange's defaults.
+        org.limits = limits.apply(&org.limits);
         if !has_name {
             self.error(
                 doc.start,
@@ -519,6 +531,9 @@ impl FileCtx<'_> {
                         "max_concurrent_sessions_per_mailbox" => {
                             settings.max_concurrent_sessions_per_mailbox =
                                 self.opt_limit(val, key).unwrap_or(None)
+                        }
+                        "sending_limits" | "outbound_spam" => {
+                            self.limit_section(key, val, &mut settings.overrides.limits)
                         }
                         _ => {
                             let (enabled, folder) = self.sent_items(val);
