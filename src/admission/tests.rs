@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::*;
 use crate::audit::{Audit, AuditWriter};
 use crate::context::Stats;
-use crate::limiter::redis::{OnError, RedisBackend, RedisSettings};
+use crate::limiter::redis::{OnError, RedisBackend, RedisSettings, Topology};
 use crate::limiter::Limiter;
 use crate::policy::reload::PolicyHandle;
 use crate::policy::{load_files, LoadOptions};
@@ -350,6 +350,7 @@ async fn the_check_at_auth_takes_no_lease_and_writes_no_event() {
 fn unreachable_redis(on_error: OnError) -> Limiter {
     let backend = RedisBackend::new(
         RedisSettings {
+                topology: Topology::Single,
             url: "unix:///nonexistent/submitgate-test/redis.sock".into(),
             key_prefix: "sg:".into(),
             lease_ttl: std::time::Duration::from_secs(30),

@@ -75,6 +75,7 @@ fn redis_settings(ck: &mut Checker, l: &RawLimiter) -> RedisSettings {
         }
     };
     RedisSettings {
+        topology: crate::limiter::redis::Topology::Single,
         url,
         key_prefix: l.key_prefix.clone().unwrap_or_else(|| "submitgate:".into()),
         lease_ttl,

@@ -144,4 +144,8 @@ pub(super) struct RawReplies {
     pub auth_mailbox_disabled: Option<String>,
     pub invalid_login: Option<String>,
     pub auth_invalid_login: Option<String>,
+    pub message_rate_limit: Option<String>,
+    pub recipient_rate_limit: Option<String>,
+    pub recipients_per_message: Option<String>,
+    pub sender_restricted: Option<String>,
 }
