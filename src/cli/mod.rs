@@ -8,6 +8,7 @@
 //! - `policy`: what the policy commands share (`--policies`, loading, editing, value parsers).
 //! - `org`, `mailbox`: `org get|set`, `mailbox get|set` (the Exchange cmdlets).
 //! - `status`: `status` and `reload`, through the running daemon's control socket.
+//! - `blocked_sender`: `blocked-sender list|remove` (restricted senders), through it too.
 //! - `spool`: `spool list|retry`.
 //! - `report`: the SMTP AUTH clients report from audit logs.
 //!
@@ -38,6 +39,7 @@ macro_rules! out {
     }};
 }
 
+mod blocked_sender;
 mod check;
 mod mailbox;
 mod org;
@@ -47,6 +49,7 @@ mod serve;
 mod spool;
 mod status;
 
+use blocked_sender::BlockedSenderCommand;
 use mailbox::MailboxCommand;
 use org::OrgCommand;
 use policy::PolicyArgs;
@@ -103,6 +106,12 @@ enum Command {
     Mailbox {
         #[command(subcommand)]
         command: MailboxCommand,
+    },
+    /// Restricted senders, blocked by an outbound spam threshold (Get-/Remove-BlockedSenderAddress;
+    /// through the running daemon's control socket).
+    BlockedSender {
+        #[command(subcommand)]
+        command: BlockedSenderCommand,
     },
     /// The Sent Items spool (works beside the running daemon).
     Spool {
@@ -172,6 +181,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reload { json, config } => status::reload(json, &config),
         Command::Mailbox { command } => mailbox::run(command),
         Command::Spool { command } => spool::run(command),
+        Command::BlockedSender { command } => blocked_sender::run(command),
         Command::Report(args) => report::run(&args),
     }
 }

@@ -121,6 +121,20 @@ pub(super) struct RawLimiter {
     pub timeout: Option<String>,
     pub on_error: Option<String>,
     pub node_id: Option<String>,
+    /// Memory backend: where the blocked list and the counters survive a restart.
+    pub state_dir: Option<PathBuf>,
+    /// Redis Cluster: seed nodes (instead of `url`).
+    pub cluster: Option<Vec<String>>,
+    /// Redis Sentinel (instead of `url`).
+    pub sentinel: Option<RawSentinel>,
+}
+
+/// `limiter.sentinel:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSentinel {
+    pub master_name: String,
+    pub nodes: Vec<String>,
 }
 
 /// `audit:`.

@@ -221,7 +221,7 @@ impl Limiter {
         match &*self.backend {
             Backend::Memory(m) => {
                 let now = now_secs();
-                self.sweep(m, now);
+                self.sweep(now);
                 if let Some(b) = m.blocked.get(mailbox, now) {
                     return Opening::Blocked(b);
                 }
@@ -447,7 +447,7 @@ impl Limiter {
     }
 
     /// Drops idle mailboxes' counters every [`SWEEP_EVERY_SECS`], off the runtime's threads.
-    fn sweep(&self, m: &MemoryBackend, now: u64) {
+    fn sweep(&self, now: u64) {
         let due = self.next_sweep.load(Ordering::Relaxed);
         if now < due
             || self
@@ -457,7 +457,6 @@ impl Limiter {
         {
             return;
         }
-        let _ = m;
         let backend = self.backend.clone();
         let run = move || {
             if let Backend::Memory(m) = &*backend {
