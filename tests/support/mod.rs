@@ -8,6 +8,7 @@
 
 pub mod daemon;
 pub mod dovecot;
+pub mod redis;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
