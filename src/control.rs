@@ -65,9 +65,13 @@ pub enum Request {
     /// `blocked-sender list`: every restricted sender.
     BlockedSenders,
     /// `blocked-sender remove ADDRESS`.
-    ReleaseSender { address: String },
+    ReleaseSender {
+        address: String,
+    },
     /// The live part of `mailbox get`: sessions, usage, block.
-    MailboxState { address: String },
+    MailboxState {
+        address: String,
+    },
 }
 
 /// The answer to `blocked_senders`.

@@ -1,10 +1,11 @@
 //! The Redis limiter's sending limits and restricted senders against real Redis deployments
 //! the tests start: one server (limits shared by two daemons; one round trip per decision,
-//! counted with `INFO commandstats`), a 3-master Redis Cluster (`redis-cli --cluster create`:
-//! every mailbox's keys in one slot, lists gathered from every master) and a master + replica
-//! + sentinel with a forced failover in the middle of a load (what is lost is measured and
-//! printed; restricted senders and the policy's flags keep being enforced). Without
-//! redis-server they are skipped with a note, and fail under CI (`support::require`).
+//! counted with MONITOR), a 3-master Redis Cluster (`redis-cli --cluster create`: every
+//! mailbox's keys in one slot, lists gathered from every master) and a master with a replica
+//! and a sentinel, failed over in the middle of a load twice (`SENTINEL FAILOVER`, then the
+//! master killed): what is lost is measured and printed, and restricted senders and the
+//! policy's flags keep being enforced. Without redis-server they are skipped with a note, and
+//! fail under CI (`support::require`).
 
 mod support;
 
@@ -85,14 +86,26 @@ async fn two_daemons_share_the_counters_and_each_decision_is_one_round_trip() {
     let (mut ca, mut cb) = (a.client().await, b.client().await);
     // 15 messages on each MTA: the 31st, on either, is deferred.
     for i in 0..15 {
-        assert_eq!(message(&mut ca, "alice@contoso.com", &format!("a{i}"), 1).await, "DUNNO");
-        assert_eq!(message(&mut cb, "alice@contoso.com", &format!("b{i}"), 1).await, "DUNNO");
+        assert_eq!(
+            message(&mut ca, "alice@contoso.com", &format!("a{i}"), 1).await,
+            "DUNNO"
+        );
+        assert_eq!(
+            message(&mut cb, "alice@contoso.com", &format!("b{i}"), 1).await,
+            "DUNNO"
+        );
     }
     assert_eq!(message(&mut ca, "alice@contoso.com", "a15", 1).await, RATE);
     assert_eq!(message(&mut cb, "alice@contoso.com", "b15", 1).await, RATE);
     // A block made through one MTA holds on the other.
-    assert_eq!(message(&mut ca, "spammer@contoso.com", "s1", 4).await, RESTRICTED);
-    assert_eq!(message(&mut cb, "spammer@contoso.com", "s2", 1).await, RESTRICTED);
+    assert_eq!(
+        message(&mut ca, "spammer@contoso.com", "s1", 4).await,
+        RESTRICTED
+    );
+    assert_eq!(
+        message(&mut cb, "spammer@contoso.com", "s2", 1).await,
+        RESTRICTED
+    );
     let listed = b.daemon.context().limiter.blocked_senders().await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].mailbox, "spammer@contoso.com");
@@ -105,7 +118,10 @@ async fn two_daemons_share_the_counters_and_each_decision_is_one_round_trip() {
     let txns = 40usize;
     for i in 0..txns {
         let login = format!("user{i}@busy.example");
-        assert_eq!(message(&mut ca, &login, &format!("rt{i}"), 3).await, "DUNNO");
+        assert_eq!(
+            message(&mut ca, &login, &format!("rt{i}"), 3).await,
+            "DUNNO"
+        );
     }
     let commands = monitor.client_commands();
     let evalsha = commands.iter().filter(|c| *c == "evalsha").count();
@@ -113,7 +129,11 @@ async fn two_daemons_share_the_counters_and_each_decision_is_one_round_trip() {
         "redis commands for {txns} transactions of 3 recipients: {} ({evalsha} EVALSHA)",
         commands.len()
     );
-    assert_eq!(commands.len(), 2 * txns, "two decisions, two round trips: {commands:?}");
+    assert_eq!(
+        commands.len(),
+        2 * txns,
+        "two decisions, two round trips: {commands:?}"
+    );
     assert_eq!(evalsha, 2 * txns);
 }
 
@@ -143,11 +163,17 @@ async fn a_three_master_cluster_keeps_each_mailbox_in_one_slot() {
     );
     // The message rate, across the cluster.
     for i in 0..30 {
-        assert_eq!(message(&mut c, "alice@contoso.com", &format!("a{i}"), 1).await, "DUNNO");
+        assert_eq!(
+            message(&mut c, "alice@contoso.com", &format!("a{i}"), 1).await,
+            "DUNNO"
+        );
     }
     assert_eq!(message(&mut c, "alice@contoso.com", "a30", 1).await, RATE);
     // Restricted senders: blocked, listed from every master, released.
-    assert_eq!(message(&mut c, "spammer@contoso.com", "s1", 4).await, RESTRICTED);
+    assert_eq!(
+        message(&mut c, "spammer@contoso.com", "s1", 4).await,
+        RESTRICTED
+    );
     let limiter = &t.daemon.context().limiter;
     let listed = limiter.blocked_senders().await.unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
@@ -155,7 +181,10 @@ async fn a_three_master_cluster_keeps_each_mailbox_in_one_slot() {
     assert!(state.blocked.is_some());
     let released = limiter.release_sender("spammer@contoso.com").await.unwrap();
     assert!(released.is_some());
-    assert_eq!(message(&mut c, "spammer@contoso.com", "s2", 1).await, "DUNNO");
+    assert_eq!(
+        message(&mut c, "spammer@contoso.com", "s2", 1).await,
+        "DUNNO"
+    );
     // Sessions across the cluster (status): leases live in every master's slots.
     let mut held = Vec::new();
     for i in 0..6u32 {
@@ -172,8 +201,14 @@ async fn a_three_master_cluster_keeps_each_mailbox_in_one_slot() {
     assert_eq!(sessions.len(), 6, "{sessions:?}");
     // The key names carry the mailbox as hash tag.
     let master = cluster.nodes[0].port;
-    let slot_a = cli(master, &["cluster", "keyslot", "submitgate:count:{alice@contoso.com}"]);
-    let slot_b = cli(master, &["cluster", "keyslot", "submitgate:lease:{alice@contoso.com}"]);
+    let slot_a = cli(
+        master,
+        &["cluster", "keyslot", "submitgate:count:{alice@contoso.com}"],
+    );
+    let slot_b = cli(
+        master,
+        &["cluster", "keyslot", "submitgate:lease:{alice@contoso.com}"],
+    );
     assert_eq!(slot_a, slot_b);
 }
 
@@ -221,10 +256,14 @@ impl Load {
     async fn run_for(self, more: u64) {
         let target = self.accepted.load(Ordering::Relaxed) + more;
         let accepted = self.accepted.clone();
-        support::wait_for(Duration::from_secs(30), "messages accepted after the failover", || {
-            let accepted = accepted.clone();
-            async move { accepted.load(Ordering::Relaxed) >= target }
-        })
+        support::wait_for(
+            Duration::from_secs(30),
+            "messages accepted after the failover",
+            || {
+                let accepted = accepted.clone();
+                async move { accepted.load(Ordering::Relaxed) >= target }
+            },
+        )
         .await;
         self.stop.store(true, Ordering::Relaxed);
         for task in self.tasks {
@@ -263,10 +302,20 @@ async fn sentinel_failovers_mid_load_lose_little_and_keep_flags() {
     let t = Arc::new(daemon(&redis_config(&topology, "mta-s")).await);
     // A restricted sender before the failover, replicated to the replica.
     let mut c = t.client().await;
-    assert_eq!(message(&mut c, "spammer@contoso.com", "s1", 4).await, RESTRICTED);
-    support::wait_for_sync(Duration::from_secs(10), "the block to reach the replica", || {
-        cli(s.replica.port, &["exists", "submitgate:blocked:{spammer@contoso.com}"]) == "1"
-    });
+    assert_eq!(
+        message(&mut c, "spammer@contoso.com", "s1", 4).await,
+        RESTRICTED
+    );
+    support::wait_for_sync(
+        Duration::from_secs(10),
+        "the block to reach the replica",
+        || {
+            cli(
+                s.replica.port,
+                &["exists", "submitgate:blocked:{spammer@contoso.com}"],
+            ) == "1"
+        },
+    );
     let accepted = Arc::new(AtomicU64::new(0));
     let other = Arc::new(AtomicU64::new(0));
     let report = |phase: &str, switched: Duration, total: u64, counted: u64, outages: usize| {
@@ -291,15 +340,25 @@ async fn sentinel_failovers_mid_load_lose_little_and_keep_flags() {
     let load = Load::start(&t, &accepted, &other);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let started = Instant::now();
-    assert_eq!(cli(s.sentinel.port, &["sentinel", "failover", MASTER_NAME]), "OK");
-    support::wait_for_sync(Duration::from_secs(20), "the sentinel to name a new master", || {
-        let p = s.current_master_port();
-        p != 0 && p != first_master
-    });
+    assert_eq!(
+        cli(s.sentinel.port, &["sentinel", "failover", MASTER_NAME]),
+        "OK"
+    );
+    support::wait_for_sync(
+        Duration::from_secs(20),
+        "the sentinel to name a new master",
+        || {
+            let p = s.current_master_port();
+            p != 0 && p != first_master
+        },
+    );
     let switched = started.elapsed();
     // The policy's flags hold during the failover (local files).
     let mut d = t.client().await;
-    assert_eq!(message(&mut d, "blocked@contoso.com", "b1", 1).await, DISABLED);
+    assert_eq!(
+        message(&mut d, "blocked@contoso.com", "b1", 1).await,
+        DISABLED
+    );
     load.run_for(300).await;
     let lost = report(
         "SENTINEL FAILOVER",
@@ -311,7 +370,10 @@ async fn sentinel_failovers_mid_load_lose_little_and_keep_flags() {
     let accepted_after_one = accepted.load(Ordering::Relaxed);
     assert!(lost * 10 < accepted_after_one, "more than 10 % lost");
     // The restricted sender is still refused: its block was replicated.
-    assert_eq!(message(&mut d, "spammer@contoso.com", "s2", 1).await, RESTRICTED);
+    assert_eq!(
+        message(&mut d, "spammer@contoso.com", "s2", 1).await,
+        RESTRICTED
+    );
 
     // 2. The new master dies (SIGKILL) in the middle of a load: the sentinel notices after
     // down-after-milliseconds (1 s) and promotes the old master, now its replica. Meanwhile
@@ -323,9 +385,11 @@ async fn sentinel_failovers_mid_load_lose_little_and_keep_flags() {
     let before_kill = counted(&t).await;
     let started = Instant::now();
     s.replica.kill();
-    support::wait_for_sync(Duration::from_secs(30), "the sentinel to promote again", || {
-        s.current_master_port() == first_master
-    });
+    support::wait_for_sync(
+        Duration::from_secs(30),
+        "the sentinel to promote again",
+        || s.current_master_port() == first_master,
+    );
     let switched = started.elapsed();
     load.run_for(300).await;
     let total = accepted.load(Ordering::Relaxed);
@@ -344,8 +408,17 @@ async fn sentinel_failovers_mid_load_lose_little_and_keep_flags() {
         lost - phase_one.0,
         100.0 * (lost - phase_one.0) as f64 / (total - phase_one.1).max(1) as f64
     );
-    assert!(after > before_kill, "counting went on after the second failover");
+    assert!(
+        after > before_kill,
+        "counting went on after the second failover"
+    );
     assert!(lost * 4 < total, "more than 25 % lost: {lost} of {total}");
-    assert_eq!(message(&mut d, "spammer@contoso.com", "s3", 1).await, RESTRICTED);
-    assert_eq!(message(&mut d, "blocked@contoso.com", "b2", 1).await, DISABLED);
+    assert_eq!(
+        message(&mut d, "spammer@contoso.com", "s3", 1).await,
+        RESTRICTED
+    );
+    assert_eq!(
+        message(&mut d, "blocked@contoso.com", "b2", 1).await,
+        DISABLED
+    );
 }

@@ -209,11 +209,20 @@ async fn the_10001st_recipient_of_a_day_is_refused_and_refused_messages_count_no
     // Through the policy front end alone, for another mailbox: 20 × 500 RCPTs, then one more.
     for i in 0..20 {
         let a = policy_message(&mut c, "dave@contoso.com", &format!("d{i}"), &full).await;
-        assert!(a.iter().all(|a| a == "DUNNO"), "message {}: {:?}", i + 1, a.last());
+        assert!(
+            a.iter().all(|a| a == "DUNNO"),
+            "message {}: {:?}",
+            i + 1,
+            a.last()
+        );
     }
     let two = rcpts(2, "example.net");
     let a = policy_message(&mut c, "dave@contoso.com", "d20", &two).await;
-    assert_eq!(a, [QUOTA, QUOTA], "no recipient left: Postfix sends no DATA");
+    assert_eq!(
+        a,
+        [QUOTA, QUOTA],
+        "no recipient left: Postfix sends no DATA"
+    );
     let state = t
         .daemon
         .context()
@@ -221,7 +230,10 @@ async fn the_10001st_recipient_of_a_day_is_refused_and_refused_messages_count_no
         .mailbox_state("dave@contoso.com")
         .await
         .unwrap();
-    assert_eq!(state.usage.recipients_last_day, 10_000, "refused recipients count nothing");
+    assert_eq!(
+        state.usage.recipients_last_day, 10_000,
+        "refused recipients count nothing"
+    );
     assert_eq!(state.usage.messages_last_minute, 20);
     let audit = t.audit().await;
     let refusal = audit
@@ -241,7 +253,10 @@ async fn five_hundred_and_one_recipients_are_refused() {
     let mut m = milter_session(&t).await;
     let (_, eom) = milter_message(&mut m, "erin@contoso.com", "E1", &many).await;
     assert_eq!(text(&eom.unwrap()), RECIP_LIMIT);
-    assert!(t.spool_entries().is_empty(), "a refused message has no Sent Items copy");
+    assert!(
+        t.spool_entries().is_empty(),
+        "a refused message has no Sent Items copy"
+    );
     let (_, eom) = milter_message(&mut m, "erin@contoso.com", "E2", &many[..500]).await;
     assert_eq!(eom, Some(Reply::Continue));
     // Policy: the 501st RCPT; the message goes on with 500.
@@ -259,7 +274,10 @@ async fn five_hundred_and_one_recipients_are_refused() {
         .await
         .unwrap();
     assert_eq!(state.usage.recipients_last_day, 500);
-    assert_eq!(state.usage.messages_last_minute, 1, "the refused message did not count");
+    assert_eq!(
+        state.usage.messages_last_minute, 1,
+        "the refused message did not count"
+    );
     let audit = t.audit().await;
     assert!(reasons(&audit, "erin@contoso.com").contains(&"recipients_per_message".to_string()));
 }
@@ -270,17 +288,47 @@ async fn an_outbound_spam_threshold_blocks_and_the_cli_releases() {
     let mut c = t.client().await;
     // 5 external recipients an hour: 4 + 1 pass, the message with 2 more is refused and the
     // mailbox restricted.
-    let a = policy_message(&mut c, "spammer@contoso.com", "s1", &rcpts(4, "example.net")).await;
+    let a = policy_message(
+        &mut c,
+        "spammer@contoso.com",
+        "s1",
+        &rcpts(4, "example.net"),
+    )
+    .await;
     assert_eq!(a.last().unwrap(), "DUNNO");
     // Internal recipients count against the internal threshold only.
-    let a = policy_message(&mut c, "spammer@contoso.com", "s2", &rcpts(3, "contoso.net")).await;
+    let a = policy_message(
+        &mut c,
+        "spammer@contoso.com",
+        "s2",
+        &rcpts(3, "contoso.net"),
+    )
+    .await;
     assert_eq!(a.last().unwrap(), "DUNNO");
-    let a = policy_message(&mut c, "spammer@contoso.com", "s3", &rcpts(1, "example.org")).await;
+    let a = policy_message(
+        &mut c,
+        "spammer@contoso.com",
+        "s3",
+        &rcpts(1, "example.org"),
+    )
+    .await;
     assert_eq!(a.last().unwrap(), "DUNNO");
-    let a = policy_message(&mut c, "spammer@contoso.com", "s4", &rcpts(2, "example.org")).await;
+    let a = policy_message(
+        &mut c,
+        "spammer@contoso.com",
+        "s4",
+        &rcpts(2, "example.org"),
+    )
+    .await;
     assert_eq!(a.last().unwrap(), RESTRICTED);
     // From now on refused at once, on both front ends (at MAIL for the milter).
-    let a = policy_message(&mut c, "spammer@contoso.com", "s5", &rcpts(1, "contoso.com")).await;
+    let a = policy_message(
+        &mut c,
+        "spammer@contoso.com",
+        "s5",
+        &rcpts(1, "contoso.com"),
+    )
+    .await;
     assert_eq!(a, [RESTRICTED]);
     let mut m = milter_session(&t).await;
     let (mail, _) = milter_message(&mut m, "spammer@contoso.com", "M1", &rcpts(1, "x.org")).await;
@@ -288,12 +336,19 @@ async fn an_outbound_spam_threshold_blocks_and_the_cli_releases() {
 
     // blocked-sender list, as JSON and as a table.
     let out = cli(&t, &["blocked-sender", "list", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["mailbox"], "spammer@contoso.com");
     assert_eq!(list[0]["threshold"], "recipient_limit_external_per_hour");
-    assert_eq!(list[0]["count"], 7, "4 + 1 counted, 2 with the refused message");
+    assert_eq!(
+        list[0]["count"], 7,
+        "4 + 1 counted, 2 with the refused message"
+    );
     assert_eq!(list[0]["limit"], 5);
     assert_eq!(list[0]["action"], "block_user_for_today");
     let until = list[0]["until"].as_u64().unwrap();
@@ -301,7 +356,10 @@ async fn an_outbound_spam_threshold_blocks_and_the_cli_releases() {
     let out = cli(&t, &["blocked-sender", "list"]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("spammer@contoso.com"), "{table}");
-    assert!(table.contains("recipient_limit_external_per_hour"), "{table}");
+    assert!(
+        table.contains("recipient_limit_external_per_hour"),
+        "{table}"
+    );
 
     // mailbox get shows the usage against each limit and the block.
     let out = cli(&t, &["mailbox", "get", "spammer@contoso.com"]);
@@ -321,17 +379,36 @@ async fn an_outbound_spam_threshold_blocks_and_the_cli_releases() {
 
     // Released: mail flows again; a second remove says it is not blocked (exit 1).
     let out = cli(&t, &["blocked-sender", "remove", "Spammer@Contoso.com"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("released: spammer@contoso.com"));
     let out = cli(&t, &["blocked-sender", "remove", "spammer@contoso.com"]);
     assert_eq!(out.status.code(), Some(1));
-    let (mail, _) = milter_message(&mut m, "spammer@contoso.com", "M2", &rcpts(1, "contoso.com")).await;
+    let (mail, _) = milter_message(
+        &mut m,
+        "spammer@contoso.com",
+        "M2",
+        &rcpts(1, "contoso.com"),
+    )
+    .await;
     assert_eq!(mail, Reply::Continue);
     let out = cli(&t, &["blocked-sender", "list"]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "no restricted senders\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "no restricted senders\n"
+    );
 
     // An alert-only threshold lets mail through and says so.
-    let a = policy_message(&mut c, "watched@contoso.com", "w1", &rcpts(3, "example.net")).await;
+    let a = policy_message(
+        &mut c,
+        "watched@contoso.com",
+        "w1",
+        &rcpts(3, "example.net"),
+    )
+    .await;
     assert_eq!(a.last().unwrap(), "DUNNO");
 
     let audit = t.audit().await;
@@ -341,9 +418,15 @@ async fn an_outbound_spam_threshold_blocks_and_the_cli_releases() {
         .collect();
     assert_eq!(restricted.len(), 1);
     assert_eq!(restricted[0]["mailbox"], "spammer@contoso.com");
-    assert_eq!(restricted[0]["threshold"], "recipient_limit_external_per_hour");
+    assert_eq!(
+        restricted[0]["threshold"],
+        "recipient_limit_external_per_hour"
+    );
     assert_eq!(restricted[0]["action"], "block_user_for_today");
-    assert!(restricted[0]["blocked_until"].as_str().unwrap().ends_with("T00:00:00Z"));
+    assert!(restricted[0]["blocked_until"]
+        .as_str()
+        .unwrap()
+        .ends_with("T00:00:00Z"));
     let released: Vec<_> = audit
         .iter()
         .filter(|e| e["event"] == "sender_released")
@@ -358,7 +441,10 @@ async fn an_outbound_spam_threshold_blocks_and_the_cli_releases() {
     assert_eq!(alert["count"], 3);
     let refusals = reasons(&audit, "spammer@contoso.com");
     assert_eq!(
-        refusals.iter().filter(|r| *r == "sender_restricted").count(),
+        refusals
+            .iter()
+            .filter(|r| *r == "sender_restricted")
+            .count(),
         3,
         "{refusals:?}"
     );
@@ -369,7 +455,11 @@ async fn an_outbound_spam_threshold_blocks_and_the_cli_releases() {
         .arg(t.dir.path().join("audit.log"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let row = report["rows"]
         .as_array()
@@ -395,7 +485,13 @@ async fn blocks_and_counters_survive_a_restart() {
     let t = start().await;
     let mut c = t.client().await;
     // block_user: until released, even across restarts.
-    let a = policy_message(&mut c, "forever@contoso.com", "f1", &rcpts(4, "example.net")).await;
+    let a = policy_message(
+        &mut c,
+        "forever@contoso.com",
+        "f1",
+        &rcpts(4, "example.net"),
+    )
+    .await;
     assert_eq!(a.last().unwrap(), RESTRICTED);
     // 30 messages this minute for alice.
     let mut m = milter_session(&t).await;

@@ -209,28 +209,27 @@ pub async fn recipient(
         count.external = count.external.saturating_add(1);
     }
     let total = count.total();
-    let (reason, threshold, n, limit) = if t.limits.recipients_per_message != 0
-        && total > t.limits.recipients_per_message
-    {
-        (
-            Reason::RecipientsPerMessage,
-            "recipients_per_message",
-            u64::from(total),
-            t.limits.recipients_per_message,
-        )
-    } else if t.limits.recipients_per_day != 0
-        && t.usage.recipients_last_day.saturating_add(total) > t.limits.recipients_per_day
-    {
-        (
-            Reason::RecipientRateLimit,
-            "recipients_per_day",
-            u64::from(t.usage.recipients_last_day) + u64::from(total),
-            t.limits.recipients_per_day,
-        )
-    } else {
-        t.count = count;
-        return Ok(());
-    };
+    let (reason, threshold, n, limit) =
+        if t.limits.recipients_per_message != 0 && total > t.limits.recipients_per_message {
+            (
+                Reason::RecipientsPerMessage,
+                "recipients_per_message",
+                u64::from(total),
+                t.limits.recipients_per_message,
+            )
+        } else if t.limits.recipients_per_day != 0
+            && t.usage.recipients_last_day.saturating_add(total) > t.limits.recipients_per_day
+        {
+            (
+                Reason::RecipientRateLimit,
+                "recipients_per_day",
+                u64::from(t.usage.recipients_last_day) + u64::from(total),
+                t.limits.recipients_per_day,
+            )
+        } else {
+            t.count = count;
+            return Ok(());
+        };
     let t = t.clone();
     let refusal = refusal(ctx, &t, reason);
     refuse(

@@ -279,11 +279,7 @@ async fn open(
     hold.tracked = None;
     let mpm = allowed.limits.messages_per_minute;
     let lease_limit = want_lease.then_some(allowed.limit);
-    let (reason, in_use, limit) = match ctx
-        .limiter
-        .open(&allowed.mailbox, lease_limit, mpm)
-        .await
-    {
+    let (reason, in_use, limit) = match ctx.limiter.open(&allowed.mailbox, lease_limit, mpm).await {
         Opening::Open {
             lease,
             in_use,

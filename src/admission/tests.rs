@@ -350,7 +350,7 @@ async fn the_check_at_auth_takes_no_lease_and_writes_no_event() {
 fn unreachable_redis(on_error: OnError) -> Limiter {
     let backend = RedisBackend::new(
         RedisSettings {
-                topology: Topology::Single,
+            topology: Topology::Single,
             url: "unix:///nonexistent/submitgate-test/redis.sock".into(),
             key_prefix: "sg:".into(),
             lease_ttl: std::time::Duration::from_secs(30),

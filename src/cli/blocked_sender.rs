@@ -39,8 +39,10 @@ pub(super) fn run(command: BlockedSenderCommand) -> anyhow::Result<ExitCode> {
     match command {
         BlockedSenderCommand::List { json, config } => {
             let endpoint = control_endpoint(&config)?;
-            let reply: BlockedReply =
-                rt.block_on(control::request(&endpoint, &control::Request::BlockedSenders))?;
+            let reply: BlockedReply = rt.block_on(control::request(
+                &endpoint,
+                &control::Request::BlockedSenders,
+            ))?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&reply.blocked)?)?;
             } else {

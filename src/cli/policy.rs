@@ -138,11 +138,19 @@ pub(super) fn limit_rows(l: &Limits, own: Option<&LimitOverrides>) -> Vec<(&'sta
     vec![
         (
             "MessagesPerMinute",
-            format!("{}{}", n(l.messages_per_minute), from(o.messages_per_minute.is_some())),
+            format!(
+                "{}{}",
+                n(l.messages_per_minute),
+                from(o.messages_per_minute.is_some())
+            ),
         ),
         (
             "RecipientsPerDay",
-            format!("{}{}", n(l.recipients_per_day), from(o.recipients_per_day.is_some())),
+            format!(
+                "{}{}",
+                n(l.recipients_per_day),
+                from(o.recipients_per_day.is_some())
+            ),
         ),
         (
             "RecipientsPerMessage",

@@ -104,14 +104,10 @@ fn redis_settings(ck: &mut Checker, l: &RawLimiter) -> RedisSettings {
 /// of them (`url` defaults to `redis://127.0.0.1:6379/` when none is set). Returns the URL used
 /// in messages (the first node for a cluster or the sentinels) and the topology.
 fn topology(ck: &mut Checker, l: &RawLimiter) -> (String, Topology) {
-    let set = [
-        l.url.is_some(),
-        l.cluster.is_some(),
-        l.sentinel.is_some(),
-    ]
-    .iter()
-    .filter(|s| **s)
-    .count();
+    let set = [l.url.is_some(), l.cluster.is_some(), l.sentinel.is_some()]
+        .iter()
+        .filter(|s| **s)
+        .count();
     if set > 1 {
         ck.err(
             &["limiter", "backend"],

@@ -176,7 +176,11 @@ impl BlockedList {
             .filter(|b| b.active(now))
             .cloned()
             .collect();
-        v.sort_by(|a, b| a.since.cmp(&b.since).then_with(|| a.mailbox.cmp(&b.mailbox)));
+        v.sort_by(|a, b| {
+            a.since
+                .cmp(&b.since)
+                .then_with(|| a.mailbox.cmp(&b.mailbox))
+        });
         v
     }
 
@@ -256,7 +260,11 @@ mod tests {
         let forever = BlockedSender::new("a@x", NOON, SpamAction::BlockUser, "t", 501, 500);
         assert_eq!(forever.until, 0);
         assert!(forever.active(u64::MAX));
-        assert_eq!(next_midnight(NOON - 43_200), NOON + 43_200, "at midnight: the next one");
+        assert_eq!(
+            next_midnight(NOON - 43_200),
+            NOON + 43_200,
+            "at midnight: the next one"
+        );
     }
 
     #[test]
@@ -305,7 +313,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("blocked.json");
         std::fs::write(&file, "{ not json").unwrap();
-        let e = BlockedList::open(file.clone(), NOON).unwrap_err().to_string();
+        let e = BlockedList::open(file.clone(), NOON)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("blocked.json"), "{e}");
     }
 }

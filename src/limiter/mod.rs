@@ -452,7 +452,12 @@ impl Limiter {
         if now < due
             || self
                 .next_sweep
-                .compare_exchange(due, now + SWEEP_EVERY_SECS, Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange(
+                    due,
+                    now + SWEEP_EVERY_SECS,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
                 .is_err()
         {
             return;

@@ -605,15 +605,15 @@ impl RedisBackend {
         let mut invocation = self.uncommit.key(self.key_of("count", mailbox));
         invocation.arg(at).arg(count.external).arg(count.internal);
         let _: Option<i64> = self
-            .call(self.settings.timeout * 4, invocation.invoke_async(&mut conn))
+            .call(
+                self.settings.timeout * 4,
+                invocation.invoke_async(&mut conn),
+            )
             .await;
     }
 
     /// Sessions, block and usage of a mailbox (`None` when Redis cannot answer).
-    pub(super) async fn usage(
-        &self,
-        mailbox: &str,
-    ) -> Option<(u32, Option<BlockedSender>, Usage)> {
+    pub(super) async fn usage(&self, mailbox: &str) -> Option<(u32, Option<BlockedSender>, Usage)> {
         let mut conn = self.conn.clone();
         let mut invocation = self.usage.prepare_invoke();
         invocation
@@ -656,7 +656,11 @@ impl RedisBackend {
                 out.push(b);
             }
         }
-        out.sort_by(|a, b| a.since.cmp(&b.since).then_with(|| a.mailbox.cmp(&b.mailbox)));
+        out.sort_by(|a, b| {
+            a.since
+                .cmp(&b.since)
+                .then_with(|| a.mailbox.cmp(&b.mailbox))
+        });
         Ok(out)
     }
 

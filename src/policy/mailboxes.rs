@@ -281,7 +281,11 @@ mod tests {
         m.finish();
         assert_eq!(m.len(), 1000);
         assert_eq!(m.folders.len(), 1, "folders are interned");
-        assert_eq!(m.overrides.len(), 500, "only mailboxes with overrides take a slot");
+        assert_eq!(
+            m.overrides.len(),
+            500,
+            "only mailboxes with overrides take a slot"
+        );
         let e = m.get("user10@a.com").unwrap();
         assert_eq!((e.org, e.line), (1, 11));
         assert_eq!(m.settings(e), own);

@@ -595,14 +595,20 @@ mailboxes:
     assert_eq!(org.recipients_per_day, 10_000);
     assert_eq!(org.recipients_per_message, 500);
     assert_eq!(org.recipient_limit_external_per_hour, 500);
-    assert_eq!(org.action_when_threshold_reached, SpamAction::BlockUserForToday);
+    assert_eq!(
+        org.action_when_threshold_reached,
+        SpamAction::BlockUserForToday
+    );
     let Decision::Allow(alice) = decide(&snap, "alice@contoso.com") else {
         panic!("allowed")
     };
     assert_eq!(alice.limits.messages_per_minute, 5);
     assert_eq!(alice.limits.recipients_per_day, 10_000, "null inherits");
     assert_eq!(alice.limits.recipient_limit_internal_per_hour, 1000);
-    assert_eq!(alice.limits.action_when_threshold_reached, SpamAction::Alert);
+    assert_eq!(
+        alice.limits.action_when_threshold_reached,
+        SpamAction::Alert
+    );
     let Decision::Allow(bob) = decide(&snap, "bob@contoso.com") else {
         panic!("allowed")
     };

@@ -425,8 +425,7 @@ impl Connection<'_> {
         if r.protocol_state.eq_ignore_ascii_case("RCPT") && !r.recipient.is_empty() {
             // Refused or not, the transaction goes on (with its other recipients).
             if let Err(refusal) =
-                admission::recipient(self.ctx, &snapshot, &facts, &mut txn.hold, &r.recipient)
-                    .await
+                admission::recipient(self.ctx, &snapshot, &facts, &mut txn.hold, &r.recipient).await
             {
                 return Response(refusal.reply.to_string());
             }

@@ -45,16 +45,29 @@ pub struct Server {
 
 impl Server {
     /// Starts `program --port P ARGS…` in `dir` and waits until it answers PING.
-    pub fn spawn(program: &str, dir: &Path, port: u16, config: Option<&Path>, args: &[&str]) -> Server {
+    pub fn spawn(
+        program: &str,
+        dir: &Path,
+        port: u16,
+        config: Option<&Path>,
+        args: &[&str],
+    ) -> Server {
         let mut cmd = Command::new(program);
         if let Some(c) = config {
             cmd.arg(c);
         }
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(args)
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
         if program == "redis-server" {
             cmd.args(["--appendonly", "no"]);
         }
@@ -74,7 +87,13 @@ impl Server {
     pub fn start(dir: &Path) -> Option<Server> {
         require("redis-server")?;
         require("redis-cli")?;
-        Some(Server::spawn("redis-server", dir, free_port(false), None, &[]))
+        Some(Server::spawn(
+            "redis-server",
+            dir,
+            free_port(false),
+            None,
+            &[],
+        ))
     }
 
     pub fn url(&self) -> String {
@@ -226,9 +245,14 @@ impl Sentinels {
         )
         .unwrap();
         let sentinel = Server::spawn("redis-sentinel", &sdir, free_port(false), Some(&conf), &[]);
-        wait_for_sync(Duration::from_secs(20), "the sentinel to see the replica", || {
-            cli(sentinel.port, &["sentinel", "replicas", MASTER_NAME]).contains(&replica_port.to_string())
-        });
+        wait_for_sync(
+            Duration::from_secs(20),
+            "the sentinel to see the replica",
+            || {
+                cli(sentinel.port, &["sentinel", "replicas", MASTER_NAME])
+                    .contains(&replica_port.to_string())
+            },
+        );
         Some(Sentinels {
             master,
             replica,
@@ -243,7 +267,10 @@ impl Sentinels {
             self.sentinel.port,
             &["sentinel", "get-master-addr-by-name", MASTER_NAME],
         );
-        out.lines().nth(1).and_then(|p| p.trim().parse().ok()).unwrap_or(0)
+        out.lines()
+            .nth(1)
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or(0)
     }
 }
 

@@ -8,7 +8,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::sentinel::{SentinelClient, SentinelServerType};
 use redis::{Cmd, ErrorKind, RedisError, RedisFuture, RedisResult, ServerErrorKind, Value};
@@ -173,10 +175,13 @@ impl Conn {
                     let mut cursor = 0u64;
                     loop {
                         let mut cmd = redis::cmd("SCAN");
-                        cmd.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(500);
+                        cmd.arg(cursor)
+                            .arg("MATCH")
+                            .arg(pattern)
+                            .arg("COUNT")
+                            .arg(500);
                         let value = c.clone().route_command(cmd, routing.clone()).await?;
-                        let (next, batch): (u64, Vec<String>) =
-                            redis::from_redis_value(value)?;
+                        let (next, batch): (u64, Vec<String>) = redis::from_redis_value(value)?;
                         keys.extend(batch);
                         cursor = next;
                         if cursor == 0 {
