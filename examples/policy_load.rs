@@ -8,7 +8,14 @@
 //! cargo run --release --example policy_load -- [--connections 10] [--seconds 10] [--mailboxes 10000] [--rounds 2]
 //! cargo run --release --example policy_load -- --target 127.0.0.1:10040   # an already running server
 //! cargo run --release --example policy_load -- --redis redis://127.0.0.1:6379/  # also submitgate with the Redis limiter
+//! cargo run --release --example policy_load -- --compare-limits   # also submitgate with every sending limit off
 //! ```
+//!
+//! submitgate runs with Exchange's sending limits (30 messages a minute, 10 000 recipients a
+//! day, 500 per message) and the Standard outbound spam preset (500 external / 1000 internal
+//! recipients an hour, 1000 a day, block_user_for_today): every transaction is judged and
+//! counted. `--compare-limits` adds a submitgate whose policy sets every limit to 0 (nothing
+//! judged, nothing counted) to the same run, and prints limits-on / limits-off.
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +31,7 @@ struct Args {
     rounds: usize,
     target: Option<String>,
     redis: Option<String>,
+    compare_limits: bool,
 }
 
 fn parse_args() -> Args {
@@ -34,6 +42,7 @@ fn parse_args() -> Args {
         rounds: 2,
         target: None,
         redis: None,
+        compare_limits: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -45,6 +54,7 @@ fn parse_args() -> Args {
             "--rounds" => a.rounds = val().parse().expect("--rounds N"),
             "--target" => a.target = Some(val()),
             "--redis" => a.redis = Some(val()),
+            "--compare-limits" => a.compare_limits = true,
             other => panic!("unknown argument {other}"),
         }
     }
@@ -172,17 +182,29 @@ async fn dunno_responder() -> String {
     addr
 }
 
-/// submitgate with 100 organizations holding the mailboxes, audit log to a file.
+/// Exchange's sending limits and the Standard outbound spam preset.
+const LIMITS_ON: &str = "sending_limits: { messages_per_minute: 30, recipients_per_day: 10000, recipients_per_message: 500 }\n\
+outbound_spam: { recipient_limit_external_per_hour: 500, recipient_limit_internal_per_hour: 1000, recipient_limit_per_day: 1000, action_when_threshold_reached: block_user_for_today }\n";
+/// No sending limit of any kind.
+const LIMITS_OFF: &str =
+    "sending_limits: { messages_per_minute: 0, recipients_per_day: 0, recipients_per_message: 0 }\n";
+
+/// submitgate with 100 organizations holding the mailboxes, audit log to a file; `limits` is
+/// the organizations' sending-limit keys.
 async fn start_submitgate(
     dir: &std::path::Path,
     mailboxes: usize,
     limiter: &str,
+    limits: &str,
 ) -> (Daemon, String) {
+    let top = dir;
+    let dir = dir.join(format!("sg{}-{}", limiter.len(), limits.len()));
+    let dir = dir.as_path();
     let pdir = dir.join("policies");
     std::fs::create_dir_all(&pdir).expect("mkdir");
     for org in 0..100 {
         let mut text = format!(
-            "organization: org{org}\ndomains: [org{org}.example]\nmax_concurrent_sessions_per_mailbox: 3\nmailboxes:\n"
+            "organization: org{org}\ndomains: [org{org}.example]\nmax_concurrent_sessions_per_mailbox: 3\n{limits}mailboxes:\n"
         );
         // Every tenth mailbox has settings of its own, like a real directory.
         for m in (org..mailboxes).step_by(100).filter(|m| m % 10 == 0) {
@@ -195,7 +217,8 @@ async fn start_submitgate(
     let cfg = format!(
         "policy: [\"inet:127.0.0.1:0\"]\npolicies: {}\naudit: {{ path: {} }}\nlimiter: {limiter}\n",
         pdir.display(),
-        dir.join(format!("audit-{}.log", limiter.len())).display()
+        top.join(format!("audit-{}-{}.log", limiter.len(), limits.len()))
+            .display()
     );
     let path = dir.join("submitgate.yaml");
     std::fs::write(&path, cfg).expect("write config");
@@ -237,19 +260,30 @@ fn main() {
         }
         let dir = tempfile_dir();
         let baseline = dunno_responder().await;
-        let (daemon, sg) = start_submitgate(&dir, a.mailboxes, "{ backend: memory }").await;
+        let (daemon, sg) =
+            start_submitgate(&dir, a.mailboxes, "{ backend: memory }", LIMITS_ON).await;
         let redis = match &a.redis {
             Some(url) => {
                 let limiter =
                     format!("{{ backend: redis, url: \"{url}\", key_prefix: \"bench:\" }}");
-                Some(start_submitgate(&dir, a.mailboxes, &limiter).await)
+                Some(start_submitgate(&dir, a.mailboxes, &limiter, LIMITS_ON).await)
             }
             None => None,
         };
-        let (mut best_base, mut best_sg, mut best_redis) = (0f64, 0f64, 0f64);
+        let unlimited = if a.compare_limits {
+            Some(start_submitgate(&dir, a.mailboxes, "{ backend: memory }", LIMITS_OFF).await)
+        } else {
+            None
+        };
+        let (mut best_base, mut best_sg, mut best_redis, mut best_off) = (0f64, 0f64, 0f64, 0f64);
         for round in 1..=a.rounds {
             let b = measure(&baseline, &a).await;
             print(&format!("DUNNO responder (r{round})"), &b);
+            if let Some((_, addr)) = &unlimited {
+                let r = measure(addr, &a).await;
+                print(&format!("sg, limits off (r{round})"), &r);
+                best_off = best_off.max(r.rps);
+            }
             let s = measure(&sg, &a).await;
             print(&format!("submitgate (r{round})"), &s);
             if let Some((_, addr)) = &redis {
@@ -276,6 +310,13 @@ fn main() {
             "submitgate / responder (best of each): {:.0} %   ({audit_lines} audit lines written)",
             100.0 * best_sg / best_base
         );
+        if let Some((d, _)) = unlimited {
+            println!(
+                "limits on / limits off (best of each): {:.1} %",
+                100.0 * best_sg / best_off
+            );
+            d.shutdown().await;
+        }
         if let Some((d, _)) = redis {
             println!(
                 "submitgate with redis / responder (best of each): {:.0} %",
