@@ -17,6 +17,7 @@
 //! - [`sent_items`]: the durable spool of Sent Items copies, its workers and stores.
 //! - [`reason`]: the one `Reason` enum; [`reply`]: SMTP replies and their defaults.
 //! - [`text`]: control characters, escaped log text and bounded table cells.
+//! - [`logging`]: the operational log (stderr, journal, syslog or a file; text or JSON).
 //! - [`report`]: the offline `submitgate report` tool: audit logs → the SMTP AUTH clients report.
 //! - [`endpoint`], [`http_server`], [`fsutil`], [`yaml`]: listeners in Postfix notation, the
 //!   HTTP server under the auth policy endpoint, durable file steps, YAML with positions.
@@ -35,6 +36,7 @@ pub mod endpoint;
 pub mod fsutil;
 pub mod http_server;
 pub mod limiter;
+pub mod logging;
 pub mod milter;
 pub mod policy;
 pub mod postfix_policy;

@@ -11,6 +11,7 @@
 //! - `blocked_sender`: `blocked-sender list|remove` (restricted senders), through it too.
 //! - `spool`: `spool list|retry`.
 //! - `report`: the SMTP AUTH clients report from audit logs.
+//! - `generate` (hidden): man pages and shell completions from these definitions.
 //!
 //! Standard output is written only through `outln!`/`out!`, which return the write error
 //! (`println!` panics on it): a reader that goes away (`submitgate report | head`) ends the
@@ -39,8 +40,10 @@ macro_rules! out {
     }};
 }
 
+mod access;
 mod blocked_sender;
 mod check;
+mod generate;
 mod mailbox;
 mod org;
 mod policy;
@@ -52,7 +55,6 @@ mod status;
 use blocked_sender::BlockedSenderCommand;
 use mailbox::MailboxCommand;
 use org::OrgCommand;
-use policy::PolicyArgs;
 use report::ReportArgs;
 use spool::SpoolCommand;
 
@@ -82,7 +84,7 @@ enum Command {
     /// Run the daemon in the foreground.
     Serve(ConfigArg),
     /// Check the configuration and the policy files; print every error (exit 1 if any).
-    Check(PolicyArgs),
+    Check(check::CheckArgs),
     /// Organization settings (Get-TransportConfig).
     Org {
         #[command(subcommand)]
@@ -121,18 +123,23 @@ enum Command {
     /// The SMTP AUTH clients report from audit logs: per sender, messages sent, TLS protocol
     /// shares, auth mechanisms, refusals by reason.
     Report(ReportArgs),
+    /// Write the man pages and the bash/zsh/fish completions under DIR (packaging).
+    #[command(hide = true)]
+    Generate {
+        /// Output directory: DIR/man/*.1 and DIR/completions/.
+        dir: PathBuf,
+    },
 }
 
-/// Logging to standard error, filtered by `SUBMITGATE_LOG` (default `info`).
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SUBMITGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+/// Logging for the commands other than `serve` (which follows `log:` in its configuration):
+/// text to standard error, level from `RUST_LOG` or `SUBMITGATE_LOG` (default `info`).
+fn init_stderr_logging() {
+    let settings = submitgate::logging::Settings {
+        target: Some(submitgate::logging::Target::Stderr),
+        ..Default::default()
+    };
+    // Only fails when a logger is installed already, which nothing here does.
+    let _ = submitgate::logging::init(&settings);
 }
 
 /// The exit status when standard output was closed early: 128 + SIGPIPE, what a shell shows
@@ -173,6 +180,9 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    if !matches!(cli.command, Command::Serve(_)) {
+        init_stderr_logging();
+    }
     match cli.command {
         Command::Serve(c) => serve::run(&c),
         Command::Check(args) => check::run(&args),
@@ -183,5 +193,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Spool { command } => spool::run(command),
         Command::BlockedSender { command } => blocked_sender::run(command),
         Command::Report(args) => report::run(&args),
+        Command::Generate { dir } => generate::run(&dir),
     }
 }
