@@ -206,7 +206,7 @@ fn csv_records(text: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
-const HEADER: [&str; 18] = [
+const HEADER: [&str; 25] = [
     "Sender address",
     "Domain",
     "Messages sent",
@@ -225,6 +225,13 @@ const HEADER: [&str; 18] = [
     "Auth failures",
     "Auth refused",
     "Invalid login",
+    "Message rate limit",
+    "Recipient rate limit",
+    "Recipients per message",
+    "Sender restricted",
+    "Times restricted",
+    "Times released",
+    "Spam alerts",
 ];
 
 fn row(fields: &[&str]) -> Vec<String> {
@@ -385,6 +392,14 @@ fn csv_has_exact_rows_and_parses_back() {
             "0",
         ]),
     ];
+    // The sending-limit columns (issue 15) come last; this log has none of their events.
+    let expected: Vec<Vec<String>> = expected
+        .into_iter()
+        .map(|mut r| {
+            r.extend(std::iter::repeat_n("0".to_string(), 7));
+            r
+        })
+        .collect();
     assert_eq!(records[1..], expected[..]);
 }
 

@@ -276,7 +276,13 @@ async fn open(
     want_lease: bool,
     hold: &mut Hold,
 ) -> Result<u32, Outcome> {
-    hold.tracked = None;
+    // A transaction admitted again (its lease went idle) keeps the recipients it counted.
+    let scope = hold.scope;
+    let counted = hold
+        .tracked
+        .take()
+        .filter(|t| scope == Scope::Transaction && t.mailbox == allowed.mailbox)
+        .map(|t| t.count);
     let mpm = allowed.limits.messages_per_minute;
     let lease_limit = want_lease.then_some(allowed.limit);
     let (reason, in_use, limit) = match ctx.limiter.open(&allowed.mailbox, lease_limit, mpm).await {
@@ -288,7 +294,9 @@ async fn open(
             if lease.is_some() {
                 hold.lease = lease;
             }
-            hold.tracked = Some(track(allowed, usage));
+            let mut tracked = track(allowed, usage);
+            tracked.count = counted.unwrap_or_default();
+            hold.tracked = Some(tracked);
             return Ok(in_use);
         }
         Opening::Blocked(entry) => {
