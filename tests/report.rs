@@ -447,10 +447,15 @@ fn json_has_rows_and_totals() {
             "auth_mechanisms": {"PLAIN": 2, "LOGIN": 1},
             "refusals": {
                 "org_disabled": 0, "mailbox_disabled": 0, "unknown_organization": 0,
-                "invalid_login": 0, "concurrency_limit": 1, "limiter_unavailable": 0, "other": 0
+                "invalid_login": 0, "concurrency_limit": 1, "limiter_unavailable": 0,
+                "message_rate_limit": 0, "recipient_rate_limit": 0, "recipients_per_message": 0,
+                "sender_restricted": 0, "other": 0
             },
             "auth_failures": 0,
-            "auth_refused": 0
+            "auth_refused": 0,
+            "restricted": 0,
+            "released": 0,
+            "spam_alerts": 0
         })
     );
     assert_eq!(rows[3]["sender"], "bob@contoso.com");
