@@ -53,30 +53,53 @@ impl WindowSpec {
     }
 }
 
-/// One sliding window: its non-empty buckets as (slot, count), oldest first.
+/// One sliding window: its non-empty buckets as (slot, count), oldest first, and their sum
+/// (kept up to date, so that reading a window costs no more than dropping what left it).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(from = "VecDeque<(u64, u32)>", into = "VecDeque<(u64, u32)>")]
 pub struct Window {
     buckets: VecDeque<(u64, u32)>,
+    total: u32,
+}
+
+impl From<VecDeque<(u64, u32)>> for Window {
+    fn from(buckets: VecDeque<(u64, u32)>) -> Window {
+        let total = buckets
+            .iter()
+            .fold(0u32, |acc, (_, n)| acc.saturating_add(*n));
+        Window { buckets, total }
+    }
+}
+
+impl From<Window> for VecDeque<(u64, u32)> {
+    fn from(w: Window) -> Self {
+        w.buckets
+    }
 }
 
 impl Window {
     /// Drops the buckets that left the window at `secs`.
     fn prune(&mut self, spec: WindowSpec, secs: u64) {
         let first = spec.first_counted(secs);
-        while self.buckets.front().is_some_and(|(slot, _)| *slot < first) {
+        while let Some((slot, n)) = self.buckets.front().copied() {
+            if slot >= first {
+                break;
+            }
             self.buckets.pop_front();
+            self.total = self.total.saturating_sub(n);
         }
     }
 
-    /// What the window counts at `secs`.
+    /// What the window counts at `secs` (buckets newer than `secs`, after a clock went back,
+    /// count too).
     pub fn sum(&self, spec: WindowSpec, secs: u64) -> u32 {
         let first = spec.first_counted(secs);
-        let last = spec.slot(secs);
-        self.buckets
+        let left = self
+            .buckets
             .iter()
-            .filter(|(slot, _)| (first..=last).contains(slot))
-            .fold(0u32, |acc, (_, n)| acc.saturating_add(*n))
+            .take_while(|(slot, _)| *slot < first)
+            .fold(0u32, |acc, (_, n)| acc.saturating_add(*n));
+        self.total.saturating_sub(left)
     }
 
     /// Counts `n` at `secs` (a clock that went back adds to the newest bucket instead of
@@ -91,6 +114,7 @@ impl Window {
             Some((last, count)) if *last >= slot => *count = count.saturating_add(n),
             _ => self.buckets.push_back((slot, n)),
         }
+        self.total = self.total.saturating_add(n);
     }
 
     /// Takes back `n` counted at `secs` (a message counted, then not accepted after all).
@@ -98,7 +122,9 @@ impl Window {
         let slot = spec.slot(secs);
         if let Some(i) = self.buckets.iter().rposition(|(s, _)| *s <= slot) {
             let count = &mut self.buckets[i].1;
-            *count = count.saturating_sub(n);
+            let taken = n.min(*count);
+            *count -= taken;
+            self.total = self.total.saturating_sub(taken);
             if *count == 0 {
                 self.buckets.remove(i);
             }
@@ -438,8 +464,9 @@ mod tests {
         let mut w = Window::default();
         w.add(MINUTE, T0, 1);
         w.add(MINUTE, T0, 1);
-        w.add(MINUTE, T0 + 30, 5);
         assert_eq!(w.sum(MINUTE, T0), 2);
+        w.add(MINUTE, T0 + 30, 5);
+        assert_eq!(w.sum(MINUTE, T0 + 30), 7);
         assert_eq!(
             w.sum(MINUTE, T0 + 59),
             7,
