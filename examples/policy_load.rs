@@ -3,6 +3,8 @@
 //! with Postfix 3.7's full attribute set; many mailboxes) against two servers in the same run:
 //! a do-nothing responder that answers every request with DUNNO, and submitgate (policy,
 //! limiter and audit log on, to a file). It prints requests/s and latency percentiles of both.
+//! Each server is a process of its own with its own tokio runtime, as the real daemon is: the
+//! example re-executes itself with `--responder` or `--serve CONFIG` (examples/common/child.rs).
 //!
 //! ```text
 //! cargo run --release --example policy_load -- [--connections 10] [--seconds 10] [--mailboxes 10000] [--rounds 2]
@@ -18,10 +20,15 @@
 //! adds a submitgate whose policy sets every limit to 0 (nothing judged, nothing counted) to
 //! the same run, and prints limits-on / limits-off.
 
+#[path = "common/child.rs"]
+mod child;
+
+/// The allocator the `submitgate` binary uses (src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::{Duration, Instant};
 
-use submitgate::config::Config;
-use submitgate::daemon::Daemon;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -33,6 +40,9 @@ struct Args {
     target: Option<String>,
     redis: Option<String>,
     compare_limits: bool,
+    /// Child modes: `--responder`, `--serve CONFIG`.
+    responder: bool,
+    serve: Option<String>,
 }
 
 fn parse_args() -> Args {
@@ -44,9 +54,23 @@ fn parse_args() -> Args {
         target: None,
         redis: None,
         compare_limits: false,
+        responder: false,
+        serve: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--responder" => {
+                a.responder = true;
+                continue;
+            }
+            "--until-stdin-closes" => continue,
+            "--compare-limits" => {
+                a.compare_limits = true;
+                continue;
+            }
+            _ => {}
+        }
         let mut val = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
             "--connections" => a.connections = val().parse().expect("--connections N"),
@@ -55,7 +79,7 @@ fn parse_args() -> Args {
             "--rounds" => a.rounds = val().parse().expect("--rounds N"),
             "--target" => a.target = Some(val()),
             "--redis" => a.redis = Some(val()),
-            "--compare-limits" => a.compare_limits = true,
+            "--serve" => a.serve = Some(val()),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -114,6 +138,8 @@ async fn drive(addr: String, conn: usize, mailboxes: usize, until: Instant) -> (
 }
 
 struct Result {
+    /// The server's CPU time per request, µs.
+    cpu_us: Option<f64>,
     rps: f64,
     p50: u32,
     p99: u32,
@@ -121,7 +147,10 @@ struct Result {
     not_dunno: u64,
 }
 
-async fn measure(addr: &str, a: &Args) -> Result {
+/// Drives `addr` for `--seconds`; `pid` is the server's process, whose CPU time per request
+/// is reported.
+async fn measure(addr: &str, pid: Option<u32>, a: &Args) -> Result {
+    let cpu_before = pid.map(child::cpu_time);
     let until = Instant::now() + Duration::from_secs(a.seconds);
     let start = Instant::now();
     let tasks: Vec<_> = (0..a.connections)
@@ -137,7 +166,11 @@ async fn measure(addr: &str, a: &Args) -> Result {
     let elapsed = start.elapsed().as_secs_f64();
     all.sort_unstable();
     let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    let cpu = pid
+        .zip(cpu_before)
+        .map(|(pid, before)| (child::cpu_time(pid) - before).as_secs_f64() * 1e6);
     Result {
+        cpu_us: cpu.map(|c| c / all.len().max(1) as f64),
         rps: all.len() as f64 / elapsed,
         p50: pct(0.50),
         p99: pct(0.99),
@@ -146,41 +179,48 @@ async fn measure(addr: &str, a: &Args) -> Result {
     }
 }
 
-/// The baseline: reads a request up to its empty line, answers DUNNO; nothing else.
-async fn dunno_responder() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr").to_string();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = s.set_nodelay(true);
-            tokio::spawn(async move {
-                let (r, mut w) = s.into_split();
-                let mut r = BufReader::new(r);
-                let mut buf = Vec::with_capacity(1024);
-                loop {
-                    buf.clear();
-                    // Read lines until the empty one.
+/// The baseline, as its own process (`--responder`, a multi-threaded runtime like
+/// submitgate's): reads a request up to its empty line, answers DUNNO; nothing else.
+fn run_responder() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        child::announce(listener.local_addr().expect("addr").port());
+        let accept = async move {
+            loop {
+                let Ok((s, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = s.set_nodelay(true);
+                tokio::spawn(async move {
+                    let (r, mut w) = s.into_split();
+                    let mut r = BufReader::new(r);
+                    let mut buf = Vec::with_capacity(1024);
                     loop {
-                        let before = buf.len();
-                        match r.read_until(b'\n', &mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(_) => {}
+                        buf.clear();
+                        // Read lines until the empty one.
+                        loop {
+                            let before = buf.len();
+                            match r.read_until(b'\n', &mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(_) => {}
+                            }
+                            if &buf[before..] == b"\n" {
+                                break;
+                            }
                         }
-                        if &buf[before..] == b"\n" {
-                            break;
+                        if w.write_all(b"action=DUNNO\n\n").await.is_err() {
+                            return;
                         }
                     }
-                    if w.write_all(b"action=DUNNO\n\n").await.is_err() {
-                        return;
-                    }
-                }
-            });
+                });
+            }
+        };
+        tokio::select! {
+            _ = accept => {}
+            _ = child::stdin_closed() => {}
         }
     });
-    addr
 }
 
 /// Every sending limit and outbound spam threshold on, none reached by this load.
@@ -190,18 +230,12 @@ outbound_spam: { recipient_limit_external_per_hour: 100000000, recipient_limit_i
 const LIMITS_OFF: &str =
     "sending_limits: { messages_per_minute: 0, recipients_per_day: 0, recipients_per_message: 0 }\n";
 
-/// submitgate with 100 organizations holding the mailboxes, audit log to a file; `limits` is
-/// the organizations' sending-limit keys.
-async fn start_submitgate(
-    dir: &std::path::Path,
-    mailboxes: usize,
-    limiter: &str,
-    limits: &str,
-) -> (Daemon, String) {
-    let top = dir;
-    let dir = dir.join(format!("sg{}-{}", limiter.len(), limits.len()));
-    let dir = dir.as_path();
-    let pdir = dir.join("policies");
+/// Writes the policy files (100 organizations holding the mailboxes, `limits` their sending
+/// limit keys) and a configuration for submitgate with the audit log to a file; returns the
+/// configuration's path.
+fn write_config(dir: &std::path::Path, mailboxes: usize, limiter: &str, limits: &str) -> String {
+    let name = format!("{}-{}", limiter.len(), limits.len());
+    let pdir = dir.join(format!("policies-{name}"));
     std::fs::create_dir_all(&pdir).expect("mkdir");
     for org in 0..100 {
         let mut text = format!(
@@ -218,27 +252,27 @@ async fn start_submitgate(
     let cfg = format!(
         "policy: [\"inet:127.0.0.1:0\"]\npolicies: {}\naudit: {{ path: {} }}\nlimiter: {limiter}\n",
         pdir.display(),
-        top.join(format!("audit-{}-{}.log", limiter.len(), limits.len()))
-            .display()
+        dir.join(format!("audit-{name}.log")).display()
     );
-    let path = dir.join("submitgate.yaml");
+    let path = dir.join(format!("submitgate-{name}.yaml"));
     std::fs::write(&path, cfg).expect("write config");
-    let config = Config::load(&path).expect("config");
-    let daemon = Daemon::start(config).await.expect("start");
-    let addr = match &daemon.policy_endpoints()[0] {
-        submitgate::endpoint::Endpoint::Inet { host, port } => format!("{host}:{port}"),
-        other => panic!("unexpected {other}"),
-    };
-    (daemon, addr)
+    path.to_string_lossy().into_owned()
+}
+
+fn addr(child: &child::Child) -> String {
+    format!("127.0.0.1:{}", child.port)
 }
 
 fn print(name: &str, r: &Result) {
     println!(
-        "{name:<22} {:>9.0} req/s   p50 {:>5} µs   p99 {:>5} µs   p99.9 {:>5} µs{}",
+        "{name:<22} {:>9.0} req/s   p50 {:>5} µs   p99 {:>5} µs   p99.9 {:>5} µs{}{}",
         r.rps,
         r.p50,
         r.p99,
         r.p999,
+        r.cpu_us
+            .map(|c| format!("   server CPU {c:.1} µs/request"))
+            .unwrap_or_default(),
         if r.not_dunno > 0 {
             format!("   ({} non-DUNNO answers)", r.not_dunno)
         } else {
@@ -249,85 +283,138 @@ fn print(name: &str, r: &Result) {
 
 fn main() {
     let a = parse_args();
+    if a.responder {
+        return run_responder();
+    }
+    if let Some(config) = &a.serve {
+        if let Err(e) = child::serve_daemon(std::path::Path::new(config)) {
+            eprintln!("policy_load --serve: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let dir = tempfile_dir();
+    let (baseline, sg, redis) = if a.target.is_none() {
+        let baseline =
+            child::spawn(&["--responder", "--until-stdin-closes"]).expect("start the responder");
+        let config = write_config(&dir, a.mailboxes, "{ backend: memory }", LIMITS_ON);
+        let sg =
+            child::spawn(&["--serve", &config, "--until-stdin-closes"]).expect("start submitgate");
+        let redis = a.redis.as_ref().map(|url| {
+            let limiter = format!("{{ backend: redis, url: \"{url}\", key_prefix: \"bench:\" }}");
+            let config = write_config(&dir, a.mailboxes, &limiter, LIMITS_ON);
+            child::spawn(&["--serve", &config, "--until-stdin-closes"])
+                .expect("start submitgate with redis")
+        });
+        (Some(baseline), Some(sg), redis)
+    } else {
+        (None, None, None)
+    };
+    let unlimited = (a.target.is_none() && a.compare_limits).then(|| {
+        let config = write_config(&dir, a.mailboxes, "{ backend: memory }", LIMITS_OFF);
+        child::spawn(&["--serve", &config, "--until-stdin-closes"])
+            .expect("start submitgate without limits")
+    });
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         println!(
-            "{} connections, {} s per measurement, {} mailboxes, {} round(s)",
-            a.connections, a.seconds, a.mailboxes, a.rounds
+            "{} connections, {} s per measurement, {} mailboxes, {} round(s); load average {}",
+            a.connections,
+            a.seconds,
+            a.mailboxes,
+            a.rounds,
+            loadavg()
         );
         if let Some(target) = &a.target {
-            print(target, &measure(target, &a).await);
+            print(target, &measure(target, None, &a).await);
             return;
         }
-        let dir = tempfile_dir();
-        let baseline = dunno_responder().await;
-        let (daemon, sg) =
-            start_submitgate(&dir, a.mailboxes, "{ backend: memory }", LIMITS_ON).await;
-        let redis = match &a.redis {
-            Some(url) => {
-                let limiter =
-                    format!("{{ backend: redis, url: \"{url}\", key_prefix: \"bench:\" }}");
-                Some(start_submitgate(&dir, a.mailboxes, &limiter, LIMITS_ON).await)
-            }
-            None => None,
+        let (Some(baseline), Some(sg)) = (&baseline, &sg) else {
+            return;
         };
-        let unlimited = if a.compare_limits {
-            Some(start_submitgate(&dir, a.mailboxes, "{ backend: memory }", LIMITS_OFF).await)
-        } else {
-            None
-        };
+        println!(
+            "each server is a process of its own: responder pid {}, submitgate pid {}",
+            baseline.id(),
+            sg.id()
+        );
         let (mut best_base, mut best_sg, mut best_redis, mut best_off) = (0f64, 0f64, 0f64, 0f64);
+        let mut p99s = Vec::new();
         for round in 1..=a.rounds {
-            let b = measure(&baseline, &a).await;
+            let b = measure(&addr(baseline), Some(baseline.id()), &a).await;
             print(&format!("DUNNO responder (r{round})"), &b);
-            if let Some((_, addr)) = &unlimited {
-                let r = measure(addr, &a).await;
-                print(&format!("sg, limits off (r{round})"), &r);
-                best_off = best_off.max(r.rps);
-            }
-            let s = measure(&sg, &a).await;
+            let off = match &unlimited {
+                Some(u) => {
+                    let r = measure(&addr(u), Some(u.id()), &a).await;
+                    print(&format!("sg, limits off (r{round})"), &r);
+                    best_off = best_off.max(r.rps);
+                    Some(r.rps)
+                }
+                None => None,
+            };
+            let s = measure(&addr(sg), Some(sg.id()), &a).await;
             print(&format!("submitgate (r{round})"), &s);
-            if let Some((_, addr)) = &redis {
-                let r = measure(addr, &a).await;
+            if let Some(off) = off {
+                println!("  round {round}: limits on / limits off {:.3}", s.rps / off);
+            }
+            println!(
+                "  round {round}: submitgate / responder {:.2}",
+                s.rps / b.rps
+            );
+            if let Some(r) = &redis {
+                let r = measure(&addr(r), Some(r.id()), &a).await;
                 print(&format!("sg+redis (r{round})"), &r);
                 best_redis = best_redis.max(r.rps);
             }
             best_base = best_base.max(b.rps);
             best_sg = best_sg.max(s.rps);
+            p99s.push(s.p99);
         }
-        daemon.context().audit.flush().await;
-        let audit_lines: usize = std::fs::read_dir(&dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("audit"))
-            .map(|e| {
-                std::fs::read_to_string(e.path())
-                    .map(|t| t.lines().count())
-                    .unwrap_or(0)
-            })
-            .sum();
+        p99s.sort_unstable();
         println!(
-            "submitgate / responder (best of each): {:.0} %   ({audit_lines} audit lines written)",
-            100.0 * best_sg / best_base
+            "submitgate / responder (best round of each): {:.2}; submitgate p99 best {} µs, \
+             median {} µs over the rounds; load average {}",
+            best_sg / best_base,
+            p99s[0],
+            p99s[p99s.len() / 2],
+            loadavg()
         );
-        if let Some((d, _)) = unlimited {
+        if redis.is_some() {
             println!(
-                "limits on / limits off (best of each): {:.1} %",
-                100.0 * best_sg / best_off
+                "submitgate with redis / responder (best round of each): {:.2}",
+                best_redis / best_base
             );
-            d.shutdown().await;
         }
-        if let Some((d, _)) = redis {
+        if unlimited.is_some() {
             println!(
-                "submitgate with redis / responder (best of each): {:.0} %",
-                100.0 * best_redis / best_base
+                "limits on / limits off (best round of each): {:.3}; load average {}",
+                best_sg / best_off,
+                loadavg()
             );
-            d.shutdown().await;
         }
-        daemon.shutdown().await;
-        let _ = std::fs::remove_dir_all(&dir);
     });
+    // The children shut down (audit flushed) when dropped.
+    drop((baseline, sg, redis, unlimited));
+    let audit_lines: usize = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("audit"))
+        .map(|e| {
+            std::fs::read_to_string(e.path())
+                .map(|t| t.lines().count())
+                .unwrap_or(0)
+        })
+        .sum();
+    if a.target.is_none() {
+        println!("{audit_lines} audit lines written");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn tempfile_dir() -> std::path::PathBuf {

@@ -83,6 +83,10 @@ pub enum EventKind {
     SenderReleased,
     /// A mailbox reached an outbound spam threshold whose action is `alert`: mail goes on.
     OutboundSpamAlert,
+    /// An alert reached its webhook or command (`alerts:`).
+    AlertSent,
+    /// An alert could not be delivered to its webhook or command.
+    AlertFailed,
 }
 
 /// The outcome of a submission decision.
@@ -203,6 +207,9 @@ pub struct AuditEvent {
     /// When a restriction ends by itself (RFC 3339, a midnight UTC).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub blocked_until: Option<String>,
+    /// The alert's kind (`alert_sent` / `alert_failed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alert: Option<&'static str>,
 }
 
 impl AuditEvent {
@@ -247,6 +254,7 @@ impl AuditEvent {
             count: None,
             action: None,
             blocked_until: None,
+            alert: None,
         }
     }
 }

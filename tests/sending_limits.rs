@@ -284,7 +284,11 @@ async fn five_hundred_and_one_recipients_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outbound_spam_threshold_blocks_and_the_cli_releases() {
-    let t = start().await;
+    // The sender_restricted alert goes to a command that appends it to a file.
+    let alerts = format!(
+        "{CONTROL}alerts: {{ command: [\"sh\", \"-c\", \"cat >> {{dir}}/alerts.jsonl; echo >> {{dir}}/alerts.jsonl\"], kinds: [sender_restricted] }}\n"
+    );
+    let t = TestDaemon::start_with(BOTH, &[("contoso.yaml", CONTOSO)], &alerts).await;
     let mut c = t.client().await;
     // 5 external recipients an hour: 4 + 1 pass, the message with 2 more is refused and the
     // mailbox restricted.
@@ -447,6 +451,35 @@ async fn an_outbound_spam_threshold_blocks_and_the_cli_releases() {
             .count(),
         3,
         "{refusals:?}"
+    );
+
+    // The alert reached its command (other tests of this file may add theirs: the alerter is
+    // process-wide).
+    let alerts_file = t.dir.path().join("alerts.jsonl");
+    support::wait_for(
+        std::time::Duration::from_secs(10),
+        "the sender_restricted alert",
+        || {
+            let alerts_file = alerts_file.clone();
+            async move {
+                std::fs::read_to_string(&alerts_file)
+                    .is_ok_and(|t| t.contains("spammer@contoso.com"))
+            }
+        },
+    )
+    .await;
+    let line = std::fs::read_to_string(&alerts_file).unwrap();
+    let alert: Value = line
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|a| a["mailbox"] == "spammer@contoso.com")
+        .expect("the alert as JSON");
+    assert_eq!(alert["alert"], "sender_restricted");
+    assert_eq!(alert["organization"], "contoso");
+    let message = alert["message"].as_str().unwrap();
+    assert!(
+        message.contains("recipient_limit_external_per_hour 7 of 5"),
+        "{message}"
     );
 
     // report: per sender.

@@ -13,7 +13,9 @@
 //!   spooled) is taken back with [`unaccept`].
 //!
 //! A recipient is internal when its domain belongs to an organization of the policy. Reply
-//! texts come from `replies:` ([`crate::reply::Replies`]), reasons are typed ([`Reason`]).
+//! texts come from `replies:` ([`crate::reply::Replies`]), reasons are typed ([`Reason`]);
+//! every refusal is counted in the metrics like the others, and a sender restricted raises
+//! the `sender_restricted` alert ([`crate::alerts`]).
 
 use super::{record_refusal, Facts, Hold, Refusal, Scope};
 use crate::audit::{Audit, AuditEvent, EventKind, Outcome as AuditOutcome};
@@ -115,6 +117,7 @@ async fn refuse(
         "submission {}",
         if decision == AuditOutcome::Defer { "deferred" } else { "refused" }
     );
+    crate::metrics::decision(facts.front_end, decision, Some(refusal.reason));
     let mut ev = facts.event(EventKind::SubmissionDecision);
     ev.mailbox = Some(refusal.mailbox.clone());
     ev.organization.clone_from(&refusal.organization);
@@ -147,6 +150,11 @@ pub(super) async fn refuse_restricted(
         since = entry.since,
         until = entry.until,
         "submission refused: restricted sender"
+    );
+    crate::metrics::decision(
+        facts.front_end,
+        AuditOutcome::Reject,
+        Some(Reason::SenderRestricted),
     );
     let mut ev = facts.event(EventKind::SubmissionDecision);
     ev.mailbox = Some(refusal.mailbox.clone());
@@ -423,6 +431,20 @@ async fn restricted(
     ev.action = Some(entry.action.as_str());
     ev.blocked_until = until(entry);
     ctx.audit.record(ev).await;
+    // Exchange's "User restricted from sending email" alert (webhook / command, `alerts:`).
+    let why = format!(
+        "{} {} of {} ({}, {})",
+        crossed.threshold.as_str(),
+        crossed.count,
+        crossed.limit,
+        entry.action.as_str(),
+        until(entry).map_or_else(|| "until released".to_string(), |u| format!("until {u}"))
+    );
+    crate::alerts::raise(crate::alerts::AlertEvent::sender_restricted(
+        &t.mailbox,
+        Some(&t.organization),
+        &why,
+    ));
 }
 
 /// The `outbound_spam_alert` event: a threshold whose action is `alert` was reached.

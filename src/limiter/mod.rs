@@ -4,7 +4,8 @@
 //! restricted sender? over the message rate? a [`Lease`], a slot given back exactly once: by
 //! [`Lease::release`] or, as a safety net, on drop) and [`Limiter::commit`] at its end (judge
 //! and count it, or block the sender). The limiter never knows which protocol asked. Two
-//! backends behind the same API: [`memory`] (this process; durable under a `state_dir`) and
+//! backends behind the same API: [`memory`] (this process: sharded maps, check-and-take under
+//! one shard's lock; durable under a `state_dir`) and
 //! [`redis`] (shared by several MTAs: one Lua script per decision over the mailbox's keys,
 //! leases that expire by themselves when a node dies).
 

@@ -300,6 +300,7 @@ impl RedisBackend {
                 Some(v)
             }
             Err(e) => {
+                crate::metrics::limiter_error("redis");
                 self.mark_down(&e).await;
                 None
             }
@@ -325,6 +326,9 @@ impl RedisBackend {
                 ));
                 audit.record(ev).await;
             }
+            crate::alerts::raise(crate::alerts::AlertEvent::limiter_unavailable(&format!(
+                "{url}: {error}"
+            )));
         }
     }
 

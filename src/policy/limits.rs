@@ -127,7 +127,7 @@ impl Limits {
 }
 
 /// A mailbox's own limits: `None` inherits the organization's value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
 pub struct LimitOverrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub messages_per_minute: Option<u32>,
