@@ -210,6 +210,7 @@ pub async fn recipient(
     let Some(t) = hold.tracked.as_mut() else {
         return Ok(());
     };
+    let _timer = crate::metrics::DecisionTimer::start(facts.front_end);
     let mut count = t.count;
     if is_internal(snapshot, address) {
         count.internal = count.internal.saturating_add(1);
@@ -276,6 +277,8 @@ pub async fn accept(
         }
         return Accept::Accepted;
     };
+    // A decision of its own (timed like admit's): the message is judged here.
+    let _timer = crate::metrics::DecisionTimer::start(facts.front_end);
     let count = match recipients {
         Some(list) => count_recipients(snapshot, list),
         None => trimmed(t.count, recipient_count),
