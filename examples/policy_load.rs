@@ -10,7 +10,15 @@
 //! cargo run --release --example policy_load -- [--connections 10] [--seconds 10] [--mailboxes 10000] [--rounds 2]
 //! cargo run --release --example policy_load -- --target 127.0.0.1:10040   # an already running server
 //! cargo run --release --example policy_load -- --redis redis://127.0.0.1:6379/  # also submitgate with the Redis limiter
+//! cargo run --release --example policy_load -- --compare-limits   # also submitgate with every sending limit off
 //! ```
+//!
+//! submitgate runs with every sending limit and outbound spam threshold set (to values this
+//! load never reaches: at tens of thousands of transactions a second over 10 000 mailboxes,
+//! Exchange's 30 messages a minute would defer most of them, and a refused transaction costs
+//! less than an accepted one): every transaction is judged and counted. `--compare-limits`
+//! adds a submitgate whose policy sets every limit to 0 (nothing judged, nothing counted) to
+//! the same run, and prints limits-on / limits-off.
 
 #[path = "common/child.rs"]
 mod child;
@@ -31,6 +39,7 @@ struct Args {
     rounds: usize,
     target: Option<String>,
     redis: Option<String>,
+    compare_limits: bool,
     /// Child modes: `--responder`, `--serve CONFIG`.
     responder: bool,
     serve: Option<String>,
@@ -44,6 +53,7 @@ fn parse_args() -> Args {
         rounds: 2,
         target: None,
         redis: None,
+        compare_limits: false,
         responder: false,
         serve: None,
     };
@@ -55,6 +65,10 @@ fn parse_args() -> Args {
                 continue;
             }
             "--until-stdin-closes" => continue,
+            "--compare-limits" => {
+                a.compare_limits = true;
+                continue;
+            }
             _ => {}
         }
         let mut val = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -209,14 +223,23 @@ fn run_responder() {
     });
 }
 
-/// Writes the policy files (100 organizations holding the mailboxes) and a configuration for
-/// submitgate with the audit log to a file; returns the configuration's path.
-fn write_config(dir: &std::path::Path, mailboxes: usize, limiter: &str) -> String {
-    let pdir = dir.join("policies");
+/// Every sending limit and outbound spam threshold on, none reached by this load.
+const LIMITS_ON: &str = "sending_limits: { messages_per_minute: 100000, recipients_per_day: 100000000, recipients_per_message: 500 }\n\
+outbound_spam: { recipient_limit_external_per_hour: 100000000, recipient_limit_internal_per_hour: 100000000, recipient_limit_per_day: 100000000, action_when_threshold_reached: block_user_for_today }\n";
+/// No sending limit of any kind.
+const LIMITS_OFF: &str =
+    "sending_limits: { messages_per_minute: 0, recipients_per_day: 0, recipients_per_message: 0 }\n";
+
+/// Writes the policy files (100 organizations holding the mailboxes, `limits` their sending
+/// limit keys) and a configuration for submitgate with the audit log to a file; returns the
+/// configuration's path.
+fn write_config(dir: &std::path::Path, mailboxes: usize, limiter: &str, limits: &str) -> String {
+    let name = format!("{}-{}", limiter.len(), limits.len());
+    let pdir = dir.join(format!("policies-{name}"));
     std::fs::create_dir_all(&pdir).expect("mkdir");
     for org in 0..100 {
         let mut text = format!(
-            "organization: org{org}\ndomains: [org{org}.example]\nmax_concurrent_sessions_per_mailbox: 3\nmailboxes:\n"
+            "organization: org{org}\ndomains: [org{org}.example]\nmax_concurrent_sessions_per_mailbox: 3\n{limits}mailboxes:\n"
         );
         // Every tenth mailbox has settings of its own, like a real directory.
         for m in (org..mailboxes).step_by(100).filter(|m| m % 10 == 0) {
@@ -229,9 +252,9 @@ fn write_config(dir: &std::path::Path, mailboxes: usize, limiter: &str) -> Strin
     let cfg = format!(
         "policy: [\"inet:127.0.0.1:0\"]\npolicies: {}\naudit: {{ path: {} }}\nlimiter: {limiter}\n",
         pdir.display(),
-        dir.join(format!("audit-{}.log", limiter.len())).display()
+        dir.join(format!("audit-{name}.log")).display()
     );
-    let path = dir.join(format!("submitgate-{}.yaml", limiter.len()));
+    let path = dir.join(format!("submitgate-{name}.yaml"));
     std::fs::write(&path, cfg).expect("write config");
     path.to_string_lossy().into_owned()
 }
@@ -274,12 +297,12 @@ fn main() {
     let (baseline, sg, redis) = if a.target.is_none() {
         let baseline =
             child::spawn(&["--responder", "--until-stdin-closes"]).expect("start the responder");
-        let config = write_config(&dir, a.mailboxes, "{ backend: memory }");
+        let config = write_config(&dir, a.mailboxes, "{ backend: memory }", LIMITS_ON);
         let sg =
             child::spawn(&["--serve", &config, "--until-stdin-closes"]).expect("start submitgate");
         let redis = a.redis.as_ref().map(|url| {
             let limiter = format!("{{ backend: redis, url: \"{url}\", key_prefix: \"bench:\" }}");
-            let config = write_config(&dir, a.mailboxes, &limiter);
+            let config = write_config(&dir, a.mailboxes, &limiter, LIMITS_ON);
             child::spawn(&["--serve", &config, "--until-stdin-closes"])
                 .expect("start submitgate with redis")
         });
@@ -287,6 +310,11 @@ fn main() {
     } else {
         (None, None, None)
     };
+    let unlimited = (a.target.is_none() && a.compare_limits).then(|| {
+        let config = write_config(&dir, a.mailboxes, "{ backend: memory }", LIMITS_OFF);
+        child::spawn(&["--serve", &config, "--until-stdin-closes"])
+            .expect("start submitgate without limits")
+    });
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         println!(
@@ -309,13 +337,25 @@ fn main() {
             baseline.id(),
             sg.id()
         );
-        let (mut best_base, mut best_sg, mut best_redis) = (0f64, 0f64, 0f64);
+        let (mut best_base, mut best_sg, mut best_redis, mut best_off) = (0f64, 0f64, 0f64, 0f64);
         let mut p99s = Vec::new();
         for round in 1..=a.rounds {
             let b = measure(&addr(baseline), Some(baseline.id()), &a).await;
             print(&format!("DUNNO responder (r{round})"), &b);
+            let off = match &unlimited {
+                Some(u) => {
+                    let r = measure(&addr(u), Some(u.id()), &a).await;
+                    print(&format!("sg, limits off (r{round})"), &r);
+                    best_off = best_off.max(r.rps);
+                    Some(r.rps)
+                }
+                None => None,
+            };
             let s = measure(&addr(sg), Some(sg.id()), &a).await;
             print(&format!("submitgate (r{round})"), &s);
+            if let Some(off) = off {
+                println!("  round {round}: limits on / limits off {:.3}", s.rps / off);
+            }
             println!(
                 "  round {round}: submitgate / responder {:.2}",
                 s.rps / b.rps
@@ -344,9 +384,16 @@ fn main() {
                 best_redis / best_base
             );
         }
+        if unlimited.is_some() {
+            println!(
+                "limits on / limits off (best round of each): {:.3}; load average {}",
+                best_sg / best_off,
+                loadavg()
+            );
+        }
     });
     // The children shut down (audit flushed) when dropped.
-    drop((baseline, sg, redis));
+    drop((baseline, sg, redis, unlimited));
     let audit_lines: usize = std::fs::read_dir(&dir)
         .into_iter()
         .flatten()

@@ -24,10 +24,20 @@ pub enum Reason {
     /// The login cannot be a mailbox: a control character (C0, DEL, C1, Unicode format or bidi
     /// control), an empty local part or domain, or longer than 320 bytes (RFC 5321's path).
     InvalidLogin,
+    /// The mailbox would go over its recipients per day (24 h sliding window; Exchange's
+    /// `SubmissionQuotaExceededException`).
+    RecipientRateLimit,
+    /// The message has more recipients than the mailbox's `recipients_per_message`.
+    RecipientsPerMessage,
+    /// The mailbox is a restricted sender: blocked after reaching an outbound spam threshold,
+    /// until midnight UTC or until an administrator releases it.
+    SenderRestricted,
 
     // Deferrals (the client is told to try again).
     /// The mailbox already has its limit of concurrent sessions.
     ConcurrencyLimit,
+    /// The mailbox already submitted its `messages_per_minute` in the last minute.
+    MessageRateLimit,
     /// The limiter (Redis) could not be asked and `on_error` is `tempfail`.
     LimiterUnavailable,
     /// The Sent Items spool could not take the message's copy.
@@ -46,12 +56,16 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in declaration order (for reports and metrics that list them all).
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 15] = [
         Reason::OrgDisabled,
         Reason::MailboxDisabled,
         Reason::UnknownOrganization,
         Reason::InvalidLogin,
+        Reason::RecipientRateLimit,
+        Reason::RecipientsPerMessage,
+        Reason::SenderRestricted,
         Reason::ConcurrencyLimit,
+        Reason::MessageRateLimit,
         Reason::LimiterUnavailable,
         Reason::SpoolUnavailable,
         Reason::Corrupt,
@@ -67,7 +81,11 @@ impl Reason {
             Reason::MailboxDisabled => "mailbox_disabled",
             Reason::UnknownOrganization => "unknown_organization",
             Reason::InvalidLogin => "invalid_login",
+            Reason::RecipientRateLimit => "recipient_rate_limit",
+            Reason::RecipientsPerMessage => "recipients_per_message",
+            Reason::SenderRestricted => "sender_restricted",
             Reason::ConcurrencyLimit => "concurrency_limit",
+            Reason::MessageRateLimit => "message_rate_limit",
             Reason::LimiterUnavailable => "limiter_unavailable",
             Reason::SpoolUnavailable => "spool_unavailable",
             Reason::Corrupt => "corrupt",

@@ -73,6 +73,14 @@ pub struct Replies {
     pub concurrency_limit: SmtpReply,
     /// A login that cannot be a mailbox (control characters, empty local part, too long).
     pub invalid_login: SmtpReply,
+    /// Over `messages_per_minute` (a deferral: the client tries again).
+    pub message_rate_limit: SmtpReply,
+    /// Over `recipients_per_day`.
+    pub recipient_rate_limit: SmtpReply,
+    /// Over `recipients_per_message`.
+    pub recipients_per_message: SmtpReply,
+    /// A restricted (blocked) sender.
+    pub sender_restricted: SmtpReply,
     /// When submitgate itself cannot do its part (limiter down with `on_error: tempfail`,
     /// spool unwritable).
     pub tempfail: SmtpReply,
@@ -96,6 +104,17 @@ pub const CONCURRENCY_LIMIT: &str = "432 4.3.2 STOREDRV.ClientSubmit; sender thr
 /// Our reply to a login that cannot be a mailbox (not Exchange's: it has no such check).
 pub const INVALID_LOGIN: &str =
     "550 5.7.1 Authentication unsuccessful, the login is not a valid mailbox address.";
+/// Over the messages per minute: a deferral in the 451 4.7.0 class, the text after Exchange's
+/// "Message submission rate for this client has exceeded the configured limit".
+pub const MESSAGE_RATE_LIMIT: &str =
+    "451 4.7.0 Message submission rate for this mailbox has exceeded the configured limit, try again later";
+/// Exchange Online's reply over the recipients per day.
+pub const RECIPIENT_RATE_LIMIT: &str =
+    "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException";
+/// Exchange Online's reply over the recipients per message.
+pub const RECIPIENTS_PER_MESSAGE: &str = "550 5.5.3 RESOLVER.ADR.RecipLimit; too many recipients";
+/// Exchange Online's reply to a restricted sender.
+pub const SENDER_RESTRICTED: &str = "550 5.1.8 Access denied, bad outbound sender";
 /// Our own temporary failure.
 pub const TEMPFAIL: &str = "451 4.3.0 Temporary submission failure, try again later";
 /// The auth policy text (at AUTH) when the organization disables SMTP AUTH.
@@ -138,6 +157,10 @@ impl Default for Replies {
             mailbox_disabled: p(MAILBOX_DISABLED),
             concurrency_limit: p(CONCURRENCY_LIMIT),
             invalid_login: p(INVALID_LOGIN),
+            message_rate_limit: p(MESSAGE_RATE_LIMIT),
+            recipient_rate_limit: p(RECIPIENT_RATE_LIMIT),
+            recipients_per_message: p(RECIPIENTS_PER_MESSAGE),
+            sender_restricted: p(SENDER_RESTRICTED),
             tempfail: p(TEMPFAIL),
             auth_tenant_disabled: AUTH_TENANT_DISABLED.to_string(),
             auth_mailbox_disabled: AUTH_MAILBOX_DISABLED.to_string(),
@@ -148,13 +171,18 @@ impl Default for Replies {
 
 impl Replies {
     /// The SMTP reply for a refusal or deferral reason: a policy refusal (an unknown
-    /// organization gets the Tenant text), an invalid login, the concurrency limit, or our own temporary failure.
+    /// organization gets the Tenant text), an invalid login, the concurrency limit, a sending
+    /// limit, a restricted sender, or our own temporary failure.
     pub fn for_reason(&self, reason: Reason) -> &SmtpReply {
         match reason {
             Reason::MailboxDisabled => &self.mailbox_disabled,
             Reason::OrgDisabled | Reason::UnknownOrganization => &self.tenant_disabled,
             Reason::ConcurrencyLimit => &self.concurrency_limit,
             Reason::InvalidLogin => &self.invalid_login,
+            Reason::MessageRateLimit => &self.message_rate_limit,
+            Reason::RecipientRateLimit => &self.recipient_rate_limit,
+            Reason::RecipientsPerMessage => &self.recipients_per_message,
+            Reason::SenderRestricted => &self.sender_restricted,
             Reason::LimiterUnavailable
             | Reason::SpoolUnavailable
             | Reason::Corrupt

@@ -206,7 +206,7 @@ fn csv_records(text: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
-const HEADER: [&str; 18] = [
+const HEADER: [&str; 25] = [
     "Sender address",
     "Domain",
     "Messages sent",
@@ -225,6 +225,13 @@ const HEADER: [&str; 18] = [
     "Auth failures",
     "Auth refused",
     "Invalid login",
+    "Message rate limit",
+    "Recipient rate limit",
+    "Recipients per message",
+    "Sender restricted",
+    "Times restricted",
+    "Times released",
+    "Spam alerts",
 ];
 
 fn row(fields: &[&str]) -> Vec<String> {
@@ -385,6 +392,14 @@ fn csv_has_exact_rows_and_parses_back() {
             "0",
         ]),
     ];
+    // The sending-limit columns (issue 15) come last; this log has none of their events.
+    let expected: Vec<Vec<String>> = expected
+        .into_iter()
+        .map(|mut r| {
+            r.extend(std::iter::repeat_n("0".to_string(), 7));
+            r
+        })
+        .collect();
     assert_eq!(records[1..], expected[..]);
 }
 
@@ -432,10 +447,15 @@ fn json_has_rows_and_totals() {
             "auth_mechanisms": {"PLAIN": 2, "LOGIN": 1},
             "refusals": {
                 "org_disabled": 0, "mailbox_disabled": 0, "unknown_organization": 0,
-                "invalid_login": 0, "concurrency_limit": 1, "limiter_unavailable": 0, "other": 0
+                "invalid_login": 0, "concurrency_limit": 1, "limiter_unavailable": 0,
+                "message_rate_limit": 0, "recipient_rate_limit": 0, "recipients_per_message": 0,
+                "sender_restricted": 0, "other": 0
             },
             "auth_failures": 0,
-            "auth_refused": 0
+            "auth_refused": 0,
+            "restricted": 0,
+            "released": 0,
+            "spam_alerts": 0
         })
     );
     assert_eq!(rows[3]["sender"], "bob@contoso.com");

@@ -14,12 +14,20 @@
 //! The first rule is [`login::check`]: a login that cannot be a mailbox (control characters,
 //! an empty local part, over 320 bytes) is refused with [`Reason::InvalidLogin`] before the
 //! policy sees it, at AUTH and at submission alike. Logins reach log lines only escaped.
+//!
+//! Sending limits and restricted senders ([`limits`]) run at three points: [`admit`] (the
+//! start of a message: restricted sender, message rate, with the lease in one limiter step),
+//! [`recipient`] (each RCPT the policy front end sees) and [`accept`] (the end of the message:
+//! judged and counted only if accepted; [`unaccept`] takes it back if it is not after all).
 
+pub mod limits;
 pub mod login;
+
+pub use limits::{accept, count_recipients, recipient, release_sender, unaccept, Accept};
 
 use crate::audit::{AuditEvent, EventKind, FrontEnd, Outcome as AuditOutcome};
 use crate::context::Context;
-use crate::limiter::{Acquire, Lease};
+use crate::limiter::{Lease, Opening, Usage};
 use crate::policy::{evaluate, Allowed, Decision, PolicySnapshot, Submission};
 use crate::reason::Reason;
 use crate::reply::SmtpReply;
@@ -89,6 +97,8 @@ pub struct Hold {
     lease: Option<Lease>,
     opened: Option<Opened>,
     allow_audited: bool,
+    /// The message in progress, for the sending limits.
+    tracked: Option<limits::Tracked>,
 }
 
 impl Hold {
@@ -99,6 +109,7 @@ impl Hold {
             lease: None,
             opened: None,
             allow_audited: false,
+            tracked: None,
         }
     }
 
@@ -205,17 +216,10 @@ async fn admit_session(
     if let Some(lease) = hold.lease.take_if(|l| l.mailbox() != allowed.mailbox) {
         lease.release().await;
     }
-    let in_use = if hold.lease.is_some() {
-        ctx.limiter.in_use(&allowed.mailbox).await
-    } else {
-        match acquire(ctx, facts, &allowed).await {
-            Ok(lease) => {
-                let in_use = lease.in_use();
-                hold.lease = Some(lease);
-                in_use
-            }
-            Err(deferred) => return deferred,
-        }
+    let want_lease = hold.lease.is_none();
+    let in_use = match open(ctx, facts, &allowed, want_lease, hold).await {
+        Ok(in_use) => in_use,
+        Err(refused) => return refused,
     };
     if hold.opened.is_none() {
         let mut ev = facts.event(EventKind::SessionOpened);
@@ -248,10 +252,8 @@ async fn admit_transaction(
             in_use: None,
         };
     }
-    match acquire(ctx, facts, &allowed).await {
-        Ok(lease) => {
-            let in_use = lease.in_use();
-            hold.lease = Some(lease);
+    match open(ctx, facts, &allowed, true, hold).await {
+        Ok(in_use) => {
             if !std::mem::replace(&mut hold.allow_audited, true) {
                 record_allow(ctx, facts, &allowed, in_use).await;
             }
@@ -260,17 +262,69 @@ async fn admit_transaction(
                 in_use: Some(in_use),
             }
         }
-        Err(deferred) => deferred,
+        Err(refused) => refused,
     }
 }
 
-/// Takes a lease for the allowed mailbox; a refusal is audited, logged and returned as
-/// [`Outcome::Deferred`].
-async fn acquire(ctx: &Context, facts: &Facts<'_>, allowed: &Allowed) -> Result<Lease, Outcome> {
-    let (reason, in_use, limit) = match ctx.limiter.acquire(&allowed.mailbox, allowed.limit).await {
-        Acquire::Granted(lease) => return Ok(lease),
-        Acquire::Refused { in_use, limit } => (Reason::ConcurrencyLimit, Some(in_use), limit),
-        Acquire::Unavailable => (Reason::LimiterUnavailable, None, allowed.limit),
+/// The limiter's step at the start of a message: a restricted sender is refused, a mailbox
+/// over its message rate deferred, and a lease taken when `want_lease` (into `hold`), in one
+/// limiter call. Returns the sessions in use; a refusal is audited, logged and returned as
+/// the [`Outcome`] to give.
+async fn open(
+    ctx: &Context,
+    facts: &Facts<'_>,
+    allowed: &Allowed,
+    want_lease: bool,
+    hold: &mut Hold,
+) -> Result<u32, Outcome> {
+    // A transaction admitted again (its lease went idle) keeps the recipients it counted.
+    let scope = hold.scope;
+    let counted = hold
+        .tracked
+        .take()
+        .filter(|t| scope == Scope::Transaction && t.mailbox == allowed.mailbox)
+        .map(|t| t.count);
+    let mpm = allowed.limits.messages_per_minute;
+    let lease_limit = want_lease.then_some(allowed.limit);
+    let (reason, in_use, limit) = match ctx.limiter.open(&allowed.mailbox, lease_limit, mpm).await {
+        Opening::Open {
+            lease,
+            in_use,
+            usage,
+        } => {
+            if lease.is_some() {
+                hold.lease = lease;
+            }
+            let mut tracked = track(allowed, usage);
+            tracked.count = counted.unwrap_or_default();
+            hold.tracked = Some(tracked);
+            return Ok(in_use);
+        }
+        Opening::Blocked(entry) => {
+            let refusal = limits::refuse_restricted(
+                ctx,
+                facts,
+                &allowed.mailbox,
+                &allowed.organization,
+                &entry,
+            )
+            .await;
+            return Err(Outcome::Refused(refusal));
+        }
+        Opening::MessageRate { usage } => {
+            let refusal = limits::defer_message_rate(
+                ctx,
+                facts,
+                &allowed.mailbox,
+                &allowed.organization,
+                &usage,
+                mpm,
+            )
+            .await;
+            return Err(Outcome::Deferred(refusal));
+        }
+        Opening::Full { in_use, limit } => (Reason::ConcurrencyLimit, Some(in_use), limit),
+        Opening::Unavailable => (Reason::LimiterUnavailable, None, allowed.limit),
     };
     let refusal = Refusal {
         reply: ctx.replies.for_reason(reason).clone(),
@@ -289,6 +343,18 @@ async fn acquire(ctx: &Context, facts: &Facts<'_>, allowed: &Allowed) -> Result<
     )
     .await;
     Err(Outcome::Deferred(refusal))
+}
+
+/// What the sending-limit steps of this message need later.
+fn track(allowed: &Allowed, usage: Usage) -> limits::Tracked {
+    limits::Tracked {
+        mailbox: allowed.mailbox.clone(),
+        organization: allowed.organization.clone(),
+        limits: allowed.limits,
+        usage,
+        count: Default::default(),
+        counted: None,
+    }
 }
 
 async fn record_allow(ctx: &Context, facts: &Facts<'_>, allowed: &Allowed, in_use: u32) {

@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::*;
 use crate::audit::{Audit, AuditWriter};
 use crate::context::Stats;
-use crate::limiter::redis::{OnError, RedisBackend, RedisSettings};
+use crate::limiter::redis::{OnError, RedisBackend, RedisSettings, Topology};
 use crate::limiter::Limiter;
 use crate::policy::reload::PolicyHandle;
 use crate::policy::{load_files, LoadOptions};
@@ -350,6 +350,7 @@ async fn the_check_at_auth_takes_no_lease_and_writes_no_event() {
 fn unreachable_redis(on_error: OnError) -> Limiter {
     let backend = RedisBackend::new(
         RedisSettings {
+            topology: Topology::Single,
             url: "unix:///nonexistent/submitgate-test/redis.sock".into(),
             key_prefix: "sg:".into(),
             lease_ttl: std::time::Duration::from_secs(30),
@@ -517,4 +518,120 @@ async fn the_check_at_auth_refuses_invalid_logins() {
         }
     }
     assert!(h.audit().await.is_empty());
+}
+
+#[tokio::test]
+async fn sending_limits_steps_count_only_accepted_messages() {
+    let h = Harness::new();
+    let mut hold = Hold::new(Scope::Transaction);
+    admitted(h.admit(&policy("bob"), &mut hold).await);
+    // 500 recipients pass at RCPT; the 501st is refused, the transaction goes on.
+    for i in 0..500 {
+        let r = format!("r{i}@example.net");
+        assert!(
+            recipient(&h.ctx, &h.snapshot, &policy("bob"), &mut hold, &r)
+                .await
+                .is_ok()
+        );
+    }
+    let refused = recipient(
+        &h.ctx,
+        &h.snapshot,
+        &policy("bob"),
+        &mut hold,
+        "x@example.net",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused.reason, Reason::RecipientsPerMessage);
+    assert_eq!(refused.reply.to_string(), reply::RECIPIENTS_PER_MESSAGE);
+    // End of message: counted with its 500 recipients, the lease given back.
+    assert!(matches!(
+        accept(
+            &h.ctx,
+            &h.snapshot,
+            &policy("bob"),
+            &mut hold,
+            None,
+            Some(500)
+        )
+        .await,
+        Accept::Accepted
+    ));
+    assert!(!hold.is_held());
+    assert_eq!(h.ctx.limiter.in_use("bob@contoso.com").await, 0);
+    let state = h
+        .ctx
+        .limiter
+        .mailbox_state("bob@contoso.com")
+        .await
+        .unwrap();
+    assert_eq!(state.usage.recipients_last_day, 500);
+    assert_eq!(state.usage.messages_last_minute, 1);
+
+    // A milter message with 501 recipients is refused whole and counts nothing.
+    let mut session = Hold::new(Scope::Session);
+    admitted(h.admit(&milter("carol"), &mut session).await);
+    let many: Vec<String> = (0..501).map(|i| format!("r{i}@contoso.com")).collect();
+    let outcome = accept(
+        &h.ctx,
+        &h.snapshot,
+        &milter("carol"),
+        &mut session,
+        Some(&many),
+        None,
+    )
+    .await;
+    assert!(
+        matches!(&outcome, Accept::Refused(r) if r.reason == Reason::RecipientsPerMessage),
+        "{outcome:?}"
+    );
+    let state = h
+        .ctx
+        .limiter
+        .mailbox_state("carol@contoso.com")
+        .await
+        .unwrap();
+    assert_eq!(state.usage, crate::limiter::Usage::default());
+    // Counted, then taken back (its Sent Items copy could not be spooled).
+    admitted(h.admit(&milter("carol"), &mut session).await);
+    let internal = ["a@contoso.com".to_string(), "b@example.net".to_string()];
+    assert!(matches!(
+        accept(
+            &h.ctx,
+            &h.snapshot,
+            &milter("carol"),
+            &mut session,
+            Some(&internal),
+            None
+        )
+        .await,
+        Accept::Accepted
+    ));
+    let state = h
+        .ctx
+        .limiter
+        .mailbox_state("carol@contoso.com")
+        .await
+        .unwrap();
+    assert_eq!(state.usage.internal_last_hour, 1);
+    assert_eq!(state.usage.external_last_hour, 1);
+    unaccept(&h.ctx, &mut session).await;
+    let state = h
+        .ctx
+        .limiter
+        .mailbox_state("carol@contoso.com")
+        .await
+        .unwrap();
+    assert_eq!(state.usage, crate::limiter::Usage::default());
+
+    let audit = h.audit().await;
+    let refusals: Vec<&Value> = audit
+        .iter()
+        .filter(|e| e["reason"] == "recipients_per_message")
+        .collect();
+    assert_eq!(refusals.len(), 2);
+    assert_eq!(refusals[0]["count"], 501);
+    assert_eq!(refusals[0]["limit"], 500);
+    assert_eq!(refusals[0]["threshold"], "recipients_per_message");
 }

@@ -7,7 +7,7 @@ use clap::Subcommand;
 use submitgate::policy::editor::Change;
 use submitgate::policy::PolicySnapshot;
 
-use super::policy::{format_list, load_policy, parse_bool, set, title, PolicyArgs};
+use super::policy::{format_list, limit_rows, load_policy, parse_bool, set, title, PolicyArgs};
 
 #[derive(Subcommand)]
 pub(super) enum OrgCommand {
@@ -89,6 +89,7 @@ fn org_get(snap: &PolicySnapshot, name: Option<&str>, json: bool) -> anyhow::Res
                     "smtp_client_authentication_disabled": o.smtp_client_authentication_disabled,
                     "max_concurrent_sessions_per_mailbox": o.max_concurrent_sessions_per_mailbox,
                     "sent_items": o.sent_items,
+                    "limits": o.limits,
                     "mailboxes_with_own_settings": snap.mailboxes_of(&o.name).len(),
                 })
             })
@@ -105,7 +106,7 @@ fn org_get(snap: &PolicySnapshot, name: Option<&str>, json: bool) -> anyhow::Res
         if i > 0 {
             outln!()?;
         }
-        let rows = [
+        let mut rows = vec![
             ("Organization", o.name.clone()),
             ("File", o.file.display().to_string()),
             ("Domains", o.domains.join(", ")),
@@ -134,6 +135,7 @@ fn org_get(snap: &PolicySnapshot, name: Option<&str>, json: bool) -> anyhow::Res
                 snap.mailboxes_of(&o.name).len().to_string(),
             ),
         ];
+        rows.extend(limit_rows(&o.limits, None));
         out!("{}", format_list(&rows))?;
     }
     Ok(ExitCode::SUCCESS)

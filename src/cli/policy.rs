@@ -8,7 +8,7 @@ use anyhow::bail;
 use clap::Args;
 use submitgate::config::{Config, DEFAULT_CONFIG_PATH};
 use submitgate::policy::editor::{self, Change, Setting};
-use submitgate::policy::{self, LoadOptions, PolicySnapshot};
+use submitgate::policy::{self, LimitOverrides, Limits, LoadOptions, PolicySnapshot};
 
 use super::ConfigArg;
 
@@ -117,4 +117,80 @@ pub(super) fn format_list(rows: &[(&str, String)]) -> String {
     rows.iter()
         .map(|(k, v)| format!("{k:<width$} : {v}\n"))
         .collect()
+}
+
+/// The sending limits and outbound spam thresholds in `Format-List` rows (Exchange's names),
+/// each with `(mailbox)` or `(organization)` when `own` says where it comes from.
+pub(super) fn limit_rows(l: &Limits, own: Option<&LimitOverrides>) -> Vec<(&'static str, String)> {
+    let from = |set: bool| match own {
+        None => "",
+        Some(_) if set => " (mailbox)",
+        Some(_) => " (organization)",
+    };
+    let n = |v: u32| {
+        if v == 0 {
+            "0 (no limit)".to_string()
+        } else {
+            v.to_string()
+        }
+    };
+    let o = own.copied().unwrap_or_default();
+    vec![
+        (
+            "MessagesPerMinute",
+            format!(
+                "{}{}",
+                n(l.messages_per_minute),
+                from(o.messages_per_minute.is_some())
+            ),
+        ),
+        (
+            "RecipientsPerDay",
+            format!(
+                "{}{}",
+                n(l.recipients_per_day),
+                from(o.recipients_per_day.is_some())
+            ),
+        ),
+        (
+            "RecipientsPerMessage",
+            format!(
+                "{}{}",
+                n(l.recipients_per_message),
+                from(o.recipients_per_message.is_some())
+            ),
+        ),
+        (
+            "RecipientLimitExternalPerHour",
+            format!(
+                "{}{}",
+                n(l.recipient_limit_external_per_hour),
+                from(o.recipient_limit_external_per_hour.is_some())
+            ),
+        ),
+        (
+            "RecipientLimitInternalPerHour",
+            format!(
+                "{}{}",
+                n(l.recipient_limit_internal_per_hour),
+                from(o.recipient_limit_internal_per_hour.is_some())
+            ),
+        ),
+        (
+            "RecipientLimitPerDay",
+            format!(
+                "{}{}",
+                n(l.recipient_limit_per_day),
+                from(o.recipient_limit_per_day.is_some())
+            ),
+        ),
+        (
+            "ActionWhenThresholdReached",
+            format!(
+                "{}{}",
+                l.action_when_threshold_reached,
+                from(o.action_when_threshold_reached.is_some())
+            ),
+        ),
+    ]
 }

@@ -33,6 +33,26 @@ pub(super) fn check(ck: &mut Checker, raw: Option<&RawReplies>) -> Replies {
             &r.invalid_login,
             &mut replies.invalid_login,
         ),
+        (
+            "message_rate_limit",
+            &r.message_rate_limit,
+            &mut replies.message_rate_limit,
+        ),
+        (
+            "recipient_rate_limit",
+            &r.recipient_rate_limit,
+            &mut replies.recipient_rate_limit,
+        ),
+        (
+            "recipients_per_message",
+            &r.recipients_per_message,
+            &mut replies.recipients_per_message,
+        ),
+        (
+            "sender_restricted",
+            &r.sender_restricted,
+            &mut replies.sender_restricted,
+        ),
     ] {
         ck.reply_at(&["replies", name], value.as_deref(), slot);
     }

@@ -2,7 +2,7 @@
 //! protocol. The front ends turn a [`Decision`] into their own replies and the limiter applies
 //! [`Allowed::limit`].
 
-use super::{effective_sent_items, PolicySnapshot, SentItems};
+use super::{effective_sent_items, Limits, PolicySnapshot, SentItems};
 use crate::reason::Reason;
 
 /// What the front ends know about a submission when they ask.
@@ -22,6 +22,8 @@ pub struct Allowed {
     pub limit: u32,
     /// Where the Sent Items copy goes.
     pub sent_items: SentItems,
+    /// Sending limits and outbound spam thresholds (mailbox ?? organization, key by key).
+    pub limits: Limits,
 }
 
 /// The policy's answer.
@@ -66,6 +68,7 @@ pub fn evaluate(snapshot: &PolicySnapshot, submission: &Submission<'_>) -> Decis
             .and_then(|s| s.max_concurrent_sessions_per_mailbox)
             .unwrap_or(org.max_concurrent_sessions_per_mailbox),
         sent_items: effective_sent_items(org, own),
+        limits: own.map_or(org.limits, |s| s.overrides.limits.apply(&org.limits)),
         organization: org.name.clone(),
         mailbox,
     })

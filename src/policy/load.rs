@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use super::compile::compile;
 use super::files::{digest, is_policy_file, read_policy_file, Digest, Version};
+use super::limits::{LimitOverrides, Limits};
 use super::mailboxes::{Mailboxes, TooLarge};
 use super::table::OrgTable;
 use super::{
@@ -226,7 +227,7 @@ fn compile_file(
     }
 }
 
-struct FileCtx<'a> {
+pub(super) struct FileCtx<'a> {
     file: &'a Path,
     errors: &'a mut Vec<PolicyError>,
     /// The file's mailboxes, checked and stored as they are read.
@@ -241,17 +242,21 @@ const ORG_KEYS: &[&str] = &[
     "smtp_client_authentication_disabled",
     "max_concurrent_sessions_per_mailbox",
     "sent_items",
+    "sending_limits",
+    "outbound_spam",
     "mailboxes",
 ];
 const MAILBOX_KEYS: &[&str] = &[
     "smtp_client_authentication_disabled",
     "max_concurrent_sessions_per_mailbox",
     "sent_items",
+    "sending_limits",
+    "outbound_spam",
 ];
 const SENT_ITEMS_KEYS: &[&str] = &["enabled", "folder"];
 
 impl FileCtx<'_> {
-    fn error(&mut self, pos: Pos, kind: ErrorKind, message: impl Into<String>) {
+    pub(super) fn error(&mut self, pos: Pos, kind: ErrorKind, message: impl Into<String>) {
         self.errors.push(PolicyError {
             file: self.file.to_path_buf(),
             line: pos.line,
@@ -263,7 +268,7 @@ impl FileCtx<'_> {
 
     /// The entries of a mapping node, reporting unknown and duplicate keys. Returns the
     /// recognised entries (first occurrence of each key).
-    fn entries<'n>(
+    pub(super) fn entries<'n>(
         &mut self,
         node: &'n Node,
         what: &str,
@@ -420,8 +425,10 @@ impl FileCtx<'_> {
             smtp_client_authentication_disabled: false,
             max_concurrent_sessions_per_mailbox: DEFAULT_MAX_SESSIONS,
             sent_items: SentItems::default(),
+            limits: Limits::default(),
             file: self.file.to_path_buf(),
         };
+        let mut limits = LimitOverrides::default();
         let mut name_pos = doc.start;
         let mut domains = Vec::new();
         let mut has_name = false;
@@ -465,9 +472,12 @@ impl FileCtx<'_> {
                         org.sent_items.folder = f;
                     }
                 }
+                "sending_limits" | "outbound_spam" => self.limit_section(key, v, &mut limits),
                 _ => mailboxes = Some(v),
             }
         }
+        // Keys left out (or null) keep Exchange's defaults.
+        org.limits = limits.apply(&org.limits);
         if !has_name {
             self.error(
                 doc.start,
@@ -597,6 +607,9 @@ impl FileCtx<'_> {
                     "max_concurrent_sessions_per_mailbox" => {
                         settings.max_concurrent_sessions_per_mailbox =
                             self.opt_limit(val, key).unwrap_or(None)
+                    }
+                    "sending_limits" | "outbound_spam" => {
+                        self.limit_section(key, val, &mut settings.overrides.limits)
                     }
                     _ => {
                         let (enabled, folder) = self.sent_items(val);

@@ -10,6 +10,7 @@ use std::fmt;
 use std::hash::BuildHasher;
 use std::num::NonZeroU32;
 
+use super::overrides::Overrides;
 use super::MailboxSettings;
 
 /// XXH3 with a random seed per table: several times faster than SipHash on addresses, which
@@ -66,12 +67,15 @@ impl Entry {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 struct Rare {
     sent_items_folder: Option<Box<str>>,
+    /// Sending limits and the other rules' rarely set overrides ([`super::overrides`]).
+    overrides: Overrides,
 }
 
 impl Rare {
     fn of(settings: &MailboxSettings) -> Rare {
         Rare {
             sent_items_folder: settings.sent_items_folder.as_deref().map(Box::from),
+            overrides: settings.overrides,
         }
     }
 
@@ -224,6 +228,7 @@ impl Mailboxes {
             sent_items_folder: rare
                 .and_then(|r| r.sent_items_folder.as_deref())
                 .map(str::to_string),
+            overrides: rare.map(|r| r.overrides).unwrap_or_default(),
         }
     }
 
@@ -286,6 +291,12 @@ mod tests {
             max_concurrent_sessions_per_mailbox: Some(7),
             sent_items_enabled: Some(false),
             sent_items_folder: Some("Gesendet".into()),
+            overrides: Overrides {
+                limits: super::super::limits::LimitOverrides {
+                    messages_per_minute: Some(3),
+                    ..Default::default()
+                },
+            },
         };
         for i in 0..1000u32 {
             let settings = if i % 2 == 0 {

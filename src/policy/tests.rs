@@ -859,3 +859,79 @@ fn one_large_file_is_read_entry_by_entry_with_the_same_errors() {
     assert_eq!(snap.mailbox_count(), 2000);
     assert!(snap.describe("u1999@a.com").listed);
 }
+
+#[test]
+fn sending_limits_default_to_exchange_and_a_mailbox_overrides_key_by_key() {
+    let text = "\
+organization: contoso
+domains: [contoso.com]
+outbound_spam:
+  recipient_limit_external_per_hour: 500
+  recipient_limit_internal_per_hour: 1000
+  recipient_limit_per_day: 1000
+mailboxes:
+  alice@contoso.com:
+    sending_limits: { messages_per_minute: 5, recipients_per_day: null }
+    outbound_spam: { action_when_threshold_reached: alert }
+  bob@contoso.com: { smtp_client_authentication_disabled: false }
+";
+    let snap = load(&[("c.yaml", text)]).unwrap();
+    let org = &snap.organizations()[0].limits;
+    assert_eq!(org.messages_per_minute, 30);
+    assert_eq!(org.recipients_per_day, 10_000);
+    assert_eq!(org.recipients_per_message, 500);
+    assert_eq!(org.recipient_limit_external_per_hour, 500);
+    assert_eq!(
+        org.action_when_threshold_reached,
+        SpamAction::BlockUserForToday
+    );
+    let Decision::Allow(alice) = decide(&snap, "alice@contoso.com") else {
+        panic!("allowed")
+    };
+    assert_eq!(alice.limits.messages_per_minute, 5);
+    assert_eq!(alice.limits.recipients_per_day, 10_000, "null inherits");
+    assert_eq!(alice.limits.recipient_limit_internal_per_hour, 1000);
+    assert_eq!(
+        alice.limits.action_when_threshold_reached,
+        SpamAction::Alert
+    );
+    let Decision::Allow(bob) = decide(&snap, "bob@contoso.com") else {
+        panic!("allowed")
+    };
+    assert_eq!(bob.limits, *org);
+    let view = snap.describe("alice@contoso.com");
+    assert_eq!(view.mailbox_limits.messages_per_minute, Some(5));
+    assert_eq!(view.effective_limits.unwrap().messages_per_minute, 5);
+    assert!(snap.is_internal_domain("contoso.com"));
+    assert!(!snap.is_internal_domain("example.net"));
+}
+
+#[test]
+fn sending_limit_errors_have_positions() {
+    let text = "\
+organization: contoso
+domains: [contoso.com]
+sending_limits:
+  messages_per_minute: -1
+  recipients_per_day: many
+  recipients_per_mesage: 5
+outbound_spam:
+  action_when_threshold_reached: block
+mailboxes:
+  alice@contoso.com: { outbound_spam: { recipient_limit_per_day: 200000000 } }
+  bob@contoso.com: { sending_limits: [1] }
+";
+    let e = errors(&[("c.yaml", text)]);
+    let expect = [
+        "c.yaml:4:24: sending_limits.messages_per_minute must be a whole number from 0 (no limit) to 100000000 (or null), found -1",
+        "c.yaml:5:23: sending_limits.recipients_per_day must be a whole number",
+        "c.yaml:6:3: unknown key \"recipients_per_mesage\" in sending_limits (did you mean \"recipients_per_message\"?)",
+        "c.yaml:8:34: outbound_spam.action_when_threshold_reached must be block_user_for_today, block_user or alert, found \"block\"",
+        "c.yaml:10:66: outbound_spam.recipient_limit_per_day must be a whole number",
+        "c.yaml:11:38: sending_limits must be a mapping",
+    ];
+    assert_eq!(e.len(), expect.len(), "{e:#?}");
+    for (got, want) in e.iter().zip(expect) {
+        assert!(got.starts_with(want), "\n got: {got}\nwant: {want}");
+    }
+}

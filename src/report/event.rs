@@ -48,6 +48,12 @@ pub(super) enum Contribution {
     Refusal(Option<Reason>),
     AuthFailure,
     AuthRefused,
+    /// A `sender_restricted` event: the sender was blocked.
+    Restricted,
+    /// A `sender_released` event.
+    Released,
+    /// An `outbound_spam_alert` event.
+    SpamAlert,
     Nothing,
 }
 
@@ -62,6 +68,9 @@ pub(super) fn classify(ev: &EventLine<'_>) -> Contribution {
         },
         "auth_failed" => Contribution::AuthFailure,
         "auth_refused_by_policy" => Contribution::AuthRefused,
+        "sender_restricted" => Contribution::Restricted,
+        "sender_released" => Contribution::Released,
+        "outbound_spam_alert" => Contribution::SpamAlert,
         _ => Contribution::Nothing,
     }
 }

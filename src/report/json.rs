@@ -28,6 +28,9 @@ impl Serialize for JsonTally<'_> {
         m.serialize_entry("refusals", &t.refusals)?;
         m.serialize_entry("auth_failures", &t.auth_failures)?;
         m.serialize_entry("auth_refused", &t.auth_refused)?;
+        m.serialize_entry("restricted", &t.restricted)?;
+        m.serialize_entry("released", &t.released)?;
+        m.serialize_entry("spam_alerts", &t.spam_alerts)?;
         m.end()
     }
 }

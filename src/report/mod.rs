@@ -15,6 +15,8 @@
 //!   are counted in "No TLS/unknown".
 //! - **Refusals**: `submission_decision` events with decision `reject` or `defer`, by `reason`.
 //! - **Auth failures / Auth refused**: `auth_failed` / `auth_refused_by_policy` events.
+//! - **Times restricted / Times released / Spam alerts**: `sender_restricted`,
+//!   `sender_released` and `outbound_spam_alert` events (outbound spam thresholds).
 //! - Every other event kind (`session_opened`, `sent_copy_stored`, kinds added later…) is ignored.
 //!
 //! This is an offline tool that reads logs; it is not the audit writer ([`crate::audit`]) and

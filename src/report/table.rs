@@ -117,6 +117,22 @@ const COLUMNS: &[Column] = &[
     optional("Invalid login", |e| {
         e.tally.refusals.invalid_login.to_string()
     }),
+    // Sending limits and restricted senders (issue 15), after the older columns.
+    optional("Message rate limit", |e| {
+        e.tally.refusals.message_rate_limit.to_string()
+    }),
+    optional("Recipient rate limit", |e| {
+        e.tally.refusals.recipient_rate_limit.to_string()
+    }),
+    optional("Recipients per message", |e| {
+        e.tally.refusals.recipients_per_message.to_string()
+    }),
+    optional("Sender restricted", |e| {
+        e.tally.refusals.sender_restricted.to_string()
+    }),
+    optional("Times restricted", |e| e.tally.restricted.to_string()),
+    optional("Times released", |e| e.tally.released.to_string()),
+    optional("Spam alerts", |e| e.tally.spam_alerts.to_string()),
 ];
 
 /// `PLAIN:3 LOGIN:1`.

@@ -83,6 +83,14 @@ pub struct Refusals {
     pub concurrency_limit: u64,
     /// The limiter could not be reached and the configuration says tempfail.
     pub limiter_unavailable: u64,
+    /// Over the messages per minute (deferred).
+    pub message_rate_limit: u64,
+    /// Over the recipients per day.
+    pub recipient_rate_limit: u64,
+    /// Over the recipients per message.
+    pub recipients_per_message: u64,
+    /// Refused as a restricted (blocked) sender.
+    pub sender_restricted: u64,
     /// A reason this report does not know (or none).
     pub other: u64,
 }
@@ -97,6 +105,10 @@ impl Refusals {
             Some(Reason::InvalidLogin) => &mut self.invalid_login,
             Some(Reason::ConcurrencyLimit) => &mut self.concurrency_limit,
             Some(Reason::LimiterUnavailable) => &mut self.limiter_unavailable,
+            Some(Reason::MessageRateLimit) => &mut self.message_rate_limit,
+            Some(Reason::RecipientRateLimit) => &mut self.recipient_rate_limit,
+            Some(Reason::RecipientsPerMessage) => &mut self.recipients_per_message,
+            Some(Reason::SenderRestricted) => &mut self.sender_restricted,
             Some(
                 Reason::SpoolUnavailable
                 | Reason::Corrupt
@@ -115,6 +127,10 @@ impl Refusals {
         self.invalid_login += o.invalid_login;
         self.concurrency_limit += o.concurrency_limit;
         self.limiter_unavailable += o.limiter_unavailable;
+        self.message_rate_limit += o.message_rate_limit;
+        self.recipient_rate_limit += o.recipient_rate_limit;
+        self.recipients_per_message += o.recipients_per_message;
+        self.sender_restricted += o.sender_restricted;
         self.other += o.other;
     }
 
@@ -126,6 +142,10 @@ impl Refusals {
             + self.invalid_login
             + self.concurrency_limit
             + self.limiter_unavailable
+            + self.message_rate_limit
+            + self.recipient_rate_limit
+            + self.recipients_per_message
+            + self.sender_restricted
             + self.other
     }
 }
@@ -146,6 +166,12 @@ pub struct Tally {
     pub auth_failures: u64,
     /// `auth_refused_by_policy` events.
     pub auth_refused: u64,
+    /// `sender_restricted` events: times the sender was blocked by an outbound spam threshold.
+    pub restricted: u64,
+    /// `sender_released` events: times an administrator (or midnight) released it.
+    pub released: u64,
+    /// `outbound_spam_alert` events: thresholds reached with the `alert` action.
+    pub spam_alerts: u64,
 }
 
 impl Tally {
@@ -169,6 +195,9 @@ impl Tally {
         self.refusals.merge(&o.refusals);
         self.auth_failures += o.auth_failures;
         self.auth_refused += o.auth_refused;
+        self.restricted += o.restricted;
+        self.released += o.released;
+        self.spam_alerts += o.spam_alerts;
     }
 
     fn sort_mechanisms(&mut self) {
@@ -347,6 +376,9 @@ impl ReportBuilder {
             Contribution::Refusal(r) => tally.refusals.add(r),
             Contribution::AuthFailure => tally.auth_failures += 1,
             Contribution::AuthRefused => tally.auth_refused += 1,
+            Contribution::Restricted => tally.restricted += 1,
+            Contribution::Released => tally.released += 1,
+            Contribution::SpamAlert => tally.spam_alerts += 1,
             Contribution::Nothing => {}
         }
         true
