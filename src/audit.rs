@@ -76,6 +76,10 @@ pub enum EventKind {
     AuthRefusedByPolicy,
     /// An auth policy request without the configured `X-API-Key`; answered 401.
     AuthPolicyUnauthorized,
+    /// An authentication rule in `report_only` mode would have refused this submission (or,
+    /// from the auth policy endpoint, this login), which went ahead: `reason` and `reply` say
+    /// what enforcing the rule would do.
+    WouldRefuse,
 }
 
 /// The outcome of a submission decision.

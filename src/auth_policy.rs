@@ -321,7 +321,7 @@ impl AuthPolicy {
             return Answer::Allow;
         };
         match admission::check_login(&self.ctx, &self.ctx.policy.load(), &facts) {
-            LoginCheck::Allowed(_) => Answer::Allow,
+            LoginCheck::Allowed { .. } => Answer::Allow,
             LoginCheck::Refused {
                 reason,
                 text,
@@ -366,9 +366,22 @@ impl AuthPolicy {
         ev.session_id = r.session_id.clone();
         if let Some(facts) = login_facts(r) {
             match admission::describe_login(&self.ctx, &self.ctx.policy.load(), &facts) {
-                LoginCheck::Allowed(a) => {
-                    ev.mailbox = Some(a.mailbox);
-                    ev.organization = Some(a.organization);
+                LoginCheck::Allowed { allowed, findings } => {
+                    // A login that an authentication rule in report_only mode would have
+                    // refused at AUTH: audited once, when Dovecot reports it went through.
+                    if success {
+                        for reason in findings.would_refuse() {
+                            let mut would = ev.clone();
+                            would.event = EventKind::WouldRefuse;
+                            would.mailbox = Some(allowed.mailbox.clone());
+                            would.organization = Some(allowed.organization.clone());
+                            would.reason = Some(reason);
+                            would.reply = Some(self.ctx.replies.auth_text_for(reason).to_string());
+                            self.ctx.audit.record(would).await;
+                        }
+                    }
+                    ev.mailbox = Some(allowed.mailbox);
+                    ev.organization = Some(allowed.organization);
                 }
                 LoginCheck::Refused {
                     reason,

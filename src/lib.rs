@@ -16,6 +16,7 @@
 //! - [`audit`]: typed audit events and their JSON-lines writer.
 //! - [`sent_items`]: the durable spool of Sent Items copies, its workers and stores.
 //! - [`reason`]: the one `Reason` enum; [`reply`]: SMTP replies and their defaults.
+//! - [`auth_protocol`]: which SASL mechanisms are Basic or OAuth, which TLS protocols legacy.
 //! - [`text`]: control characters, escaped log text and bounded table cells.
 //! - [`report`]: the offline `submitgate report` tool: audit logs → the SMTP AUTH clients report.
 //! - [`endpoint`], [`http_server`], [`fsutil`], [`yaml`]: listeners in Postfix notation, the
@@ -27,6 +28,7 @@
 pub mod admission;
 pub mod audit;
 pub mod auth_policy;
+pub mod auth_protocol;
 pub mod config;
 pub mod context;
 pub mod control;

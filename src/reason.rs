@@ -24,6 +24,14 @@ pub enum Reason {
     /// The login cannot be a mailbox: a control character (C0, DEL, C1, Unicode format or bidi
     /// control), an empty local part or domain, or longer than 320 bytes (RFC 5321's path).
     InvalidLogin,
+    /// `allow_basic_auth_smtp: false` and the client authenticated with a Basic (password)
+    /// mechanism, or one the front end could not name (see `auth_protocol`).
+    BasicAuthDisabled,
+    /// `allow_legacy_tls_clients: false` and the session uses TLS 1.0/1.1 (or SSL); the reply
+    /// is a 421 by default (Exchange's), which closes the connection.
+    LegacyTls,
+    /// `require_tls: true` and the session is not encrypted.
+    TlsRequired,
 
     // Deferrals (the client is told to try again).
     /// The mailbox already has its limit of concurrent sessions.
@@ -46,11 +54,14 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in declaration order (for reports and metrics that list them all).
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 14] = [
         Reason::OrgDisabled,
         Reason::MailboxDisabled,
         Reason::UnknownOrganization,
         Reason::InvalidLogin,
+        Reason::BasicAuthDisabled,
+        Reason::LegacyTls,
+        Reason::TlsRequired,
         Reason::ConcurrencyLimit,
         Reason::LimiterUnavailable,
         Reason::SpoolUnavailable,
@@ -67,6 +78,9 @@ impl Reason {
             Reason::MailboxDisabled => "mailbox_disabled",
             Reason::UnknownOrganization => "unknown_organization",
             Reason::InvalidLogin => "invalid_login",
+            Reason::BasicAuthDisabled => "basic_auth_disabled",
+            Reason::LegacyTls => "legacy_tls",
+            Reason::TlsRequired => "tls_required",
             Reason::ConcurrencyLimit => "concurrency_limit",
             Reason::LimiterUnavailable => "limiter_unavailable",
             Reason::SpoolUnavailable => "spool_unavailable",

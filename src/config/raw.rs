@@ -144,4 +144,9 @@ pub(super) struct RawReplies {
     pub auth_mailbox_disabled: Option<String>,
     pub invalid_login: Option<String>,
     pub auth_invalid_login: Option<String>,
+    pub basic_auth_disabled: Option<String>,
+    pub legacy_tls: Option<String>,
+    pub tls_required: Option<String>,
+    pub auth_basic_auth_disabled: Option<String>,
+    pub auth_tls_required: Option<String>,
 }

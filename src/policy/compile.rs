@@ -98,6 +98,7 @@ pub(super) fn compile(
             smtp_client_authentication_disabled: r.disabled,
             max_concurrent_sessions_per_mailbox: r.max_sessions,
             sent_items: r.sent_items.clone(),
+            auth: r.auth,
             file: r.file.clone(),
         });
     }

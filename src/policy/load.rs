@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use super::authentication::{OrgAuth, RuleMode};
 use super::compile::compile;
 use super::files::{is_policy_file, read_policy_file, Version};
 use super::mailboxes::{Mailboxes, TooLarge};
@@ -157,6 +158,7 @@ pub(super) struct RawOrg {
     pub disabled: bool,
     pub max_sessions: u32,
     pub sent_items: SentItems,
+    pub auth: OrgAuth,
     /// Its mailboxes' numbers in the table.
     pub mailboxes: std::ops::Range<u32>,
 }
@@ -177,11 +179,19 @@ const ORG_KEYS: &[&str] = &[
     "max_concurrent_sessions_per_mailbox",
     "sent_items",
     "mailboxes",
+    "allow_basic_auth_smtp",
+    "basic_auth_mode",
+    "allow_legacy_tls_clients",
+    "require_tls",
+    "tls_mode",
 ];
 const MAILBOX_KEYS: &[&str] = &[
     "smtp_client_authentication_disabled",
     "max_concurrent_sessions_per_mailbox",
     "sent_items",
+    "allow_basic_auth_smtp",
+    "allow_legacy_tls_clients",
+    "require_tls",
 ];
 const SENT_ITEMS_KEYS: &[&str] = &["enabled", "folder"];
 
@@ -295,6 +305,29 @@ impl FileCtx<'_> {
         }
     }
 
+    /// `enforce` or `report_only` (null: the default, enforce).
+    fn opt_mode(&mut self, node: &Node, key: &str) -> Option<RuleMode> {
+        match node.scalar() {
+            Some(Scalar::Null) => None,
+            Some(Scalar::Str(s)) if RuleMode::parse(s).is_some() => RuleMode::parse(s),
+            other => {
+                let kind = match other {
+                    Some(Scalar::Str(_)) => ErrorKind::InvalidValue,
+                    _ => ErrorKind::WrongType,
+                };
+                self.error(
+                    node.start,
+                    kind,
+                    format!(
+                        "{key} must be enforce or report_only (or null), found {}",
+                        node.describe()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
     fn string(&mut self, node: &Node, key: &str) -> Option<String> {
         match node.scalar() {
             Some(Scalar::Str(s)) => Some(s.to_string()),
@@ -356,6 +389,7 @@ impl FileCtx<'_> {
             disabled: false,
             max_sessions: DEFAULT_MAX_SESSIONS,
             sent_items: SentItems::default(),
+            auth: OrgAuth::default(),
             mailboxes: 0..0,
         };
         let mut has_name = false;
@@ -398,6 +432,15 @@ impl FileCtx<'_> {
                         org.sent_items.folder = f;
                     }
                 }
+                "allow_basic_auth_smtp" => {
+                    org.auth.allow_basic_auth_smtp = self.opt_bool(v, key).unwrap_or(None)
+                }
+                "basic_auth_mode" => org.auth.basic_auth_mode = self.opt_mode(v, key),
+                "allow_legacy_tls_clients" => {
+                    org.auth.allow_legacy_tls_clients = self.opt_bool(v, key).unwrap_or(None)
+                }
+                "require_tls" => org.auth.require_tls = self.opt_bool(v, key).unwrap_or(None),
+                "tls_mode" => org.auth.tls_mode = self.opt_mode(v, key),
                 _ => mailboxes = Some(v),
             }
         }
@@ -519,6 +562,18 @@ impl FileCtx<'_> {
                         "max_concurrent_sessions_per_mailbox" => {
                             settings.max_concurrent_sessions_per_mailbox =
                                 self.opt_limit(val, key).unwrap_or(None)
+                        }
+                        "allow_basic_auth_smtp" => {
+                            settings.overrides.auth.allow_basic_auth_smtp =
+                                self.opt_bool(val, key).unwrap_or(None)
+                        }
+                        "allow_legacy_tls_clients" => {
+                            settings.overrides.auth.allow_legacy_tls_clients =
+                                self.opt_bool(val, key).unwrap_or(None)
+                        }
+                        "require_tls" => {
+                            settings.overrides.auth.require_tls =
+                                self.opt_bool(val, key).unwrap_or(None)
                         }
                         _ => {
                             let (enabled, folder) = self.sent_items(val);

@@ -1,14 +1,16 @@
 //! The mailboxes of a [`super::PolicySnapshot`], stored compactly: every address in one string
-//! arena, a fixed 24-byte entry per mailbox (organization index, line, settings, the Sent Items
-//! folder as an index into a list of distinct folders) and a hash index of entry numbers. A
-//! million mailboxes take about 60 MB instead of several hundred, and a reload frees a handful
-//! of large blocks instead of millions of small ones.
+//! arena, a fixed 28-byte entry per mailbox (organization index, line, settings, the Sent Items
+//! folder as an index into a list of distinct folders, rarely set settings as an index into
+//! [`Overrides`]) and a hash index of entry numbers. A million mailboxes take about 60 MB
+//! instead of several hundred, and a reload frees a handful of large blocks instead of millions
+//! of small ones.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::BuildHasher;
 use std::num::NonZeroU32;
 
+use super::overrides::{Overrides, NO_OVERRIDES};
 use super::MailboxSettings;
 
 /// No Sent Items folder of its own (inherits).
@@ -27,6 +29,8 @@ pub(super) struct Entry {
     pub line: u32,
     limit: Option<NonZeroU32>,
     folder: u32,
+    /// Index into the table's [`Overrides`], or [`NO_OVERRIDES`].
+    overrides: u32,
 }
 
 impl Entry {
@@ -52,6 +56,8 @@ pub(super) struct Mailboxes {
     index: hashbrown::HashTable<u32>,
     hasher: std::collections::hash_map::RandomState,
     folders: Vec<Box<str>>,
+    /// The few mailboxes' rarely set settings (see [`super::overrides`]).
+    overrides: Vec<Overrides>,
     /// Distinct folders while loading; emptied by [`Mailboxes::finish`].
     folder_ids: HashMap<Box<str>, u32>,
 }
@@ -95,6 +101,16 @@ impl Mailboxes {
                 }
             },
         };
+        let overrides = if settings.overrides.is_empty() {
+            NO_OVERRIDES
+        } else {
+            let id = u32::try_from(self.overrides.len())
+                .ok()
+                .filter(|id| *id != NO_OVERRIDES)
+                .ok_or(TooLarge::Count)?;
+            self.overrides.push(settings.overrides);
+            id
+        };
         self.names.push_str(address);
         self.entries.push(Entry {
             start,
@@ -107,6 +123,7 @@ impl Mailboxes {
                 .max_concurrent_sessions_per_mailbox
                 .and_then(NonZeroU32::new),
             folder,
+            overrides,
         });
         Ok(number)
     }
@@ -176,7 +193,16 @@ impl Mailboxes {
                 .folders
                 .get(entry.folder as usize)
                 .map(|f| f.to_string()),
+            overrides: self.overrides_of(entry),
         }
+    }
+
+    /// The rarely set settings of `entry` (all inherited when it has none).
+    pub fn overrides_of(&self, entry: &Entry) -> Overrides {
+        self.overrides
+            .get(entry.overrides as usize)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Bytes of memory the table holds (capacities, not lengths), for tests and benchmarks.
@@ -185,6 +211,7 @@ impl Mailboxes {
             + self.entries.capacity() * std::mem::size_of::<Entry>()
             + self.index.capacity() * (std::mem::size_of::<u32>() + 1)
             + self.folders.iter().map(|f| f.len() + 16).sum::<usize>()
+            + self.overrides.capacity() * std::mem::size_of::<Overrides>()
     }
 
     /// Ends the load: drops what only loading needed and gives back spare capacity.
@@ -192,6 +219,7 @@ impl Mailboxes {
         self.folder_ids = HashMap::new();
         self.names.shrink_to_fit();
         self.entries.shrink_to_fit();
+        self.overrides.shrink_to_fit();
         let Mailboxes {
             index,
             hasher,
@@ -225,13 +253,19 @@ mod tests {
 
     #[test]
     fn entries_are_small_and_found_by_address() {
-        assert!(std::mem::size_of::<Entry>() <= 24);
+        assert!(std::mem::size_of::<Entry>() <= 28);
         let mut m = Mailboxes::default();
         let own = MailboxSettings {
             smtp_client_authentication_disabled: Some(true),
             max_concurrent_sessions_per_mailbox: Some(7),
             sent_items_enabled: Some(false),
             sent_items_folder: Some("Gesendet".into()),
+            overrides: Overrides {
+                auth: super::super::authentication::AuthOverrides {
+                    allow_basic_auth_smtp: Some(false),
+                    ..Default::default()
+                },
+            },
         };
         for i in 0..1000u32 {
             let settings = if i % 2 == 0 {
@@ -247,6 +281,11 @@ mod tests {
         m.finish();
         assert_eq!(m.len(), 1000);
         assert_eq!(m.folders.len(), 1, "folders are interned");
+        assert_eq!(
+            m.overrides.len(),
+            500,
+            "only mailboxes with overrides take a slot"
+        );
         let e = m.get("user10@a.com").unwrap();
         assert_eq!((e.org, e.line), (1, 11));
         assert_eq!(m.settings(e), own);

@@ -3,11 +3,13 @@
 //! into a [`Decision`] (`effective_disabled = mailbox ?? organization`). No protocol knowledge
 //! and no I/O beyond reading the policy files.
 
+pub mod authentication;
 mod compile;
 mod evaluate;
 mod files;
 mod load;
 mod mailboxes;
+pub mod overrides;
 
 use mailboxes::Mailboxes;
 
@@ -19,8 +21,10 @@ use std::time::SystemTime;
 pub use evaluate::{evaluate, Allowed, Decision, Submission};
 pub mod editor;
 pub mod reload;
+pub use authentication::{AuthOverrides, AuthRules, AuthView, OrgAuth, RuleMode};
 pub use files::{is_policy_file, version_of_dir};
 pub use load::{load_dir, load_files, valid_address, valid_domain, LoadOptions};
+pub use overrides::Overrides;
 
 /// Default number of concurrent sessions per mailbox (Exchange Online's value).
 pub const DEFAULT_MAX_SESSIONS: u32 = 3;
@@ -60,6 +64,8 @@ pub struct Organization {
     pub smtp_client_authentication_disabled: bool,
     pub max_concurrent_sessions_per_mailbox: u32,
     pub sent_items: SentItems,
+    /// Authentication policy: Basic authentication, legacy TLS, TLS required, and their modes.
+    pub auth: OrgAuth,
     /// The file it was loaded from.
     pub file: PathBuf,
 }
@@ -71,6 +77,8 @@ pub struct MailboxSettings {
     pub max_concurrent_sessions_per_mailbox: Option<u32>,
     pub sent_items_enabled: Option<bool>,
     pub sent_items_folder: Option<String>,
+    /// The rarely set settings (authentication policy, …), kept in a side table.
+    pub overrides: Overrides,
 }
 
 /// The compiled policy: what every decision reads. Immutable; a reload builds a new one and
@@ -125,6 +133,11 @@ pub struct MailboxView {
     pub mailbox_max_concurrent_sessions: Option<u32>,
     pub effective_max_concurrent_sessions: Option<u32>,
     pub sent_items: Option<SentItems>,
+    /// The mailbox's own authentication settings (absent inherit).
+    pub mailbox_authentication: AuthOverrides,
+    /// The effective authentication settings with their sources (none for an unknown
+    /// organization).
+    pub authentication: Option<AuthView>,
 }
 
 impl PolicySnapshot {
@@ -205,6 +218,14 @@ impl PolicySnapshot {
             effective_max_concurrent_sessions: org
                 .map(|o| own_limit.unwrap_or(o.max_concurrent_sessions_per_mailbox)),
             sent_items: org.map(|o| effective_sent_items(o, entry.as_ref())),
+            mailbox_authentication: entry.as_ref().map(|e| e.overrides.auth).unwrap_or_default(),
+            authentication: org.map(|o| {
+                entry
+                    .as_ref()
+                    .map(|e| e.overrides.auth)
+                    .unwrap_or_default()
+                    .view(&o.auth)
+            }),
             address,
         }
     }
