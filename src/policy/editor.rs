@@ -440,8 +440,8 @@ fn edit_text(
             for (key, value) in steps {
                 if let Some(value) = value {
                     let doc = parse(&text, path)?;
-                    text =
-                        set_key(&text, &doc, key, &value, Some("domains")).map_err(unsupported)?;
+                    let after = insert_after(&doc, key);
+                    text = set_key(&text, &doc, key, &value, Some(after)).map_err(unsupported)?;
                 }
             }
         }
@@ -495,6 +495,28 @@ fn edit_text(
         }
     }
     Ok(text)
+}
+
+/// Where a missing organization key goes: the settings keys after `domains`; an
+/// authentication policy key after the last of its kind already in the file (so that several
+/// set at once read in their usual order), else after `domains`.
+fn insert_after(doc: &Node, key: &str) -> &'static str {
+    const AUTH_ORDER: [&str; 5] = [
+        ALLOW_BASIC,
+        BASIC_MODE,
+        ALLOW_LEGACY_TLS,
+        REQUIRE_TLS,
+        TLS_MODE,
+    ];
+    let Some(at) = AUTH_ORDER.iter().position(|k| *k == key) else {
+        return "domains";
+    };
+    AUTH_ORDER[..at]
+        .iter()
+        .rev()
+        .find(|k| doc.get(k).is_some())
+        .copied()
+        .unwrap_or("domains")
 }
 
 fn parse(text: &str, path: &Path) -> Result<Node, EditError> {

@@ -487,15 +487,18 @@ fn org_set_writes_the_authentication_policy_keys() {
     .unwrap();
     let (removed, added) = diff(CONTOSO, &out);
     assert!(removed.is_empty(), "{removed:?}");
-    let mut added: Vec<&str> = added;
-    added.sort();
+    // After domains, in their usual order.
     assert_eq!(
         added,
         [
             "allow_basic_auth_smtp: false\n",
-            "allow_legacy_tls_clients: true\n",
             "basic_auth_mode: report_only\n",
+            "allow_legacy_tls_clients: true\n",
         ]
+    );
+    assert!(
+        out.contains("  - contoso.net\nallow_basic_auth_smtp: false\n"),
+        "{out}"
     );
     // And back: the values are replaced in place.
     let (_, again) = plan(
