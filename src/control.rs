@@ -296,6 +296,11 @@ pub async fn request<T: serde::de::DeserializeOwned>(
     serde_json::from_value(value).map_err(|e| ClientError::Reply(endpoint.clone(), e.to_string()))
 }
 
+/// `n` and the noun in singular or plural: "1 mailbox", "2 mailboxes".
+fn counted(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// `submitgate status` as text.
 pub fn format_status(s: &Status) -> String {
     let mut out = String::new();
@@ -305,8 +310,12 @@ pub fn format_status(s: &Status) -> String {
         s.version, s.started_at, s.limiter
     ));
     out.push_str(&format!(
-        "policy: version {} loaded {} ({} organizations, {} mailboxes with own settings, {} files)\n",
-        s.policy.version, s.policy.loaded_at, s.policy.organizations, s.policy.mailboxes, s.policy.files
+        "policy: version {} loaded {} ({}, {} with own settings, {})\n",
+        s.policy.version,
+        s.policy.loaded_at,
+        counted(s.policy.organizations, "organization", "organizations"),
+        counted(s.policy.mailboxes, "mailbox", "mailboxes"),
+        counted(s.policy.files, "file", "files")
     ));
     match &s.last_reload {
         None => out.push_str("last reload: none since start\n"),
@@ -362,8 +371,8 @@ pub fn format_status(s: &Status) -> String {
     } else {
         let total: u32 = s.sessions.iter().map(|m| m.sessions).sum();
         out.push_str(&format!(
-            "sessions: {total} across {} mailboxes (busiest first)\n",
-            s.sessions.len()
+            "sessions: {total} across {} (busiest first)\n",
+            counted(s.sessions.len(), "mailbox", "mailboxes")
         ));
         // A mailbox is a checked login, but the table never trusts that: escaped, cut to
         // text::CELL_MAX_CHARS, so that no width can overflow the formatter.

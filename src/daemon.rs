@@ -32,7 +32,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub enum StartError {
     #[error("policy files are invalid:\n{0}")]
     Policy(PolicyErrors),
-    #[error("audit log: {0}")]
+    /// The io error names the audit log file.
+    #[error("{0}")]
     Audit(std::io::Error),
     #[error("Sent Items spool: {0}")]
     Spool(SpoolError),

@@ -18,6 +18,7 @@
 //! - [`reason`]: the one `Reason` enum; [`reply`]: SMTP replies and their defaults.
 //! - [`auth_protocol`]: which SASL mechanisms are Basic or OAuth, which TLS protocols legacy.
 //! - [`text`]: control characters, escaped log text and bounded table cells.
+//! - [`logging`]: the operational log (stderr, journal, syslog or a file; text or JSON).
 //! - [`report`]: the offline `submitgate report` tool: audit logs → the SMTP AUTH clients report.
 //! - [`endpoint`], [`http_server`], [`fsutil`], [`yaml`]: listeners in Postfix notation, the
 //!   HTTP server under the auth policy endpoint, durable file steps, YAML with positions.
@@ -37,6 +38,7 @@ pub mod endpoint;
 pub mod fsutil;
 pub mod http_server;
 pub mod limiter;
+pub mod logging;
 pub mod milter;
 pub mod policy;
 pub mod postfix_policy;

@@ -10,6 +10,7 @@
 //! - `status`: `status` and `reload`, through the running daemon's control socket.
 //! - `spool`: `spool list|retry`.
 //! - `report`: the SMTP AUTH clients report from audit logs.
+//! - `generate` (hidden): man pages and shell completions from these definitions.
 //!
 //! Standard output is written only through `outln!`/`out!`, which return the write error
 //! (`println!` panics on it): a reader that goes away (`submitgate report | head`) ends the
@@ -38,7 +39,9 @@ macro_rules! out {
     }};
 }
 
+mod access;
 mod check;
+mod generate;
 mod mailbox;
 mod org;
 mod policy;
@@ -49,7 +52,6 @@ mod status;
 
 use mailbox::MailboxCommand;
 use org::OrgCommand;
-use policy::PolicyArgs;
 use report::ReportArgs;
 use spool::SpoolCommand;
 
@@ -79,7 +81,7 @@ enum Command {
     /// Run the daemon in the foreground.
     Serve(ConfigArg),
     /// Check the configuration and the policy files; print every error (exit 1 if any).
-    Check(PolicyArgs),
+    Check(check::CheckArgs),
     /// Organization settings (Get-TransportConfig).
     Org {
         #[command(subcommand)]
@@ -112,18 +114,23 @@ enum Command {
     /// The SMTP AUTH clients report from audit logs: per sender, messages sent, TLS protocol
     /// shares, auth mechanisms, refusals by reason.
     Report(ReportArgs),
+    /// Write the man pages and the bash/zsh/fish completions under DIR (packaging).
+    #[command(hide = true)]
+    Generate {
+        /// Output directory: DIR/man/*.1 and DIR/completions/.
+        dir: PathBuf,
+    },
 }
 
-/// Logging to standard error, filtered by `SUBMITGATE_LOG` (default `info`).
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SUBMITGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+/// Logging for the commands other than `serve` (which follows `log:` in its configuration):
+/// text to standard error, level from `RUST_LOG` or `SUBMITGATE_LOG` (default `info`).
+fn init_stderr_logging() {
+    let settings = submitgate::logging::Settings {
+        target: Some(submitgate::logging::Target::Stderr),
+        ..Default::default()
+    };
+    // Only fails when a logger is installed already, which nothing here does.
+    let _ = submitgate::logging::init(&settings);
 }
 
 /// The exit status when standard output was closed early: 128 + SIGPIPE, what a shell shows
@@ -164,6 +171,9 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    if !matches!(cli.command, Command::Serve(_)) {
+        init_stderr_logging();
+    }
     match cli.command {
         Command::Serve(c) => serve::run(&c),
         Command::Check(args) => check::run(&args),
@@ -173,5 +183,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Mailbox { command } => mailbox::run(command),
         Command::Spool { command } => spool::run(command),
         Command::Report(args) => report::run(&args),
+        Command::Generate { dir } => generate::run(&dir),
     }
 }

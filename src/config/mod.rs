@@ -22,6 +22,8 @@ mod check;
 mod imap;
 mod limiter;
 mod listeners;
+mod log;
+mod paths;
 mod raw;
 mod replies;
 mod sent_items;
@@ -113,6 +115,8 @@ pub struct Config {
     pub auth_policy_api_key_file: Option<PathBuf>,
     /// Dovecot protocols whose logins the auth policy checks (lower-case; default `smtp`).
     pub auth_policy_protocols: Vec<String>,
+    /// The operational log (`log:`).
+    pub log: crate::logging::Settings,
 }
 
 impl Config {
@@ -130,7 +134,8 @@ impl Config {
         Config::parse(path, &text)
     }
 
-    /// Validates configuration text; `path` names it in errors.
+    /// Validates configuration text; `path` names it in errors, and relative paths in it are
+    /// relative to its directory.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         let raw = RawConfig::from_text(text).map_err(|e| {
             let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
@@ -175,9 +180,10 @@ impl Config {
             auth_policy::api_key_file(&mut ck, raw.auth_policy_api_key_file.as_deref());
         let auth_policy_protocols =
             auth_policy::protocols(&mut ck, raw.auth_policy_protocols.as_deref());
+        let log = log::check(&mut ck, raw.log.as_ref());
         listeners::require_front_end(&mut ck, &raw);
 
-        ck.finish(Config {
+        let mut config = ck.finish(Config {
             path: path.to_path_buf(),
             policy_listeners,
             milter_listeners,
@@ -200,7 +206,10 @@ impl Config {
             auth_policy_listeners,
             auth_policy_api_key_file,
             auth_policy_protocols,
-        })
+            log,
+        })?;
+        paths::resolve(&mut config, path.parent().unwrap_or(Path::new("")));
+        Ok(config)
     }
 
     /// The options policy loading needs from the daemon configuration.

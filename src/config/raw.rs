@@ -37,6 +37,7 @@ pub(super) struct RawConfig {
     pub auth_policy: Vec<String>,
     pub auth_policy_api_key_file: Option<PathBuf>,
     pub auth_policy_protocols: Option<Vec<String>>,
+    pub log: Option<RawLog>,
 }
 
 impl RawConfig {
@@ -149,4 +150,15 @@ pub(super) struct RawReplies {
     pub tls_required: Option<String>,
     pub auth_basic_auth_disabled: Option<String>,
     pub auth_tls_required: Option<String>,
+}
+
+/// `log:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    pub format: Option<String>,
+    pub target: Option<String>,
+    pub level: Option<String>,
+    pub syslog_socket: Option<PathBuf>,
+    pub path: Option<PathBuf>,
 }
