@@ -3,6 +3,8 @@
 //! with Postfix 3.7's full attribute set; many mailboxes) against two servers in the same run:
 //! a do-nothing responder that answers every request with DUNNO, and submitgate (policy,
 //! limiter and audit log on, to a file). It prints requests/s and latency percentiles of both.
+//! Each server is a process of its own with its own tokio runtime, as the real daemon is: the
+//! example re-executes itself with `--responder` or `--serve CONFIG` (examples/common/child.rs).
 //!
 //! ```text
 //! cargo run --release --example policy_load -- [--connections 10] [--seconds 10] [--mailboxes 10000] [--rounds 2]
@@ -15,12 +17,17 @@
 //! authentication off, TLS required and legacy TLS refused for every organization, and the
 //! legacy-TLS exception on every tenth mailbox (the overrides side table). Every request then
 //! authenticates with XOAUTH2 over TLS 1.3, so both servers answer DUNNO and the difference is
-//! the cost of the rules.
+//! the cost of the rules; the two take turns going first.
+
+#[path = "common/child.rs"]
+mod child;
+
+/// The allocator the `submitgate` binary uses (src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::time::{Duration, Instant};
 
-use submitgate::config::Config;
-use submitgate::daemon::Daemon;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -31,7 +38,11 @@ struct Args {
     rounds: usize,
     target: Option<String>,
     redis: Option<String>,
+    /// `--auth-rules`: also measure submitgate with every authentication rule on.
     auth_rules: bool,
+    /// Child modes: `--responder`, `--serve CONFIG`.
+    responder: bool,
+    serve: Option<String>,
 }
 
 fn parse_args() -> Args {
@@ -43,12 +54,22 @@ fn parse_args() -> Args {
         target: None,
         redis: None,
         auth_rules: false,
+        responder: false,
+        serve: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        if flag == "--auth-rules" {
-            a.auth_rules = true;
-            continue;
+        match flag.as_str() {
+            "--responder" => {
+                a.responder = true;
+                continue;
+            }
+            "--until-stdin-closes" => continue,
+            "--auth-rules" => {
+                a.auth_rules = true;
+                continue;
+            }
+            _ => {}
         }
         let mut val = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
@@ -58,6 +79,7 @@ fn parse_args() -> Args {
             "--rounds" => a.rounds = val().parse().expect("--rounds N"),
             "--target" => a.target = Some(val()),
             "--redis" => a.redis = Some(val()),
+            "--serve" => a.serve = Some(val()),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -121,9 +143,8 @@ async fn drive(addr: String, conn: usize, mailboxes: usize, until: Instant) -> (
 }
 
 struct Result {
-    /// CPU time of this whole process (load generator and in-process servers) per request, µs:
-    /// under a loaded machine a steadier comparison of two servers than requests/s.
-    cpu_us: f64,
+    /// The server's CPU time per request, µs.
+    cpu_us: Option<f64>,
     rps: f64,
     p50: u32,
     p99: u32,
@@ -131,8 +152,10 @@ struct Result {
     not_dunno: u64,
 }
 
-async fn measure(addr: &str, a: &Args) -> Result {
-    let cpu_before = process_cpu();
+/// Drives `addr` for `--seconds`; `pid` is the server's process, whose CPU time per request
+/// is reported.
+async fn measure(addr: &str, pid: Option<u32>, a: &Args) -> Result {
+    let cpu_before = pid.map(child::cpu_time);
     let until = Instant::now() + Duration::from_secs(a.seconds);
     let start = Instant::now();
     let tasks: Vec<_> = (0..a.connections)
@@ -148,8 +171,11 @@ async fn measure(addr: &str, a: &Args) -> Result {
     let elapsed = start.elapsed().as_secs_f64();
     all.sort_unstable();
     let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    let cpu = pid
+        .zip(cpu_before)
+        .map(|(pid, before)| (child::cpu_time(pid) - before).as_secs_f64() * 1e6);
     Result {
-        cpu_us: (process_cpu() - cpu_before).as_secs_f64() * 1e6 / all.len().max(1) as f64,
+        cpu_us: cpu.map(|c| c / all.len().max(1) as f64),
         rps: all.len() as f64 / elapsed,
         p50: pct(0.50),
         p99: pct(0.99),
@@ -158,85 +184,79 @@ async fn measure(addr: &str, a: &Args) -> Result {
     }
 }
 
-/// User + system CPU time of this process so far, from /proc/self/stat (in USER_HZ ticks, 100
-/// per second on Linux).
-fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The fields after the command name (which may hold spaces) in parentheses.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let ticks: u64 = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|f| f.parse::<u64>().ok())
-        .sum();
-    Duration::from_millis(ticks * 10)
-}
-
-/// The baseline: reads a request up to its empty line, answers DUNNO; nothing else.
-async fn dunno_responder() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr").to_string();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = s.set_nodelay(true);
-            tokio::spawn(async move {
-                let (r, mut w) = s.into_split();
-                let mut r = BufReader::new(r);
-                let mut buf = Vec::with_capacity(1024);
-                loop {
-                    buf.clear();
-                    // Read lines until the empty one.
+/// The baseline, as its own process (`--responder`, a multi-threaded runtime like
+/// submitgate's): reads a request up to its empty line, answers DUNNO; nothing else.
+fn run_responder() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        child::announce(listener.local_addr().expect("addr").port());
+        let accept = async move {
+            loop {
+                let Ok((s, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = s.set_nodelay(true);
+                tokio::spawn(async move {
+                    let (r, mut w) = s.into_split();
+                    let mut r = BufReader::new(r);
+                    let mut buf = Vec::with_capacity(1024);
                     loop {
-                        let before = buf.len();
-                        match r.read_until(b'\n', &mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(_) => {}
+                        buf.clear();
+                        // Read lines until the empty one.
+                        loop {
+                            let before = buf.len();
+                            match r.read_until(b'\n', &mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(_) => {}
+                            }
+                            if &buf[before..] == b"\n" {
+                                break;
+                            }
                         }
-                        if &buf[before..] == b"\n" {
-                            break;
+                        if w.write_all(b"action=DUNNO\n\n").await.is_err() {
+                            return;
                         }
                     }
-                    if w.write_all(b"action=DUNNO\n\n").await.is_err() {
-                        return;
-                    }
-                }
-            });
+                });
+            }
+        };
+        tokio::select! {
+            _ = accept => {}
+            _ = child::stdin_closed() => {}
         }
     });
-    addr
 }
 
-/// submitgate with 100 organizations holding the mailboxes, audit log to a file; with
-/// `auth_rules`, every authentication policy rule on (see the module documentation).
-async fn start_submitgate(
+/// Writes the policy files (100 organizations holding the mailboxes) and a configuration for
+/// submitgate with the audit log to a file; returns the configuration's path.
+/// With `auth_rules`, every organization has every authentication rule on (see the module
+/// documentation).
+fn write_config(
     dir: &std::path::Path,
     mailboxes: usize,
     limiter: &str,
     auth_rules: bool,
-) -> (Daemon, String) {
+) -> String {
     let name = format!("{}{}", limiter.len(), if auth_rules { "-auth" } else { "" });
     let pdir = dir.join(format!("policies-{name}"));
     std::fs::create_dir_all(&pdir).expect("mkdir");
+    let rules = if auth_rules {
+        "allow_basic_auth_smtp: false\nrequire_tls: true\n"
+    } else {
+        ""
+    };
     for org in 0..100 {
-        let rules = if auth_rules {
-            "allow_basic_auth_smtp: false\nrequire_tls: true\n"
-        } else {
-            ""
-        };
         let mut text = format!(
             "organization: org{org}\ndomains: [org{org}.example]\nmax_concurrent_sessions_per_mailbox: 3\n{rules}mailboxes:\n"
         );
         // Every tenth mailbox has settings of its own, like a real directory.
+        let own = if auth_rules {
+            ", allow_legacy_tls_clients: true"
+        } else {
+            ""
+        };
         for m in (org..mailboxes).step_by(100).filter(|m| m % 10 == 0) {
-            let own = if auth_rules {
-                ", allow_legacy_tls_clients: true"
-            } else {
-                ""
-            };
             text.push_str(&format!(
                 "  user{m}@org{org}.example: {{ max_concurrent_sessions_per_mailbox: 5{own} }}\n"
             ));
@@ -250,23 +270,23 @@ async fn start_submitgate(
     );
     let path = dir.join(format!("submitgate-{name}.yaml"));
     std::fs::write(&path, cfg).expect("write config");
-    let config = Config::load(&path).expect("config");
-    let daemon = Daemon::start(config).await.expect("start");
-    let addr = match &daemon.policy_endpoints()[0] {
-        submitgate::endpoint::Endpoint::Inet { host, port } => format!("{host}:{port}"),
-        other => panic!("unexpected {other}"),
-    };
-    (daemon, addr)
+    path.to_string_lossy().into_owned()
+}
+
+fn addr(child: &child::Child) -> String {
+    format!("127.0.0.1:{}", child.port)
 }
 
 fn print(name: &str, r: &Result) {
     println!(
-        "{name:<22} {:>9.0} req/s   p50 {:>5} µs   p99 {:>5} µs   p99.9 {:>5} µs   CPU {:.1} µs/req{}",
+        "{name:<22} {:>9.0} req/s   p50 {:>5} µs   p99 {:>5} µs   p99.9 {:>5} µs{}{}",
         r.rps,
         r.p50,
         r.p99,
         r.p999,
-        r.cpu_us,
+        r.cpu_us
+            .map(|c| format!("   server CPU {c:.1} µs/request"))
+            .unwrap_or_default(),
         if r.not_dunno > 0 {
             format!("   ({} non-DUNNO answers)", r.not_dunno)
         } else {
@@ -277,106 +297,158 @@ fn print(name: &str, r: &Result) {
 
 fn main() {
     let a = parse_args();
+    if a.responder {
+        return run_responder();
+    }
+    if let Some(config) = &a.serve {
+        if let Err(e) = child::serve_daemon(std::path::Path::new(config)) {
+            eprintln!("policy_load --serve: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if a.auth_rules {
         let _ = MECHANISM.set("XOAUTH2");
     }
+    let dir = tempfile_dir();
+    let (baseline, sg, redis, auth) = if a.target.is_none() {
+        let baseline =
+            child::spawn(&["--responder", "--until-stdin-closes"]).expect("start the responder");
+        let config = write_config(&dir, a.mailboxes, "{ backend: memory }", false);
+        let sg =
+            child::spawn(&["--serve", &config, "--until-stdin-closes"]).expect("start submitgate");
+        let redis = a.redis.as_ref().map(|url| {
+            let limiter = format!("{{ backend: redis, url: \"{url}\", key_prefix: \"bench:\" }}");
+            let config = write_config(&dir, a.mailboxes, &limiter, false);
+            child::spawn(&["--serve", &config, "--until-stdin-closes"])
+                .expect("start submitgate with redis")
+        });
+        let auth = a.auth_rules.then(|| {
+            let config = write_config(&dir, a.mailboxes, "{ backend: memory }", true);
+            child::spawn(&["--serve", &config, "--until-stdin-closes"])
+                .expect("start submitgate with authentication rules")
+        });
+        (Some(baseline), Some(sg), redis, auth)
+    } else {
+        (None, None, None, None)
+    };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         println!(
-            "{} connections, {} s per measurement, {} mailboxes, {} round(s)",
-            a.connections, a.seconds, a.mailboxes, a.rounds
+            "{} connections, {} s per measurement, {} mailboxes, {} round(s); load average {}",
+            a.connections,
+            a.seconds,
+            a.mailboxes,
+            a.rounds,
+            loadavg()
         );
         if let Some(target) = &a.target {
-            print(target, &measure(target, &a).await);
+            print(target, &measure(target, None, &a).await);
             return;
         }
-        let dir = tempfile_dir();
-        let baseline = dunno_responder().await;
-        let (daemon, sg) = start_submitgate(&dir, a.mailboxes, "{ backend: memory }", false).await;
-        let redis = match &a.redis {
-            Some(url) => {
-                let limiter =
-                    format!("{{ backend: redis, url: \"{url}\", key_prefix: \"bench:\" }}");
-                Some(start_submitgate(&dir, a.mailboxes, &limiter, false).await)
-            }
-            None => None,
+        let (Some(baseline), Some(sg)) = (&baseline, &sg) else {
+            return;
         };
-        let auth = if a.auth_rules {
-            Some(start_submitgate(&dir, a.mailboxes, "{ backend: memory }", true).await)
-        } else {
-            None
-        };
-        let (mut best_base, mut best_sg, mut best_redis, mut best_auth) = (0f64, 0f64, 0f64, 0f64);
+        println!(
+            "each server is a process of its own: responder pid {}, submitgate pid {}",
+            baseline.id(),
+            sg.id()
+        );
+        let (mut best_base, mut best_sg, mut best_redis) = (0f64, 0f64, 0f64);
+        let mut p99s = Vec::new();
+        // --auth-rules: (best req/s, server CPU per request on / off of each round).
+        let mut best_auth = 0f64;
         let mut cpu_ratios: Vec<f64> = Vec::new();
         for round in 1..=a.rounds {
-            let b = measure(&baseline, &a).await;
+            let b = measure(&addr(baseline), Some(baseline.id()), &a).await;
             print(&format!("DUNNO responder (r{round})"), &b);
-            // With --auth-rules, every other round measures the rules first: whichever server
-            // goes second shares the machine with the first one's audit backlog.
+            // Every other round measures the rules first, so that neither server always runs
+            // right after the other's audit backlog.
             let auth_first = match &auth {
-                Some((_, addr)) if round % 2 == 0 => Some(measure(addr, &a).await),
+                Some(c) if round % 2 == 0 => Some(measure(&addr(c), Some(c.id()), &a).await),
                 _ => None,
             };
-            let s = measure(&sg, &a).await;
+            let s = measure(&addr(sg), Some(sg.id()), &a).await;
             print(&format!("submitgate (r{round})"), &s);
-            if let Some((_, addr)) = &redis {
-                let r = measure(addr, &a).await;
+            println!(
+                "  round {round}: submitgate / responder {:.2}",
+                s.rps / b.rps
+            );
+            if let Some(r) = &redis {
+                let r = measure(&addr(r), Some(r.id()), &a).await;
                 print(&format!("sg+redis (r{round})"), &r);
                 best_redis = best_redis.max(r.rps);
             }
-            if let Some((_, addr)) = &auth {
+            if let Some(c) = &auth {
                 let r = match auth_first {
                     Some(r) => r,
-                    None => measure(addr, &a).await,
+                    None => measure(&addr(c), Some(c.id()), &a).await,
                 };
                 print(&format!("sg+auth rules (r{round})"), &r);
+                let cpu = r.cpu_us.zip(s.cpu_us).map(|(on, off)| on / off);
                 println!(
-                    "  round {round}: auth rules on / off: req/s {:.3}, CPU per request {:.3}",
+                    "  round {round}: auth rules on / off: req/s {:.3}, server CPU per request {}",
                     r.rps / s.rps,
-                    r.cpu_us / s.cpu_us
+                    cpu.map_or("-".to_string(), |c| format!("{c:.3}"))
                 );
                 best_auth = best_auth.max(r.rps);
-                cpu_ratios.push(r.cpu_us / s.cpu_us);
+                cpu_ratios.extend(cpu);
             }
             best_base = best_base.max(b.rps);
             best_sg = best_sg.max(s.rps);
+            p99s.push(s.p99);
         }
-        daemon.context().audit.flush().await;
-        let audit_lines: usize = std::fs::read_dir(&dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("audit"))
-            .map(|e| {
-                std::fs::read_to_string(e.path())
-                    .map(|t| t.lines().count())
-                    .unwrap_or(0)
-            })
-            .sum();
+        p99s.sort_unstable();
         println!(
-            "submitgate / responder (best of each): {:.0} %   ({audit_lines} audit lines written)",
-            100.0 * best_sg / best_base
+            "submitgate / responder (best round of each): {:.2}; submitgate p99 best {} µs, \
+             median {} µs over the rounds; load average {}",
+            best_sg / best_base,
+            p99s[0],
+            p99s[p99s.len() / 2],
+            loadavg()
         );
-        if let Some((d, _)) = redis {
+        if redis.is_some() {
             println!(
-                "submitgate with redis / responder (best of each): {:.0} %",
-                100.0 * best_redis / best_base
+                "submitgate with redis / responder (best round of each): {:.2}",
+                best_redis / best_base
             );
-            d.shutdown().await;
         }
-        if let Some((d, _)) = auth {
+        if auth.is_some() {
             cpu_ratios.sort_by(f64::total_cmp);
             println!(
-                "submitgate with auth rules / without (best round of each): {:.3} req/s; \
-                 CPU per request, median of the rounds: {:.3}",
+                "submitgate with auth rules / without: req/s (best round of each) {:.3}; server \
+                 CPU per request (median of the rounds) {}; load average {}",
                 best_auth / best_sg,
-                cpu_ratios[cpu_ratios.len() / 2]
+                cpu_ratios
+                    .get(cpu_ratios.len() / 2)
+                    .map_or("-".to_string(), |c| format!("{c:.3}")),
+                loadavg()
             );
-            d.shutdown().await;
         }
-        daemon.shutdown().await;
-        let _ = std::fs::remove_dir_all(&dir);
     });
+    // The children shut down (audit flushed) when dropped.
+    drop((baseline, sg, redis, auth));
+    let audit_lines: usize = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("audit"))
+        .map(|e| {
+            std::fs::read_to_string(e.path())
+                .map(|t| t.lines().count())
+                .unwrap_or(0)
+        })
+        .sum();
+    if a.target.is_none() {
+        println!("{audit_lines} audit lines written");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn tempfile_dir() -> std::path::PathBuf {

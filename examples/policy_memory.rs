@@ -1,24 +1,94 @@
 //! Policy memory benchmark: generates N mailboxes over M policy files in a temp directory,
 //! loads them as the daemon does, and reports the load time, the resident memory once loaded
 //! (VmRSS from /proc/self/status), the peak during a reload (VmHWM, reset before each reload
-//! through /proc/self/clear_refs) and the resident memory after 10 reloads. Reloads go through
+//! through /proc/self/clear_refs) and the resident memory after 10 reloads that each change one
+//! file, then the peak of one reload that changes every file (nothing to share). Reloads go through
 //! the daemon's own [`Reloader`], so the old snapshot stays in force while the new one is
-//! built, as in production. Uses the same allocator as the `submitgate` binary (mimalloc).
+//! built, as in production. Uses the same allocator as the `submitgate` binary (mimalloc), or
+//! the C library's malloc with `SYSTEM_ALLOC=1` in the environment.
 //!
 //! ```sh
 //! cargo run --release --example policy_memory -- --mailboxes 1000000 --files 1000
 //! ```
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use submitgate::audit::{self, Audit};
-use submitgate::policy::reload::{PolicyHandle, ReloadOutcome, Reloader};
-use submitgate::policy::{load_dir, LoadOptions};
+use submitgate::policy::reload::{load, set_memory_release, PolicyHandle, ReloadOutcome, Reloader};
+use submitgate::policy::LoadOptions;
 
+/// The binary's allocator (mimalloc), or with `SYSTEM_ALLOC=1` in the environment the C
+/// library's malloc, for comparison.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: Switch = Switch;
+
+/// Which allocator: 0 not chosen yet, 1 mimalloc, 2 the C library's.
+static CHOSEN: AtomicU8 = AtomicU8::new(0);
+
+struct Switch;
+
+impl Switch {
+    /// Chosen at the first allocation, for the whole process (getenv does not allocate).
+    fn system(&self) -> bool {
+        match CHOSEN.load(Ordering::Relaxed) {
+            1 => false,
+            2 => true,
+            _ => {
+                // SAFETY: a NUL-terminated name; nothing changes the environment this early.
+                let set = unsafe { !libc::getenv(c"SYSTEM_ALLOC".as_ptr()).is_null() };
+                match CHOSEN.compare_exchange(
+                    0,
+                    1 + u8::from(set),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => set,
+                    Err(first) => first == 2,
+                }
+            }
+        }
+    }
+}
+
+// SAFETY: every call goes unchanged to one allocator, the same for the whole process.
+unsafe impl GlobalAlloc for Switch {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if self.system() {
+            System.alloc(layout)
+        } else {
+            mimalloc::MiMalloc.alloc(layout)
+        }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if self.system() {
+            System.dealloc(ptr, layout)
+        } else {
+            mimalloc::MiMalloc.dealloc(ptr, layout)
+        }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
+        if self.system() {
+            System.realloc(ptr, layout, new)
+        } else {
+            mimalloc::MiMalloc.realloc(ptr, layout, new)
+        }
+    }
+}
+
+/// As src/main.rs: memory freed by a load or reload goes back to the system at once.
+fn release_memory() {
+    if CHOSEN.load(Ordering::Relaxed) != 1 {
+        return;
+    }
+    // SAFETY: mi_collect has no preconditions (see src/main.rs).
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
 
 /// A `Vm…:` line of /proc/self/status, in KiB.
 fn status_kib(field: &str) -> u64 {
@@ -27,6 +97,19 @@ fn status_kib(field: &str) -> u64 {
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// CPU time this process has used (user + system): on a shared machine, what a load costs
+/// apart from waiting for a core.
+fn cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a whole rusage into the pointer it is given.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 fn rss_mib() -> f64 {
@@ -59,25 +142,29 @@ fn arg(args: &[String], name: &str, default: usize) -> usize {
 }
 
 /// Writes `files` organizations with `mailboxes` mailboxes between them; returns the bytes.
+/// Written line by line, so that generating a large file leaves no large heap behind.
 fn generate(dir: &Path, mailboxes: usize, files: usize) -> std::io::Result<u64> {
     let per_file = mailboxes.div_ceil(files.max(1));
     let mut total = 0;
     let mut left = mailboxes;
     for f in 0..files {
-        let mut text =
-            format!("organization: org{f:04}\ndomains: [org{f:04}.example]\nmailboxes:\n");
+        let mut out =
+            std::io::BufWriter::new(std::fs::File::create(dir.join(format!("org{f:04}.yaml")))?);
+        let head = format!("organization: org{f:04}\ndomains: [org{f:04}.example]\nmailboxes:\n");
+        out.write_all(head.as_bytes())?;
+        total += head.len() as u64;
         for m in 0..per_file.min(left) {
             let settings = match m % 8 {
                 0 => "{ smtp_client_authentication_disabled: true }",
                 1 => "{ max_concurrent_sessions_per_mailbox: 5 }",
                 _ => "{}",
             };
-            text.push_str(&format!("  u{m}@org{f:04}.example: {settings}\n"));
+            let line = format!("  u{m}@org{f:04}.example: {settings}\n");
+            out.write_all(line.as_bytes())?;
+            total += line.len() as u64;
         }
+        out.flush()?;
         left = left.saturating_sub(per_file);
-        let mut file = std::fs::File::create(dir.join(format!("org{f:04}.yaml")))?;
-        file.write_all(text.as_bytes())?;
-        total += text.len() as u64;
     }
     Ok(total)
 }
@@ -96,6 +183,7 @@ async fn main() -> anyhow::Result<()> {
     let mailboxes = arg(&args, "--mailboxes", 1_000_000);
     let files = arg(&args, "--files", 1000);
     let reloads = arg(&args, "--reloads", 10);
+    let verbose = args.iter().any(|a| a == "--verbose");
 
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("policies");
@@ -114,19 +202,26 @@ async fn main() -> anyhow::Result<()> {
     let baseline = rss_mib();
     reset_peak();
 
+    set_memory_release(release_memory);
     let opts = LoadOptions::default();
     let started = Instant::now();
-    let snapshot = load_dir(&dir, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cpu_before = cpu_time();
+    let snapshot = load(&dir, &opts)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let load_time = started.elapsed();
+    let load_cpu = cpu_time() - cpu_before;
     let load_peak = hwm_mib();
     assert_eq!(snapshot.mailbox_count(), mailboxes);
+    let table_mib = snapshot.mailbox_heap_bytes() as f64 / (1024.0 * 1024.0);
     let reloader = Reloader::new(PolicyHandle::new(snapshot), dir.clone(), opts, audit);
     settle();
     let steady = rss_mib();
-    println!("baseline before loading: {baseline:.1} MiB");
+    println!("baseline before loading: {baseline:.1} MiB; mailbox tables hold {table_mib:.1} MiB");
     println!(
-        "load: {:.2} s, peak {load_peak:.1} MiB, steady {steady:.1} MiB",
-        load_time.as_secs_f64()
+        "load: {:.2} s ({:.2} s CPU), peak {load_peak:.1} MiB, steady {steady:.1} MiB",
+        load_time.as_secs_f64(),
+        load_cpu.as_secs_f64()
     );
 
     reset_peak();
@@ -169,6 +264,14 @@ async fn main() -> anyhow::Result<()> {
             "{outcome:?}"
         );
         worst_peak = worst_peak.max(hwm_mib());
+        if verbose {
+            println!(
+                "  reload {}: peak {:.1} MiB, then {:.1} MiB",
+                round + 1,
+                hwm_mib(),
+                rss_mib()
+            );
+        }
     }
     settle();
     let after = rss_mib();
@@ -180,6 +283,36 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "after {reloads} reloads: {after:.1} MiB ({:+.1} % of steady)",
         (after / steady - 1.0) * 100.0
+    );
+
+    // The worst case for sharing: every file changed, so every table is built anew while the
+    // old ones are in force.
+    for f in 0..files {
+        let path = dir.join(format!("org{f:04}.yaml"));
+        let mut file = std::fs::OpenOptions::new().append(true).open(path)?;
+        file.write_all(b"# every file edited\n")?;
+    }
+    reset_peak();
+    let started = Instant::now();
+    let outcome = reloader.reload().await;
+    let all_time = started.elapsed();
+    anyhow::ensure!(
+        matches!(
+            outcome,
+            ReloadOutcome::Reloaded {
+                unchanged: false,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    let all_peak = hwm_mib();
+    settle();
+    println!(
+        "reload, every file changed: {:.2} s, peak {all_peak:.1} MiB ({:.2}x steady), then {:.1} MiB",
+        all_time.as_secs_f64(),
+        all_peak / steady,
+        rss_mib()
     );
     drop(reloader);
     writer.finish().await;

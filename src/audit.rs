@@ -80,6 +80,10 @@ pub enum EventKind {
     /// from the auth policy endpoint, this login), which went ahead: `reason` and `reply` say
     /// what enforcing the rule would do.
     WouldRefuse,
+    /// An alert reached its webhook or command (`alerts:`).
+    AlertSent,
+    /// An alert could not be delivered to its webhook or command.
+    AlertFailed,
 }
 
 /// The outcome of a submission decision.
@@ -188,6 +192,9 @@ pub struct AuditEvent {
     /// The copy was found already stored (an earlier attempt's outcome was unknown).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub already_stored: Option<bool>,
+    /// The alert's kind (`alert_sent` / `alert_failed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alert: Option<&'static str>,
 }
 
 impl AuditEvent {
@@ -228,6 +235,7 @@ impl AuditEvent {
             uid_validity: None,
             uid: None,
             already_stored: None,
+            alert: None,
         }
     }
 }

@@ -61,9 +61,12 @@ pub struct Daemon {
     policy_endpoints: Vec<Endpoint>,
     auth_policy_endpoints: Vec<Endpoint>,
     milter_endpoints: Vec<Endpoint>,
+    metrics_endpoints: Vec<Endpoint>,
     audit_writer: AuditWriter,
     sent_items: Option<SentItems>,
     caps: FrontEndCaps,
+    /// The alerter [`crate::alerts::raise`] uses while this daemon runs.
+    alerts: Option<crate::alerts::Installed>,
 }
 
 /// The Sent Items spool and its delivery workers, when a store is configured.
@@ -123,6 +126,20 @@ impl Daemon {
         };
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        // First, so that what goes wrong from here on can raise its alert.
+        let alerts = config.alerts.clone().map(|settings| {
+            tracing::info!(
+                webhook = settings.webhook.as_deref(),
+                command = settings.command.as_ref().map(|c| c.join(" ")),
+                "alerts on"
+            );
+            crate::alerts::install(crate::alerts::start(
+                settings,
+                ctx.audit.clone(),
+                shutdown.clone(),
+                &tracker,
+            ))
+        });
         let caps = connection_caps(&config);
         // The spool: written by the milter, drained by the delivery workers. Opened once (its
         // owner locks it and removes crash leftovers) before any listener, so that a spool or
@@ -145,6 +162,8 @@ impl Daemon {
         let milter_listeners = bind_all(&config.milter_listeners, mode, "milter front end").await?;
         let auth_policy_listeners =
             bind_all(&config.auth_policy_listeners, mode, "auth policy (Dovecot)").await?;
+        let metrics_listeners =
+            bind_all(&config.metrics_listeners, mode, "metrics (Prometheus)").await?;
         let control = match &config.control {
             Some(endpoint) => Some(endpoint.bind(config.control_socket_mode).await.map_err(
                 |source| StartError::Bind {
@@ -267,6 +286,26 @@ impl Daemon {
         if let Some(watch) = watch {
             tracker.spawn(reload::run_watch(watch, reloader.clone(), shutdown.clone()));
         }
+        let mut metrics_endpoints = Vec::new();
+        if !metrics_listeners.is_empty() {
+            let service = Arc::new(crate::metrics::service(observe(
+                handles.clone(),
+                &caps,
+                &config,
+                ctx.stats.clone(),
+            )));
+            for (listener, bound) in metrics_listeners {
+                metrics_endpoints.push(bound);
+                tracker.spawn(crate::http_server::serve(
+                    "metrics",
+                    listener,
+                    service.clone(),
+                    caps.metrics.clone(),
+                    shutdown.clone(),
+                    tracker.clone(),
+                ));
+            }
+        }
         Ok(Daemon {
             ctx,
             reloader,
@@ -276,9 +315,11 @@ impl Daemon {
             policy_endpoints,
             auth_policy_endpoints,
             milter_endpoints,
+            metrics_endpoints,
             audit_writer,
             sent_items,
             caps,
+            alerts,
         })
     }
 
@@ -300,6 +341,11 @@ impl Daemon {
     /// The addresses the milter front end listens on (real ports when 0 was configured).
     pub fn milter_endpoints(&self) -> &[Endpoint] {
         &self.milter_endpoints
+    }
+
+    /// The addresses the Prometheus `/metrics` route listens on (real ports when 0 was configured).
+    pub fn metrics_endpoints(&self) -> &[Endpoint] {
+        &self.metrics_endpoints
     }
 
     /// A front end's connection cap: its limit, the connections it serves now, those it refused.
@@ -347,8 +393,10 @@ impl Daemon {
             reloader,
             control,
             audit_writer,
+            alerts,
             ..
         } = self;
+        drop(alerts);
         // Close the queue explicitly: a task that outlived the grace period may still hold a
         // handle, and the writer must not wait for it.
         ctx.audit.close().await;
@@ -364,6 +412,75 @@ struct FrontEndCaps {
     policy: ConnectionCaps,
     milter: ConnectionCaps,
     auth_policy: ConnectionCaps,
+    /// The `/metrics` listeners: a few scrapers, never counted with the front ends.
+    metrics: ConnectionCaps,
+}
+
+/// Connections the `/metrics` listeners serve at once (Prometheus keeps one per scraper).
+const METRICS_MAX_CONNECTIONS: usize = 16;
+
+/// What the `/metrics` route asks at each scrape: sessions and their limits, spool depth and
+/// policy version (as `submitgate status` reads them), and the open connections per front end.
+fn observe(
+    handles: Arc<control::Handles>,
+    caps: &FrontEndCaps,
+    config: &Config,
+    stats: Arc<Stats>,
+) -> crate::metrics::Observe {
+    let listening = |listeners: &[Endpoint], name: &'static str, caps: &ConnectionCaps| {
+        (!listeners.is_empty()).then(|| (name, caps.own().clone()))
+    };
+    let fronts: Vec<(&'static str, Arc<ConnectionCap>)> = [
+        listening(&config.policy_listeners, "policy", &caps.policy),
+        listening(&config.milter_listeners, "milter", &caps.milter),
+        listening(
+            &config.auth_policy_listeners,
+            "auth_policy",
+            &caps.auth_policy,
+        ),
+        listening(&config.metrics_listeners, "metrics", &caps.metrics),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    Arc::new(move || {
+        let (handles, fronts, stats) = (handles.clone(), fronts.clone(), stats.clone());
+        Box::pin(async move {
+            let status = control::status(&handles).await;
+            let sessions = status.sessions.iter().map(|s| u64::from(s.sessions)).sum();
+            let at_limit = status
+                .sessions
+                .iter()
+                .filter(|s| s.limit.is_some_and(|l| s.sessions >= l))
+                .count() as u64;
+            // The spool as `status` counted it (one directory read per scrape).
+            let count = |v: &serde_json::Value, key: &str| v.get(key)?.as_u64();
+            let spool = status.spool.as_ref().and_then(|v| {
+                Some(crate::metrics::SpoolDepth {
+                    pending: count(v, "pending")?,
+                    failed: count(v, "failed")?,
+                })
+            });
+            crate::metrics::Observed {
+                sessions_in_use: sessions,
+                mailboxes_at_limit: at_limit,
+                spool,
+                policy_version: Some(status.policy.version),
+                last_reload_ok: status.last_reload.as_ref().map(|r| r.ok),
+                connections: fronts
+                    .iter()
+                    .map(|(name, cap)| crate::metrics::Connections {
+                        front_end: name,
+                        open: cap.in_use() as u64,
+                        refused: cap.refused(),
+                    })
+                    .collect(),
+                unauthenticated: stats
+                    .unauthenticated
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            }
+        })
+    })
 }
 
 fn connection_caps(config: &Config) -> FrontEndCaps {
@@ -407,6 +524,10 @@ fn connection_caps(config: &Config) -> FrontEndCaps {
             "auth policy",
             "auth_policy_max_connections",
             limits.auth_policy,
+        ),
+        metrics: ConnectionCaps::new(
+            ConnectionCap::new("metrics", "the metrics listener", METRICS_MAX_CONNECTIONS),
+            None,
         ),
     }
 }

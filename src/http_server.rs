@@ -1,7 +1,8 @@
 //! A small HTTP/1.1 server (hyper) over the daemon's listeners: keep-alive connections, one
 //! [`Service`] (a handler for one method on every path), request bodies read whole under a size
-//! cap, graceful shutdown. The Dovecot auth policy endpoint is its only user. Handlers see a
-//! complete [`HttpRequest`], never hyper's streaming types.
+//! cap, graceful shutdown. The Dovecot auth policy endpoint and the Prometheus `/metrics` route
+//! ([`crate::metrics`]) are its users. Handlers see a complete [`HttpRequest`], never hyper's
+//! streaming types.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -157,6 +158,15 @@ pub fn text(status: StatusCode, message: &str) -> HttpResponse {
     let mut body = message.as_bytes().to_vec();
     body.push(b'\n');
     response(status, "text/plain; charset=utf-8", body)
+}
+
+/// A response with `body` of the given content type (the metrics exposition).
+pub fn with_content_type(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Vec<u8>,
+) -> HttpResponse {
+    response(status, content_type, body)
 }
 
 fn response(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> HttpResponse {

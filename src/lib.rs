@@ -14,6 +14,8 @@
 //!   [`policy::evaluate`]; [`policy::reload`]: the snapshot handle, reloads and the watcher.
 //! - [`limiter`]: per-mailbox session leases (memory or Redis).
 //! - [`audit`]: typed audit events and their JSON-lines writer.
+//! - [`metrics`]: Prometheus counters, histograms and the `/metrics` route; [`alerts`]: alert
+//!   events to a webhook or a command, rate-limited, audited, never blocking a decision.
 //! - [`sent_items`]: the durable spool of Sent Items copies, its workers and stores.
 //! - [`reason`]: the one `Reason` enum; [`reply`]: SMTP replies and their defaults.
 //! - [`auth_protocol`]: which SASL mechanisms are Basic or OAuth, which TLS protocols legacy.
@@ -27,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod alerts;
 pub mod audit;
 pub mod auth_policy;
 pub mod auth_protocol;
@@ -39,6 +42,7 @@ pub mod fsutil;
 pub mod http_server;
 pub mod limiter;
 pub mod logging;
+pub mod metrics;
 pub mod milter;
 pub mod policy;
 pub mod postfix_policy;

@@ -335,10 +335,40 @@ const MAX_DEPTH: usize = 32;
 
 /// Parses a whole file into one document. An empty file is an empty mapping.
 pub fn parse(text: &str) -> Result<Node, SyntaxError> {
+    parse_inner(text, None)
+}
+
+/// Like [`parse`], but when the document is a mapping whose first `key` entry holds a mapping,
+/// that mapping's entries are handed to `entry` one by one as they are read, and the tree keeps
+/// `key` with an empty mapping that spans the original. A file with a mapping of a million
+/// entries then never holds more than one entry's nodes. On a syntax error the entries already
+/// handed over are part of a file that is refused as a whole.
+pub fn parse_streaming(text: &str, key: &str, entry: EntryFn<'_>) -> Result<Node, SyntaxError> {
+    parse_inner(text, Some((key, entry)))
+}
+
+/// What [`parse_streaming`] hands each entry of the streamed mapping to: key, value.
+pub type EntryFn<'a> = &'a mut dyn FnMut(Node, Node);
+
+/// Where [`parse_streaming`]'s key stands while the top-level mapping is read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    /// The key has not been seen at the top level yet.
+    Waiting,
+    /// It is the pending key: a mapping that starts now is streamed.
+    Next,
+    /// Its mapping is being streamed (depth 2 of the stack).
+    Open,
+    /// Done: later occurrences are kept in the tree (the loader reports them as duplicates).
+    Done,
+}
+
+fn parse_inner(text: &str, mut stream: Option<(&str, EntryFn<'_>)>) -> Result<Node, SyntaxError> {
     let mut parser = Parser::new_from_str(text);
     let mut stack: Vec<(Node, Option<Node>)> = Vec::new();
     let mut root: Option<Node> = None;
     let mut documents = 0;
+    let mut state = Stream::Waiting;
     loop {
         let (event, span): (Event<'_>, Span) = match parser.next_event() {
             None => break,
@@ -398,6 +428,9 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
                 let kind = if matches!(event, Event::SequenceStart(..)) {
                     NodeKind::Seq(Vec::new())
                 } else {
+                    if state == Stream::Next && stack.len() == 1 {
+                        state = Stream::Open;
+                    }
                     NodeKind::Map(Vec::new())
                 };
                 stack.push((Node { kind, start, end }, None));
@@ -417,13 +450,34 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
             },
         };
         // Attach the finished node to its parent (or make it the root).
+        let depth = stack.len();
         match stack.last_mut() {
             None => root = Some(node),
             Some((parent, pending_key)) => match &mut parent.kind {
                 NodeKind::Seq(items) => items.push(node),
                 NodeKind::Map(entries) => match pending_key.take() {
-                    None => *pending_key = Some(node),
-                    Some(key) => entries.push((key, node)),
+                    None => {
+                        if depth == 1 && state == Stream::Waiting {
+                            if let Some((key, _)) = &stream {
+                                if node.text() == Some(*key) {
+                                    state = Stream::Next;
+                                }
+                            }
+                        }
+                        *pending_key = Some(node)
+                    }
+                    Some(key) => match (&mut stream, depth, state) {
+                        // An entry of the streamed mapping: handed over, not kept.
+                        (Some((_, entry)), 2, Stream::Open) => entry(key, node),
+                        _ => {
+                            if depth == 1 && state != Stream::Waiting {
+                                // The streamed key's value (its empty mapping, or a value
+                                // of another kind, which stays in the tree) is complete.
+                                state = Stream::Done;
+                            }
+                            entries.push((key, node))
+                        }
+                    },
                 },
                 NodeKind::Scalar { .. } => {
                     return Err(SyntaxError {
@@ -498,6 +552,42 @@ mod tests {
                 .as_map()
                 .map(|m| m.len()),
             Some(0)
+        );
+    }
+
+    #[test]
+    fn streaming_hands_over_the_first_mapping_of_the_key() {
+        let text = "a: 1\nm:\n  x: {k: 1}\n  y: 2\nb: [m]\nm: {z: 3}\n";
+        let mut seen = Vec::new();
+        let doc = parse_streaming(text, "m", &mut |k, v| {
+            seen.push((k.text().unwrap().to_string(), v.start.line, v))
+        })
+        .unwrap();
+        assert_eq!(seen.len(), 2);
+        assert_eq!((seen[0].0.as_str(), seen[0].1), ("x", 3));
+        assert_eq!(seen[0].2.get("k").unwrap().scalar(), Some(Scalar::Int(1)));
+        assert_eq!((seen[1].0.as_str(), seen[1].1), ("y", 4));
+        // The tree keeps the key with an empty mapping, and a second `m` as it is.
+        let entries = doc.as_map().unwrap();
+        assert_eq!(entries.len(), 4);
+        assert_eq!(entries[1].1.as_map().map(<[_]>::len), Some(0));
+        assert_eq!(entries[1].1.start.line, 3);
+        assert_eq!(entries[3].1.as_map().map(<[_]>::len), Some(1));
+        // Not a mapping, or not at the top level: nothing is streamed.
+        let mut count = 0;
+        let doc =
+            parse_streaming("m: [1, 2]\nn: {m: {a: 1}}\n", "m", &mut |_, _| count += 1).unwrap();
+        assert_eq!(count, 0);
+        assert!(matches!(doc.get("m").unwrap().kind, NodeKind::Seq(ref s) if s.len() == 2));
+        // Same tree as parse() apart from the streamed entries; syntax errors alike.
+        assert_eq!(
+            parse_streaming(text, "nothing", &mut |_, _| ()).unwrap(),
+            parse(text).unwrap()
+        );
+        let bad = "m:\n  x: 1\n  y: [\n";
+        assert_eq!(
+            parse_streaming(bad, "m", &mut |_, _| ()).unwrap_err(),
+            parse(bad).unwrap_err()
         );
     }
 

@@ -781,8 +781,11 @@ fn missing_input_fails_clearly() {
         "{}",
         out.stderr
     );
-    let out = report(&[]);
-    assert_eq!(out.code, 2, "clap usage error: --audit is required");
+    // Without --audit the configuration's log is read: no configuration, a clear error.
+    let nope = dir.path().join("nope.yaml");
+    let out = report(&["--config", nope.to_str().unwrap()]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("no --audit given"), "{}", out.stderr);
 }
 
 #[test]

@@ -170,6 +170,7 @@ pub async fn admit(
     facts: &Facts<'_>,
     hold: &mut Hold,
 ) -> Outcome {
+    let _timer = crate::metrics::DecisionTimer::start(facts.front_end);
     if let Err(problem) = login::check(facts.login) {
         let refusal = Refusal {
             reason: Reason::InvalidLogin,
@@ -342,6 +343,7 @@ async fn record_allow(
     findings: &Findings,
     in_use: u32,
 ) {
+    crate::metrics::decision(facts.front_end, AuditOutcome::Allow, None);
     for reason in findings.would_refuse() {
         let mut ev = facts.event(EventKind::WouldRefuse);
         ev.mailbox = Some(allowed.mailbox.clone());
@@ -373,6 +375,7 @@ async fn record_refusal(
     in_use: Option<u32>,
     limit: Option<u32>,
 ) {
+    crate::metrics::decision(facts.front_end, decision, Some(refusal.reason));
     let mut ev = facts.event(EventKind::SubmissionDecision);
     ev.mailbox = Some(refusal.mailbox.clone());
     ev.organization.clone_from(&refusal.organization);
@@ -432,7 +435,13 @@ pub enum LoginCheck {
 /// there (Basic authentication, TLS required; nothing is submitted yet, so nothing is counted).
 /// A refusal is logged; the audit event comes with Dovecot's report.
 pub fn check_login(ctx: &Context, snapshot: &PolicySnapshot, facts: &LoginFacts<'_>) -> LoginCheck {
+    let _timer = crate::metrics::DecisionTimer::start(FrontEnd::AuthPolicy);
     let check = describe_login(ctx, snapshot, facts);
+    let (outcome, reason) = match &check {
+        LoginCheck::Allowed { .. } => (AuditOutcome::Allow, None),
+        LoginCheck::Refused { reason, .. } => (AuditOutcome::Reject, Some(*reason)),
+    };
+    crate::metrics::decision(FrontEnd::AuthPolicy, outcome, reason);
     if let LoginCheck::Refused {
         reason, mailbox, ..
     } = &check

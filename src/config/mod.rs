@@ -16,6 +16,7 @@
 //! [`store::Settings`]: crate::sent_items::store::Settings
 //! [`imap::Settings`]: crate::sent_items::store::imap::Settings
 
+mod alerts;
 mod audit;
 mod auth_policy;
 mod check;
@@ -115,6 +116,10 @@ pub struct Config {
     pub auth_policy_api_key_file: Option<PathBuf>,
     /// Dovecot protocols whose logins the auth policy checks (lower-case; default `smtp`).
     pub auth_policy_protocols: Vec<String>,
+    /// Prometheus `GET /metrics` listeners (HTTP).
+    pub metrics_listeners: Vec<Endpoint>,
+    /// Where alert events go (`None`: no alerts).
+    pub alerts: Option<crate::alerts::Settings>,
     /// The operational log (`log:`).
     pub log: crate::logging::Settings,
 }
@@ -180,6 +185,8 @@ impl Config {
             auth_policy::api_key_file(&mut ck, raw.auth_policy_api_key_file.as_deref());
         let auth_policy_protocols =
             auth_policy::protocols(&mut ck, raw.auth_policy_protocols.as_deref());
+        let metrics_listeners = ck.endpoints_at("metrics", &raw.metrics);
+        let alerts = alerts::check(&mut ck, raw.alerts.as_ref());
         let log = log::check(&mut ck, raw.log.as_ref());
         listeners::require_front_end(&mut ck, &raw);
 
@@ -206,6 +213,8 @@ impl Config {
             auth_policy_listeners,
             auth_policy_api_key_file,
             auth_policy_protocols,
+            metrics_listeners,
+            alerts,
             log,
         })?;
         paths::resolve(&mut config, path.parent().unwrap_or(Path::new("")));

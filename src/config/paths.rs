@@ -32,6 +32,7 @@ pub(super) fn resolve(config: &mut Config, base: &Path) {
     config.policy_listeners.iter_mut().for_each(endpoint);
     config.milter_listeners.iter_mut().for_each(endpoint);
     config.auth_policy_listeners.iter_mut().for_each(endpoint);
+    config.metrics_listeners.iter_mut().for_each(endpoint);
     if let Some(control) = &mut config.control {
         endpoint(control);
     }

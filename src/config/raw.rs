@@ -37,7 +37,23 @@ pub(super) struct RawConfig {
     pub auth_policy: Vec<String>,
     pub auth_policy_api_key_file: Option<PathBuf>,
     pub auth_policy_protocols: Option<Vec<String>>,
+    /// Prometheus `/metrics` listeners.
+    #[serde(default)]
+    pub metrics: Vec<String>,
+    pub alerts: Option<RawAlerts>,
     pub log: Option<RawLog>,
+}
+
+/// `alerts:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAlerts {
+    pub webhook: Option<String>,
+    pub command: Option<Vec<String>>,
+    pub kinds: Option<Vec<String>>,
+    pub min_interval: Option<String>,
+    pub timeout: Option<String>,
+    pub queue: Option<usize>,
 }
 
 impl RawConfig {

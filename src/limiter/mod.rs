@@ -1,9 +1,10 @@
 //! Per-mailbox session leases: "at most N concurrent sessions for this mailbox". A front end
 //! asks [`Limiter::acquire`] and gets a [`Lease`] (a slot, given back exactly once: by
 //! [`Lease::release`] or, as a safety net, on drop) or a refusal. The limiter never knows which
-//! protocol asked. Two backends behind the same API: [`memory`] (this process, moka's atomic
-//! per-key compute) and [`redis`] (shared by several MTAs: a sorted set per mailbox, atomic
-//! check-and-take in one Lua script, leases that expire by themselves when a node dies).
+//! protocol asked. Two backends behind the same API: [`memory`] (this process: a sharded map,
+//! check-and-take under one shard's lock) and [`redis`] (shared by several MTAs: a sorted set
+//! per mailbox, atomic check-and-take in one Lua script, leases that expire by themselves when
+//! a node dies).
 
 pub mod memory;
 pub mod redis;

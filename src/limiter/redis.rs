@@ -224,6 +224,7 @@ impl RedisBackend {
                 Some(v)
             }
             Err(e) => {
+                crate::metrics::limiter_error("redis");
                 self.mark_down(&e).await;
                 None
             }
@@ -249,6 +250,9 @@ impl RedisBackend {
                 ));
                 audit.record(ev).await;
             }
+            crate::alerts::raise(crate::alerts::AlertEvent::limiter_unavailable(&format!(
+                "{url}: {error}"
+            )));
         }
     }
 

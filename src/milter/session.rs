@@ -617,6 +617,7 @@ impl Session {
                 let reply = self.ctx.replies.tempfail.clone();
                 ev.event = EventKind::SentCopyFailed;
                 ev.reason = Some(Reason::SpoolUnavailable);
+                crate::metrics::decision(FrontEnd::Milter, crate::audit::Outcome::Defer, ev.reason);
                 ev.reply = Some(reply.to_string());
                 ev.message = Some(e);
                 self.ctx.audit.record(ev).await;

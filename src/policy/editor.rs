@@ -271,14 +271,10 @@ impl Model {
         Model {
             orgs: s.orgs.clone(),
             mailboxes: s
-                .mailboxes
-                .iter()
-                .map(|(a, e)| {
-                    let org = s.orgs.get(e.org as usize).map(|o| o.name.clone());
-                    (
-                        a.to_string(),
-                        (org.unwrap_or_default(), s.mailboxes.settings(e)),
-                    )
+                .all_mailboxes()
+                .map(|(a, org, settings)| {
+                    let org = s.orgs.get(org).map(|o| o.name.clone());
+                    (a.to_string(), (org.unwrap_or_default(), settings))
                 })
                 .collect(),
         }

@@ -51,10 +51,7 @@ pub fn evaluate(snapshot: &PolicySnapshot, submission: &Submission<'_>) -> Decis
         };
     };
     let org = &snapshot.orgs[org_idx];
-    let own = snapshot
-        .mailboxes
-        .get(&mailbox)
-        .map(|e| snapshot.mailboxes.settings(e));
+    let own = snapshot.own_settings(org_idx, &mailbox);
     let own = own.as_ref();
     let disabled = own
         .and_then(|s| s.smtp_client_authentication_disabled)

@@ -9,7 +9,7 @@ use crate::yaml::ErrorKind;
 
 /// The version [`super::load_dir`] would give the directory's files, computed one file at a time
 /// without building a snapshot; `None` when a file or the directory cannot be read (the full
-/// load then reports why). Lets a reload of unchanged files cost a read, not a second snapshot.
+/// load then reports why).
 pub fn version_of_dir(dir: &Path) -> Option<String> {
     let mut paths = Vec::new();
     for entry in std::fs::read_dir(dir).ok()? {
@@ -22,7 +22,7 @@ pub fn version_of_dir(dir: &Path) -> Option<String> {
     let mut version = Version::default();
     for path in paths {
         let text = read_policy_file(dir, &path).ok()?;
-        version.add(&path, &text);
+        version.add(&path, digest(&text));
     }
     Some(version.finish())
 }
@@ -113,36 +113,33 @@ pub(super) fn read_policy_file(dir: &Path, path: &Path) -> Result<String, (Error
     })
 }
 
-/// FNV-1a over file names and contents, fed one file at a time: a version string that is
-/// stable across runs.
-pub(super) struct Version(u64);
+/// What a policy file's text is, as a 128-bit XXH3 hash: two texts with the same digest are
+/// taken to be the same text (a reload reuses the compiled table of a file whose name and
+/// digest it already has).
+pub(super) type Digest = u128;
 
-impl Default for Version {
-    fn default() -> Self {
-        Version(0xcbf2_9ce4_8422_2325)
-    }
+/// The digest of a policy file's text.
+pub(super) fn digest(text: &str) -> Digest {
+    xxhash_rust::xxh3::xxh3_128(text.as_bytes())
 }
 
-impl Version {
-    fn eat(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
+/// A hash over the names and digests of a directory's files, fed one file at a time in name
+/// order: a version string that is stable across runs and equal for equal policies.
+#[derive(Default)]
+pub(super) struct Version(xxhash_rust::xxh3::Xxh3Default);
 
-    pub(super) fn add(&mut self, path: &Path, text: &str) {
-        self.eat(
+impl Version {
+    pub(super) fn add(&mut self, path: &Path, digest: Digest) {
+        self.0.update(
             path.file_name()
                 .map(|n| n.as_encoded_bytes())
                 .unwrap_or_default(),
         );
-        self.eat(&[0]);
-        self.eat(text.as_bytes());
-        self.eat(&[0]);
+        self.0.update(&[0]);
+        self.0.update(&digest.to_le_bytes());
     }
 
     pub(super) fn finish(&self) -> String {
-        format!("{:016x}", self.0)
+        format!("{:016x}", self.0.digest())
     }
 }

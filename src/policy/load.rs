@@ -1,19 +1,22 @@
-//! Loading policy files: one file at a time read, parsed into a positioned tree, every key
-//! checked and its mailboxes stored straight into the snapshot's compact table (so only one
-//! file's text and tree exist at any moment); then the cross-file checks and one
-//! [`PolicySnapshot`]. All problems of all files are collected and returned together, each with
-//! file, line and column.
+//! Loading policy files: one file at a time read, hashed and, unless the snapshot in force
+//! already holds its compiled table ([`reload_dir`]), parsed with its `mailboxes` mapping
+//! streamed entry by entry into the file's compact table (so only one file's text and one
+//! mailbox's nodes exist at any moment); then the cross-file checks and one [`PolicySnapshot`].
+//! All problems of all files are collected and returned together, each with file, line and
+//! column.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::authentication::{OrgAuth, RuleMode};
 use super::compile::compile;
-use super::files::{is_policy_file, read_policy_file, Version};
+use super::files::{digest, is_policy_file, read_policy_file, Digest, Version};
 use super::mailboxes::{Mailboxes, TooLarge};
+use super::table::OrgTable;
 use super::{
-    MailboxSettings, PolicyError, PolicyErrors, PolicySnapshot, SentItems, DEFAULT_MAX_SESSIONS,
-    WILDCARD_DOMAIN,
+    MailboxSettings, Organization, PolicyError, PolicyErrors, PolicySnapshot, SentItems,
+    DEFAULT_MAX_SESSIONS, WILDCARD_DOMAIN,
 };
 use crate::yaml::{self, quote, ErrorKind, Node, NodeKind, Pos, Scalar};
 
@@ -31,6 +34,49 @@ pub struct LoadOptions {
 
 /// Loads every `*.yaml` / `*.yml` file of `dir` (hidden files and editor backups skipped).
 pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<PolicySnapshot, PolicyErrors> {
+    let mut loader = Loader::default();
+    read_dir_into(dir, &mut loader)?;
+    loader.finish(opts)
+}
+
+/// What [`reload_dir`] found.
+#[derive(Debug)]
+pub enum Reload {
+    /// Every file has the name and the text it had in the snapshot given: nothing was built.
+    Unchanged,
+    /// The new snapshot. It shares the compiled tables of the files that did not change with
+    /// the snapshot given.
+    Changed(Box<PolicySnapshot>),
+}
+
+/// Loads `dir` again after `previous` was loaded from it (with the same `opts`): every file is
+/// read and hashed, but only the files whose name or text changed are parsed and compiled; the
+/// others keep `previous`'s tables. The checks across files run on the whole set, as in
+/// [`load_dir`], and the result is what [`load_dir`] would give.
+pub fn reload_dir(
+    dir: &Path,
+    opts: &LoadOptions,
+    previous: &PolicySnapshot,
+) -> Result<Reload, PolicyErrors> {
+    let mut loader = Loader {
+        previous: previous
+            .tables
+            .iter()
+            .map(|t| (t.org.file.as_path(), t))
+            .collect(),
+        ..Loader::default()
+    };
+    read_dir_into(dir, &mut loader)?;
+    if loader.built == 0 && loader.unreadable.is_empty() && loader.files == previous.files {
+        return Ok(Reload::Unchanged);
+    }
+    loader.finish(opts).map(|s| Reload::Changed(Box::new(s)))
+}
+
+/// Reads the policy files of `dir` in name order into `loader`, one at a time (each file's text
+/// is dropped before the next is read). An unreadable file is an error of the load; the others
+/// are still checked, so that every problem is reported at once.
+fn read_dir_into(dir: &Path, loader: &mut Loader<'_>) -> Result<(), PolicyErrors> {
     let whole = |message: String| {
         PolicyErrors(vec![PolicyError {
             file: dir.to_path_buf(),
@@ -51,13 +97,10 @@ pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<PolicySnapshot, Policy
         }
     }
     paths.sort();
-    // One file at a time: its text and tree are dropped before the next is read.
-    let mut loader = Loader::default();
-    let mut unreadable = Vec::new();
     for path in paths {
         match read_policy_file(dir, &path) {
             Ok(text) => loader.add(path, &text),
-            Err((kind, message)) => unreadable.push(PolicyError {
+            Err((kind, message)) => loader.unreadable.push(PolicyError {
                 file: path,
                 line: 0,
                 column: 0,
@@ -66,14 +109,7 @@ pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<PolicySnapshot, Policy
             }),
         }
     }
-    match loader.finish(opts) {
-        Ok(snap) if unreadable.is_empty() => Ok(snap),
-        Ok(_) => Err(PolicyErrors(unreadable)),
-        Err(PolicyErrors(more)) => {
-            unreadable.extend(more);
-            Err(PolicyErrors(unreadable))
-        }
-    }
+    Ok(())
 }
 
 /// Compiles already-read files (name, text). Used by [`load_dir`], by the policy editor to
@@ -89,87 +125,115 @@ pub fn load_files(
     loader.finish(opts)
 }
 
-/// A load in progress: the files checked so far and their mailboxes.
+/// A load in progress: the files read so far and their compiled tables.
 #[derive(Default)]
-struct Loader {
+struct Loader<'p> {
+    /// Files that could not be read: reported first, before the errors of their contents.
+    unreadable: Vec<PolicyError>,
     errors: Vec<PolicyError>,
-    raw: Vec<RawOrg>,
-    mailboxes: Mailboxes,
-    /// Column of each mailbox's key, for cross-file errors; dropped with the loader.
-    columns: Vec<u32>,
+    tables: Vec<Arc<OrgTable>>,
     files: Vec<PathBuf>,
     version: Version,
+    /// The tables of the snapshot in force, by file, for a reload to reuse.
+    previous: HashMap<&'p Path, &'p Arc<OrgTable>>,
+    /// How many files were parsed and compiled (not reused).
+    built: usize,
 }
 
-impl Loader {
-    /// Checks one file and stores what it defines.
+impl Loader<'_> {
+    /// Adds one file: its table from the snapshot in force when its text is the same, else a
+    /// table compiled from `text`.
     fn add(&mut self, path: PathBuf, text: &str) {
-        self.version.add(&path, text);
-        let mut ctx = FileCtx {
-            file: &path,
-            errors: &mut self.errors,
-            org: u32::try_from(self.raw.len()).unwrap_or(u32::MAX),
-            mailboxes: &mut self.mailboxes,
-            columns: &mut self.columns,
-        };
-        match yaml::parse(text) {
-            Ok(doc) => {
-                if let Some(org) = ctx.organization(&doc) {
-                    self.raw.push(org);
+        let digest = digest(text);
+        self.version.add(&path, digest);
+        match self.previous.get(path.as_path()) {
+            Some(table) if table.digest == digest => self.tables.push(Arc::clone(table)),
+            _ => {
+                self.built += 1;
+                if let Some(table) = compile_file(&path, text, digest, &mut self.errors) {
+                    self.tables.push(Arc::new(table));
                 }
             }
-            Err(e) => ctx.error(e.pos, ErrorKind::Syntax, e.message),
         }
         self.files.push(path);
     }
 
     fn finish(self, opts: &LoadOptions) -> Result<PolicySnapshot, PolicyErrors> {
         let Loader {
+            mut unreadable,
             mut errors,
-            raw,
-            mailboxes,
-            columns,
+            tables,
             files,
             version,
+            ..
         } = self;
-        let snap = compile(raw, mailboxes, &columns, files, version, opts, &mut errors);
-        if errors.is_empty() {
-            Ok(snap)
-        } else {
-            // Report in reading order: file by file, top to bottom.
-            let order: HashMap<&Path, usize> = snap
-                .files
-                .iter()
-                .enumerate()
-                .map(|(i, f)| (f.as_path(), i))
-                .collect();
-            errors.sort_by_key(|e| (order.get(e.file.as_path()).copied(), e.line, e.column));
-            Err(PolicyErrors(errors))
+        let snap = compile(tables, files, version, opts, &mut errors);
+        if errors.is_empty() && unreadable.is_empty() {
+            return Ok(snap);
         }
+        // Report in reading order: file by file, top to bottom.
+        let order: HashMap<&Path, usize> = snap
+            .files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.as_path(), i))
+            .collect();
+        errors.sort_by_key(|e| (order.get(e.file.as_path()).copied(), e.line, e.column));
+        unreadable.extend(errors);
+        Err(PolicyErrors(unreadable))
     }
 }
 
-/// An organization as read from one file, before the cross-file checks.
-pub(super) struct RawOrg {
-    pub file: PathBuf,
-    pub name: String,
-    pub name_pos: Pos,
-    pub domains: Vec<(String, Pos)>,
-    pub disabled: bool,
-    pub max_sessions: u32,
-    pub sent_items: SentItems,
-    pub auth: OrgAuth,
-    /// Its mailboxes' numbers in the table.
-    pub mailboxes: std::ops::Range<u32>,
+/// Checks one file on its own and compiles its table; its problems go to `errors`. `None` when
+/// the file is not YAML or not a mapping (it then defines no organization).
+fn compile_file(
+    path: &Path,
+    text: &str,
+    digest: Digest,
+    errors: &mut Vec<PolicyError>,
+) -> Option<OrgTable> {
+    let first_error = errors.len();
+    // A mailbox in block style takes at least one line, and its address is never longer than
+    // the text: room for as many entries as lines and the text's length in addresses.
+    let lines = text.bytes().filter(|b| *b == b'\n').count() + 1;
+    let mut ctx = FileCtx {
+        file: path,
+        errors,
+        mailboxes: Mailboxes::with_capacity(lines, text.len()),
+        full: false,
+    };
+    // The mailboxes are checked and stored as the parser reads them; the rest of the file
+    // (a few keys) becomes a tree.
+    let parsed = yaml::parse_streaming(text, "mailboxes", &mut |key, value| {
+        ctx.mailbox(&key, &value)
+    });
+    match parsed {
+        Ok(doc) => {
+            let (org, name_pos, domain_pos) = ctx.organization(&doc)?;
+            Some(OrgTable::new(
+                org,
+                name_pos,
+                domain_pos,
+                ctx.mailboxes,
+                digest,
+            ))
+        }
+        Err(e) => {
+            // A file that is not YAML reports that alone, not what was read before the error.
+            ctx.errors.truncate(first_error);
+            ctx.error(e.pos, ErrorKind::Syntax, e.message);
+            None
+        }
+    }
 }
 
 struct FileCtx<'a> {
     file: &'a Path,
     errors: &'a mut Vec<PolicyError>,
-    /// The index the file's organization gets.
-    org: u32,
-    mailboxes: &'a mut Mailboxes,
-    columns: &'a mut Vec<u32>,
+    /// The file's mailboxes, checked and stored as they are read.
+    mailboxes: Mailboxes,
+    /// The table cannot take more mailboxes: the rest of the file's are skipped.
+    full: bool,
 }
 
 const ORG_KEYS: &[&str] = &[
@@ -379,26 +443,27 @@ impl FileCtx<'_> {
         out
     }
 
-    fn organization(&mut self, doc: &Node) -> Option<RawOrg> {
+    /// The organization's own keys; `None` when the document is not a mapping.
+    fn organization(&mut self, doc: &Node) -> Option<(Organization, Pos, Vec<Pos>)> {
         let entries = self.entries(doc, "an organization file", ORG_KEYS)?;
-        let mut org = RawOrg {
-            file: self.file.to_path_buf(),
+        let mut org = Organization {
             name: String::new(),
-            name_pos: doc.start,
             domains: Vec::new(),
-            disabled: false,
-            max_sessions: DEFAULT_MAX_SESSIONS,
+            smtp_client_authentication_disabled: false,
+            max_concurrent_sessions_per_mailbox: DEFAULT_MAX_SESSIONS,
             sent_items: SentItems::default(),
             auth: OrgAuth::default(),
-            mailboxes: 0..0,
+            file: self.file.to_path_buf(),
         };
+        let mut name_pos = doc.start;
+        let mut domains = Vec::new();
         let mut has_name = false;
         let mut has_domains = false;
         let mut mailboxes = None;
         for (key, v) in entries {
             match key {
                 "organization" => {
-                    org.name_pos = v.start;
+                    name_pos = v.start;
                     if let Some(name) = self.string(v, "organization") {
                         if valid_org_name(&name) {
                             org.name = name;
@@ -414,13 +479,14 @@ impl FileCtx<'_> {
                 }
                 "domains" => {
                     has_domains = true;
-                    self.domains(v, &mut org.domains);
+                    self.domains(v, &mut domains);
                 }
                 "smtp_client_authentication_disabled" => {
-                    org.disabled = self.opt_bool(v, key).unwrap_or(None).unwrap_or(false)
+                    org.smtp_client_authentication_disabled =
+                        self.opt_bool(v, key).unwrap_or(None).unwrap_or(false)
                 }
                 "max_concurrent_sessions_per_mailbox" => {
-                    org.max_sessions = self
+                    org.max_concurrent_sessions_per_mailbox = self
                         .opt_limit(v, key)
                         .unwrap_or(None)
                         .unwrap_or(DEFAULT_MAX_SESSIONS)
@@ -459,9 +525,12 @@ impl FileCtx<'_> {
             );
         }
         if let Some(m) = mailboxes {
-            org.mailboxes = self.mailboxes(m);
+            // Empty when the parser streamed them (a mapping); checked here otherwise.
+            self.mailboxes(m);
         }
-        Some(org)
+        let (names, positions) = domains.into_iter().unzip();
+        org.domains = names;
+        Some((org, name_pos, positions))
     }
 
     fn domains(&mut self, node: &Node, out: &mut Vec<(String, Pos)>) {
@@ -514,12 +583,11 @@ impl FileCtx<'_> {
         }
     }
 
-    /// Stores the file's mailboxes in the table; returns their numbers.
-    fn mailboxes(&mut self, node: &Node) -> std::ops::Range<u32> {
-        let first = u32::try_from(self.columns.len()).unwrap_or(u32::MAX);
-        let mut last = first;
+    /// Checks a `mailboxes` value that the parser did not stream (anything but a mapping, or
+    /// a mapping that was not the first `mailboxes` key).
+    fn mailboxes(&mut self, node: &Node) {
         if node.scalar() == Some(Scalar::Null) {
-            return first..last;
+            return;
         }
         let Some(map) = node.as_map() else {
             self.error(
@@ -530,77 +598,90 @@ impl FileCtx<'_> {
                     node.describe()
                 ),
             );
-            return first..last;
+            return;
         };
         for (k, v) in map {
-            let Some(Scalar::Str(raw)) = k.scalar() else {
-                self.error(
-                    k.start,
-                    ErrorKind::WrongType,
-                    format!("mailbox key must be an address, found {}", k.describe()),
-                );
-                continue;
-            };
-            let address = raw.trim().to_ascii_lowercase();
-            if !valid_address(&address) {
-                self.error(
-                    k.start,
-                    ErrorKind::InvalidValue,
-                    format!("{} is not a mailbox address (local@domain)", quote(raw)),
-                );
-                continue;
-            }
-            let mut settings = MailboxSettings::default();
-            if v.scalar() != Some(Scalar::Null) {
-                let what = format!("mailbox {address}");
-                for (key, val) in self.entries(v, &what, MAILBOX_KEYS).unwrap_or_default() {
-                    match key {
-                        "smtp_client_authentication_disabled" => {
-                            settings.smtp_client_authentication_disabled =
-                                self.opt_bool(val, key).unwrap_or(None)
-                        }
-                        "max_concurrent_sessions_per_mailbox" => {
-                            settings.max_concurrent_sessions_per_mailbox =
-                                self.opt_limit(val, key).unwrap_or(None)
-                        }
-                        "allow_basic_auth_smtp" => {
-                            settings.overrides.auth.allow_basic_auth_smtp =
-                                self.opt_bool(val, key).unwrap_or(None)
-                        }
-                        "allow_legacy_tls_clients" => {
-                            settings.overrides.auth.allow_legacy_tls_clients =
-                                self.opt_bool(val, key).unwrap_or(None)
-                        }
-                        "require_tls" => {
-                            settings.overrides.auth.require_tls =
-                                self.opt_bool(val, key).unwrap_or(None)
-                        }
-                        _ => {
-                            let (enabled, folder) = self.sent_items(val);
-                            settings.sent_items_enabled = enabled;
-                            settings.sent_items_folder = folder;
-                        }
+            self.mailbox(k, v);
+        }
+    }
+
+    /// Checks one `address: settings` entry of `mailboxes` and stores it in the table.
+    fn mailbox(&mut self, k: &Node, v: &Node) {
+        if self.full {
+            return;
+        }
+        let Some(Scalar::Str(raw)) = k.scalar() else {
+            self.error(
+                k.start,
+                ErrorKind::WrongType,
+                format!("mailbox key must be an address, found {}", k.describe()),
+            );
+            return;
+        };
+        let address = raw.trim().to_ascii_lowercase();
+        if !valid_address(&address) {
+            self.error(
+                k.start,
+                ErrorKind::InvalidValue,
+                format!("{} is not a mailbox address (local@domain)", quote(raw)),
+            );
+            return;
+        }
+        let mut settings = MailboxSettings::default();
+        if v.scalar() != Some(Scalar::Null) {
+            let what = format!("mailbox {address}");
+            for (key, val) in self.entries(v, &what, MAILBOX_KEYS).unwrap_or_default() {
+                match key {
+                    "smtp_client_authentication_disabled" => {
+                        settings.smtp_client_authentication_disabled =
+                            self.opt_bool(val, key).unwrap_or(None)
+                    }
+                    "max_concurrent_sessions_per_mailbox" => {
+                        settings.max_concurrent_sessions_per_mailbox =
+                            self.opt_limit(val, key).unwrap_or(None)
+                    }
+                    "allow_basic_auth_smtp" => {
+                        settings.overrides.auth.allow_basic_auth_smtp =
+                            self.opt_bool(val, key).unwrap_or(None)
+                    }
+                    "allow_legacy_tls_clients" => {
+                        settings.overrides.auth.allow_legacy_tls_clients =
+                            self.opt_bool(val, key).unwrap_or(None)
+                    }
+                    "require_tls" => {
+                        settings.overrides.auth.require_tls =
+                            self.opt_bool(val, key).unwrap_or(None)
+                    }
+                    _ => {
+                        let (enabled, folder) = self.sent_items(val);
+                        settings.sent_items_enabled = enabled;
+                        settings.sent_items_folder = folder;
                     }
                 }
             }
-            let line = u32::try_from(k.start.line).unwrap_or(u32::MAX);
-            match self.mailboxes.push(&address, self.org, line, &settings) {
-                Ok(n) => {
-                    self.columns
-                        .push(u32::try_from(k.start.column).unwrap_or(u32::MAX));
-                    last = n + 1;
-                }
-                Err(TooLarge::Arena | TooLarge::Count) => {
-                    self.error(
-                        k.start,
-                        ErrorKind::TooLarge,
-                        "the policy files hold more mailboxes than submitgate can load",
-                    );
-                    break;
-                }
+        }
+        let line = u32::try_from(k.start.line).unwrap_or(u32::MAX);
+        let column = u32::try_from(k.start.column).unwrap_or(u32::MAX);
+        match self.mailboxes.insert(&address, line, column, &settings) {
+            Ok(Ok(())) => {}
+            Ok(Err(first)) => self.error(
+                k.start,
+                ErrorKind::DuplicateMailbox,
+                format!(
+                    "mailbox {address} is already listed at {}:{}",
+                    self.file.display(),
+                    first.line
+                ),
+            ),
+            Err(TooLarge::Arena | TooLarge::Count) => {
+                self.error(
+                    k.start,
+                    ErrorKind::TooLarge,
+                    "this file holds more mailboxes than submitgate can load",
+                );
+                self.full = true;
             }
         }
-        first..last
     }
 }
 

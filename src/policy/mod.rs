@@ -10,12 +10,14 @@ mod files;
 mod load;
 mod mailboxes;
 pub mod overrides;
+mod table;
 
-use mailboxes::Mailboxes;
+use table::OrgTable;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 pub use evaluate::{evaluate, Allowed, Decision, Submission};
@@ -23,7 +25,9 @@ pub mod editor;
 pub mod reload;
 pub use authentication::{AuthOverrides, AuthRules, AuthView, OrgAuth, RuleMode};
 pub use files::{is_policy_file, version_of_dir};
-pub use load::{load_dir, load_files, valid_address, valid_domain, LoadOptions};
+pub use load::{
+    load_dir, load_files, reload_dir, valid_address, valid_domain, LoadOptions, Reload,
+};
 pub use overrides::Overrides;
 
 /// Default number of concurrent sessions per mailbox (Exchange Online's value).
@@ -82,14 +86,17 @@ pub struct MailboxSettings {
 }
 
 /// The compiled policy: what every decision reads. Immutable; a reload builds a new one and
-/// swaps it in, so a session never sees a mix of two versions.
+/// swaps it in, so a session never sees a mix of two versions. The mailboxes live in one table
+/// per organization (per file), shared with the snapshot before when the file did not change:
+/// a lookup goes domain → organization → that organization's table.
 #[derive(Debug, Clone)]
 pub struct PolicySnapshot {
     orgs: Vec<Organization>,
+    /// One per organization, in the same order as `orgs`.
+    tables: Vec<Arc<OrgTable>>,
     by_domain: HashMap<String, usize>,
     wildcard: Option<usize>,
-    /// Compact: one arena of addresses and 24 bytes per mailbox (see [`mailboxes`]).
-    mailboxes: Mailboxes,
+    mailbox_count: usize,
     default_domain: Option<String>,
     /// Short hash of the files' names and contents: equal policies have equal versions.
     pub version: String,
@@ -145,9 +152,10 @@ impl PolicySnapshot {
     pub fn empty() -> Self {
         PolicySnapshot {
             orgs: Vec::new(),
+            tables: Vec::new(),
             by_domain: HashMap::new(),
             wildcard: None,
-            mailboxes: Mailboxes::default(),
+            mailbox_count: 0,
             default_domain: None,
             version: "empty".to_string(),
             loaded_at: SystemTime::now(),
@@ -167,12 +175,12 @@ impl PolicySnapshot {
 
     /// Number of mailboxes with settings of their own.
     pub fn mailbox_count(&self) -> usize {
-        self.mailboxes.len()
+        self.mailbox_count
     }
 
-    /// Bytes the mailbox table holds: what a policy of many mailboxes costs in memory.
+    /// Bytes the mailbox tables hold: what a policy of many mailboxes costs in memory.
     pub fn mailbox_heap_bytes(&self) -> usize {
-        self.mailboxes.heap_bytes()
+        self.tables.iter().map(|t| t.mailboxes.heap_bytes()).sum()
     }
 
     /// Turns a login into the normalized mailbox address: trimmed, lower-case, and completed
@@ -183,18 +191,35 @@ impl PolicySnapshot {
 
     /// The organization a normalized address belongs to: its domain's, else the `"*"` one.
     fn org_index_for(&self, address: &str) -> Option<usize> {
-        let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        let domain = table::domain_of(address);
         self.by_domain.get(domain).copied().or(self.wildcard)
+    }
+
+    /// The own settings of a normalized address, looked up in the table of organization
+    /// `org` (the only one that can list it: a mailbox lies inside its organization's domains).
+    fn own_settings(&self, org: usize, address: &str) -> Option<MailboxSettings> {
+        let table = self.tables.get(org)?;
+        table
+            .mailboxes
+            .get(address)
+            .map(|e| table.mailboxes.settings(e))
+    }
+
+    /// Every mailbox with settings of its own: address, organization index, settings.
+    fn all_mailboxes(&self) -> impl Iterator<Item = (&str, usize, MailboxSettings)> + '_ {
+        self.tables.iter().enumerate().flat_map(|(i, t)| {
+            t.mailboxes
+                .iter()
+                .map(move |(a, e)| (a, i, t.mailboxes.settings(e)))
+        })
     }
 
     /// The `Get-CASMailbox` view of one address.
     pub fn describe(&self, login: &str) -> MailboxView {
         let address = self.normalize(login);
-        let entry = self
-            .mailboxes
-            .get(&address)
-            .map(|e| self.mailboxes.settings(e));
-        let org = self.org_index_for(&address).map(|i| &self.orgs[i]);
+        let org_index = self.org_index_for(&address);
+        let entry = org_index.and_then(|i| self.own_settings(i, &address));
+        let org = org_index.map(|i| &self.orgs[i]);
         let own = entry
             .as_ref()
             .and_then(|e| e.smtp_client_authentication_disabled);
@@ -232,18 +257,18 @@ impl PolicySnapshot {
 
     /// The mailboxes with settings of their own that belong to `org`, sorted by address.
     pub fn mailboxes_of(&self, org: &str) -> Vec<(&str, MailboxSettings)> {
-        let Some(idx) = self
+        let Some(table) = self
             .orgs
             .iter()
             .position(|o| o.name.eq_ignore_ascii_case(org))
+            .and_then(|i| self.tables.get(i))
         else {
             return Vec::new();
         };
-        let mut v: Vec<_> = self
+        let mut v: Vec<_> = table
             .mailboxes
             .iter()
-            .filter(|(_, e)| e.org as usize == idx)
-            .map(|(a, e)| (a, self.mailboxes.settings(e)))
+            .map(|(a, e)| (a, table.mailboxes.settings(e)))
             .collect();
         v.sort_by(|a, b| a.0.cmp(b.0));
         v

@@ -12,11 +12,30 @@ use arc_swap::{ArcSwap, Guard};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use super::{load_dir, version_of_dir, LoadOptions, PolicyError, PolicyErrors, PolicySnapshot};
+use super::{load_dir, reload_dir, LoadOptions, PolicyError, PolicyErrors, PolicySnapshot, Reload};
 use crate::audit::{Audit, AuditEvent, EventKind};
 
 /// How long the policy directory must be quiet before a reload: editors write in bursts.
 const WATCH_DEBOUNCE: Duration = Duration::from_millis(300);
+
+/// What gives the memory a load or reload freed back to the system (see [`set_memory_release`]).
+static MEMORY_RELEASE: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Sets what gives freed memory back to the system once a policy has been loaded or a reload
+/// has ended (swapped, unchanged or failed): the binary's allocator's own call (mimalloc's
+/// `mi_collect`), which this library, free of `unsafe`, does not make itself. It runs on the
+/// loader's thread, which made and freed the memory. Without it, memory goes back whenever the
+/// allocator decides (mimalloc: a second after it is freed, but only at its next activity).
+/// The first call wins.
+pub fn set_memory_release(release: fn()) {
+    let _ = MEMORY_RELEASE.set(release);
+}
+
+fn release_memory() {
+    if let Some(release) = MEMORY_RELEASE.get() {
+        release();
+    }
+}
 
 /// The policy in force, shared by every front end; cheap to clone. Only a [`Reloader`]
 /// replaces it, so readers always see one whole snapshot.
@@ -72,9 +91,13 @@ pub struct ReloadRecord {
 /// Loads the policy directory off the async threads.
 pub async fn load(dir: &Path, options: &LoadOptions) -> Result<PolicySnapshot, PolicyErrors> {
     let (dir, options) = (dir.to_path_buf(), options.clone());
-    tokio::task::spawn_blocking(move || load_dir(&dir, &options))
-        .await
-        .unwrap_or_else(|e| Err(join_error(e)))
+    tokio::task::spawn_blocking(move || {
+        let loaded = load_dir(&dir, &options);
+        release_memory();
+        loaded
+    })
+    .await
+    .unwrap_or_else(|e| Err(join_error(e)))
 }
 
 /// Reloads the policy files into a [`PolicyHandle`], one reload at a time.
@@ -111,40 +134,36 @@ impl Reloader {
     /// successful reload it is recorded for `status` (clearing an earlier failure).
     pub async fn reload(&self) -> ReloadOutcome {
         let _one_at_a_time = self.lock.lock().await;
-        // Unchanged files (SIGHUP, a save without changes, a reverted edit): answered from the
-        // files' hash, without building a second snapshot beside the one in force.
-        let dir = self.dir.clone();
-        let current = self.policy.load_full();
-        if let Ok(Some(version)) = tokio::task::spawn_blocking(move || version_of_dir(&dir)).await {
-            if version == current.version {
-                self.record(true, Vec::new());
-                tracing::debug!(%version, "policy files unchanged");
-                return ReloadOutcome::Reloaded {
-                    version,
-                    organizations: current.organizations().len(),
-                    mailboxes: current.mailbox_count(),
-                    unchanged: true,
-                };
-            }
-        }
-        drop(current);
-        // Built, compared and swapped on one blocking-pool thread, which also frees the old
-        // snapshot when no session holds it any more: frees on the allocating thread let the
-        // allocator reuse and return the pages at once (frees from another thread are deferred
-        // until the idle loader thread runs again).
+        // Read, compared, built and swapped on one blocking-pool thread. Only the files whose
+        // text changed are parsed; the others keep the tables of the snapshot in force, which
+        // the new snapshot shares, so a reload costs the changed files, not a second policy.
+        // Unchanged files (SIGHUP, a save without changes, a reverted edit) build nothing.
+        // The thread also frees what the new snapshot no longer uses when no session holds the
+        // old one any more: frees on the allocating thread let the allocator reuse and return
+        // the pages at once (frees from another thread are deferred until the idle loader
+        // thread runs again).
         let (dir, options, policy) = (self.dir.clone(), self.options.clone(), self.policy.clone());
         let swapped = tokio::task::spawn_blocking(move || {
-            let snapshot = load_dir(&dir, &options)?;
-            let summary = (
-                snapshot.version.clone(),
-                snapshot.organizations().len(),
-                snapshot.mailbox_count(),
-            );
-            let unchanged = snapshot.version == policy.load().version;
-            if !unchanged {
-                drop(policy.swap(Arc::new(snapshot)));
-            }
-            Ok((summary, unchanged))
+            let current = policy.load_full();
+            let summary = |s: &PolicySnapshot| {
+                (
+                    s.version.clone(),
+                    s.organizations().len(),
+                    s.mailbox_count(),
+                )
+            };
+            let outcome = match reload_dir(&dir, &options, &current) {
+                Ok(Reload::Unchanged) => Ok((summary(&current), true)),
+                Ok(Reload::Changed(snapshot)) => {
+                    let new = summary(&snapshot);
+                    drop(policy.swap(Arc::from(snapshot)));
+                    Ok((new, false))
+                }
+                Err(errors) => Err(errors),
+            };
+            drop(current);
+            release_memory();
+            outcome
         })
         .await
         .unwrap_or_else(|e| Err(join_error(e)));
@@ -184,6 +203,10 @@ impl Reloader {
                 // Place and kind only: the audit log may be readable by people who may not
                 // read the policy files, and a message quotes a token of the file.
                 ev.errors = Some(errors.0.iter().map(|e| e.place_and_kind()).collect());
+                crate::alerts::raise(crate::alerts::AlertEvent::policy_reload_failed(
+                    ev.version.as_deref().unwrap_or_default(),
+                    ev.errors.as_deref().unwrap_or_default(),
+                ));
                 self.audit.record(ev).await;
                 ReloadOutcome::Failed(errors)
             }
@@ -191,6 +214,7 @@ impl Reloader {
     }
 
     fn record(&self, ok: bool, errors: Vec<String>) {
+        crate::metrics::policy_reload(ok);
         let record = ReloadRecord {
             at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             ok,

@@ -2,6 +2,7 @@
 //! validation error with its position.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::*;
 use crate::reason::Reason;
@@ -689,4 +690,289 @@ mailboxes:
     for (got, want) in e.iter().zip(expect) {
         assert!(got.starts_with(want), "\n got: {got}\nwant: {want}");
     }
+}
+
+/// Writes `files` into `dir` (name, text).
+fn write_all(dir: &std::path::Path, files: &[(&str, &str)]) {
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+}
+
+/// What a snapshot decides for `addresses`, and its organizations: equal for equal policies.
+fn meaning(snap: &PolicySnapshot, addresses: &[&str]) -> String {
+    let mut out = format!("{:?}\n", snap.organizations());
+    for a in addresses {
+        out.push_str(&format!("{:?}\n", snap.describe(a)));
+    }
+    for o in snap.organizations() {
+        out.push_str(&format!("{}: {:?}\n", o.name, snap.mailboxes_of(&o.name)));
+    }
+    out
+}
+
+/// The table of organization `name`, to see whether two snapshots share it.
+fn table_of<'s>(snap: &'s PolicySnapshot, name: &str) -> &'s Arc<OrgTable> {
+    let i = snap
+        .organizations()
+        .iter()
+        .position(|o| o.name == name)
+        .unwrap();
+    &snap.tables[i]
+}
+
+fn reloaded(dir: &std::path::Path, previous: &PolicySnapshot) -> PolicySnapshot {
+    match reload_dir(dir, &LoadOptions::default(), previous).unwrap() {
+        Reload::Changed(s) => *s,
+        Reload::Unchanged => panic!("expected a changed policy"),
+    }
+}
+
+const ADDRESSES: &[&str] = &[
+    "a1@a.com",
+    "a2@a.com",
+    "b1@b.com",
+    "m@moving.com",
+    "x@moving.com",
+    "g@free.org",
+    "nobody@else.org",
+];
+
+#[test]
+fn a_reload_with_one_changed_file_reuses_the_other_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    write_all(
+        dir.path(),
+        &[
+            (
+                "a.yaml",
+                &org(
+                    "a",
+                    "[a.com]",
+                    "false",
+                    "  a1@a.com: { smtp_client_authentication_disabled: true }\n",
+                ),
+            ),
+            ("b.yaml", &org("b", "[b.com]", "false", "  b1@b.com: {}\n")),
+            (
+                "z.yaml",
+                &org(
+                    "rest",
+                    "[\"*\"]",
+                    "false",
+                    "  g@free.org: { max_concurrent_sessions_per_mailbox: 9 }\n",
+                ),
+            ),
+        ],
+    );
+    let first = load_dir(dir.path(), &LoadOptions::default()).unwrap();
+    // Nothing changed (a rewrite with the same text included): nothing is built.
+    std::fs::write(
+        dir.path().join("b.yaml"),
+        std::fs::read(dir.path().join("b.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert!(matches!(
+        reload_dir(dir.path(), &LoadOptions::default(), &first).unwrap(),
+        Reload::Unchanged
+    ));
+
+    write_all(
+        dir.path(),
+        &[(
+            "b.yaml",
+            &org(
+                "b",
+                "[b.com]",
+                "true",
+                "  b1@b.com: { smtp_client_authentication_disabled: false }\n",
+            ),
+        )],
+    );
+    let second = reloaded(dir.path(), &first);
+    assert!(Arc::ptr_eq(table_of(&first, "a"), table_of(&second, "a")));
+    assert!(Arc::ptr_eq(
+        table_of(&first, "rest"),
+        table_of(&second, "rest")
+    ));
+    assert!(!Arc::ptr_eq(table_of(&first, "b"), table_of(&second, "b")));
+    // The same policy, version and decisions as a load from scratch.
+    let fresh = load_dir(dir.path(), &LoadOptions::default()).unwrap();
+    assert_eq!(second.version, fresh.version);
+    assert_ne!(second.version, first.version);
+    assert_eq!(meaning(&second, ADDRESSES), meaning(&fresh, ADDRESSES));
+    assert!(
+        !second
+            .describe("b1@b.com")
+            .effective_smtp_client_authentication_disabled
+    );
+    assert!(
+        second
+            .describe("b2@b.com")
+            .effective_smtp_client_authentication_disabled
+    );
+    // The snapshot in force is untouched by the reload.
+    assert!(
+        !first
+            .describe("b2@b.com")
+            .effective_smtp_client_authentication_disabled
+    );
+    assert_eq!(second.mailbox_count(), 3);
+}
+
+#[test]
+fn a_removed_file_disappears_from_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    write_all(
+        dir.path(),
+        &[
+            ("a.yaml", &org("a", "[a.com]", "false", "  a1@a.com: {}\n")),
+            (
+                "b.yaml",
+                &org(
+                    "b",
+                    "[b.com]",
+                    "false",
+                    "  b1@b.com: { max_concurrent_sessions_per_mailbox: 4 }\n",
+                ),
+            ),
+        ],
+    );
+    let first = load_dir(dir.path(), &LoadOptions::default()).unwrap();
+    std::fs::remove_file(dir.path().join("b.yaml")).unwrap();
+    let second = reloaded(dir.path(), &first);
+    assert!(Arc::ptr_eq(table_of(&first, "a"), table_of(&second, "a")));
+    assert_eq!(second.organizations().len(), 1);
+    assert_eq!(second.files, vec![dir.path().join("a.yaml")]);
+    assert_eq!(second.mailbox_count(), 1);
+    assert!(second.mailboxes_of("b").is_empty());
+    let v = second.describe("b1@b.com");
+    assert_eq!((v.source, v.listed), (Source::UnknownOrganization, false));
+    assert_eq!(
+        meaning(&second, ADDRESSES),
+        meaning(
+            &load_dir(dir.path(), &LoadOptions::default()).unwrap(),
+            ADDRESSES
+        )
+    );
+}
+
+#[test]
+fn a_domain_moved_to_another_file_moves_its_mailboxes_and_is_checked_against_kept_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    write_all(
+        dir.path(),
+        &[
+            (
+                "a.yaml",
+                &org(
+                    "a",
+                    "[a.com, moving.com]",
+                    "false",
+                    "  m@moving.com: { max_concurrent_sessions_per_mailbox: 2 }\n",
+                ),
+            ),
+            ("b.yaml", &org("b", "[b.com]", "true", "")),
+            (
+                "z.yaml",
+                &org("rest", "[\"*\"]", "false", "  g@free.org: {}\n"),
+            ),
+        ],
+    );
+    let first = load_dir(dir.path(), &LoadOptions::default()).unwrap();
+    assert_eq!(
+        first.describe("x@moving.com").organization.as_deref(),
+        Some("a")
+    );
+
+    // moving.com (and its mailbox) goes from a to b.
+    write_all(
+        dir.path(),
+        &[
+            ("a.yaml", &org("a", "[a.com]", "false", "")),
+            (
+                "b.yaml",
+                &org(
+                    "b",
+                    "[b.com, moving.com]",
+                    "true",
+                    "  m@moving.com: { smtp_client_authentication_disabled: false }\n",
+                ),
+            ),
+        ],
+    );
+    let second = reloaded(dir.path(), &first);
+    assert!(Arc::ptr_eq(
+        table_of(&first, "rest"),
+        table_of(&second, "rest")
+    ));
+    let v = second.describe("x@moving.com");
+    assert_eq!(v.organization.as_deref(), Some("b"));
+    assert!(v.effective_smtp_client_authentication_disabled);
+    let m = second.describe("m@moving.com");
+    assert_eq!((m.organization.as_deref(), m.listed), (Some("b"), true));
+    assert!(!m.effective_smtp_client_authentication_disabled);
+    assert!(second.mailboxes_of("a").is_empty());
+    assert_eq!(
+        meaning(&second, ADDRESSES),
+        meaning(
+            &load_dir(dir.path(), &LoadOptions::default()).unwrap(),
+            ADDRESSES
+        )
+    );
+
+    // A changed file that claims a domain the kept fallback table lists a mailbox of: the
+    // kept table is checked again and its mailbox reported at its own line and column.
+    write_all(
+        dir.path(),
+        &[("a.yaml", &org("a", "[a.com, free.org]", "false", ""))],
+    );
+    let e = reload_dir(dir.path(), &LoadOptions::default(), &second).unwrap_err();
+    assert_eq!(e.0.len(), 1, "{e}");
+    assert_eq!(
+        e.0[0].to_string(),
+        format!(
+            "{}:5:3: mailbox g@free.org is outside organization \"rest\"'s domains: free.org belongs to organization \"a\" ({})",
+            dir.path().join("z.yaml").display(),
+            dir.path().join("a.yaml").display()
+        )
+    );
+    assert_eq!(
+        e,
+        load_dir(dir.path(), &LoadOptions::default()).unwrap_err()
+    );
+}
+
+#[test]
+fn one_large_file_is_read_entry_by_entry_with_the_same_errors() {
+    // The mailboxes mapping is streamed; errors in it, and before a syntax error, behave as
+    // with a whole tree: every mailbox error at its place, a syntax error alone.
+    let mut text = String::from("mailboxes:\n");
+    for i in 0..2000 {
+        text.push_str(&format!("  u{i}@a.com: {{}}\n"));
+    }
+    text.push_str("  u5@a.com: { colour: red }\n  bad: {}\norganization: a\ndomains: [a.com]\n");
+    let e = errors(&[("a.yaml", &text)]);
+    assert_eq!(e.len(), 3, "{e:#?}");
+    assert!(
+        e[0].starts_with("a.yaml:2002:3: mailbox u5@a.com is already listed at a.yaml:7"),
+        "{}",
+        e[0]
+    );
+    assert!(
+        e[1].starts_with("a.yaml:2002:15: unknown key \"colour\" in mailbox u5@a.com"),
+        "{}",
+        e[1]
+    );
+    assert!(
+        e[2].starts_with("a.yaml:2003:3: \"bad\" is not a mailbox address"),
+        "{}",
+        e[2]
+    );
+    let e = errors(&[("a.yaml", &format!("{text}  oops: [\n"))]);
+    assert_eq!(e.len(), 1, "{e:#?}");
+    let ok = text.replace("  u5@a.com: { colour: red }\n  bad: {}\n", "");
+    let snap = load(&[("a.yaml", &ok)]).unwrap();
+    assert_eq!(snap.mailbox_count(), 2000);
+    assert!(snap.describe("u1999@a.com").listed);
 }

@@ -86,17 +86,55 @@ impl PolicyCodec {
     }
 }
 
-fn text(name: &'static str, v: &[u8]) -> Result<String, CodecError> {
-    std::str::from_utf8(v)
-        .map(str::to_owned)
-        .map_err(|_| CodecError::InvalidUtf8(name))
+/// `v` as text, into `out` (whose allocation is reused).
+fn text_into(name: &'static str, v: &[u8], out: &mut String) -> Result<(), CodecError> {
+    let v = std::str::from_utf8(v).map_err(|_| CodecError::InvalidUtf8(name))?;
+    out.clear();
+    out.push_str(v);
+    Ok(())
+}
+
+fn number<T: std::str::FromStr>(name: &'static str, v: &[u8]) -> Result<Option<T>, CodecError> {
+    let v = std::str::from_utf8(v).map_err(|_| CodecError::InvalidUtf8(name))?;
+    Ok(v.parse().ok())
 }
 
 /// Parses one complete request (without its terminating empty line).
 pub fn parse_request(block: &[u8]) -> Result<Request, CodecError> {
     let mut req = Request::default();
+    parse_request_into(block, &mut req)?;
+    Ok(req)
+}
+
+/// Parses one complete request into `req`, reusing its strings' allocations (a connection
+/// parses every request into the same [`Request`]): every attribute is reset first, so nothing
+/// of the request before remains.
+pub fn parse_request_into(block: &[u8], req: &mut Request) -> Result<(), CodecError> {
+    for field in [
+        &mut req.request,
+        &mut req.protocol_state,
+        &mut req.client_address,
+        &mut req.client_port,
+        &mut req.server_address,
+        &mut req.server_port,
+        &mut req.instance,
+        &mut req.queue_id,
+        &mut req.sender,
+        &mut req.recipient,
+        &mut req.sasl_method,
+        &mut req.sasl_username,
+        &mut req.encryption_protocol,
+    ] {
+        field.clear();
+    }
+    req.recipient_count = None;
+    req.size = None;
     let mut count = 0;
-    for (i, line) in block.split(|b| *b == b'\n').enumerate() {
+    let mut start = 0;
+    let ends = memchr::memchr_iter(b'\n', block).chain(std::iter::once(block.len()));
+    for (i, end) in ends.enumerate() {
+        let line = &block[start..end];
+        start = end + 1;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
             continue;
@@ -105,10 +143,7 @@ pub fn parse_request(block: &[u8]) -> Result<Request, CodecError> {
         if count > MAX_ATTRIBUTES {
             return Err(CodecError::TooManyAttributes);
         }
-        let eq = line
-            .iter()
-            .position(|b| *b == b'=')
-            .ok_or(CodecError::MissingEquals(i + 1))?;
+        let eq = memchr::memchr(b'=', line).ok_or(CodecError::MissingEquals(i + 1))?;
         let (name, value) = (&line[..eq], &line[eq + 1..]);
         let slot: (&'static str, &mut String) = match name {
             b"request" => ("request", &mut req.request),
@@ -125,35 +160,49 @@ pub fn parse_request(block: &[u8]) -> Result<Request, CodecError> {
             b"sasl_username" => ("sasl_username", &mut req.sasl_username),
             b"encryption_protocol" => ("encryption_protocol", &mut req.encryption_protocol),
             b"recipient_count" => {
-                req.recipient_count = text("recipient_count", value)?.parse().ok();
+                req.recipient_count = number("recipient_count", value)?;
                 continue;
             }
             b"size" => {
-                req.size = text("size", value)?.parse().ok();
+                req.size = number("size", value)?;
                 continue;
             }
             _ => continue,
         };
-        *slot.1 = text(slot.0, value)?;
+        text_into(slot.0, value, slot.1)?;
     }
     if count == 0 {
         return Err(CodecError::Empty);
     }
-    Ok(req)
+    Ok(())
 }
 
-impl Decoder for PolicyCodec {
-    type Item = Request;
-    type Error = CodecError;
+impl PolicyCodec {
+    /// Like [`Decoder::decode`], but parses the request into `req` (reusing its allocations);
+    /// `Ok(true)` when a whole request was decoded.
+    pub fn decode_into(
+        &mut self,
+        buf: &mut BytesMut,
+        req: &mut Request,
+    ) -> Result<bool, CodecError> {
+        let Some((block_end, consumed)) = self.find_end(buf)? else {
+            return Ok(false);
+        };
+        let block = buf.split_to(consumed);
+        parse_request_into(&block[..block_end], req)?;
+        Ok(true)
+    }
 
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, CodecError> {
+    /// Finds the empty line that ends the request at the start of `buf`: the request's length
+    /// and the bytes to consume with its empty line; `None` while incomplete.
+    fn find_end(&mut self, buf: &BytesMut) -> Result<Option<(usize, usize)>, CodecError> {
         // Check, then parse: find the empty line ("\n\n", or "\n\r\n" from hand-written
         // clients) that ends the request, resuming where the last call stopped and counting
         // lines on the way so that an endless request is refused early.
         let mut i = self.scanned;
         let mut found = None;
         loop {
-            let Some(off) = buf[i..].iter().position(|b| *b == b'\n') else {
+            let Some(off) = memchr::memchr(b'\n', &buf[i..]) else {
                 // No newline in the rest: the next call resumes after it, so that a long line
                 // arriving in small pieces is scanned once, not once per piece.
                 i = buf.len();
@@ -193,10 +242,19 @@ impl Decoder for PolicyCodec {
         if block_end > MAX_REQUEST_BYTES {
             return Err(CodecError::TooLarge);
         }
-        let block = buf.split_to(consumed);
         self.scanned = 0;
         self.lines = 0;
-        parse_request(&block[..block_end]).map(Some)
+        Ok(Some((block_end, consumed)))
+    }
+}
+
+impl Decoder for PolicyCodec {
+    type Item = Request;
+    type Error = CodecError;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, CodecError> {
+        let mut req = Request::default();
+        Ok(self.decode_into(buf, &mut req)?.then_some(req))
     }
 
     fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, CodecError> {
@@ -213,10 +271,17 @@ impl Encoder<Response> for PolicyCodec {
 
     fn encode(&mut self, item: Response, dst: &mut BytesMut) -> Result<(), CodecError> {
         // A reply text never carries a line break: it would end the reply early.
-        let action = item.0.replace(['\r', '\n'], " ");
+        let action = item.0.as_bytes();
         dst.reserve(action.len() + 9);
         dst.put_slice(b"action=");
-        dst.put_slice(action.as_bytes());
+        if memchr::memchr2(b'\r', b'\n', action).is_some() {
+            dst.extend(action.iter().map(|&b| match b {
+                b'\r' | b'\n' => b' ',
+                b => b,
+            }));
+        } else {
+            dst.put_slice(action);
+        }
         dst.put_slice(b"\n\n");
         Ok(())
     }

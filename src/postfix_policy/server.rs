@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Encoder;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -138,25 +138,47 @@ async fn handle_connection(
     // writes it, only compares instants and never touches the timer wheel.
     let timer = tokio::time::sleep_until(opened + settings.read_timeout);
     tokio::pin!(timer);
+    // Registered once: a fresh `cancelled()` per loop would join and leave the token's waiter
+    // list (a lock each time) at every request.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
+    // Every request is parsed into this one (its strings' allocations are reused).
+    let mut request = Request::default();
     loop {
-        match codec.decode(&mut buf) {
-            Ok(Some(request)) => {
-                let response = conn.handle(request).await;
-                if let Err(e) = send(&mut stream, &mut codec, &mut out, response, settings).await {
-                    tracing::warn!(peer, "policy connection: cannot send reply: {e}");
+        // Every whole request in the buffer is answered (Postfix sends one at a time; a client
+        // that pipelines gets its replies in one write).
+        let mut failed = None;
+        loop {
+            match codec.decode_into(&mut buf, &mut request) {
+                Ok(true) => {
+                    let response = conn.handle(&request).await;
+                    if let Err(e) = codec.encode(response, &mut out) {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+                Ok(false) => break,
+                Err(e) => {
+                    failed = Some(e);
                     break;
                 }
-                let now = Instant::now();
-                clock.last_reply = now;
-                // Bytes after the request (pipelining) start the next one.
-                clock.request_started = (!buf.is_empty()).then_some(now);
-                continue;
             }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(peer, "closing policy connection: {e}");
+        }
+        if !out.is_empty() {
+            // Replies to the requests before a bad one still go out.
+            if let Err(e) = send(&mut stream, &out, settings).await {
+                tracing::warn!(peer, "policy connection: cannot send reply: {e}");
                 break;
             }
+            out.clear();
+            let now = Instant::now();
+            clock.last_reply = now;
+            // Bytes after the request (pipelining) start the next one.
+            clock.request_started = (!buf.is_empty()).then_some(now);
+        }
+        if let Some(e) = failed {
+            tracing::warn!(peer, "closing policy connection: {e}");
+            break;
         }
         let lease_since = conn
             .txn
@@ -170,7 +192,7 @@ async fn handle_connection(
             timer.as_mut().reset(due);
         }
         tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = &mut cancelled => break,
             _ = timer.as_mut() => {
                 match clock.wake(Instant::now(), lease_since, settings) {
                     Wake::RequestTimedOut if buf.is_empty() => {
@@ -237,16 +259,8 @@ async fn handle_connection(
     tracing::debug!(peer, "policy connection closed");
 }
 
-/// Writes one reply; a peer that does not take it within `read_timeout` is given up on.
-async fn send(
-    stream: &mut Stream,
-    codec: &mut PolicyCodec,
-    out: &mut BytesMut,
-    response: Response,
-    settings: &Settings,
-) -> Result<(), CodecError> {
-    out.clear();
-    codec.encode(response, out)?;
+/// Writes the replies; a peer that does not take them within `read_timeout` is given up on.
+async fn send(stream: &mut Stream, out: &[u8], settings: &Settings) -> Result<(), CodecError> {
     match tokio::time::timeout(settings.read_timeout, stream.write_all(out)).await {
         Ok(written) => Ok(written?),
         Err(_) => Err(CodecError::Io(std::io::Error::new(
@@ -351,9 +365,9 @@ impl Connection<'_> {
         facts(self.peer, r).event(kind)
     }
 
-    async fn handle(&mut self, r: Request) -> Response {
+    async fn handle(&mut self, r: &Request) -> Response {
         // A request from another session or transaction ends the one before.
-        if self.txn.as_ref().is_some_and(|t| !t.key.matches(&r)) {
+        if self.txn.as_ref().is_some_and(|t| !t.key.matches(r)) {
             self.end_txn().await;
         }
         if r.sasl_username.is_empty() {
@@ -373,20 +387,20 @@ impl Connection<'_> {
             txn.last_seen = Instant::now();
             if r.is_end_of_message() {
                 let allowed = txn.allowed.take();
-                self.complete(&r, allowed).await;
+                self.complete(r, allowed).await;
             }
             return Response::dunno();
         }
         let snapshot = self.ctx.policy.load();
         let txn = self.txn.get_or_insert_with(|| Txn {
-            key: TxnKey::of(&r),
+            key: TxnKey::of(r),
             login: r.sasl_username.clone(),
             allowed: None,
             hold: Hold::new(Scope::Transaction),
             last_seen: Instant::now(),
         });
         txn.last_seen = Instant::now();
-        let facts = facts(self.peer, &r);
+        let facts = facts(self.peer, r);
         let allowed = match admission::admit(self.ctx, &snapshot, &facts, &mut txn.hold).await {
             admission::Outcome::Admitted { allowed, .. } => allowed,
             admission::Outcome::Refused(refusal) => {
@@ -396,7 +410,7 @@ impl Connection<'_> {
             admission::Outcome::Deferred(refusal) => return Response(refusal.reply.to_string()),
         };
         if r.is_end_of_message() {
-            self.complete(&r, Some(allowed)).await;
+            self.complete(r, Some(allowed)).await;
         } else if let Some(txn) = self.txn.as_mut() {
             txn.login.clone_from(&r.sasl_username);
             txn.allowed = Some(allowed);

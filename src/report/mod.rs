@@ -33,21 +33,29 @@
 //! - `event`: the fields of one audit line and what it counts for (the counting rules);
 //! - `tally`: per-sender counts ([`Tally`]), [`ReportBuilder`] and the finished [`Report`];
 //! - `table`: the aligned table and the CSV (one column list for both);
-//! - `json`: the JSON document.
+//! - `json`: the JSON document;
+//! - `html`: one self-contained page with Exchange's four charts (inline SVG) and the sortable
+//!   table;
+//! - `logs`: the audit log named in the configuration and its rotated siblings (the default
+//!   inputs).
 
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::str::FromStr;
 
 mod event;
+mod html;
 mod input;
 mod json;
+mod logs;
 mod range;
 mod table;
 mod tally;
 
+pub use html::write_html;
 pub use input::MAX_LINE_BYTES;
 pub use json::write_json;
+pub use logs::rotated_logs;
 pub use range::{parse_timestamp, TimeRange};
 pub use table::{write_csv, write_table};
 pub use tally::{
@@ -86,7 +94,7 @@ pub enum ReportError {
         until: String,
     },
     /// An output format other than table, csv, json.
-    #[error("unknown format {0:?} (expected table, csv or json)")]
+    #[error("unknown format {0:?} (expected table, csv, json or html)")]
     BadFormat(String),
     /// Writing the report failed.
     #[error("writing the report: {0}")]
@@ -108,6 +116,8 @@ pub enum Format {
     Csv,
     /// One JSON object: `rows`, `totals` and the period.
     Json,
+    /// One self-contained HTML page: four charts and the sortable table.
+    Html,
 }
 
 impl FromStr for Format {
@@ -117,6 +127,7 @@ impl FromStr for Format {
             "table" => Ok(Format::Table),
             "csv" => Ok(Format::Csv),
             "json" => Ok(Format::Json),
+            "html" => Ok(Format::Html),
             other => Err(ReportError::BadFormat(other.to_string())),
         }
     }
@@ -140,6 +151,7 @@ pub fn run(
         Format::Table => write_table(&report, out)?,
         Format::Csv => write_csv(&report, out)?,
         Format::Json => write_json(&report, out)?,
+        Format::Html => write_html(&report, out)?,
     }
     out.flush()?;
     if report.skipped.lines > 0 {

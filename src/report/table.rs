@@ -289,3 +289,45 @@ pub fn write_csv(report: &Report, out: &mut dyn Write) -> Result<(), ReportError
     w.flush()?;
     Ok(())
 }
+
+/// The table as the HTML report shows it: the columns the terminal table shows (optional
+/// ones only when not all zero), each with whether it is numeric, and the cells of every
+/// sender and of the totals, unescaped and uncut (the HTML writer escapes them).
+pub(super) struct Cells {
+    pub(super) headers: Vec<(&'static str, bool)>,
+    pub(super) rows: Vec<Vec<String>>,
+    pub(super) totals: Vec<String>,
+}
+
+/// See [`Cells`].
+pub(super) fn cells(report: &Report) -> Cells {
+    let columns: Vec<&Column> = COLUMNS
+        .iter()
+        .filter(|c| !c.optional || entries(report).any(|e| (c.cell)(&e) != "0"))
+        .collect();
+    let totals_label = format!("Total ({} senders)", report.rows.len());
+    let mut rows = Vec::with_capacity(report.rows.len());
+    let mut totals = Vec::new();
+    for e in entries(report) {
+        let values: Vec<String> = columns
+            .iter()
+            .map(|c| {
+                if e.is_total && c.header == "Sender address" {
+                    totals_label.clone()
+                } else {
+                    (c.cell)(&e)
+                }
+            })
+            .collect();
+        if e.is_total {
+            totals = values;
+        } else {
+            rows.push(values);
+        }
+    }
+    Cells {
+        headers: columns.iter().map(|c| (c.header, c.numeric)).collect(),
+        rows,
+        totals,
+    }
+}

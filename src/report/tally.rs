@@ -2,7 +2,7 @@
 //! accumulated line by line by [`ReportBuilder`] into the finished, sorted [`Report`].
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufRead};
 use std::path::Path;
 use std::time::SystemTime;
@@ -327,6 +327,9 @@ pub struct Report {
     pub skipped: Skipped,
     /// Inputs that could not be read to their end: name and error (what was read still counts).
     pub read_errors: Vec<String>,
+    /// Messages sent per UTC day (days since the Unix epoch) and sending domain, for the HTML
+    /// report's volume chart; domains in name order.
+    pub daily: BTreeMap<i64, Vec<(String, u64)>>,
 }
 
 /// Accumulates audit lines into per-sender tallies.
@@ -338,6 +341,16 @@ pub struct ReportBuilder {
     last_event: Option<SystemTime>,
     skipped: Skipped,
     read_errors: Vec<String>,
+    /// Messages per UTC day and sending domain: grows with days × domains, not with messages.
+    daily: HashMap<i64, HashMap<Box<str>, u64>>,
+}
+
+/// The UTC day of `t`, as days since the Unix epoch.
+pub(super) fn day_of(t: SystemTime) -> i64 {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    i64::try_from(secs / 86_400).unwrap_or(i64::MAX)
 }
 
 impl ReportBuilder {
@@ -409,6 +422,22 @@ impl ReportBuilder {
         }
         self.first_event = Some(self.first_event.map_or(ts, |f| f.min(ts)));
         self.last_event = Some(self.last_event.map_or(ts, |l| l.max(ts)));
+        if contribution == Contribution::Message {
+            let domain = mailbox.rsplit_once('@').map_or("", |(_, d)| d);
+            let domain: Cow<'_, str> = if domain.chars().any(char::is_uppercase) {
+                Cow::Owned(domain.to_lowercase())
+            } else {
+                Cow::Borrowed(domain)
+            };
+            let domains = self.daily.entry(day_of(ts)).or_default();
+            // Looked up by reference: a key is allocated once per day and domain.
+            match domains.get_mut(&*domain) {
+                Some(n) => *n += 1,
+                None => {
+                    domains.insert(domain.into(), 1);
+                }
+            }
+        }
         let tally = self.tally(mailbox);
         match contribution {
             Contribution::Message => {
@@ -476,6 +505,16 @@ impl ReportBuilder {
                 .cmp(&a.tally.messages_sent)
                 .then_with(|| a.sender.cmp(&b.sender))
         });
+        let mut daily: BTreeMap<i64, Vec<(String, u64)>> = BTreeMap::new();
+        for (day, domains) in self.daily {
+            daily.insert(
+                day,
+                domains.into_iter().map(|(d, n)| (d.into(), n)).collect(),
+            );
+        }
+        for domains in daily.values_mut() {
+            domains.sort();
+        }
         Report {
             range: self.range,
             rows,
@@ -484,6 +523,7 @@ impl ReportBuilder {
             last_event: self.last_event,
             skipped: self.skipped,
             read_errors: self.read_errors,
+            daily,
         }
     }
 }

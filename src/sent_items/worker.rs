@@ -240,6 +240,25 @@ async fn dispatch<S: SentItemsStore>(shared: Arc<Shared<S>>) {
                 shared.wake.notify_one();
             });
         }
+        // A drained backlog gives its room back: the queues' capacity would otherwise stay at
+        // the largest backlog seen (a store outage leaves megabytes behind for good).
+        if oversized(queued.capacity(), queued.len()) {
+            queued.shrink_to(queued.len() * 2);
+        }
+        if oversized(ready.capacity(), ready.len()) {
+            ready.shrink_to(ready.len() * 2);
+        }
+        {
+            let mut schedule = lock(&shared.schedule);
+            if oversized(schedule.deferred.capacity(), schedule.deferred.len()) {
+                let keep = schedule.deferred.len() * 2;
+                schedule.deferred.shrink_to(keep);
+            }
+            if oversized(schedule.in_flight.capacity(), schedule.in_flight.len()) {
+                let keep = schedule.in_flight.len() * 2;
+                schedule.in_flight.shrink_to(keep);
+            }
+        }
         // Sleep until something is due, a wake-up, or the next scan.
         let next_due = lock(&shared.schedule).deferred.values().min().copied();
         let mut sleep_for = shared
@@ -261,6 +280,12 @@ async fn dispatch<S: SentItemsStore>(shared: Arc<Shared<S>>) {
     attempts.wait().await;
     shared.store.release_idle(true).await;
     tracing::info!("Sent Items delivery stopped");
+}
+
+/// Whether a queue of `capacity` that holds `len` entries is mostly empty room left by a
+/// backlog (small queues are left alone: shrinking costs a rehash).
+fn oversized(capacity: usize, len: usize) -> bool {
+    capacity > 1024 && capacity / 4 > len
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -395,6 +420,7 @@ async fn blocked<S: SentItemsStore>(
     mut state: DeliveryState,
     error: StoreError,
 ) -> Next {
+    crate::metrics::delivery(shared.store.name(), crate::metrics::DeliveryResult::Blocked);
     let settings = &shared.settings;
     let store = shared.store.name();
     match shared.problems.record(store, &error, &meta.mailbox) {
@@ -487,6 +513,7 @@ async fn failed_attempt<S: SentItemsStore>(
     }
     let at = SystemTime::now() + delay;
     state.next_attempt_at = Some(at);
+    crate::metrics::delivery(shared.store.name(), crate::metrics::DeliveryResult::Retry);
     tracing::warn!(
         entry = %id,
         mailbox = %meta.mailbox,
@@ -511,6 +538,7 @@ async fn give_up<S: SentItemsStore>(
     reason: Reason,
     text: String,
 ) {
+    crate::metrics::delivery(shared.store.name(), crate::metrics::DeliveryResult::Failed);
     tracing::error!(entry = %id, %reason, error = %text, "Sent Items copy given up; `submitgate spool retry` puts it back");
     if let Err(e) = shared.spool.fail(&id, text.clone()).await {
         tracing::error!(entry = %id, error = %e, "cannot move the entry to failed/");
@@ -523,6 +551,12 @@ async fn give_up<S: SentItemsStore>(
         state,
     );
     ev.reason = Some(reason);
+    crate::alerts::raise(crate::alerts::AlertEvent::sent_copy_failed(
+        ev.mailbox.as_deref(),
+        ev.organization.as_deref(),
+        reason.as_str(),
+        &text,
+    ));
     ev.message = Some(text);
     shared.audit.record(ev).await;
 }
@@ -534,6 +568,8 @@ async fn record_stored<S: SentItemsStore>(
     state: &DeliveryState,
     stored: Stored,
 ) {
+    crate::metrics::delivery(shared.store.name(), crate::metrics::DeliveryResult::Stored);
+    crate::metrics::delivery_lag(id.committed_at());
     tracing::debug!(entry = %id, mailbox = %meta.mailbox, already = stored.already_stored, "Sent Items copy stored");
     let mut ev = copy_event(
         EventKind::SentCopyStored,
@@ -612,6 +648,18 @@ mod tests {
             max: Duration::from_secs(600),
             auth_failure_attempts: 3,
         }
+    }
+
+    #[test]
+    fn a_drained_backlog_gives_its_room_back() {
+        assert!(!oversized(1024, 0), "small queues are left alone");
+        assert!(!oversized(8192, 4000));
+        assert!(oversized(8192, 100));
+        let mut queued: HashSet<u64> = (0..50_000).collect();
+        queued.retain(|id| *id < 10);
+        assert!(oversized(queued.capacity(), queued.len()));
+        queued.shrink_to(queued.len() * 2);
+        assert!(queued.capacity() < 1024, "{}", queued.capacity());
     }
 
     #[test]

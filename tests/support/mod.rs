@@ -116,6 +116,8 @@ fn package_of(program: &str) -> &str {
         "dovecot" | "doveadm" => "dovecot-imapd",
         "miltertest" => "miltertest",
         "openssl" => "openssl",
+        "chromedriver" => "chromium-driver",
+        "promtool" => "prometheus",
         other => other,
     }
 }
