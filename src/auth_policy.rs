@@ -394,6 +394,7 @@ impl AuthPolicy {
                     // refused at AUTH: audited once, when Dovecot reports it went through.
                     if success {
                         for reason in findings.would_refuse() {
+                            crate::metrics::would_refuse(FrontEnd::AuthPolicy, reason);
                             let mut would = ev.clone();
                             would.event = EventKind::WouldRefuse;
                             would.mailbox = Some(allowed.mailbox.clone());

@@ -126,6 +126,18 @@ async fn the_policy_front_end_reads_sasl_method_and_encryption_protocol() {
         .map(|e| e["reason"].as_str().unwrap())
         .collect();
     assert_eq!(would, ["legacy_tls", "basic_auth_disabled"]);
+    // And counted for Prometheus (per process: other tests of this file may add to it).
+    let metrics = submitgate::metrics::global().render(Default::default());
+    for reason in ["legacy_tls", "basic_auth_disabled"] {
+        let series =
+            format!("submitgate_would_refuse_total{{front_end=\"policy\",reason=\"{reason}\"}} ");
+        let line = metrics.lines().find(|l| l.starts_with(&series));
+        let n: f64 = line
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"));
+        assert!(n >= 1.0, "{series}{n}");
+    }
 }
 
 /// A milter session as Postfix runs it, with `{tls_version}` at HELO and/or MAIL.

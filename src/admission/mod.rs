@@ -345,6 +345,7 @@ async fn record_allow(
 ) {
     crate::metrics::decision(facts.front_end, AuditOutcome::Allow, None);
     for reason in findings.would_refuse() {
+        crate::metrics::would_refuse(facts.front_end, reason);
         let mut ev = facts.event(EventKind::WouldRefuse);
         ev.mailbox = Some(allowed.mailbox.clone());
         ev.organization = Some(allowed.organization.clone());
