@@ -83,6 +83,10 @@ pub enum EventKind {
     SenderReleased,
     /// A mailbox reached an outbound spam threshold whose action is `alert`: mail goes on.
     OutboundSpamAlert,
+    /// An authentication rule in `report_only` mode would have refused this submission (or,
+    /// from the auth policy endpoint, this login), which went ahead: `reason` and `reply` say
+    /// what enforcing the rule would do.
+    WouldRefuse,
     /// An alert reached its webhook or command (`alerts:`).
     AlertSent,
     /// An alert could not be delivered to its webhook or command.

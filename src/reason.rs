@@ -32,6 +32,14 @@ pub enum Reason {
     /// The mailbox is a restricted sender: blocked after reaching an outbound spam threshold,
     /// until midnight UTC or until an administrator releases it.
     SenderRestricted,
+    /// `allow_basic_auth_smtp: false` and the client authenticated with a Basic (password)
+    /// mechanism, or one the front end could not name (see `auth_protocol`).
+    BasicAuthDisabled,
+    /// `allow_legacy_tls_clients: false` and the session uses TLS 1.0/1.1 (or SSL); the reply
+    /// is a 421 by default (Exchange's), which closes the connection.
+    LegacyTls,
+    /// `require_tls: true` and the session is not encrypted.
+    TlsRequired,
 
     // Deferrals (the client is told to try again).
     /// The mailbox already has its limit of concurrent sessions.
@@ -56,7 +64,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in declaration order (for reports and metrics that list them all).
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 18] = [
         Reason::OrgDisabled,
         Reason::MailboxDisabled,
         Reason::UnknownOrganization,
@@ -64,6 +72,9 @@ impl Reason {
         Reason::RecipientRateLimit,
         Reason::RecipientsPerMessage,
         Reason::SenderRestricted,
+        Reason::BasicAuthDisabled,
+        Reason::LegacyTls,
+        Reason::TlsRequired,
         Reason::ConcurrencyLimit,
         Reason::MessageRateLimit,
         Reason::LimiterUnavailable,
@@ -84,6 +95,9 @@ impl Reason {
             Reason::RecipientRateLimit => "recipient_rate_limit",
             Reason::RecipientsPerMessage => "recipients_per_message",
             Reason::SenderRestricted => "sender_restricted",
+            Reason::BasicAuthDisabled => "basic_auth_disabled",
+            Reason::LegacyTls => "legacy_tls",
+            Reason::TlsRequired => "tls_required",
             Reason::ConcurrencyLimit => "concurrency_limit",
             Reason::MessageRateLimit => "message_rate_limit",
             Reason::LimiterUnavailable => "limiter_unavailable",

@@ -77,7 +77,12 @@ fn setup_with(store: &str) -> (tempfile::TempDir, PathBuf) {
     let store = store.replace("{dir}", &dir.path().display().to_string());
     let pdir = dir.path().join("policies");
     std::fs::create_dir(&pdir).unwrap();
-    std::fs::write(pdir.join("contoso.yaml"), CONTOSO).unwrap();
+    // A load test: Exchange's 30 messages a minute per mailbox would defer it.
+    let contoso = CONTOSO.replace(
+        "mailboxes:\n",
+        "sending_limits: { messages_per_minute: 0 }\nmailboxes:\n",
+    );
+    std::fs::write(pdir.join("contoso.yaml"), contoso).unwrap();
     let spool = dir.path().join("spool");
     std::fs::write(
         dir.path().join("submitgate.yaml"),

@@ -19,18 +19,24 @@
 //! start of a message: restricted sender, message rate, with the lease in one limiter step),
 //! [`recipient`] (each RCPT the policy front end sees) and [`accept`] (the end of the message:
 //! judged and counted only if accepted; [`unaccept`] takes it back if it is not after all).
+//!
+//! After the policy allows the mailbox come [`auth_rules`]: TLS required, legacy TLS and Basic
+//! authentication, each enforced or, in `report_only` mode, audited as `would_refuse`.
 
+pub mod auth_rules;
 pub mod limits;
 pub mod login;
 
 pub use limits::{accept, count_recipients, recipient, release_sender, unaccept, Accept};
 
 use crate::audit::{AuditEvent, EventKind, FrontEnd, Outcome as AuditOutcome};
+use crate::auth_protocol::TlsSeen;
 use crate::context::Context;
 use crate::limiter::{Lease, Opening, Usage};
 use crate::policy::{evaluate, Allowed, Decision, PolicySnapshot, Submission};
 use crate::reason::Reason;
 use crate::reply::SmtpReply;
+use auth_rules::{Findings, Seen};
 
 /// What a front end knows about a submission when it asks.
 #[derive(Debug, Clone, Copy)]
@@ -66,6 +72,14 @@ impl Facts<'_> {
         ev.sasl_method = self.sasl_mechanism.map(str::to_string);
         ev.sender = self.sender.map(str::to_string);
         ev
+    }
+
+    /// What the authentication rules look at: an absent TLS protocol is a session without TLS.
+    pub fn seen(&self) -> Seen<'_> {
+        Seen {
+            tls: TlsSeen::of_protocol(self.tls),
+            mechanism: self.sasl_mechanism,
+        }
     }
 }
 
@@ -151,8 +165,10 @@ pub enum Outcome {
         /// went on with the lease it held).
         in_use: Option<u32>,
     },
-    /// Refused for good (5xx): the policy disables the mailbox or its organization, or the
-    /// login cannot be a mailbox (then `mailbox` is the login escaped, [`login::shown`]).
+    /// Refused: the policy disables the mailbox or its organization, the login cannot be a
+    /// mailbox (then `mailbox` is the login escaped, [`login::shown`]), or an enforced
+    /// authentication rule refuses the session (legacy TLS answers `421`: Postfix then closes
+    /// the connection). The reply's class is the audit decision: 5xx `reject`, 4xx `defer`.
     Refused(Refusal),
     /// Try again later (4xx): over the mailbox's limit, or the limiter cannot answer.
     Deferred(Refusal),
@@ -200,9 +216,33 @@ pub async fn admit(
             return Outcome::Refused(refusal);
         }
     };
+    let findings = auth_rules::check(&allowed.auth, &facts.seen());
+    if let Some(reason) = findings.refusal() {
+        let refusal = Refusal {
+            reply: ctx.replies.for_reason(reason).clone(),
+            reason,
+            mailbox: allowed.mailbox,
+            organization: Some(allowed.organization),
+        };
+        tracing::info!(
+            peer = facts.peer,
+            mailbox = %refusal.mailbox,
+            %reason,
+            tls = facts.tls,
+            mechanism = facts.sasl_mechanism,
+            "submission refused by an authentication rule"
+        );
+        let decision = if refusal.reply.code >= 500 {
+            AuditOutcome::Reject
+        } else {
+            AuditOutcome::Defer
+        };
+        record_refusal(ctx, facts, decision, &refusal, None, None).await;
+        return Outcome::Refused(refusal);
+    }
     match hold.scope {
-        Scope::Session => admit_session(ctx, facts, allowed, hold).await,
-        Scope::Transaction => admit_transaction(ctx, facts, allowed, hold).await,
+        Scope::Session => admit_session(ctx, facts, allowed, &findings, hold).await,
+        Scope::Transaction => admit_transaction(ctx, facts, allowed, &findings, hold).await,
     }
 }
 
@@ -210,6 +250,7 @@ async fn admit_session(
     ctx: &Context,
     facts: &Facts<'_>,
     allowed: Allowed,
+    findings: &Findings,
     hold: &mut Hold,
 ) -> Outcome {
     // A session holds one lease, for the mailbox it authenticated as.
@@ -233,7 +274,7 @@ async fn admit_session(
             organization: allowed.organization.clone(),
         });
     }
-    record_allow(ctx, facts, &allowed, in_use).await;
+    record_allow(ctx, facts, &allowed, findings, in_use).await;
     Outcome::Admitted {
         allowed,
         in_use: Some(in_use),
@@ -244,6 +285,7 @@ async fn admit_transaction(
     ctx: &Context,
     facts: &Facts<'_>,
     allowed: Allowed,
+    findings: &Findings,
     hold: &mut Hold,
 ) -> Outcome {
     if hold.lease.is_some() {
@@ -255,7 +297,7 @@ async fn admit_transaction(
     match open(ctx, facts, &allowed, true, hold).await {
         Ok(in_use) => {
             if !std::mem::replace(&mut hold.allow_audited, true) {
-                record_allow(ctx, facts, &allowed, in_use).await;
+                record_allow(ctx, facts, &allowed, findings, in_use).await;
             }
             Outcome::Admitted {
                 allowed,
@@ -357,8 +399,33 @@ fn track(allowed: &Allowed, usage: Usage) -> limits::Tracked {
     }
 }
 
-async fn record_allow(ctx: &Context, facts: &Facts<'_>, allowed: &Allowed, in_use: u32) {
+/// Audits an admitted submission: first a `would_refuse` event for each authentication rule in
+/// `report_only` mode that it breaks, then the allow decision. Both come exactly once per
+/// admitted submission (session scope) or transaction (transaction scope), so the report can
+/// count them against the messages.
+async fn record_allow(
+    ctx: &Context,
+    facts: &Facts<'_>,
+    allowed: &Allowed,
+    findings: &Findings,
+    in_use: u32,
+) {
     crate::metrics::decision(facts.front_end, AuditOutcome::Allow, None);
+    for reason in findings.would_refuse() {
+        crate::metrics::would_refuse(facts.front_end, reason);
+        let mut ev = facts.event(EventKind::WouldRefuse);
+        ev.mailbox = Some(allowed.mailbox.clone());
+        ev.organization = Some(allowed.organization.clone());
+        ev.reason = Some(reason);
+        ev.reply = Some(ctx.replies.for_reason(reason).to_string());
+        tracing::debug!(
+            peer = facts.peer,
+            mailbox = %allowed.mailbox,
+            %reason,
+            "submission would be refused (report_only): let through"
+        );
+        ctx.audit.record(ev).await;
+    }
     let mut ev = facts.event(EventKind::SubmissionDecision);
     ev.mailbox = Some(allowed.mailbox.clone());
     ev.organization = Some(allowed.organization.clone());
@@ -403,10 +470,26 @@ pub struct LoginFacts<'a> {
     pub secured: Option<bool>,
 }
 
+impl LoginFacts<'_> {
+    /// What the authentication rules look at: Dovecot knows whether the login is encrypted,
+    /// never the TLS version, so legacy TLS cannot be judged at AUTH.
+    pub fn seen(&self) -> Seen<'_> {
+        Seen {
+            tls: TlsSeen::of_secured(self.secured),
+            mechanism: self.sasl_mechanism,
+        }
+    }
+}
+
 /// The answer at AUTH.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LoginCheck {
-    Allowed(Allowed),
+    /// The login may go ahead; `findings` are the authentication rules in `report_only` mode
+    /// it breaks (what enforcing them would refuse it for).
+    Allowed {
+        allowed: Allowed,
+        findings: Findings,
+    },
     /// `text` is the auth policy refusal text (no SMTP code: Postfix adds `535 5.7.8`).
     Refused {
         reason: Reason,
@@ -416,13 +499,14 @@ pub enum LoginCheck {
     },
 }
 
-/// The lease-free check at AUTH: the policy only (nothing is submitted yet, so nothing is
-/// counted). A refusal is logged; the audit event comes with Dovecot's report.
+/// The lease-free check at AUTH: the policy and the authentication rules that can be judged
+/// there (Basic authentication, TLS required; nothing is submitted yet, so nothing is counted).
+/// A refusal is logged; the audit event comes with Dovecot's report.
 pub fn check_login(ctx: &Context, snapshot: &PolicySnapshot, facts: &LoginFacts<'_>) -> LoginCheck {
     let _timer = crate::metrics::DecisionTimer::start(FrontEnd::AuthPolicy);
     let check = describe_login(ctx, snapshot, facts);
     let (outcome, reason) = match &check {
-        LoginCheck::Allowed(_) => (AuditOutcome::Allow, None),
+        LoginCheck::Allowed { .. } => (AuditOutcome::Allow, None),
         LoginCheck::Refused { reason, .. } => (AuditOutcome::Reject, Some(*reason)),
     };
     crate::metrics::decision(FrontEnd::AuthPolicy, outcome, reason);
@@ -439,6 +523,7 @@ pub fn check_login(ctx: &Context, snapshot: &PolicySnapshot, facts: &LoginFacts<
             problem,
             remote = facts.remote,
             protocol = facts.protocol,
+            mechanism = facts.sasl_mechanism,
             "login refused at AUTH"
         );
     }
@@ -461,7 +546,18 @@ pub fn describe_login(
         };
     }
     match evaluate(snapshot, &Submission { login: facts.login }) {
-        Decision::Allow(allowed) => LoginCheck::Allowed(allowed),
+        Decision::Allow(allowed) => {
+            let findings = auth_rules::check(&allowed.auth, &facts.seen());
+            match findings.refusal() {
+                Some(reason) => LoginCheck::Refused {
+                    text: ctx.replies.auth_text_for(reason).to_string(),
+                    reason,
+                    mailbox: allowed.mailbox,
+                    organization: Some(allowed.organization),
+                },
+                None => LoginCheck::Allowed { allowed, findings },
+            }
+        }
         Decision::Reject {
             reason,
             mailbox,

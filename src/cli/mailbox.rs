@@ -8,12 +8,12 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use submitgate::control;
 use submitgate::limiter::MailboxState;
-use submitgate::policy::editor::{Change, Setting};
+use submitgate::policy::editor::{Change, MailboxAuthChange, Setting};
 use submitgate::policy::{MailboxView, PolicySnapshot};
 
 use super::blocked_sender::{expires, time};
 use super::policy::{
-    format_list, limit_rows, load_config_for_policy, load_policy, parse_bool_setting,
+    auth_rows, format_list, limit_rows, load_config_for_policy, load_policy, parse_bool_setting,
     parse_limit_setting, set, title, PolicyArgs,
 };
 
@@ -28,6 +28,16 @@ pub(super) enum MailboxCommand {
         /// Concurrent sessions for this mailbox (1-100000), or inherit.
         #[arg(long, value_name = "N|inherit", value_parser = parse_limit_setting)]
         max_concurrent_sessions: Option<Setting<u32>>,
+        /// Whether this mailbox may use Basic authentication (PLAIN, LOGIN, …) for SMTP AUTH,
+        /// or inherit the organization's value (Set-User -AuthenticationPolicy).
+        #[arg(long, value_name = "true|false|inherit", value_parser = parse_bool_setting)]
+        allow_basic_auth_smtp: Option<Setting<bool>>,
+        /// Whether this mailbox may submit over TLS 1.0/1.1, or inherit.
+        #[arg(long, value_name = "true|false|inherit", value_parser = parse_bool_setting)]
+        allow_legacy_tls_clients: Option<Setting<bool>>,
+        /// Whether this mailbox's submissions without TLS are refused, or inherit.
+        #[arg(long, value_name = "true|false|inherit", value_parser = parse_bool_setting)]
+        require_tls: Option<Setting<bool>>,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -50,6 +60,9 @@ pub(super) fn run(command: MailboxCommand) -> anyhow::Result<ExitCode> {
             address,
             smtp_client_authentication_disabled,
             max_concurrent_sessions,
+            allow_basic_auth_smtp,
+            allow_legacy_tls_clients,
+            require_tls,
             json,
             args,
         } => {
@@ -57,6 +70,11 @@ pub(super) fn run(command: MailboxCommand) -> anyhow::Result<ExitCode> {
                 address: address.clone(),
                 smtp_client_authentication_disabled,
                 max_concurrent_sessions_per_mailbox: max_concurrent_sessions,
+                auth: MailboxAuthChange {
+                    allow_basic_auth_smtp,
+                    allow_legacy_tls_clients,
+                    require_tls,
+                },
             };
             let snap = set(&args, &change)?;
             print_mailbox(&snap, &address, json, None)?;
@@ -164,6 +182,9 @@ fn format_mailbox(v: &MailboxView, live: Option<&Result<MailboxState, String>>) 
             "organization"
         };
         rows.push(("MaxConcurrentSessions", format!("{limit} ({from})")));
+    }
+    if let Some(auth) = &v.authentication {
+        rows.extend(auth_rows(auth));
     }
     if let Some(s) = &v.sent_items {
         rows.push((

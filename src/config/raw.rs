@@ -179,6 +179,11 @@ pub(super) struct RawReplies {
     pub recipient_rate_limit: Option<String>,
     pub recipients_per_message: Option<String>,
     pub sender_restricted: Option<String>,
+    pub basic_auth_disabled: Option<String>,
+    pub legacy_tls: Option<String>,
+    pub tls_required: Option<String>,
+    pub auth_basic_auth_disabled: Option<String>,
+    pub auth_tls_required: Option<String>,
 }
 
 /// `log:`.

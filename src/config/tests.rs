@@ -305,6 +305,51 @@ auth_invalid_login: \"Bad login\" }\n",
 }
 
 #[test]
+fn the_authentication_policy_replies_default_and_can_be_overridden() {
+    use crate::reply::{
+        AUTH_BASIC_AUTH_DISABLED, AUTH_TLS_REQUIRED, BASIC_AUTH_DISABLED, LEGACY_TLS, TLS_REQUIRED,
+    };
+    let c = parse("policy: [\"inet:127.0.0.1:1\"]\n").unwrap();
+    assert_eq!(
+        c.replies.basic_auth_disabled.to_string(),
+        BASIC_AUTH_DISABLED
+    );
+    assert_eq!(
+        c.replies.basic_auth_disabled.to_string(),
+        "550 5.7.30 Basic authentication is not supported for Client Submission."
+    );
+    assert_eq!(c.replies.legacy_tls.to_string(), LEGACY_TLS);
+    assert_eq!(
+        c.replies.legacy_tls.to_string(),
+        "421 4.7.66 TLS 1.0 and 1.1 are not supported. Please upgrade/update your client to support TLS 1.2."
+    );
+    assert_eq!(c.replies.tls_required.to_string(), TLS_REQUIRED);
+    assert_eq!(c.replies.auth_basic_auth_disabled, AUTH_BASIC_AUTH_DISABLED);
+    assert_eq!(c.replies.auth_tls_required, AUTH_TLS_REQUIRED);
+    let c = parse(
+        "policy: [\"inet:127.0.0.1:1\"]\nreplies:\n  basic_auth_disabled: \"535 5.7.139 Use OAuth\"\n  \
+legacy_tls: \"554 5.7.66 Old TLS\"\n  tls_required: \"530 5.7.11 Encryption required\"\n  \
+auth_basic_auth_disabled: \"Use OAuth\"\n  auth_tls_required: \"Use TLS\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.replies.basic_auth_disabled.to_string(),
+        "535 5.7.139 Use OAuth"
+    );
+    assert_eq!(c.replies.legacy_tls.to_string(), "554 5.7.66 Old TLS");
+    assert_eq!(
+        c.replies.tls_required.to_string(),
+        "530 5.7.11 Encryption required"
+    );
+    assert_eq!(c.replies.auth_basic_auth_disabled, "Use OAuth");
+    assert_eq!(c.replies.auth_tls_required, "Use TLS");
+    let e = parse("policy: [\"inet:127.0.0.1:1\"]\nreplies: { legacy_tls: \"421 5.7.66 x\" }\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("replies.legacy_tls"), "{e}");
+}
+
+#[test]
 fn auth_policy_defaults_and_overrides() {
     let c = parse("policy: [\"inet:127.0.0.1:1\"]\n").unwrap();
     assert!(c.auth_policy_listeners.is_empty());

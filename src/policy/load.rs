@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::authentication::{OrgAuth, RuleMode};
 use super::compile::compile;
 use super::files::{digest, is_policy_file, read_policy_file, Digest, Version};
 use super::limits::{LimitOverrides, Limits};
@@ -245,6 +246,11 @@ const ORG_KEYS: &[&str] = &[
     "sending_limits",
     "outbound_spam",
     "mailboxes",
+    "allow_basic_auth_smtp",
+    "basic_auth_mode",
+    "allow_legacy_tls_clients",
+    "require_tls",
+    "tls_mode",
 ];
 const MAILBOX_KEYS: &[&str] = &[
     "smtp_client_authentication_disabled",
@@ -252,6 +258,9 @@ const MAILBOX_KEYS: &[&str] = &[
     "sent_items",
     "sending_limits",
     "outbound_spam",
+    "allow_basic_auth_smtp",
+    "allow_legacy_tls_clients",
+    "require_tls",
 ];
 const SENT_ITEMS_KEYS: &[&str] = &["enabled", "folder"];
 
@@ -365,6 +374,29 @@ impl FileCtx<'_> {
         }
     }
 
+    /// `enforce` or `report_only` (null: the default, enforce).
+    fn opt_mode(&mut self, node: &Node, key: &str) -> Option<RuleMode> {
+        match node.scalar() {
+            Some(Scalar::Null) => None,
+            Some(Scalar::Str(s)) if RuleMode::parse(s).is_some() => RuleMode::parse(s),
+            other => {
+                let kind = match other {
+                    Some(Scalar::Str(_)) => ErrorKind::InvalidValue,
+                    _ => ErrorKind::WrongType,
+                };
+                self.error(
+                    node.start,
+                    kind,
+                    format!(
+                        "{key} must be enforce or report_only (or null), found {}",
+                        node.describe()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
     fn string(&mut self, node: &Node, key: &str) -> Option<String> {
         match node.scalar() {
             Some(Scalar::Str(s)) => Some(s.to_string()),
@@ -426,6 +458,7 @@ impl FileCtx<'_> {
             max_concurrent_sessions_per_mailbox: DEFAULT_MAX_SESSIONS,
             sent_items: SentItems::default(),
             limits: Limits::default(),
+            auth: OrgAuth::default(),
             file: self.file.to_path_buf(),
         };
         let mut limits = LimitOverrides::default();
@@ -473,6 +506,15 @@ impl FileCtx<'_> {
                     }
                 }
                 "sending_limits" | "outbound_spam" => self.limit_section(key, v, &mut limits),
+                "allow_basic_auth_smtp" => {
+                    org.auth.allow_basic_auth_smtp = self.opt_bool(v, key).unwrap_or(None)
+                }
+                "basic_auth_mode" => org.auth.basic_auth_mode = self.opt_mode(v, key),
+                "allow_legacy_tls_clients" => {
+                    org.auth.allow_legacy_tls_clients = self.opt_bool(v, key).unwrap_or(None)
+                }
+                "require_tls" => org.auth.require_tls = self.opt_bool(v, key).unwrap_or(None),
+                "tls_mode" => org.auth.tls_mode = self.opt_mode(v, key),
                 _ => mailboxes = Some(v),
             }
         }
@@ -610,6 +652,18 @@ impl FileCtx<'_> {
                     }
                     "sending_limits" | "outbound_spam" => {
                         self.limit_section(key, val, &mut settings.overrides.limits)
+                    }
+                    "allow_basic_auth_smtp" => {
+                        settings.overrides.auth.allow_basic_auth_smtp =
+                            self.opt_bool(val, key).unwrap_or(None)
+                    }
+                    "allow_legacy_tls_clients" => {
+                        settings.overrides.auth.allow_legacy_tls_clients =
+                            self.opt_bool(val, key).unwrap_or(None)
+                    }
+                    "require_tls" => {
+                        settings.overrides.auth.require_tls =
+                            self.opt_bool(val, key).unwrap_or(None)
                     }
                     _ => {
                         let (enabled, folder) = self.sent_items(val);

@@ -3,6 +3,7 @@
 //! into a [`Decision`] (`effective_disabled = mailbox ?? organization`). No protocol knowledge
 //! and no I/O beyond reading the policy files.
 
+pub mod authentication;
 mod compile;
 mod evaluate;
 mod files;
@@ -23,6 +24,7 @@ use std::time::SystemTime;
 pub use evaluate::{evaluate, Allowed, Decision, Submission};
 pub mod editor;
 pub mod reload;
+pub use authentication::{AuthOverrides, AuthRules, AuthView, OrgAuth, RuleMode};
 pub use files::{is_policy_file, version_of_dir};
 pub use limits::{LimitOverrides, Limits, SpamAction};
 pub use load::{
@@ -70,6 +72,8 @@ pub struct Organization {
     pub sent_items: SentItems,
     /// Sending limits and outbound spam thresholds (`sending_limits:`, `outbound_spam:`).
     pub limits: Limits,
+    /// Authentication policy: Basic authentication, legacy TLS, TLS required, and their modes.
+    pub auth: OrgAuth,
     /// The file it was loaded from.
     pub file: PathBuf,
 }
@@ -82,6 +86,7 @@ pub struct MailboxSettings {
     pub sent_items_enabled: Option<bool>,
     pub sent_items_folder: Option<String>,
     /// The rarely set settings (sending limits, …), kept in the table's side table.
+    /// The rarely set settings (authentication policy, …), kept in a side table.
     pub overrides: Overrides,
 }
 
@@ -144,6 +149,11 @@ pub struct MailboxView {
     pub mailbox_limits: LimitOverrides,
     /// The effective ones (none for an unknown organization).
     pub effective_limits: Option<Limits>,
+    /// The mailbox's own authentication settings (absent inherit).
+    pub mailbox_authentication: AuthOverrides,
+    /// The effective authentication settings with their sources (none for an unknown
+    /// organization).
+    pub authentication: Option<AuthView>,
 }
 
 impl PolicySnapshot {
@@ -259,6 +269,14 @@ impl PolicySnapshot {
                     .map(|e| e.overrides.limits)
                     .unwrap_or_default()
                     .apply(&o.limits)
+            }),
+            mailbox_authentication: entry.as_ref().map(|e| e.overrides.auth).unwrap_or_default(),
+            authentication: org.map(|o| {
+                entry
+                    .as_ref()
+                    .map(|e| e.overrides.auth)
+                    .unwrap_or_default()
+                    .view(&o.auth)
             }),
             address,
         }

@@ -131,6 +131,8 @@ organization: contoso
 domains: [contoso.com]
 max_concurrent_sessions_per_mailbox: 3
 sent_items: { enabled: true, folder: "Sent Items" }
+# Judged and counted, never reached: Exchange's 30 a minute per mailbox would defer this load.
+sending_limits: { messages_per_minute: 100000, recipients_per_day: 100000000 }
 EOF
   cat >"$dir/submitgate.yaml" <<EOF
 milter: ["inet:$E2E_HOST:$port"]

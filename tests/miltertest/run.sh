@@ -50,6 +50,8 @@ fail() { echo "FAIL $1: $2"; FAILED=$((FAILED + 1)); }
 TENANT='550 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant.'
 MAILBOX='550 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox.'
 LIMIT='432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded'
+BASIC='550 5.7.30 Basic authentication is not supported for Client Submission.'
+LEGACY='421 4.7.66 TLS 1.0 and 1.1 are not supported. Please upgrade/update your client to support TLS 1.2.'
 
 # Starts a daemon for one script in $1 (its work dir); sets PORT.
 start_daemon() {
@@ -64,6 +66,7 @@ sent_items: { enabled: true, folder: "Sent Items" }
 mailboxes:
   blocked@contoso.com: { smtp_client_authentication_disabled: true }
   solo@contoso.com: { max_concurrent_sessions_per_mailbox: 1 }
+  oauthonly@contoso.com: { allow_basic_auth_smtp: false }
 YAML
   cat >"$dir/policies/fabrikam.yaml" <<'YAML'
 organization: fabrikam
@@ -180,6 +183,16 @@ run_script() {
         grep -qF "\"$TENANT\\0\"" "$dir/strace.txt" || why="${why:-miltertest did not receive the exact Tenant text}"
       fi
       [[ $(extract_entries "$dir") == 0 ]] || why="${why:-unexpected spool entry}"
+      ;;
+    auth_rules)
+      grep -q "\"reason\":\"basic_auth_disabled\".*\"reply\":\"$BASIC\"" "$audit" || why="Basic refusal not audited"
+      grep -q "\"decision\":\"defer\",\"reason\":\"legacy_tls\".*\"reply\":\"$LEGACY\"" "$audit" ||
+        why="${why:-legacy TLS refusal not audited}"
+      [[ $(count "$audit" '"sasl_method":"XOAUTH2"') -ge 2 ]] || why="${why:-XOAUTH2 not audited}"
+      if [[ $traced == 1 ]]; then
+        grep -qF "\"$BASIC\\0\"" "$dir/strace.txt" || why="${why:-miltertest did not receive the exact Basic text}"
+        grep -qF "\"$LEGACY\\0\"" "$dir/strace.txt" || why="${why:-miltertest did not receive the exact TLS text}"
+      fi
       ;;
     limit)
       [[ $(count "$audit" '"reason":"concurrency_limit"') -ge 1 ]] || why="expected a concurrency_limit deferral"
