@@ -907,7 +907,9 @@ fn streaming_memory_does_not_grow_with_input() {
         large as f64 / MIB as f64
     );
     assert!(large < small + 8 * MIB, "small {small} large {large}");
-    assert!(large < 32 * MIB, "large {large}");
+    // Most of the small run's ~35 MiB is the debug binary's own code and the runtime; the bound
+    // catches a report that keeps input around, not the binary growing with features.
+    assert!(large < 48 * MIB, "large {large}");
 }
 
 /// The same check with 4 GiB through gzip: several minutes in a debug build, so run it on
