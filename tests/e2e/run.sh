@@ -363,6 +363,8 @@ start_postfix() {
 build_submitgate() {
   if [ -n "${SUBMITGATE_BIN:-}" ]; then
     [ -x "$SUBMITGATE_BIN" ] || die "SUBMITGATE_BIN=$SUBMITGATE_BIN is not executable"
+    # The suites start it from their work directories: a relative path must not depend on that.
+    SUBMITGATE_BIN=$(realpath "$SUBMITGATE_BIN")
     return
   fi
   log "cargo build --release"
