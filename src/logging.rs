@@ -129,6 +129,19 @@ pub fn filter(configured: Option<&str>) -> EnvFilter {
         .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LEVEL))
 }
 
+/// The journal priorities of the levels: syslog's meaning, as the syslog target writes them
+/// and as `journalctl -p` filters (the crate's default makes every info line a notice).
+fn journal_priorities() -> tracing_journald::PriorityMappings {
+    use tracing_journald::Priority;
+    tracing_journald::PriorityMappings {
+        error: Priority::Error,
+        warn: Priority::Warning,
+        info: Priority::Informational,
+        debug: Priority::Debug,
+        trace: Priority::Debug,
+    }
+}
+
 /// Installs the process-wide subscriber for `settings`. The journal, when chosen but not
 /// reachable (no systemd), falls back to standard error with a warning.
 pub fn init(settings: &Settings) -> Result<LogHandle, InitError> {
@@ -143,7 +156,11 @@ pub fn init(settings: &Settings) -> Result<LogHandle, InitError> {
     let result = match target {
         Target::Journald => match tracing_journald::layer() {
             Ok(layer) => registry
-                .with(layer.with_syslog_identifier("submitgate".into()))
+                .with(
+                    layer
+                        .with_syslog_identifier("submitgate".into())
+                        .with_priority_mappings(journal_priorities()),
+                )
                 .try_init(),
             Err(e) => {
                 let r = install(registry, settings.format, Writer::Stderr);
