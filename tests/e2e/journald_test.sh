@@ -36,8 +36,13 @@ if ! pgrep -x systemd-journal >/dev/null; then
   [ -x /lib/systemd/systemd-journald ] || { echo "journald: /lib/systemd/systemd-journald missing"; exit 1; }
   /lib/systemd/systemd-journald >"$WORK/journald.log" 2>&1 &
   started_journald=$!
-  for _ in $(seq 50); do [ -S /run/systemd/journal/socket ] && break; sleep 0.1; done
-  [ -S /run/systemd/journal/socket ] || { echo "journald: systemd-journald did not start"; cat "$WORK/journald.log"; exit 1; }
+  # Ready when it answers (the socket files of an earlier journald may still be there).
+  up=
+  for _ in $(seq 50); do
+    if systemd-cat -t submitgate-probe true 2>/dev/null; then up=y; break; fi
+    sleep 0.1
+  done
+  [ -n "$up" ] || { echo "journald: systemd-journald did not start"; cat "$WORK/journald.log"; exit 1; }
 fi
 
 pass=0 fail=0
