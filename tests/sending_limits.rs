@@ -376,6 +376,8 @@ async fn an_outbound_spam_threshold_blocks_and_the_cli_releases() {
     assert!(view.contains("3 of 100"), "{view}");
     assert!(view.contains("RecipientLimitExternalPerHour"), "{view}");
     assert!(view.contains("5 (mailbox)"), "{view}");
+    // Neither the mailbox nor contoso's file sets the message rate: Exchange's default.
+    assert!(view.contains("30 (default)"), "{view}");
     let out = cli(&t, &["mailbox", "get", "spammer@contoso.com", "--json"]);
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["live"]["usage"]["external_last_hour"], 5);

@@ -197,7 +197,11 @@ fn format_mailbox(v: &MailboxView, live: Option<&Result<MailboxState, String>>) 
         ));
     }
     if let Some(limits) = &v.effective_limits {
-        rows.extend(limit_rows(limits, Some(&v.mailbox_limits)));
+        rows.extend(limit_rows(
+            limits,
+            &v.organization_limits_set,
+            Some(&v.mailbox_limits),
+        ));
         match live {
             None => {}
             Some(Err(e)) => rows.push(("Usage", format!("unknown: {e}"))),

@@ -162,7 +162,7 @@ fn org_get(snap: &PolicySnapshot, name: Option<&str>, json: bool) -> anyhow::Res
                 ),
             ),
         ];
-        rows.extend(limit_rows(&o.limits, None));
+        rows.extend(limit_rows(&o.limits, &o.limits_set, None));
         rows.extend(auth_rows(&o.auth.view()));
         rows.push((
             "MailboxesWithOwnSettings",

@@ -160,12 +160,23 @@ pub(super) fn format_list(rows: &[(&str, String)]) -> String {
 }
 
 /// The sending limits and outbound spam thresholds in `Format-List` rows (Exchange's names),
-/// each with `(mailbox)` or `(organization)` when `own` says where it comes from.
-pub(super) fn limit_rows(l: &Limits, own: Option<&LimitOverrides>) -> Vec<(&'static str, String)> {
-    let from = |set: bool| match own {
-        None => "",
-        Some(_) if set => " (mailbox)",
-        Some(_) => " (organization)",
+/// each effective value with where it comes from: the mailbox (`own`, for `mailbox get`), the
+/// organization's file (`org_set`), or Exchange's default.
+pub(super) fn limit_rows(
+    l: &Limits,
+    org_set: &LimitOverrides,
+    own: Option<&LimitOverrides>,
+) -> Vec<(&'static str, String)> {
+    let o = own.copied().unwrap_or_default();
+    let row = |name, value: String, mailbox: bool, organization: bool| {
+        let source = if mailbox {
+            "mailbox"
+        } else if organization {
+            "organization"
+        } else {
+            "default"
+        };
+        (name, format!("{value} ({source})"))
     };
     let n = |v: u32| {
         if v == 0 {
@@ -174,63 +185,48 @@ pub(super) fn limit_rows(l: &Limits, own: Option<&LimitOverrides>) -> Vec<(&'sta
             v.to_string()
         }
     };
-    let o = own.copied().unwrap_or_default();
     vec![
-        (
+        row(
             "MessagesPerMinute",
-            format!(
-                "{}{}",
-                n(l.messages_per_minute),
-                from(o.messages_per_minute.is_some())
-            ),
+            n(l.messages_per_minute),
+            o.messages_per_minute.is_some(),
+            org_set.messages_per_minute.is_some(),
         ),
-        (
+        row(
             "RecipientsPerDay",
-            format!(
-                "{}{}",
-                n(l.recipients_per_day),
-                from(o.recipients_per_day.is_some())
-            ),
+            n(l.recipients_per_day),
+            o.recipients_per_day.is_some(),
+            org_set.recipients_per_day.is_some(),
         ),
-        (
+        row(
             "RecipientsPerMessage",
-            format!(
-                "{}{}",
-                n(l.recipients_per_message),
-                from(o.recipients_per_message.is_some())
-            ),
+            n(l.recipients_per_message),
+            o.recipients_per_message.is_some(),
+            org_set.recipients_per_message.is_some(),
         ),
-        (
+        row(
             "RecipientLimitExternalPerHour",
-            format!(
-                "{}{}",
-                n(l.recipient_limit_external_per_hour),
-                from(o.recipient_limit_external_per_hour.is_some())
-            ),
+            n(l.recipient_limit_external_per_hour),
+            o.recipient_limit_external_per_hour.is_some(),
+            org_set.recipient_limit_external_per_hour.is_some(),
         ),
-        (
+        row(
             "RecipientLimitInternalPerHour",
-            format!(
-                "{}{}",
-                n(l.recipient_limit_internal_per_hour),
-                from(o.recipient_limit_internal_per_hour.is_some())
-            ),
+            n(l.recipient_limit_internal_per_hour),
+            o.recipient_limit_internal_per_hour.is_some(),
+            org_set.recipient_limit_internal_per_hour.is_some(),
         ),
-        (
+        row(
             "RecipientLimitPerDay",
-            format!(
-                "{}{}",
-                n(l.recipient_limit_per_day),
-                from(o.recipient_limit_per_day.is_some())
-            ),
+            n(l.recipient_limit_per_day),
+            o.recipient_limit_per_day.is_some(),
+            org_set.recipient_limit_per_day.is_some(),
         ),
-        (
+        row(
             "ActionWhenThresholdReached",
-            format!(
-                "{}{}",
-                l.action_when_threshold_reached,
-                from(o.action_when_threshold_reached.is_some())
-            ),
+            l.action_when_threshold_reached.to_string(),
+            o.action_when_threshold_reached.is_some(),
+            org_set.action_when_threshold_reached.is_some(),
         ),
     ]
 }

@@ -458,6 +458,7 @@ impl FileCtx<'_> {
             max_concurrent_sessions_per_mailbox: DEFAULT_MAX_SESSIONS,
             sent_items: SentItems::default(),
             limits: Limits::default(),
+            limits_set: LimitOverrides::default(),
             auth: OrgAuth::default(),
             file: self.file.to_path_buf(),
         };
@@ -520,6 +521,7 @@ impl FileCtx<'_> {
         }
         // Keys left out (or null) keep Exchange's defaults.
         org.limits = limits.apply(&org.limits);
+        org.limits_set = limits;
         if !has_name {
             self.error(
                 doc.start,

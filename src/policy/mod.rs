@@ -70,8 +70,11 @@ pub struct Organization {
     pub smtp_client_authentication_disabled: bool,
     pub max_concurrent_sessions_per_mailbox: u32,
     pub sent_items: SentItems,
-    /// Sending limits and outbound spam thresholds (`sending_limits:`, `outbound_spam:`).
+    /// Sending limits and outbound spam thresholds (`sending_limits:`, `outbound_spam:`), the
+    /// keys the file leaves out at Exchange's defaults.
     pub limits: Limits,
+    /// The keys of those the file sets itself (`org get` / `mailbox get` name the source).
+    pub limits_set: LimitOverrides,
     /// Authentication policy: Basic authentication, legacy TLS, TLS required, and their modes.
     pub auth: OrgAuth,
     /// The file it was loaded from.
@@ -85,8 +88,8 @@ pub struct MailboxSettings {
     pub max_concurrent_sessions_per_mailbox: Option<u32>,
     pub sent_items_enabled: Option<bool>,
     pub sent_items_folder: Option<String>,
-    /// The rarely set settings (sending limits, …), kept in the table's side table.
-    /// The rarely set settings (authentication policy, …), kept in a side table.
+    /// The rarely set settings (sending limits, authentication policy, …), kept in the table's
+    /// side table.
     pub overrides: Overrides,
 }
 
@@ -149,6 +152,9 @@ pub struct MailboxView {
     pub mailbox_limits: LimitOverrides,
     /// The effective ones (none for an unknown organization).
     pub effective_limits: Option<Limits>,
+    /// Those the organization's file sets itself (the rest are Exchange's defaults).
+    #[serde(skip)]
+    pub organization_limits_set: LimitOverrides,
     /// The mailbox's own authentication settings (absent inherit).
     pub mailbox_authentication: AuthOverrides,
     /// The effective authentication settings with their sources (none for an unknown
@@ -270,6 +276,7 @@ impl PolicySnapshot {
                     .unwrap_or_default()
                     .apply(&o.limits)
             }),
+            organization_limits_set: org.map(|o| o.limits_set).unwrap_or_default(),
             mailbox_authentication: entry.as_ref().map(|e| e.overrides.auth).unwrap_or_default(),
             authentication: org.map(|o| {
                 entry
