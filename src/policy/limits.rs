@@ -192,25 +192,9 @@ pub(super) const OUTBOUND_SPAM_KEYS: &[&str] = &[
 impl FileCtx<'_> {
     /// A limit: a whole number from 0 to [`MAX_LIMIT`], or null (`None`).
     fn opt_count(&mut self, node: &Node, key: &str) -> Option<u32> {
-        match node.scalar() {
-            Some(Scalar::Null) => None,
-            Some(Scalar::Int(i)) if (0..=MAX_LIMIT).contains(&i) => u32::try_from(i).ok(),
-            other => {
-                let kind = match other {
-                    Some(Scalar::Int(_)) => ErrorKind::InvalidValue,
-                    _ => ErrorKind::WrongType,
-                };
-                self.error(
-                    node.start,
-                    kind,
-                    format!(
-                        "{key} must be a whole number from 0 (no limit) to {MAX_LIMIT} (or null), found {}",
-                        node.describe()
-                    ),
-                );
-                None
-            }
-        }
+        self.opt_whole(node, key, 0, MAX_LIMIT, "0 (no limit)")
+            .ok()
+            .flatten()
     }
 
     fn opt_action(&mut self, node: &Node, key: &str) -> Option<SpamAction> {

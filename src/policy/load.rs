@@ -353,9 +353,24 @@ impl FileCtx<'_> {
     }
 
     fn opt_limit(&mut self, node: &Node, key: &str) -> Result<Option<u32>, ()> {
+        self.opt_whole(node, key, 1, MAX_SESSION_LIMIT, "1")
+    }
+
+    /// A whole number from `low` to `high` (`low_text` says what the lowest means), or null
+    /// (`None`); anything else is an error at the node.
+    pub(super) fn opt_whole(
+        &mut self,
+        node: &Node,
+        key: &str,
+        low: i64,
+        high: i64,
+        low_text: &str,
+    ) -> Result<Option<u32>, ()> {
         match node.scalar() {
             Some(Scalar::Null) => Ok(None),
-            Some(Scalar::Int(i)) if (1..=MAX_SESSION_LIMIT).contains(&i) => Ok(Some(i as u32)),
+            Some(Scalar::Int(i)) if (low..=high).contains(&i) => {
+                u32::try_from(i).map(Some).map_err(|_| ())
+            }
             other => {
                 let kind = match other {
                     Some(Scalar::Int(_)) => ErrorKind::InvalidValue,
@@ -365,7 +380,7 @@ impl FileCtx<'_> {
                     node.start,
                     kind,
                     format!(
-                        "{key} must be a whole number from 1 to {MAX_SESSION_LIMIT} (or null), found {}",
+                        "{key} must be a whole number from {low_text} to {high} (or null), found {}",
                         node.describe()
                     ),
                 );
