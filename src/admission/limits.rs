@@ -17,7 +17,7 @@
 //! every refusal is counted in the metrics like the others, and a sender restricted raises
 //! the `sender_restricted` alert ([`crate::alerts`]).
 
-use super::{record_refusal, Facts, Hold, Refusal, Scope};
+use super::{record_refusal, refusal_event, Facts, Hold, Refusal, Scope};
 use crate::audit::{Audit, AuditEvent, EventKind, Outcome as AuditOutcome};
 use crate::context::Context;
 use crate::limiter::{
@@ -117,16 +117,10 @@ async fn refuse(
         "submission {}",
         if decision == AuditOutcome::Defer { "deferred" } else { "refused" }
     );
-    crate::metrics::decision(facts.front_end, decision, Some(refusal.reason));
-    let mut ev = facts.event(EventKind::SubmissionDecision);
-    ev.mailbox = Some(refusal.mailbox.clone());
-    ev.organization.clone_from(&refusal.organization);
-    ev.decision = Some(decision);
-    ev.reason = Some(refusal.reason);
+    let mut ev = refusal_event(facts, decision, refusal);
     ev.threshold = Some(threshold);
     ev.count = Some(count);
     ev.limit = Some(limit);
-    ev.reply = Some(refusal.reply.to_string());
     ctx.audit.record(ev).await;
 }
 

@@ -443,16 +443,23 @@ async fn record_refusal(
     in_use: Option<u32>,
     limit: Option<u32>,
 ) {
+    let mut ev = refusal_event(facts, decision, refusal);
+    ev.sessions_in_use = in_use;
+    ev.limit = limit;
+    ctx.audit.record(ev).await;
+}
+
+/// The `submission_decision` event of a refusal (counted in the metrics as it is made); the
+/// caller adds the fields of its own rule and records it.
+fn refusal_event(facts: &Facts<'_>, decision: AuditOutcome, refusal: &Refusal) -> AuditEvent {
     crate::metrics::decision(facts.front_end, decision, Some(refusal.reason));
     let mut ev = facts.event(EventKind::SubmissionDecision);
     ev.mailbox = Some(refusal.mailbox.clone());
     ev.organization.clone_from(&refusal.organization);
     ev.decision = Some(decision);
     ev.reason = Some(refusal.reason);
-    ev.sessions_in_use = in_use;
-    ev.limit = limit;
     ev.reply = Some(refusal.reply.to_string());
-    ctx.audit.record(ev).await;
+    ev
 }
 
 /// What the Dovecot auth policy endpoint knows at AUTH.
