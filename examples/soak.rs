@@ -23,7 +23,7 @@
 //! status 1 if the bytes in use grew by more than 10 % + 1 MiB, RSS by more than 10 % + 4 MiB,
 //! or fds or tasks by more than 2. Samples taken under load every 30 s are printed, not judged.
 //!
-//! `SOAK_SYSTEM_ALLOC=1 heaptrack …/soak --minutes 2` shows where bytes in use come from.
+//! `ALLOC=glibc heaptrack …/soak --minutes 2` shows where bytes in use come from.
 //!
 //! ```sh
 //! cargo run --release --example soak -- --minutes 10 [--warmup-seconds 60]
@@ -33,92 +33,18 @@
 #[allow(unused_imports)]
 mod support;
 
+#[path = "common/alloc.rs"]
+mod alloc;
+
 /// The allocator the `submitgate` binary uses (src/main.rs), so that RSS is what production
 /// sees, counting the bytes in use: what the process holds, apart from what the allocator
-/// keeps of freed memory. With `SOAK_SYSTEM_ALLOC=1` in the environment it is the C library's
-/// malloc instead, so that heap profilers that intercept malloc (heaptrack, valgrind) see every
+/// keeps of freed memory. `ALLOC=glibc|mimalloc|jemalloc` in the environment compares another
+/// one; with `ALLOC=glibc`, heap profilers that intercept malloc (heaptrack) see every
 /// allocation.
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: alloc::Switch = alloc::Switch::counting();
 
-/// Bytes allocated and not yet freed, by everything in the process.
-static LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
-
-/// Which allocator: 0 not chosen yet, 1 mimalloc, 2 the C library's.
-static CHOSEN: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
-
-struct Counting;
-
-impl Counting {
-    /// The allocator for every call, chosen at the first allocation of the process (so that
-    /// no block is ever freed by the other one). getenv does not allocate.
-    fn system(&self) -> bool {
-        match CHOSEN.load(Ordering::Relaxed) {
-            1 => false,
-            2 => true,
-            _ => {
-                // SAFETY: a NUL-terminated name; nothing changes the environment this early.
-                let set = unsafe { !libc::getenv(c"SOAK_SYSTEM_ALLOC".as_ptr()).is_null() };
-                let choice = if set { 2 } else { 1 };
-                match CHOSEN.compare_exchange(0, choice, Ordering::Relaxed, Ordering::Relaxed) {
-                    Ok(_) => set,
-                    Err(first) => first == 2,
-                }
-            }
-        }
-    }
-}
-
-// SAFETY: every call is passed unchanged to one allocator, the same for the whole process;
-// the counter is only arithmetic.
-unsafe impl std::alloc::GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        let p = if self.system() {
-            std::alloc::System.alloc(layout)
-        } else {
-            mimalloc::MiMalloc.alloc(layout)
-        };
-        if !p.is_null() {
-            LIVE_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
-        let p = if self.system() {
-            std::alloc::System.alloc_zeroed(layout)
-        } else {
-            mimalloc::MiMalloc.alloc_zeroed(layout)
-        };
-        if !p.is_null() {
-            LIVE_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        if self.system() {
-            std::alloc::System.dealloc(ptr, layout)
-        } else {
-            mimalloc::MiMalloc.dealloc(ptr, layout)
-        }
-        LIVE_BYTES.fetch_sub(layout.size() as i64, Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
-        let p = if self.system() {
-            std::alloc::System.realloc(ptr, layout, new)
-        } else {
-            mimalloc::MiMalloc.realloc(ptr, layout, new)
-        };
-        if !p.is_null() {
-            LIVE_BYTES.fetch_add(new as i64 - layout.size() as i64, Ordering::Relaxed);
-        }
-        p
-    }
-}
-
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -158,14 +84,6 @@ struct Counters {
     errors: AtomicU64,
 }
 
-/// As src/main.rs: what a policy load or reload freed goes back to the system at once.
-fn release_memory() {
-    if CHOSEN.load(Ordering::Relaxed) == 1 {
-        // SAFETY: mi_collect has no preconditions (see src/main.rs).
-        unsafe { libmimalloc_sys::mi_collect(true) }
-    }
-}
-
 /// What the process holds at one moment.
 #[derive(Debug, Clone, Copy)]
 struct Sample {
@@ -195,7 +113,7 @@ fn status_field(name: &str) -> u64 {
 /// otherwise whatever the last burst left, which says little about growth. Bytes in use are
 /// exact either way.
 async fn settled_sample() -> Sample {
-    release_memory();
+    alloc::release();
     tokio::time::sleep(Duration::from_secs(1)).await;
     sample()
 }
@@ -204,7 +122,7 @@ fn sample() -> Sample {
     Sample {
         rss_kib: status_field("VmRSS:"),
         anon_kib: status_field("RssAnon:"),
-        heap_kib: LIVE_BYTES.load(Ordering::Relaxed) / 1024,
+        heap_kib: alloc::bytes_in_use() / 1024,
         fds: std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count()),
         threads: status_field("Threads:"),
         tasks: tokio::runtime::Handle::current()
@@ -478,7 +396,7 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    submitgate::policy::reload::set_memory_release(release_memory);
+    alloc::init();
     let dovecot = tokio::task::block_in_place(|| Dovecot::start("soak", Options::default()));
     let store = match &dovecot {
         Some(dc) => {
@@ -495,9 +413,10 @@ auth_policy: [\"inet:127.0.0.1:0\"]\n";
         Arc::new(TestDaemon::start_with(front, &[("contoso.yaml", &policy_text(0))], &extra).await);
     let c = Arc::new(Counters::default());
     println!(
-        "soak: {} min after {} s of warm-up; Sent Items into {}",
+        "soak: {} min after {} s of warm-up, {}; Sent Items into {}",
         args.minutes,
         args.warmup.as_secs(),
+        alloc::name(),
         if dovecot.is_some() {
             "Dovecot (IMAP), restarted half-way"
         } else {
