@@ -10,7 +10,22 @@
 //! cargo run --release --example policy_load -- [--connections 10] [--seconds 10] [--mailboxes 10000] [--rounds 2]
 //! cargo run --release --example policy_load -- --target 127.0.0.1:10040   # an already running server
 //! cargo run --release --example policy_load -- --redis redis://127.0.0.1:6379/  # also submitgate with the Redis limiter
+//! cargo run --release --example policy_load -- --compare-limits   # also submitgate with every sending limit off
+//! cargo run --release --example policy_load -- --auth-rules  # also submitgate with authentication policies on
 //! ```
+//!
+//! submitgate runs with every sending limit and outbound spam threshold set (to values this
+//! load never reaches: at tens of thousands of transactions a second over 10 000 mailboxes,
+//! Exchange's 30 messages a minute would defer most of them, and a refused transaction costs
+//! less than an accepted one): every transaction is judged and counted. `--compare-limits`
+//! adds a submitgate whose policy sets every limit to 0 (nothing judged, nothing counted) to
+//! the same run, and prints limits-on / limits-off.
+//!
+//! `--auth-rules` (issue 16) adds a server in the same run: the same policy with Basic
+//! authentication off, TLS required and legacy TLS refused for every organization, and the
+//! legacy-TLS exception on every tenth mailbox (the overrides side table). Every request then
+//! authenticates with XOAUTH2 over TLS 1.3, so both servers answer DUNNO and the difference is
+//! the cost of the rules; the two take turns going first.
 
 #[path = "common/child.rs"]
 mod child;
@@ -35,6 +50,9 @@ struct Args {
     rounds: usize,
     target: Option<String>,
     redis: Option<String>,
+    compare_limits: bool,
+    /// `--auth-rules`: also measure submitgate with every authentication rule on.
+    auth_rules: bool,
     /// Child modes: `--responder`, `--serve CONFIG`.
     responder: bool,
     serve: Option<String>,
@@ -48,6 +66,8 @@ fn parse_args() -> Args {
         rounds: 2,
         target: None,
         redis: None,
+        compare_limits: false,
+        auth_rules: false,
         responder: false,
         serve: None,
     };
@@ -59,6 +79,14 @@ fn parse_args() -> Args {
                 continue;
             }
             "--until-stdin-closes" => continue,
+            "--compare-limits" => {
+                a.compare_limits = true;
+                continue;
+            }
+            "--auth-rules" => {
+                a.auth_rules = true;
+                continue;
+            }
             _ => {}
         }
         let mut val = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -76,14 +104,19 @@ fn parse_args() -> Args {
     a
 }
 
+/// The SASL mechanism of every request: PLAIN, or XOAUTH2 with `--auth-rules` (Basic
+/// authentication is off there).
+static MECHANISM: std::sync::OnceLock<&str> = std::sync::OnceLock::new();
+
 /// A request exactly as Postfix 3.7 sends it (see tests/fixtures/postfix-3.7).
 fn request(state: &str, login: &str, client_port: usize, instance: &str) -> String {
+    let mechanism = MECHANISM.get().copied().unwrap_or("PLAIN");
     format!(
         "request=smtpd_access_policy\nprotocol_state={state}\nprotocol_name=ESMTP\n\
 client_address=10.1.2.3\nclient_name=client.example\nclient_port={client_port}\n\
 reverse_client_name=client.example\nserver_address=127.0.0.1\nserver_port=587\n\
 helo_name=client.example\nsender={login}\nrecipient=someone@example.net\nrecipient_count={}\n\
-queue_id={}\ninstance={instance}\nsize=10240\netrn_domain=\nstress=\nsasl_method=PLAIN\n\
+queue_id={}\ninstance={instance}\nsize=10240\netrn_domain=\nstress=\nsasl_method={mechanism}\n\
 sasl_username={login}\nsasl_sender=\nccert_subject=\nccert_issuer=\nccert_fingerprint=\n\
 ccert_pubkey_fingerprint=\nencryption_protocol=TLSv1.3\nencryption_cipher=TLS_AES_256_GCM_SHA384\n\
 encryption_keysize=256\npolicy_context=\n\n",
@@ -213,19 +246,50 @@ fn run_responder() {
     });
 }
 
-/// Writes the policy files (100 organizations holding the mailboxes) and a configuration for
-/// submitgate with the audit log to a file; returns the configuration's path.
-fn write_config(dir: &std::path::Path, mailboxes: usize, limiter: &str) -> String {
-    let pdir = dir.join("policies");
+/// Every sending limit and outbound spam threshold on, none reached by this load.
+const LIMITS_ON: &str = "sending_limits: { messages_per_minute: 100000, recipients_per_day: 100000000, recipients_per_message: 500 }\n\
+outbound_spam: { recipient_limit_external_per_hour: 100000000, recipient_limit_internal_per_hour: 100000000, recipient_limit_per_day: 100000000, action_when_threshold_reached: block_user_for_today }\n";
+/// No sending limit of any kind.
+const LIMITS_OFF: &str =
+    "sending_limits: { messages_per_minute: 0, recipients_per_day: 0, recipients_per_message: 0 }\n";
+
+/// Writes the policy files (100 organizations holding the mailboxes, `limits` their sending
+/// limit keys) and a configuration for submitgate with the audit log to a file; returns the
+/// configuration's path. With `auth_rules`, every organization has every authentication rule
+/// on (see the module documentation).
+fn write_config(
+    dir: &std::path::Path,
+    mailboxes: usize,
+    limiter: &str,
+    limits: &str,
+    auth_rules: bool,
+) -> String {
+    let name = format!(
+        "{}-{}{}",
+        limiter.len(),
+        limits.len(),
+        if auth_rules { "-auth" } else { "" }
+    );
+    let pdir = dir.join(format!("policies-{name}"));
     std::fs::create_dir_all(&pdir).expect("mkdir");
+    let rules = if auth_rules {
+        "allow_basic_auth_smtp: false\nrequire_tls: true\n"
+    } else {
+        ""
+    };
+    let own = if auth_rules {
+        ", allow_legacy_tls_clients: true"
+    } else {
+        ""
+    };
     for org in 0..100 {
         let mut text = format!(
-            "organization: org{org}\ndomains: [org{org}.example]\nmax_concurrent_sessions_per_mailbox: 3\nmailboxes:\n"
+            "organization: org{org}\ndomains: [org{org}.example]\nmax_concurrent_sessions_per_mailbox: 3\n{limits}{rules}mailboxes:\n"
         );
         // Every tenth mailbox has settings of its own, like a real directory.
         for m in (org..mailboxes).step_by(100).filter(|m| m % 10 == 0) {
             text.push_str(&format!(
-                "  user{m}@org{org}.example: {{ max_concurrent_sessions_per_mailbox: 5 }}\n"
+                "  user{m}@org{org}.example: {{ max_concurrent_sessions_per_mailbox: 5{own} }}\n"
             ));
         }
         std::fs::write(pdir.join(format!("org{org}.yaml")), text).expect("write policy");
@@ -233,9 +297,9 @@ fn write_config(dir: &std::path::Path, mailboxes: usize, limiter: &str) -> Strin
     let cfg = format!(
         "policy: [\"inet:127.0.0.1:0\"]\npolicies: {}\naudit: {{ path: {} }}\nlimiter: {limiter}\n",
         pdir.display(),
-        dir.join(format!("audit-{}.log", limiter.len())).display()
+        dir.join(format!("audit-{name}.log")).display()
     );
-    let path = dir.join(format!("submitgate-{}.yaml", limiter.len()));
+    let path = dir.join(format!("submitgate-{name}.yaml"));
     std::fs::write(&path, cfg).expect("write config");
     path.to_string_lossy().into_owned()
 }
@@ -275,16 +339,19 @@ fn main() {
         }
         return;
     }
+    if a.auth_rules {
+        let _ = MECHANISM.set("XOAUTH2");
+    }
     let dir = tempfile_dir();
     let (baseline, sg, redis) = if a.target.is_none() {
         let baseline =
             child::spawn(&["--responder", "--until-stdin-closes"]).expect("start the responder");
-        let config = write_config(&dir, a.mailboxes, "{ backend: memory }");
+        let config = write_config(&dir, a.mailboxes, "{ backend: memory }", LIMITS_ON, false);
         let sg =
             child::spawn(&["--serve", &config, "--until-stdin-closes"]).expect("start submitgate");
         let redis = a.redis.as_ref().map(|url| {
             let limiter = format!("{{ backend: redis, url: \"{url}\", key_prefix: \"bench:\" }}");
-            let config = write_config(&dir, a.mailboxes, &limiter);
+            let config = write_config(&dir, a.mailboxes, &limiter, LIMITS_ON, false);
             child::spawn(&["--serve", &config, "--until-stdin-closes"])
                 .expect("start submitgate with redis")
         });
@@ -292,6 +359,16 @@ fn main() {
     } else {
         (None, None, None)
     };
+    let unlimited = (a.target.is_none() && a.compare_limits).then(|| {
+        let config = write_config(&dir, a.mailboxes, "{ backend: memory }", LIMITS_OFF, false);
+        child::spawn(&["--serve", &config, "--until-stdin-closes"])
+            .expect("start submitgate without limits")
+    });
+    let auth = (a.target.is_none() && a.auth_rules).then(|| {
+        let config = write_config(&dir, a.mailboxes, "{ backend: memory }", LIMITS_ON, true);
+        child::spawn(&["--serve", &config, "--until-stdin-closes"])
+            .expect("start submitgate with authentication rules")
+    });
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         println!(
@@ -315,17 +392,53 @@ fn main() {
             sg.id(),
             alloc::name()
         );
-        let (mut best_base, mut best_sg, mut best_redis) = (0f64, 0f64, 0f64);
+        let (mut best_base, mut best_sg, mut best_redis, mut best_off) = (0f64, 0f64, 0f64, 0f64);
         let mut p99s = Vec::new();
+        // --auth-rules: (best req/s, server CPU per request on / off of each round).
+        let mut best_auth = 0f64;
+        let mut cpu_ratios: Vec<f64> = Vec::new();
         for round in 1..=a.rounds {
+            // Every other round measures the rules first, so that neither server always runs
+            // right after the other's audit backlog.
+            let auth_first = match &auth {
+                Some(c) if round % 2 == 0 => Some(measure(&addr(c), Some(c.id()), &a).await),
+                _ => None,
+            };
             let b = measure(&addr(baseline), Some(baseline.id()), &a).await;
             print(&format!("DUNNO responder (r{round})"), &b);
+            let off = match &unlimited {
+                Some(u) => {
+                    let r = measure(&addr(u), Some(u.id()), &a).await;
+                    print(&format!("sg, limits off (r{round})"), &r);
+                    best_off = best_off.max(r.rps);
+                    Some(r.rps)
+                }
+                None => None,
+            };
             let s = measure(&addr(sg), Some(sg.id()), &a).await;
             print(&format!("submitgate (r{round})"), &s);
+            if let Some(off) = off {
+                println!("  round {round}: limits on / limits off {:.3}", s.rps / off);
+            }
             println!(
                 "  round {round}: submitgate / responder {:.2}",
                 s.rps / b.rps
             );
+            if let Some(c) = &auth {
+                let r = match auth_first {
+                    Some(r) => r,
+                    None => measure(&addr(c), Some(c.id()), &a).await,
+                };
+                print(&format!("sg+auth rules (r{round})"), &r);
+                let cpu = r.cpu_us.zip(s.cpu_us).map(|(on, off)| on / off);
+                println!(
+                    "  round {round}: auth rules on / off: req/s {:.3}, server CPU per request {}",
+                    r.rps / s.rps,
+                    cpu.map_or("-".to_string(), |c| format!("{c:.3}"))
+                );
+                best_auth = best_auth.max(r.rps);
+                cpu_ratios.extend(cpu);
+            }
             if let Some(r) = &redis {
                 let r = measure(&addr(r), Some(r.id()), &a).await;
                 print(&format!("sg+redis (r{round})"), &r);
@@ -350,9 +463,28 @@ fn main() {
                 best_redis / best_base
             );
         }
+        if unlimited.is_some() {
+            println!(
+                "limits on / limits off (best round of each): {:.3}; load average {}",
+                best_sg / best_off,
+                loadavg()
+            );
+        }
+        if auth.is_some() {
+            cpu_ratios.sort_by(f64::total_cmp);
+            println!(
+                "submitgate with auth rules / without: req/s (best round of each) {:.3}; server \
+                 CPU per request (median of the rounds) {}; load average {}",
+                best_auth / best_sg,
+                cpu_ratios
+                    .get(cpu_ratios.len() / 2)
+                    .map_or("-".to_string(), |c| format!("{c:.3}")),
+                loadavg()
+            );
+        }
     });
     // The children shut down (audit flushed) when dropped.
-    drop((baseline, sg, redis));
+    drop((baseline, sg, redis, unlimited, auth));
     let audit_lines: usize = std::fs::read_dir(&dir)
         .into_iter()
         .flatten()

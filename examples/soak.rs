@@ -367,7 +367,9 @@ async fn settle(d: &TestDaemon) -> Result<(), String> {
         for i in 0..MAILBOXES {
             leases += d.in_use(&format!("user{i}@contoso.com")).await;
         }
-        let queued = std::fs::read_dir(d.spool_dir().join("queue")).map_or(0, |q| q.count());
+        // Entries pending, as `submitgate spool list` counts them (the segment files stay
+        // until their last entry is done, the active one until the next).
+        let queued = support::daemon::read_spool_entries(&d.spool_dir()).len();
         if leases == 0 && queued == 0 {
             // Let connection tasks that saw their peer close finish and blocking threads idle.
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -379,7 +381,7 @@ async fn settle(d: &TestDaemon) -> Result<(), String> {
         }
         if progress.elapsed() > STALL {
             return Err(format!(
-                "not idle: {leases} leases held, {queued} spool files queued, none delivered for {} s",
+                "not idle: {leases} leases held, {queued} spool entries queued, none delivered for {} s",
                 STALL.as_secs()
             ));
         }

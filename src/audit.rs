@@ -76,6 +76,17 @@ pub enum EventKind {
     AuthRefusedByPolicy,
     /// An auth policy request without the configured `X-API-Key`; answered 401.
     AuthPolicyUnauthorized,
+    /// A mailbox reached an outbound spam threshold whose action blocks it: it is a restricted
+    /// sender until `blocked_until` (absent: until an administrator releases it).
+    SenderRestricted,
+    /// A restricted sender was released (`submitgate blocked-sender remove`).
+    SenderReleased,
+    /// A mailbox reached an outbound spam threshold whose action is `alert`: mail goes on.
+    OutboundSpamAlert,
+    /// An authentication rule in `report_only` mode would have refused this submission (or,
+    /// from the auth policy endpoint, this login), which went ahead: `reason` and `reply` say
+    /// what enforcing the rule would do.
+    WouldRefuse,
     /// An alert reached its webhook or command (`alerts:`).
     AlertSent,
     /// An alert could not be delivered to its webhook or command.
@@ -188,6 +199,18 @@ pub struct AuditEvent {
     /// The copy was found already stored (an earlier attempt's outcome was unknown).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub already_stored: Option<bool>,
+    /// The sending limit or outbound spam threshold concerned (its policy key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<&'static str>,
+    /// The count that reached `limit`, the message included (sending-limit events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// The outbound spam policy's action (`block_user_for_today`, `block_user`, `alert`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<&'static str>,
+    /// When a restriction ends by itself (RFC 3339, a midnight UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocked_until: Option<String>,
     /// The alert's kind (`alert_sent` / `alert_failed`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alert: Option<&'static str>,
@@ -231,6 +254,10 @@ impl AuditEvent {
             uid_validity: None,
             uid: None,
             already_stored: None,
+            threshold: None,
+            count: None,
+            action: None,
+            blocked_until: None,
             alert: None,
         }
     }

@@ -140,8 +140,13 @@ pub struct PolicyRequest {
     pub mechanism: Option<String>,
     /// `session_id` (`%{session}`).
     pub session_id: Option<String>,
-    /// `tls`.
+    /// `tls`: Dovecot's own flag, true only when its client says `secured=tls`. Postfix says
+    /// plain `secured` over TLS, so for Postfix's logins this is always `false`.
     pub tls: Option<bool>,
+    /// `secured` (`%{secured}`, when the operator adds it to the attributes): `"secured"` when
+    /// the client (Postfix) says the login came over TLS, empty otherwise. What the TLS rules
+    /// read at AUTH; without it they are left to the MAIL-stage front ends.
+    pub secured: Option<bool>,
     /// `success` (report only).
     pub success: Option<bool>,
     /// `policy_reject` (report only): the login was refused by the policy server.
@@ -171,6 +176,7 @@ impl PolicyRequest {
             mechanism: string_field(&obj, &["mechanism", "mech"]),
             session_id: string_field(&obj, &["session_id"]),
             tls: bool_field(&obj, "tls"),
+            secured: secured_field(&obj),
             success: bool_field(&obj, "success"),
             policy_reject: bool_field(&obj, "policy_reject"),
         })
@@ -197,6 +203,23 @@ fn login_field(obj: &Map<String, Value>) -> Option<String> {
         Value::String(s) if s.is_empty() => None,
         Value::String(s) => Some(s.clone()),
         _ => string_field(obj, &["login"]),
+    }
+}
+
+/// `secured` as Dovecot expands `%{secured}`: `"secured"` (or any word but `no`/`false`/`0`)
+/// when the login is secured, `""` when not; absent = not asked for.
+fn secured_field(obj: &Map<String, Value>) -> Option<bool> {
+    match obj.get("secured")? {
+        Value::String(s) => {
+            let s = s.trim();
+            Some(
+                !(s.is_empty()
+                    || ["no", "false", "0"]
+                        .iter()
+                        .any(|n| s.eq_ignore_ascii_case(n))),
+            )
+        }
+        _ => bool_field(obj, "secured"),
     }
 }
 
@@ -321,7 +344,7 @@ impl AuthPolicy {
             return Answer::Allow;
         };
         match admission::check_login(&self.ctx, &self.ctx.policy.load(), &facts) {
-            LoginCheck::Allowed(_) => Answer::Allow,
+            LoginCheck::Allowed { .. } => Answer::Allow,
             LoginCheck::Refused {
                 reason,
                 text,
@@ -362,13 +385,27 @@ impl AuthPolicy {
         ev.client_address = r.remote.clone();
         ev.sasl_method = r.mechanism.clone();
         ev.protocol = r.protocol.clone();
-        ev.secured = r.tls;
+        ev.secured = r.secured.or(r.tls);
         ev.session_id = r.session_id.clone();
         if let Some(facts) = login_facts(r) {
             match admission::describe_login(&self.ctx, &self.ctx.policy.load(), &facts) {
-                LoginCheck::Allowed(a) => {
-                    ev.mailbox = Some(a.mailbox);
-                    ev.organization = Some(a.organization);
+                LoginCheck::Allowed { allowed, findings } => {
+                    // A login that an authentication rule in report_only mode would have
+                    // refused at AUTH: audited once, when Dovecot reports it went through.
+                    if success {
+                        for reason in findings.would_refuse() {
+                            crate::metrics::would_refuse(FrontEnd::AuthPolicy, reason);
+                            let mut would = ev.clone();
+                            would.event = EventKind::WouldRefuse;
+                            would.mailbox = Some(allowed.mailbox.clone());
+                            would.organization = Some(allowed.organization.clone());
+                            would.reason = Some(reason);
+                            would.reply = Some(self.ctx.replies.auth_text_for(reason).to_string());
+                            self.ctx.audit.record(would).await;
+                        }
+                    }
+                    ev.mailbox = Some(allowed.mailbox);
+                    ev.organization = Some(allowed.organization);
                 }
                 LoginCheck::Refused {
                     reason,
@@ -396,7 +433,7 @@ fn login_facts(r: &PolicyRequest) -> Option<LoginFacts<'_>> {
         remote: r.remote.as_deref(),
         protocol: r.protocol.as_deref(),
         sasl_mechanism: r.mechanism.as_deref(),
-        secured: r.tls,
+        secured: r.secured,
     })
 }
 
@@ -415,7 +452,22 @@ mod tests {
         assert_eq!(r.remote.as_deref(), Some("127.0.0.1"));
         assert_eq!(r.session_id, None);
         assert_eq!(r.tls, Some(false));
+        assert_eq!(r.secured, None);
         assert_eq!(r.success, None);
+        // With `mechanism=%{mech} secured=%{secured}` added to the attributes (Postfix over
+        // TLS: Dovecot's own `tls` stays false).
+        let more = ALLOW.replace(
+            r#""tls":false"#,
+            r#""mechanism":"XOAUTH2","secured":"secured","tls":false"#,
+        );
+        let r = PolicyRequest::parse(more.as_bytes()).unwrap();
+        assert_eq!(r.mechanism.as_deref(), Some("XOAUTH2"));
+        assert_eq!((r.secured, r.tls), (Some(true), Some(false)));
+        let plain = ALLOW.replace(r#""tls":false"#, r#""secured":"","tls":false"#);
+        assert_eq!(
+            PolicyRequest::parse(plain.as_bytes()).unwrap().secured,
+            Some(false)
+        );
 
         let report = ALLOW.replace("}", r#","success":false,"policy_reject":true}"#);
         let r = PolicyRequest::parse(report.as_bytes()).unwrap();

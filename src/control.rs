@@ -1,7 +1,9 @@
-//! The control socket (`control: unix:PATH`, mode 0600): `submitgate status` and
-//! `submitgate reload` talk to the running daemon through it. One JSON request per line, one
-//! JSON reply per line. It reads only the [`Handles`] the daemon passes in (limiter, policy
-//! snapshot, reloader, listeners, spool) and never imports `daemon`.
+//! The control socket (`control: unix:PATH`, mode 0600): `submitgate status`, `reload`,
+//! `blocked-sender list|remove` and the usage part of `mailbox get` talk to the running daemon
+//! through it. One JSON request per line, one JSON reply per line. It reads only the
+//! [`Handles`] the daemon passes in (limiter, audit, policy snapshot, reloader, listeners,
+//! spool) and never imports `daemon`; releasing a restricted sender goes through
+//! [`crate::admission`], which audits it.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -11,8 +13,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::audit::Audit;
 use crate::endpoint::{Endpoint, Listener, Stream};
-use crate::limiter::Limiter;
+use crate::limiter::{BlockedSender, Limiter, MailboxState};
 use crate::policy::reload::{PolicyHandle, ReloadOutcome, ReloadRecord, Reloader};
 use crate::sent_items::spool::Spool;
 use crate::sent_items::store::problems::{format_problems, Problems, StoreProblem};
@@ -28,6 +31,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Handles {
     pub policy: PolicyHandle,
     pub limiter: Limiter,
+    /// For the `sender_released` event.
+    pub audit: Audit,
     pub reloader: Arc<Reloader>,
     /// The addresses each front end listens on (real ports when 0 was configured).
     pub listeners: Listeners,
@@ -57,6 +62,34 @@ pub struct Listeners {
 pub enum Request {
     Status,
     Reload,
+    /// `blocked-sender list`: every restricted sender.
+    BlockedSenders,
+    /// `blocked-sender remove ADDRESS`.
+    ReleaseSender {
+        address: String,
+    },
+    /// The live part of `mailbox get`: sessions, usage, block.
+    MailboxState {
+        address: String,
+    },
+}
+
+/// The answer to `blocked_senders`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BlockedReply {
+    pub blocked: Vec<BlockedSender>,
+}
+
+/// The answer to `release_sender`: the entry released, `None` when it was not blocked.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReleaseReply {
+    pub released: Option<BlockedSender>,
+}
+
+/// The answer to `mailbox_state`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MailboxStateReply {
+    pub state: MailboxState,
 }
 
 /// Live sessions of one mailbox with its limit.
@@ -175,6 +208,10 @@ pub async fn status(shared: &Handles) -> Status {
     }
 }
 
+fn to_json<T: Serialize>(value: T) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}))
+}
+
 fn listeners_json(l: &Listeners) -> serde_json::Value {
     serde_json::to_value(l).unwrap_or(serde_json::Value::Null)
 }
@@ -223,6 +260,32 @@ async fn handle(stream: Stream, shared: &Handles) -> std::io::Result<()> {
             Err(e) => serde_json::json!({"error": format!("bad request: {e}")}),
             Ok(Request::Status) => serde_json::to_value(status(shared).await)
                 .unwrap_or_else(|e| serde_json::json!({"error": e.to_string()})),
+            Ok(Request::BlockedSenders) => match shared.limiter.blocked_senders().await {
+                Ok(blocked) => to_json(BlockedReply { blocked }),
+                Err(e) => serde_json::json!({"error": e.to_string()}),
+            },
+            Ok(Request::ReleaseSender { address }) => {
+                let snapshot = shared.policy.load_full();
+                match crate::admission::release_sender(
+                    &shared.limiter,
+                    &shared.audit,
+                    &snapshot,
+                    &address,
+                    "an administrator (control socket)",
+                )
+                .await
+                {
+                    Ok(released) => to_json(ReleaseReply { released }),
+                    Err(e) => serde_json::json!({"error": e.to_string()}),
+                }
+            }
+            Ok(Request::MailboxState { address }) => {
+                let mailbox = shared.policy.load().normalize(&address);
+                match shared.limiter.mailbox_state(&mailbox).await {
+                    Some(state) => to_json(MailboxStateReply { state }),
+                    None => serde_json::json!({"error": "the limiter (redis) does not answer"}),
+                }
+            }
             Ok(Request::Reload) => {
                 let reply = match shared.reloader.reload().await {
                     ReloadOutcome::Reloaded {

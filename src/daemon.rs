@@ -39,6 +39,9 @@ pub enum StartError {
     Spool(SpoolError),
     #[error("{0}")]
     Limiter(crate::limiter::redis::SetupError),
+    /// The memory limiter's `state_dir` cannot be used (locked, unreadable, damaged).
+    #[error("limiter state_dir: {0}")]
+    LimiterState(String),
     #[error(transparent)]
     AuthPolicyKey(#[from] crate::auth_policy::ApiKeyError),
     #[error("cannot listen on {endpoint}: {source}")]
@@ -104,12 +107,38 @@ impl Daemon {
         };
         let (audit, audit_writer) = Audit::start(&config.audit).map_err(StartError::Audit)?;
         let limiter = match &config.limiter {
-            LimiterConfig::Memory => Limiter::memory(),
+            LimiterConfig::Memory { state_dir: None } => {
+                tracing::info!(
+                    "limiter in memory without state_dir: restricted senders and sending-limit \
+                     counters do not survive a restart (set limiter.state_dir)"
+                );
+                Limiter::memory()
+            }
+            LimiterConfig::Memory {
+                state_dir: Some(dir),
+            } => {
+                let dir = dir.clone();
+                let backend = tokio::task::spawn_blocking(move || {
+                    crate::limiter::memory::MemoryBackend::with_state(
+                        &dir,
+                        crate::limiter::now_secs(),
+                    )
+                })
+                .await
+                .map_err(|e| StartError::LimiterState(e.to_string()))?
+                .map_err(|e| StartError::LimiterState(e.to_string()))?;
+                tracing::info!(
+                    state_dir = %backend.state_dir().map(|d| d.display().to_string()).unwrap_or_default(),
+                    "limiter in memory; restricted senders and counters kept in state_dir"
+                );
+                Limiter::with_memory(backend)
+            }
             LimiterConfig::Redis(settings) => {
                 tracing::info!(
                     url = crate::limiter::redis::redact(&settings.url),
+                    topology = ?settings.topology,
                     node_id = settings.node_id,
-                    "session leases shared through redis"
+                    "session leases, sending-limit counters and restricted senders shared through redis"
                 );
                 Limiter::redis(
                     crate::limiter::redis::RedisBackend::new(settings.clone(), Some(audit.clone()))
@@ -257,6 +286,7 @@ impl Daemon {
         let handles = Arc::new(control::Handles {
             policy: ctx.policy.clone(),
             limiter: ctx.limiter.clone(),
+            audit: ctx.audit.clone(),
             reloader: reloader.clone(),
             listeners: Listeners {
                 policy: policy_endpoints.iter().map(|e| e.to_string()).collect(),
@@ -396,6 +426,15 @@ impl Daemon {
             alerts,
             ..
         } = self;
+        // The memory limiter's counters, for the next start (after every connection ended, so
+        // that nothing is counted after the snapshot).
+        let limiter = ctx.limiter.clone();
+        match tokio::task::spawn_blocking(move || limiter.save_state()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(mailboxes = n, "sending-limit counters saved"),
+            Ok(Err(e)) => tracing::error!("cannot save the sending-limit counters: {e}"),
+            Err(e) => tracing::error!("cannot save the sending-limit counters: {e}"),
+        }
         drop(alerts);
         // Close the queue explicitly: a task that outlived the grace period may still hold a
         // handle, and the writer must not wait for it.

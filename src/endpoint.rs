@@ -1,7 +1,8 @@
 //! Listener addresses in Postfix's own notation (`inet:host:port`, `unix:/path`), binding them,
 //! and accepting connections from either kind behind one stream type, so that the same string
-//! goes into `main.cf` and `submitgate.yaml`. [`cap`]: the per-front-end connection caps the
-//! accept loop asks before serving a connection.
+//! goes into `main.cf` and `submitgate.yaml`. An accepted TCP stream never waits for Nagle, and
+//! a milter stream keeps delayed ACKs off (see [`Stream`]). [`cap`]: the per-front-end
+//! connection caps the accept loop asks before serving a connection.
 
 use std::fmt;
 use std::io;
@@ -10,8 +11,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
@@ -98,9 +102,11 @@ impl Endpoint {
             Endpoint::Inet { host, port } => {
                 let s = TcpStream::connect((host.as_str(), *port)).await?;
                 s.set_nodelay(true)?;
-                Ok(Either::Left(s))
+                Ok(Stream::client(Either::Left(s)))
             }
-            Endpoint::Unix(path) => Ok(Either::Right(UnixStream::connect(path).await?)),
+            Endpoint::Unix(path) => Ok(Stream::client(Either::Right(
+                UnixStream::connect(path).await?,
+            ))),
         }
     }
 }
@@ -153,13 +159,14 @@ impl Listener {
         match self {
             Listener::Tcp(l) => {
                 let (s, addr) = l.accept().await?;
-                // Replies are small and latency-bound: never wait for Nagle.
-                let _ = s.set_nodelay(true);
-                Ok((Either::Left(s), addr.to_string()))
+                Ok((Stream::accepted_tcp(s), addr.to_string()))
             }
             Listener::Unix(l, path) => {
                 let (s, _) = l.accept().await?;
-                Ok((Either::Right(s), format!("unix:{}", path.display())))
+                Ok((
+                    Stream::client(Either::Right(s)),
+                    format!("unix:{}", path.display()),
+                ))
             }
         }
     }
@@ -232,7 +239,110 @@ pub async fn accept_loop<F, Fut>(
 }
 
 /// A connected stream of either kind (TCP or unix socket).
-pub type Stream = Either<TcpStream, UnixStream>;
+///
+/// An accepted TCP stream has `TCP_NODELAY` set: replies are small and latency-bound, never
+/// wait for Nagle. A front end whose peer sends several packets without waiting for a reply
+/// asks for [`Stream::keep_quickack`]: with the no-reply milter flags Postfix writes several
+/// small packets in a row with Nagle on, so each waits for the ACK of the one before, and a
+/// peer that has nothing to send back delays that ACK by up to 40 ms. `TCP_QUICKACK` is then
+/// set at once and again after every read that returned bytes, since Linux leaves quick-ACK
+/// mode by itself after a few segments: one `setsockopt` per read, nothing on unix sockets (no
+/// ACKs there). The policy front end does not ask: each of its requests is answered at once,
+/// so the ACK rides on the reply, and the `setsockopt` would cost ~10 % of its CPU.
+#[derive(Debug)]
+pub struct Stream {
+    inner: Either<TcpStream, UnixStream>,
+    quickack: bool,
+}
+
+impl Stream {
+    fn accepted_tcp(s: TcpStream) -> Stream {
+        // Best effort: a socket that refuses the option still works, only slower.
+        let _ = s.set_nodelay(true);
+        Stream::client(Either::Left(s))
+    }
+
+    fn client(inner: Either<TcpStream, UnixStream>) -> Stream {
+        Stream {
+            inner,
+            quickack: false,
+        }
+    }
+
+    /// Keeps delayed ACKs off on a TCP stream: `TCP_QUICKACK` now and after every read (see
+    /// above). Nothing for a unix stream, or where the system has no such option.
+    pub fn keep_quickack(mut self) -> Stream {
+        if let Either::Left(tcp) = &self.inner {
+            self.quickack = set_quickack(tcp);
+        }
+        self
+    }
+
+    /// True when the stream re-arms `TCP_QUICKACK` after each read.
+    pub fn quickack(&self) -> bool {
+        self.quickack
+    }
+}
+
+/// Sets `TCP_QUICKACK`; false where the system has no such option or refuses it, so that the
+/// stream stops trying.
+#[cfg(target_os = "linux")]
+fn set_quickack(s: &TcpStream) -> bool {
+    s.set_quickack(true).is_ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_quickack(_: &TcpStream) -> bool {
+    false
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if this.quickack && buf.filled().len() > before {
+            if let Either::Left(tcp) = &this.inner {
+                this.quickack = set_quickack(tcp);
+            }
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -269,6 +379,51 @@ mod tests {
             Endpoint::parse("inet:[::1]:10041").unwrap().to_string(),
             "inet:[::1]:10041"
         );
+    }
+
+    /// A TCP stream that keeps quick ACKs asks for them again after each read (Linux drops
+    /// quick-ACK mode once the connection looks interactive, e.g. after a reply went out); unix
+    /// streams and client streams are left alone.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn accepted_tcp_streams_keep_quickack_after_each_read() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = Endpoint::parse("inet:127.0.0.1:0")
+            .unwrap()
+            .bind(0o600)
+            .await
+            .unwrap();
+        let mut client = listener.local_endpoint().unwrap().connect().await.unwrap();
+        assert!(!client.quickack());
+        let (server, _) = listener.accept().await.unwrap();
+        // Only when asked (the milter asks, the policy front end does not).
+        assert!(!server.quickack());
+        let mut server = server.keep_quickack();
+        assert!(server.quickack());
+        let Either::Left(tcp) = &server.inner else {
+            panic!("not TCP")
+        };
+        assert!(tcp.nodelay().unwrap());
+        let mut buf = [0u8; 16];
+        for round in 0..20u8 {
+            client.write_all(&[round; 3]).await.unwrap();
+            server.read_exact(&mut buf[..3]).await.unwrap();
+            let Either::Left(tcp) = &server.inner else {
+                panic!("not TCP")
+            };
+            assert!(tcp.quickack().unwrap(), "round {round}");
+            // A reply makes the connection interactive, which is when Linux stops quick ACKs.
+            server.write_all(b"ok").await.unwrap();
+            client.read_exact(&mut buf[..2]).await.unwrap();
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let unix = Endpoint::Unix(dir.path().join("s.sock"));
+        let listener = unix.bind(0o600).await.unwrap();
+        let _client = unix.connect().await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        assert!(!server.keep_quickack().quickack());
     }
 
     #[test]

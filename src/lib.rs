@@ -18,6 +18,7 @@
 //!   events to a webhook or a command, rate-limited, audited, never blocking a decision.
 //! - [`sent_items`]: the durable spool of Sent Items copies, its workers and stores.
 //! - [`reason`]: the one `Reason` enum; [`reply`]: SMTP replies and their defaults.
+//! - [`auth_protocol`]: which SASL mechanisms are Basic or OAuth, which TLS protocols legacy.
 //! - [`text`]: control characters, escaped log text and bounded table cells.
 //! - [`logging`]: the operational log (stderr, journal, syslog or a file; text or JSON).
 //! - [`report`]: the offline `submitgate report` tool: audit logs → the SMTP AUTH clients report.
@@ -31,6 +32,7 @@ pub mod admission;
 pub mod alerts;
 pub mod audit;
 pub mod auth_policy;
+pub mod auth_protocol;
 pub mod config;
 pub mod context;
 pub mod control;

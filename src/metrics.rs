@@ -5,7 +5,7 @@
 //! Two kinds of values:
 //! - **Recorded** as things happen, by one-line calls from the modules that see them
 //!   ([`decision`], [`DecisionTimer`], [`delivery`], [`policy_reload`], [`limiter_error`],
-//!   [`alert`]): counters and histograms in one process-wide [`Metrics`], so that a leaf
+//!   [`alert`], [`would_refuse`]): counters and histograms in one process-wide [`Metrics`], so that a leaf
 //!   (limiter, spool worker, policy reload) records without a handle passed down and without
 //!   importing the configuration. The hot path (one decision) costs a few relaxed atomic adds:
 //!   the counter of each (front end, decision, reason) is resolved once and kept in a slot, and
@@ -165,6 +165,7 @@ pub struct Metrics {
     reloads: Family<[(&'static str, &'static str); 1], Counter>,
     limiter_errors: Family<[(&'static str, &'static str); 1], Counter>,
     alerts: Family<Labels2, Counter>,
+    would_refuse: Family<Labels2, Counter>,
     /// What the scrape in progress observed (one scrape at a time: its lock is held from
     /// setting to encoding).
     observed: Arc<Mutex<Observed>>,
@@ -223,6 +224,13 @@ impl Metrics {
             "Limiter backend calls that failed or timed out, by backend",
             limiter_errors.clone(),
         );
+        let would_refuse = Family::<Labels2, Counter>::default();
+        sg.register(
+            "would_refuse",
+            "Submissions (auth_policy: logins at AUTH) that an authentication rule in \
+             report_only mode would have refused, let through, by front end and reason",
+            would_refuse.clone(),
+        );
         let alerts = Family::<Labels2, Counter>::default();
         sg.register(
             "alerts",
@@ -242,6 +250,7 @@ impl Metrics {
             reloads,
             limiter_errors,
             alerts,
+            would_refuse,
             observed,
             scrape: Mutex::new(()),
         };
@@ -404,6 +413,18 @@ impl Collector for DurationCollector {
 /// Counts one submission decision (an audited `submission_decision`, or a check at AUTH).
 pub fn decision(front_end: FrontEnd, outcome: Outcome, reason: Option<Reason>) {
     global().decision_counter(front_end, outcome, reason).inc();
+}
+
+/// Counts one `would_refuse` (an authentication rule in `report_only` mode; rare, so the
+/// family's lookup per call is fine).
+pub fn would_refuse(front_end: FrontEnd, reason: Reason) {
+    global()
+        .would_refuse
+        .get_or_create(&[
+            ("front_end", front_end_label(front_end)),
+            ("reason", reason.as_str()),
+        ])
+        .inc();
 }
 
 /// Times one admission decision: started by [`DecisionTimer::start`], recorded into

@@ -24,10 +24,28 @@ pub enum Reason {
     /// The login cannot be a mailbox: a control character (C0, DEL, C1, Unicode format or bidi
     /// control), an empty local part or domain, or longer than 320 bytes (RFC 5321's path).
     InvalidLogin,
+    /// The mailbox would go over its recipients per day (24 h sliding window; Exchange's
+    /// `SubmissionQuotaExceededException`).
+    RecipientRateLimit,
+    /// The message has more recipients than the mailbox's `recipients_per_message`.
+    RecipientsPerMessage,
+    /// The mailbox is a restricted sender: blocked after reaching an outbound spam threshold,
+    /// until midnight UTC or until an administrator releases it.
+    SenderRestricted,
+    /// `allow_basic_auth_smtp: false` and the client authenticated with a Basic (password)
+    /// mechanism, or one the front end could not name (see `auth_protocol`).
+    BasicAuthDisabled,
+    /// `allow_legacy_tls_clients: false` and the session uses TLS 1.0/1.1 (or SSL); the reply
+    /// is a 421 by default (Exchange's), which closes the connection.
+    LegacyTls,
+    /// `require_tls: true` and the session is not encrypted.
+    TlsRequired,
 
     // Deferrals (the client is told to try again).
     /// The mailbox already has its limit of concurrent sessions.
     ConcurrencyLimit,
+    /// The mailbox already submitted its `messages_per_minute` in the last minute.
+    MessageRateLimit,
     /// The limiter (Redis) could not be asked and `on_error` is `tempfail`.
     LimiterUnavailable,
     /// The Sent Items spool could not take the message's copy.
@@ -46,12 +64,19 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in declaration order (for reports and metrics that list them all).
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 18] = [
         Reason::OrgDisabled,
         Reason::MailboxDisabled,
         Reason::UnknownOrganization,
         Reason::InvalidLogin,
+        Reason::RecipientRateLimit,
+        Reason::RecipientsPerMessage,
+        Reason::SenderRestricted,
+        Reason::BasicAuthDisabled,
+        Reason::LegacyTls,
+        Reason::TlsRequired,
         Reason::ConcurrencyLimit,
+        Reason::MessageRateLimit,
         Reason::LimiterUnavailable,
         Reason::SpoolUnavailable,
         Reason::Corrupt,
@@ -67,7 +92,14 @@ impl Reason {
             Reason::MailboxDisabled => "mailbox_disabled",
             Reason::UnknownOrganization => "unknown_organization",
             Reason::InvalidLogin => "invalid_login",
+            Reason::RecipientRateLimit => "recipient_rate_limit",
+            Reason::RecipientsPerMessage => "recipients_per_message",
+            Reason::SenderRestricted => "sender_restricted",
+            Reason::BasicAuthDisabled => "basic_auth_disabled",
+            Reason::LegacyTls => "legacy_tls",
+            Reason::TlsRequired => "tls_required",
             Reason::ConcurrencyLimit => "concurrency_limit",
+            Reason::MessageRateLimit => "message_rate_limit",
             Reason::LimiterUnavailable => "limiter_unavailable",
             Reason::SpoolUnavailable => "spool_unavailable",
             Reason::Corrupt => "corrupt",

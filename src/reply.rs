@@ -73,6 +73,21 @@ pub struct Replies {
     pub concurrency_limit: SmtpReply,
     /// A login that cannot be a mailbox (control characters, empty local part, too long).
     pub invalid_login: SmtpReply,
+    /// Over `messages_per_minute` (a deferral: the client tries again).
+    pub message_rate_limit: SmtpReply,
+    /// Over `recipients_per_day`.
+    pub recipient_rate_limit: SmtpReply,
+    /// Over `recipients_per_message`.
+    pub recipients_per_message: SmtpReply,
+    /// A restricted (blocked) sender.
+    pub sender_restricted: SmtpReply,
+    /// `allow_basic_auth_smtp: false` and the client used a Basic (password) mechanism.
+    pub basic_auth_disabled: SmtpReply,
+    /// `allow_legacy_tls_clients: false` and the session uses TLS 1.0/1.1. A 421: Postfix
+    /// closes the connection after it, as Exchange does.
+    pub legacy_tls: SmtpReply,
+    /// `require_tls: true` and the session is not encrypted.
+    pub tls_required: SmtpReply,
     /// When submitgate itself cannot do its part (limiter down with `on_error: tempfail`,
     /// spool unwritable).
     pub tempfail: SmtpReply,
@@ -83,6 +98,11 @@ pub struct Replies {
     pub auth_mailbox_disabled: String,
     /// The auth policy refusal text for a login that cannot be a mailbox.
     pub auth_invalid_login: String,
+    /// The auth policy refusal text when Basic authentication is disabled for the login.
+    pub auth_basic_auth_disabled: String,
+    /// The auth policy refusal text when TLS is required and Dovecot says the login came
+    /// without it.
+    pub auth_tls_required: String,
 }
 
 /// Exchange Online's reply when the organization disables SMTP AUTH.
@@ -96,6 +116,25 @@ pub const CONCURRENCY_LIMIT: &str = "432 4.3.2 STOREDRV.ClientSubmit; sender thr
 /// Our reply to a login that cannot be a mailbox (not Exchange's: it has no such check).
 pub const INVALID_LOGIN: &str =
     "550 5.7.1 Authentication unsuccessful, the login is not a valid mailbox address.";
+/// Over the messages per minute: a deferral in the 451 4.7.0 class, the text after Exchange's
+/// "Message submission rate for this client has exceeded the configured limit".
+pub const MESSAGE_RATE_LIMIT: &str =
+    "451 4.7.0 Message submission rate for this mailbox has exceeded the configured limit, try again later";
+/// Exchange Online's reply over the recipients per day.
+pub const RECIPIENT_RATE_LIMIT: &str =
+    "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException";
+/// Exchange Online's reply over the recipients per message.
+pub const RECIPIENTS_PER_MESSAGE: &str = "550 5.5.3 RESOLVER.ADR.RecipLimit; too many recipients";
+/// Exchange Online's reply to a restricted sender.
+pub const SENDER_RESTRICTED: &str = "550 5.1.8 Access denied, bad outbound sender";
+/// Exchange Online's reply to Basic authentication once it is turned off for SMTP AUTH.
+pub const BASIC_AUTH_DISABLED: &str =
+    "550 5.7.30 Basic authentication is not supported for Client Submission.";
+/// Exchange Online's reply to a TLS 1.0/1.1 client.
+pub const LEGACY_TLS: &str = "421 4.7.66 TLS 1.0 and 1.1 are not supported. Please upgrade/update your client to support TLS 1.2.";
+/// RFC 3207's reply (and Postfix's own, with `smtpd_tls_auth_only`/`encrypt`) when TLS is
+/// required and the session has none.
+pub const TLS_REQUIRED: &str = "530 5.7.0 Must issue a STARTTLS command first.";
 /// Our own temporary failure.
 pub const TEMPFAIL: &str = "451 4.3.0 Temporary submission failure, try again later";
 /// The auth policy text (at AUTH) when the organization disables SMTP AUTH.
@@ -108,6 +147,13 @@ pub const AUTH_MAILBOX_DISABLED: &str =
 /// The auth policy text (at AUTH) for a login that cannot be a mailbox.
 pub const AUTH_INVALID_LOGIN: &str =
     "Authentication unsuccessful, the login is not a valid mailbox address";
+
+/// The auth policy text (at AUTH) when Basic authentication is disabled.
+pub const AUTH_BASIC_AUTH_DISABLED: &str =
+    "Basic authentication is not supported for Client Submission";
+
+/// The auth policy text (at AUTH) when TLS is required and the login came without it.
+pub const AUTH_TLS_REQUIRED: &str = "Must issue a STARTTLS command first";
 
 /// Longest auth policy refusal text: Dovecot passes it on in one SASL line, and Postfix in one
 /// SMTP reply line.
@@ -138,23 +184,41 @@ impl Default for Replies {
             mailbox_disabled: p(MAILBOX_DISABLED),
             concurrency_limit: p(CONCURRENCY_LIMIT),
             invalid_login: p(INVALID_LOGIN),
+            message_rate_limit: p(MESSAGE_RATE_LIMIT),
+            recipient_rate_limit: p(RECIPIENT_RATE_LIMIT),
+            recipients_per_message: p(RECIPIENTS_PER_MESSAGE),
+            sender_restricted: p(SENDER_RESTRICTED),
+            basic_auth_disabled: p(BASIC_AUTH_DISABLED),
+            legacy_tls: p(LEGACY_TLS),
+            tls_required: p(TLS_REQUIRED),
             tempfail: p(TEMPFAIL),
             auth_tenant_disabled: AUTH_TENANT_DISABLED.to_string(),
             auth_mailbox_disabled: AUTH_MAILBOX_DISABLED.to_string(),
             auth_invalid_login: AUTH_INVALID_LOGIN.to_string(),
+            auth_basic_auth_disabled: AUTH_BASIC_AUTH_DISABLED.to_string(),
+            auth_tls_required: AUTH_TLS_REQUIRED.to_string(),
         }
     }
 }
 
 impl Replies {
     /// The SMTP reply for a refusal or deferral reason: a policy refusal (an unknown
-    /// organization gets the Tenant text), an invalid login, the concurrency limit, or our own temporary failure.
+    /// organization gets the Tenant text), an invalid login, an authentication rule (Basic
+    /// authentication, legacy TLS, TLS required), the concurrency limit, a sending limit, a
+    /// restricted sender, or our own temporary failure.
     pub fn for_reason(&self, reason: Reason) -> &SmtpReply {
         match reason {
             Reason::MailboxDisabled => &self.mailbox_disabled,
             Reason::OrgDisabled | Reason::UnknownOrganization => &self.tenant_disabled,
             Reason::ConcurrencyLimit => &self.concurrency_limit,
             Reason::InvalidLogin => &self.invalid_login,
+            Reason::MessageRateLimit => &self.message_rate_limit,
+            Reason::RecipientRateLimit => &self.recipient_rate_limit,
+            Reason::RecipientsPerMessage => &self.recipients_per_message,
+            Reason::SenderRestricted => &self.sender_restricted,
+            Reason::BasicAuthDisabled => &self.basic_auth_disabled,
+            Reason::LegacyTls => &self.legacy_tls,
+            Reason::TlsRequired => &self.tls_required,
             Reason::LimiterUnavailable
             | Reason::SpoolUnavailable
             | Reason::Corrupt
@@ -169,6 +233,9 @@ impl Replies {
         match reason {
             Reason::MailboxDisabled => &self.auth_mailbox_disabled,
             Reason::InvalidLogin => &self.auth_invalid_login,
+            Reason::BasicAuthDisabled => &self.auth_basic_auth_disabled,
+            Reason::TlsRequired => &self.auth_tls_required,
+            // Dovecot is not told the TLS version, so LegacyTls never comes up at AUTH.
             _ => &self.auth_tenant_disabled,
         }
     }

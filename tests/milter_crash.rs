@@ -1,6 +1,9 @@
 //! Crash safety of the Sent Items capture, with the real binary: `kill -9` while a large
 //! message streams into the spool, restart, and check that no partial entry was committed,
-//! that the temp file is gone, and that the entries committed before are intact.
+//! that the temp file is gone, and that the entries committed before are intact; and `kill -9`
+//! in the middle of concurrent sessions (commits sharing their fdatasyncs) while the delivery
+//! workers store copies into a Maildir, restart, and check that every message Postfix was told
+//! to continue has exactly one copy and no other message has more than one.
 
 mod support;
 
@@ -64,15 +67,27 @@ impl Drop for Running {
 }
 
 fn setup() -> (tempfile::TempDir, PathBuf) {
+    setup_with("")
+}
+
+/// A daemon directory; `store` goes into the `sent_items` flow mapping, with `{dir}` standing
+/// for the directory.
+fn setup_with(store: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
+    let store = store.replace("{dir}", &dir.path().display().to_string());
     let pdir = dir.path().join("policies");
     std::fs::create_dir(&pdir).unwrap();
-    std::fs::write(pdir.join("contoso.yaml"), CONTOSO).unwrap();
+    // A load test: Exchange's 30 messages a minute per mailbox would defer it.
+    let contoso = CONTOSO.replace(
+        "mailboxes:\n",
+        "sending_limits: { messages_per_minute: 0 }\nmailboxes:\n",
+    );
+    std::fs::write(pdir.join("contoso.yaml"), contoso).unwrap();
     let spool = dir.path().join("spool");
     std::fs::write(
         dir.path().join("submitgate.yaml"),
         format!(
-            "milter: [\"inet:127.0.0.1:0\"]\npolicies: {}\naudit: {{ path: {} }}\nsent_items: {{ spool: {} }}\n",
+            "milter: [\"inet:127.0.0.1:0\"]\npolicies: {}\naudit: {{ path: {} }}\nsent_items: {{ spool: {}{store} }}\n",
             pdir.display(),
             dir.path().join("audit.log").display(),
             spool.display()
@@ -174,4 +189,175 @@ async fn kill_9_while_streaming_leaves_no_partial_entry() {
     unsafe { libc::kill(pid, libc::SIGTERM) };
     let status = daemon.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+/// One whole milter session for `mailbox` whose message is `qid`, as Postfix sends it, with
+/// every error returned rather than panicking (the daemon is killed under it): `Ok(true)` when
+/// end-of-message was answered "continue".
+async fn session(port: u16, mailbox: &str, qid: &str) -> Result<bool, String> {
+    use futures_util::{SinkExt, StreamExt};
+    use submitgate::milter::codec::{
+        MtaCodec, SMFIA_INET, SMFIC_CONNECT, SMFIC_DATA, SMFIC_MAIL, SMFIC_RCPT, SMFI_CURR_ACTS,
+        SMFI_CURR_PROT,
+    };
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut framed = tokio_util::codec::Framed::new(stream, MtaCodec::default());
+    let mut protocol = 0;
+    let body = format!("Subject: {qid}\r\nMessage-ID: <{qid}@crash.test>\r\n\r\n{qid}\r\n");
+    let macro_ = |stage, pairs: &[(&str, &str)]| Milter::Macro {
+        stage,
+        macros: pairs.iter().map(|(n, v)| (b(n), b(v))).collect(),
+    };
+    let sender = format!("<{mailbox}>");
+    let script = vec![
+        Milter::OptNeg {
+            version: 6,
+            actions: SMFI_CURR_ACTS,
+            protocol: SMFI_CURR_PROT,
+        },
+        macro_(SMFIC_CONNECT, &[("j", "mx.test")]),
+        Milter::Connect {
+            hostname: b("client.example"),
+            family: SMFIA_INET,
+            port: Some(40000),
+            address: b("192.0.2.10"),
+        },
+        Milter::Helo(b("client.example")),
+        macro_(
+            SMFIC_MAIL,
+            &[("{auth_type}", "PLAIN"), ("{auth_authen}", mailbox)],
+        ),
+        Milter::Mail {
+            args: vec![b(&sender)],
+        },
+        macro_(SMFIC_RCPT, &[("{rcpt_addr}", "x@example.net")]),
+        Milter::Rcpt {
+            args: vec![b("<x@example.net>")],
+        },
+        macro_(SMFIC_DATA, &[("i", qid)]),
+        Milter::Data,
+        Milter::Header {
+            name: b("Subject"),
+            value: b(qid),
+        },
+        Milter::EndOfHeaders,
+        Milter::Body(Bytes::from(body)),
+        Milter::EndOfMessage(Bytes::new()),
+    ];
+    for command in script {
+        let eom = matches!(command, Milter::EndOfMessage(_));
+        let wants = command.expects_reply(protocol);
+        framed.send(command).await.map_err(|e| e.to_string())?;
+        if !wants {
+            continue;
+        }
+        let reply = match framed.next().await {
+            Some(Ok(reply)) => reply,
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("closed".to_string()),
+        };
+        match reply {
+            Reply::OptNeg { protocol: p, .. } => protocol = p,
+            Reply::Continue if eom => {
+                let _ = framed.send(Milter::Quit).await;
+                return Ok(true);
+            }
+            Reply::Continue => {}
+            other => return Ok(matches!(other, Reply::Accept) && eom),
+        }
+    }
+    Ok(false)
+}
+
+/// Copies in the Maildirs under `mail`, counted by the queue id in their Subject.
+fn copies(mail: &Path) -> std::collections::HashMap<String, usize> {
+    let mut found = std::collections::HashMap::new();
+    let mut stack = vec![mail.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in rd.map_while(Result::ok) {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.parent().is_some_and(|p| p.ends_with("cur")) {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                if let Some(qid) = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Subject: "))
+                    .map(str::to_string)
+                {
+                    *found.entry(qid).or_default() += 1;
+                }
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_and_duplicates_no_copy() {
+    let (dir, spool) =
+        setup_with(", store: { backend: maildir, root: \"{dir}/mail/{domain}/{local}/Maildir\" }");
+    let mail_root = dir.path().join("mail");
+
+    let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut daemon = start(dir.path(), 1);
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..8 {
+        let (answered, sent, port) = (answered.clone(), sent.clone(), daemon.port);
+        tasks.spawn(async move {
+            for n in 0.. {
+                let qid = format!("Q{t}N{n}");
+                sent.lock().unwrap().push(qid.clone());
+                match session(port, &format!("user{t}@contoso.com"), &qid).await {
+                    Ok(true) => answered.lock().unwrap().push(qid),
+                    Ok(false) => panic!("{qid}: not continued"),
+                    Err(_) => return,
+                }
+            }
+        });
+    }
+    // Commits and deliveries under way, then kill -9.
+    support::wait_for(Duration::from_secs(20), "300 messages continued", || {
+        let answered = answered.clone();
+        async move { answered.lock().unwrap().len() >= 300 }
+    })
+    .await;
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    while let Some(joined) = tasks.join_next().await {
+        joined.unwrap();
+    }
+    let answered = answered.lock().unwrap().clone();
+    let sent = sent.lock().unwrap().clone();
+
+    // Restart: the queue drains into the Maildirs.
+    let mut daemon = start(dir.path(), 2);
+    support::wait_for(Duration::from_secs(30), "the spool to drain", || {
+        let spool = spool.clone();
+        async move { read_spool_entries(&spool).is_empty() }
+    })
+    .await;
+    let found = copies(&mail_root);
+    for qid in &answered {
+        assert_eq!(
+            found.get(qid),
+            Some(&1),
+            "{qid}: continued, so exactly one copy"
+        );
+    }
+    for (qid, n) in &found {
+        assert!(sent.contains(qid), "{qid}: a copy of a message never sent");
+        assert_eq!(*n, 1, "{qid}: {n} copies");
+    }
+    assert!(spool_temp_files(&spool).is_empty());
+    let pid = i32::try_from(daemon.child.id()).unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert!(daemon.child.wait().unwrap().success());
 }

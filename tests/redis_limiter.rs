@@ -89,6 +89,7 @@ fn backend(redis: &Redis, node: &str) -> Limiter {
     Limiter::redis(
         RedisBackend::new(
             RedisSettings {
+                topology: submitgate::limiter::redis::Topology::Single,
                 url: redis.url(),
                 key_prefix: "t:".into(),
                 lease_ttl: Duration::from_secs(30),

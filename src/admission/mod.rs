@@ -14,15 +14,29 @@
 //! The first rule is [`login::check`]: a login that cannot be a mailbox (control characters,
 //! an empty local part, over 320 bytes) is refused with [`Reason::InvalidLogin`] before the
 //! policy sees it, at AUTH and at submission alike. Logins reach log lines only escaped.
+//!
+//! Sending limits and restricted senders ([`limits`]) run at three points: [`admit`] (the
+//! start of a message: restricted sender, message rate, with the lease in one limiter step),
+//! [`recipient`] (each RCPT the policy front end sees) and [`accept`] (the end of the message:
+//! judged and counted only if accepted; [`unaccept`] takes it back if it is not after all).
+//!
+//! After the policy allows the mailbox come [`auth_rules`]: TLS required, legacy TLS and Basic
+//! authentication, each enforced or, in `report_only` mode, audited as `would_refuse`.
 
+pub mod auth_rules;
+pub mod limits;
 pub mod login;
 
+pub use limits::{accept, count_recipients, recipient, release_sender, unaccept, Accept};
+
 use crate::audit::{AuditEvent, EventKind, FrontEnd, Outcome as AuditOutcome};
+use crate::auth_protocol::TlsSeen;
 use crate::context::Context;
-use crate::limiter::{Acquire, Lease};
+use crate::limiter::{Lease, Opening, Usage};
 use crate::policy::{evaluate, Allowed, Decision, PolicySnapshot, Submission};
 use crate::reason::Reason;
 use crate::reply::SmtpReply;
+use auth_rules::{Findings, Seen};
 
 /// What a front end knows about a submission when it asks.
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +73,14 @@ impl Facts<'_> {
         ev.sender = self.sender.map(str::to_string);
         ev
     }
+
+    /// What the authentication rules look at: an absent TLS protocol is a session without TLS.
+    pub fn seen(&self) -> Seen<'_> {
+        Seen {
+            tls: TlsSeen::of_protocol(self.tls),
+            mechanism: self.sasl_mechanism,
+        }
+    }
 }
 
 /// How long a lease lives, which also decides what is audited.
@@ -89,6 +111,8 @@ pub struct Hold {
     lease: Option<Lease>,
     opened: Option<Opened>,
     allow_audited: bool,
+    /// The message in progress, for the sending limits.
+    tracked: Option<limits::Tracked>,
 }
 
 impl Hold {
@@ -99,6 +123,7 @@ impl Hold {
             lease: None,
             opened: None,
             allow_audited: false,
+            tracked: None,
         }
     }
 
@@ -140,8 +165,10 @@ pub enum Outcome {
         /// went on with the lease it held).
         in_use: Option<u32>,
     },
-    /// Refused for good (5xx): the policy disables the mailbox or its organization, or the
-    /// login cannot be a mailbox (then `mailbox` is the login escaped, [`login::shown`]).
+    /// Refused: the policy disables the mailbox or its organization, the login cannot be a
+    /// mailbox (then `mailbox` is the login escaped, [`login::shown`]), or an enforced
+    /// authentication rule refuses the session (legacy TLS answers `421`: Postfix then closes
+    /// the connection). The reply's class is the audit decision: 5xx `reject`, 4xx `defer`.
     Refused(Refusal),
     /// Try again later (4xx): over the mailbox's limit, or the limiter cannot answer.
     Deferred(Refusal),
@@ -189,9 +216,33 @@ pub async fn admit(
             return Outcome::Refused(refusal);
         }
     };
+    let findings = auth_rules::check(&allowed.auth, &facts.seen());
+    if let Some(reason) = findings.refusal() {
+        let refusal = Refusal {
+            reply: ctx.replies.for_reason(reason).clone(),
+            reason,
+            mailbox: allowed.mailbox,
+            organization: Some(allowed.organization),
+        };
+        tracing::info!(
+            peer = facts.peer,
+            mailbox = %refusal.mailbox,
+            %reason,
+            tls = facts.tls,
+            mechanism = facts.sasl_mechanism,
+            "submission refused by an authentication rule"
+        );
+        let decision = if refusal.reply.code >= 500 {
+            AuditOutcome::Reject
+        } else {
+            AuditOutcome::Defer
+        };
+        record_refusal(ctx, facts, decision, &refusal, None, None).await;
+        return Outcome::Refused(refusal);
+    }
     match hold.scope {
-        Scope::Session => admit_session(ctx, facts, allowed, hold).await,
-        Scope::Transaction => admit_transaction(ctx, facts, allowed, hold).await,
+        Scope::Session => admit_session(ctx, facts, allowed, &findings, hold).await,
+        Scope::Transaction => admit_transaction(ctx, facts, allowed, &findings, hold).await,
     }
 }
 
@@ -199,23 +250,17 @@ async fn admit_session(
     ctx: &Context,
     facts: &Facts<'_>,
     allowed: Allowed,
+    findings: &Findings,
     hold: &mut Hold,
 ) -> Outcome {
     // A session holds one lease, for the mailbox it authenticated as.
     if let Some(lease) = hold.lease.take_if(|l| l.mailbox() != allowed.mailbox) {
         lease.release().await;
     }
-    let in_use = if hold.lease.is_some() {
-        ctx.limiter.in_use(&allowed.mailbox).await
-    } else {
-        match acquire(ctx, facts, &allowed).await {
-            Ok(lease) => {
-                let in_use = lease.in_use();
-                hold.lease = Some(lease);
-                in_use
-            }
-            Err(deferred) => return deferred,
-        }
+    let want_lease = hold.lease.is_none();
+    let in_use = match open(ctx, facts, &allowed, want_lease, hold).await {
+        Ok(in_use) => in_use,
+        Err(refused) => return refused,
     };
     if hold.opened.is_none() {
         let mut ev = facts.event(EventKind::SessionOpened);
@@ -229,7 +274,7 @@ async fn admit_session(
             organization: allowed.organization.clone(),
         });
     }
-    record_allow(ctx, facts, &allowed, in_use).await;
+    record_allow(ctx, facts, &allowed, findings, in_use).await;
     Outcome::Admitted {
         allowed,
         in_use: Some(in_use),
@@ -240,6 +285,7 @@ async fn admit_transaction(
     ctx: &Context,
     facts: &Facts<'_>,
     allowed: Allowed,
+    findings: &Findings,
     hold: &mut Hold,
 ) -> Outcome {
     if hold.lease.is_some() {
@@ -248,29 +294,79 @@ async fn admit_transaction(
             in_use: None,
         };
     }
-    match acquire(ctx, facts, &allowed).await {
-        Ok(lease) => {
-            let in_use = lease.in_use();
-            hold.lease = Some(lease);
+    match open(ctx, facts, &allowed, true, hold).await {
+        Ok(in_use) => {
             if !std::mem::replace(&mut hold.allow_audited, true) {
-                record_allow(ctx, facts, &allowed, in_use).await;
+                record_allow(ctx, facts, &allowed, findings, in_use).await;
             }
             Outcome::Admitted {
                 allowed,
                 in_use: Some(in_use),
             }
         }
-        Err(deferred) => deferred,
+        Err(refused) => refused,
     }
 }
 
-/// Takes a lease for the allowed mailbox; a refusal is audited, logged and returned as
-/// [`Outcome::Deferred`].
-async fn acquire(ctx: &Context, facts: &Facts<'_>, allowed: &Allowed) -> Result<Lease, Outcome> {
-    let (reason, in_use, limit) = match ctx.limiter.acquire(&allowed.mailbox, allowed.limit).await {
-        Acquire::Granted(lease) => return Ok(lease),
-        Acquire::Refused { in_use, limit } => (Reason::ConcurrencyLimit, Some(in_use), limit),
-        Acquire::Unavailable => (Reason::LimiterUnavailable, None, allowed.limit),
+/// The limiter's step at the start of a message: a restricted sender is refused, a mailbox
+/// over its message rate deferred, and a lease taken when `want_lease` (into `hold`), in one
+/// limiter call. Returns the sessions in use; a refusal is audited, logged and returned as
+/// the [`Outcome`] to give.
+async fn open(
+    ctx: &Context,
+    facts: &Facts<'_>,
+    allowed: &Allowed,
+    want_lease: bool,
+    hold: &mut Hold,
+) -> Result<u32, Outcome> {
+    // A transaction admitted again (its lease went idle) keeps the recipients it counted.
+    let scope = hold.scope;
+    let counted = hold
+        .tracked
+        .take()
+        .filter(|t| scope == Scope::Transaction && t.mailbox == allowed.mailbox)
+        .map(|t| t.count);
+    let mpm = allowed.limits.messages_per_minute;
+    let lease_limit = want_lease.then_some(allowed.limit);
+    let (reason, in_use, limit) = match ctx.limiter.open(&allowed.mailbox, lease_limit, mpm).await {
+        Opening::Open {
+            lease,
+            in_use,
+            usage,
+        } => {
+            if lease.is_some() {
+                hold.lease = lease;
+            }
+            let mut tracked = track(allowed, usage);
+            tracked.count = counted.unwrap_or_default();
+            hold.tracked = Some(tracked);
+            return Ok(in_use);
+        }
+        Opening::Blocked(entry) => {
+            let refusal = limits::refuse_restricted(
+                ctx,
+                facts,
+                &allowed.mailbox,
+                &allowed.organization,
+                &entry,
+            )
+            .await;
+            return Err(Outcome::Refused(refusal));
+        }
+        Opening::MessageRate { usage } => {
+            let refusal = limits::defer_message_rate(
+                ctx,
+                facts,
+                &allowed.mailbox,
+                &allowed.organization,
+                &usage,
+                mpm,
+            )
+            .await;
+            return Err(Outcome::Deferred(refusal));
+        }
+        Opening::Full { in_use, limit } => (Reason::ConcurrencyLimit, Some(in_use), limit),
+        Opening::Unavailable => (Reason::LimiterUnavailable, None, allowed.limit),
     };
     let refusal = Refusal {
         reply: ctx.replies.for_reason(reason).clone(),
@@ -291,8 +387,45 @@ async fn acquire(ctx: &Context, facts: &Facts<'_>, allowed: &Allowed) -> Result<
     Err(Outcome::Deferred(refusal))
 }
 
-async fn record_allow(ctx: &Context, facts: &Facts<'_>, allowed: &Allowed, in_use: u32) {
+/// What the sending-limit steps of this message need later.
+fn track(allowed: &Allowed, usage: Usage) -> limits::Tracked {
+    limits::Tracked {
+        mailbox: allowed.mailbox.clone(),
+        organization: allowed.organization.clone(),
+        limits: allowed.limits,
+        usage,
+        count: Default::default(),
+        counted: None,
+    }
+}
+
+/// Audits an admitted submission: first a `would_refuse` event for each authentication rule in
+/// `report_only` mode that it breaks, then the allow decision. Both come exactly once per
+/// admitted submission (session scope) or transaction (transaction scope), so the report can
+/// count them against the messages.
+async fn record_allow(
+    ctx: &Context,
+    facts: &Facts<'_>,
+    allowed: &Allowed,
+    findings: &Findings,
+    in_use: u32,
+) {
     crate::metrics::decision(facts.front_end, AuditOutcome::Allow, None);
+    for reason in findings.would_refuse() {
+        crate::metrics::would_refuse(facts.front_end, reason);
+        let mut ev = facts.event(EventKind::WouldRefuse);
+        ev.mailbox = Some(allowed.mailbox.clone());
+        ev.organization = Some(allowed.organization.clone());
+        ev.reason = Some(reason);
+        ev.reply = Some(ctx.replies.for_reason(reason).to_string());
+        tracing::debug!(
+            peer = facts.peer,
+            mailbox = %allowed.mailbox,
+            %reason,
+            "submission would be refused (report_only): let through"
+        );
+        ctx.audit.record(ev).await;
+    }
     let mut ev = facts.event(EventKind::SubmissionDecision);
     ev.mailbox = Some(allowed.mailbox.clone());
     ev.organization = Some(allowed.organization.clone());
@@ -337,10 +470,26 @@ pub struct LoginFacts<'a> {
     pub secured: Option<bool>,
 }
 
+impl LoginFacts<'_> {
+    /// What the authentication rules look at: Dovecot knows whether the login is encrypted,
+    /// never the TLS version, so legacy TLS cannot be judged at AUTH.
+    pub fn seen(&self) -> Seen<'_> {
+        Seen {
+            tls: TlsSeen::of_secured(self.secured),
+            mechanism: self.sasl_mechanism,
+        }
+    }
+}
+
 /// The answer at AUTH.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LoginCheck {
-    Allowed(Allowed),
+    /// The login may go ahead; `findings` are the authentication rules in `report_only` mode
+    /// it breaks (what enforcing them would refuse it for).
+    Allowed {
+        allowed: Allowed,
+        findings: Findings,
+    },
     /// `text` is the auth policy refusal text (no SMTP code: Postfix adds `535 5.7.8`).
     Refused {
         reason: Reason,
@@ -350,13 +499,14 @@ pub enum LoginCheck {
     },
 }
 
-/// The lease-free check at AUTH: the policy only (nothing is submitted yet, so nothing is
-/// counted). A refusal is logged; the audit event comes with Dovecot's report.
+/// The lease-free check at AUTH: the policy and the authentication rules that can be judged
+/// there (Basic authentication, TLS required; nothing is submitted yet, so nothing is counted).
+/// A refusal is logged; the audit event comes with Dovecot's report.
 pub fn check_login(ctx: &Context, snapshot: &PolicySnapshot, facts: &LoginFacts<'_>) -> LoginCheck {
     let _timer = crate::metrics::DecisionTimer::start(FrontEnd::AuthPolicy);
     let check = describe_login(ctx, snapshot, facts);
     let (outcome, reason) = match &check {
-        LoginCheck::Allowed(_) => (AuditOutcome::Allow, None),
+        LoginCheck::Allowed { .. } => (AuditOutcome::Allow, None),
         LoginCheck::Refused { reason, .. } => (AuditOutcome::Reject, Some(*reason)),
     };
     crate::metrics::decision(FrontEnd::AuthPolicy, outcome, reason);
@@ -373,6 +523,7 @@ pub fn check_login(ctx: &Context, snapshot: &PolicySnapshot, facts: &LoginFacts<
             problem,
             remote = facts.remote,
             protocol = facts.protocol,
+            mechanism = facts.sasl_mechanism,
             "login refused at AUTH"
         );
     }
@@ -395,7 +546,18 @@ pub fn describe_login(
         };
     }
     match evaluate(snapshot, &Submission { login: facts.login }) {
-        Decision::Allow(allowed) => LoginCheck::Allowed(allowed),
+        Decision::Allow(allowed) => {
+            let findings = auth_rules::check(&allowed.auth, &facts.seen());
+            match findings.refusal() {
+                Some(reason) => LoginCheck::Refused {
+                    text: ctx.replies.auth_text_for(reason).to_string(),
+                    reason,
+                    mailbox: allowed.mailbox,
+                    organization: Some(allowed.organization),
+                },
+                None => LoginCheck::Allowed { allowed, findings },
+            }
+        }
         Decision::Reject {
             reason,
             mailbox,

@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::*;
 use crate::audit::{Audit, AuditWriter};
 use crate::context::Stats;
-use crate::limiter::redis::{OnError, RedisBackend, RedisSettings};
+use crate::limiter::redis::{OnError, RedisBackend, RedisSettings, Topology};
 use crate::limiter::Limiter;
 use crate::policy::reload::PolicyHandle;
 use crate::policy::{load_files, LoadOptions};
@@ -29,6 +29,26 @@ const FABRIKAM: &str = "\
 organization: fabrikam
 domains: [fabrikam.com]
 smtp_client_authentication_disabled: true
+";
+
+/// Basic authentication off and TLS required; one mailbox keeps both old ways.
+const WOODGROVE: &str = "\
+organization: woodgrove
+domains: [woodgrove.com]
+allow_basic_auth_smtp: false
+require_tls: true
+mailboxes:
+  legacy@woodgrove.com: { allow_basic_auth_smtp: true, allow_legacy_tls_clients: true, require_tls: false }
+";
+
+/// The same rules, only reported.
+const TAILSPIN: &str = "\
+organization: tailspin
+domains: [tailspin.com]
+allow_basic_auth_smtp: false
+basic_auth_mode: report_only
+require_tls: true
+tls_mode: report_only
 ";
 
 /// A context over the memory limiter with its audit log in a temporary directory.
@@ -55,10 +75,15 @@ impl Harness {
             mode: crate::audit::DEFAULT_MODE,
         })
         .expect("audit log");
-        let files = [("contoso.yaml", CONTOSO), ("fabrikam.yaml", FABRIKAM)]
-            .iter()
-            .map(|(n, t)| (PathBuf::from(n), t.to_string()))
-            .collect::<Vec<_>>();
+        let files = [
+            ("contoso.yaml", CONTOSO),
+            ("fabrikam.yaml", FABRIKAM),
+            ("tailspin.yaml", TAILSPIN),
+            ("woodgrove.yaml", WOODGROVE),
+        ]
+        .iter()
+        .map(|(n, t)| (PathBuf::from(n), t.to_string()))
+        .collect::<Vec<_>>();
         let snapshot = load_files(
             &files,
             &LoadOptions {
@@ -339,7 +364,7 @@ async fn the_check_at_auth_takes_no_lease_and_writes_no_event() {
             if text == reply::AUTH_TENANT_DISABLED
     ));
     match check_login(&h.ctx, &h.snapshot, &facts("alice@contoso.com")) {
-        LoginCheck::Allowed(a) => assert_eq!(a.mailbox, "alice@contoso.com"),
+        LoginCheck::Allowed { allowed: a, .. } => assert_eq!(a.mailbox, "alice@contoso.com"),
         other => panic!("{other:?}"),
     }
     assert_eq!(h.ctx.limiter.in_use("alice@contoso.com").await, 0);
@@ -350,6 +375,7 @@ async fn the_check_at_auth_takes_no_lease_and_writes_no_event() {
 fn unreachable_redis(on_error: OnError) -> Limiter {
     let backend = RedisBackend::new(
         RedisSettings {
+            topology: Topology::Single,
             url: "unix:///nonexistent/submitgate-test/redis.sock".into(),
             key_prefix: "sg:".into(),
             lease_ttl: std::time::Duration::from_secs(30),
@@ -515,6 +541,334 @@ async fn the_check_at_auth_refuses_invalid_logins() {
             }
             other => panic!("{bad:?}: {other:?}"),
         }
+    }
+    assert!(h.audit().await.is_empty());
+}
+
+#[tokio::test]
+async fn sending_limits_steps_count_only_accepted_messages() {
+    let h = Harness::new();
+    let mut hold = Hold::new(Scope::Transaction);
+    admitted(h.admit(&policy("bob"), &mut hold).await);
+    // 500 recipients pass at RCPT; the 501st is refused, the transaction goes on.
+    for i in 0..500 {
+        let r = format!("r{i}@example.net");
+        assert!(
+            recipient(&h.ctx, &h.snapshot, &policy("bob"), &mut hold, &r)
+                .await
+                .is_ok()
+        );
+    }
+    let refused = recipient(
+        &h.ctx,
+        &h.snapshot,
+        &policy("bob"),
+        &mut hold,
+        "x@example.net",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused.reason, Reason::RecipientsPerMessage);
+    assert_eq!(refused.reply.to_string(), reply::RECIPIENTS_PER_MESSAGE);
+    // End of message: counted with its 500 recipients, the lease given back.
+    assert!(matches!(
+        accept(
+            &h.ctx,
+            &h.snapshot,
+            &policy("bob"),
+            &mut hold,
+            None,
+            Some(500)
+        )
+        .await,
+        Accept::Accepted
+    ));
+    assert!(!hold.is_held());
+    assert_eq!(h.ctx.limiter.in_use("bob@contoso.com").await, 0);
+    let state = h
+        .ctx
+        .limiter
+        .mailbox_state("bob@contoso.com")
+        .await
+        .unwrap();
+    assert_eq!(state.usage.recipients_last_day, 500);
+    assert_eq!(state.usage.messages_last_minute, 1);
+
+    // A milter message with 501 recipients is refused whole and counts nothing.
+    let mut session = Hold::new(Scope::Session);
+    admitted(h.admit(&milter("carol"), &mut session).await);
+    let many: Vec<String> = (0..501).map(|i| format!("r{i}@contoso.com")).collect();
+    let outcome = accept(
+        &h.ctx,
+        &h.snapshot,
+        &milter("carol"),
+        &mut session,
+        Some(&many),
+        None,
+    )
+    .await;
+    assert!(
+        matches!(&outcome, Accept::Refused(r) if r.reason == Reason::RecipientsPerMessage),
+        "{outcome:?}"
+    );
+    let state = h
+        .ctx
+        .limiter
+        .mailbox_state("carol@contoso.com")
+        .await
+        .unwrap();
+    assert_eq!(state.usage, crate::limiter::Usage::default());
+    // Counted, then taken back (its Sent Items copy could not be spooled).
+    admitted(h.admit(&milter("carol"), &mut session).await);
+    let internal = ["a@contoso.com".to_string(), "b@example.net".to_string()];
+    assert!(matches!(
+        accept(
+            &h.ctx,
+            &h.snapshot,
+            &milter("carol"),
+            &mut session,
+            Some(&internal),
+            None
+        )
+        .await,
+        Accept::Accepted
+    ));
+    let state = h
+        .ctx
+        .limiter
+        .mailbox_state("carol@contoso.com")
+        .await
+        .unwrap();
+    assert_eq!(state.usage.internal_last_hour, 1);
+    assert_eq!(state.usage.external_last_hour, 1);
+    unaccept(&h.ctx, &mut session).await;
+    let state = h
+        .ctx
+        .limiter
+        .mailbox_state("carol@contoso.com")
+        .await
+        .unwrap();
+    assert_eq!(state.usage, crate::limiter::Usage::default());
+
+    let audit = h.audit().await;
+    let refusals: Vec<&Value> = audit
+        .iter()
+        .filter(|e| e["reason"] == "recipients_per_message")
+        .collect();
+    assert_eq!(refusals.len(), 2);
+    assert_eq!(refusals[0]["count"], 501);
+    assert_eq!(refusals[0]["limit"], 500);
+    assert_eq!(refusals[0]["threshold"], "recipients_per_message");
+}
+
+fn refused(outcome: Outcome) -> Refusal {
+    match outcome {
+        Outcome::Refused(r) => r,
+        other => panic!("expected refused, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn authentication_rules_refuse_with_their_reason_and_reply() {
+    let h = Harness::new();
+    let oauth = |login, tls| Facts {
+        tls,
+        sasl_mechanism: Some("XOAUTH2"),
+        ..milter(login)
+    };
+    // Basic authentication off: PLAIN refused, XOAUTH2 of the same mailbox admitted.
+    let r = refused(
+        h.admit(&milter("x@woodgrove.com"), &mut Hold::new(Scope::Session))
+            .await,
+    );
+    assert_eq!(r.reason, Reason::BasicAuthDisabled);
+    assert_eq!(r.reply.to_string(), reply::BASIC_AUTH_DISABLED);
+    assert_eq!(r.mailbox, "x@woodgrove.com");
+    assert_eq!(r.organization.as_deref(), Some("woodgrove"));
+    let mut hold = Hold::new(Scope::Session);
+    admitted(
+        h.admit(&oauth("x@woodgrove.com", Some("TLSv1.3")), &mut hold)
+            .await,
+    );
+    if let Some(lease) = hold.take_lease() {
+        lease.release().await;
+    }
+    // TLS required: no TLS refused first, whatever the mechanism.
+    let r = refused(
+        h.admit(
+            &oauth("x@woodgrove.com", None),
+            &mut Hold::new(Scope::Session),
+        )
+        .await,
+    );
+    assert_eq!(r.reason, Reason::TlsRequired);
+    assert_eq!(r.reply.to_string(), reply::TLS_REQUIRED);
+    // Legacy TLS is refused by default (contoso sets nothing), with a 421.
+    let r = refused(
+        h.admit(
+            &oauth("alice", Some("TLSv1.1")),
+            &mut Hold::new(Scope::Transaction),
+        )
+        .await,
+    );
+    assert_eq!(r.reason, Reason::LegacyTls);
+    assert_eq!(r.reply.to_string(), reply::LEGACY_TLS);
+    // The mailbox's own settings win over its organization's.
+    let old = Facts {
+        tls: Some("TLSv1"),
+        ..milter("legacy@woodgrove.com")
+    };
+    let mut hold = Hold::new(Scope::Session);
+    admitted(h.admit(&old, &mut hold).await);
+    if let Some(lease) = hold.take_lease() {
+        lease.release().await;
+    }
+    assert_eq!(h.ctx.limiter.in_use("x@woodgrove.com").await, 0);
+
+    let audit = h.audit().await;
+    let refusals: Vec<(&str, &str, &str)> = audit
+        .iter()
+        .filter(|e| e["event"] == "submission_decision" && e["decision"] != "allow")
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap(),
+                e["decision"].as_str().unwrap(),
+                e["reply"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        refusals,
+        [
+            ("basic_auth_disabled", "reject", reply::BASIC_AUTH_DISABLED),
+            ("tls_required", "reject", reply::TLS_REQUIRED),
+            // A 421 is audited as what it is: a 4xx.
+            ("legacy_tls", "defer", reply::LEGACY_TLS),
+        ]
+    );
+    assert!(audit.iter().all(|e| e["event"] != "would_refuse"));
+}
+
+#[tokio::test]
+async fn report_only_rules_let_through_and_audit_would_refuse_once_per_submission() {
+    let h = Harness::new();
+    let plain = Facts {
+        tls: None,
+        ..milter("dave@tailspin.com")
+    };
+    // A milter session: two messages, each audited.
+    let mut hold = Hold::new(Scope::Session);
+    admitted(h.admit(&plain, &mut hold).await);
+    admitted(h.admit(&plain, &mut hold).await);
+    if let Some(lease) = hold.take_lease() {
+        lease.release().await;
+    }
+    // A policy transaction: three requests, audited once.
+    let mut hold = Hold::new(Scope::Transaction);
+    let txn = Facts {
+        front_end: FrontEnd::Policy,
+        ..plain
+    };
+    for _ in 0..3 {
+        admitted(h.admit(&txn, &mut hold).await);
+    }
+    // OAuth over TLS breaks no rule: nothing to report.
+    let clean = Facts {
+        sasl_mechanism: Some("OAUTHBEARER"),
+        tls: Some("TLSv1.2"),
+        ..milter("erin@tailspin.com")
+    };
+    admitted(h.admit(&clean, &mut Hold::new(Scope::Session)).await);
+
+    let audit = h.audit().await;
+    let seq: Vec<(String, String)> = audit
+        .iter()
+        .filter(|e| e["event"] != "session_opened")
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap().to_string(),
+                e["reason"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let would = |r: &str| ("would_refuse".to_string(), r.to_string());
+    let allow = || ("submission_decision".to_string(), String::new());
+    assert_eq!(
+        seq,
+        [
+            would("tls_required"),
+            would("basic_auth_disabled"),
+            allow(),
+            would("tls_required"),
+            would("basic_auth_disabled"),
+            allow(),
+            would("tls_required"),
+            would("basic_auth_disabled"),
+            allow(),
+            allow(),
+        ]
+    );
+    let w = audit.iter().find(|e| e["event"] == "would_refuse").unwrap();
+    assert_eq!(w["mailbox"], "dave@tailspin.com");
+    assert_eq!(w["organization"], "tailspin");
+    assert_eq!(w["front_end"], "milter");
+    assert_eq!(w["sasl_method"], "PLAIN");
+    assert_eq!(w["reply"], reply::TLS_REQUIRED);
+    assert!(w.get("decision").is_none());
+}
+
+#[tokio::test]
+async fn the_check_at_auth_applies_the_rules_it_can_judge() {
+    let h = Harness::new();
+    let facts = |login, mech, secured| LoginFacts {
+        login,
+        remote: Some("192.0.2.7"),
+        protocol: Some("smtp"),
+        sasl_mechanism: mech,
+        secured,
+    };
+    let refusal = |f: &LoginFacts<'_>| match check_login(&h.ctx, &h.snapshot, f) {
+        LoginCheck::Refused { reason, text, .. } => Some((reason, text)),
+        LoginCheck::Allowed { .. } => None,
+    };
+    assert_eq!(
+        refusal(&facts("x@woodgrove.com", Some("PLAIN"), Some(true))),
+        Some((
+            Reason::BasicAuthDisabled,
+            reply::AUTH_BASIC_AUTH_DISABLED.to_string()
+        ))
+    );
+    // Dovecot without mechanism=%{mech}: nothing shows it is not Basic.
+    assert_eq!(
+        refusal(&facts("x@woodgrove.com", None, Some(true))).map(|r| r.0),
+        Some(Reason::BasicAuthDisabled)
+    );
+    assert_eq!(
+        refusal(&facts("x@woodgrove.com", Some("XOAUTH2"), Some(false))),
+        Some((Reason::TlsRequired, reply::AUTH_TLS_REQUIRED.to_string()))
+    );
+    assert_eq!(
+        refusal(&facts("x@woodgrove.com", Some("XOAUTH2"), Some(true))),
+        None
+    );
+    // No `tls` field: the TLS rule cannot be judged here (the MAIL-stage front end does).
+    assert_eq!(
+        refusal(&facts("x@woodgrove.com", Some("XOAUTH2"), None)),
+        None
+    );
+    match check_login(
+        &h.ctx,
+        &h.snapshot,
+        &facts("dave@tailspin.com", Some("LOGIN"), Some(false)),
+    ) {
+        LoginCheck::Allowed { allowed, findings } => {
+            assert_eq!(allowed.mailbox, "dave@tailspin.com");
+            assert_eq!(
+                findings.would_refuse().collect::<Vec<_>>(),
+                [Reason::TlsRequired, Reason::BasicAuthDisabled]
+            );
+        }
+        other => panic!("{other:?}"),
     }
     assert!(h.audit().await.is_empty());
 }

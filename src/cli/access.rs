@@ -10,7 +10,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use submitgate::audit::Target as AuditTarget;
-use submitgate::config::Config;
+use submitgate::config::{Config, LimiterConfig};
 use submitgate::sent_items::store::Settings as StoreSettings;
 
 /// The user the packaged systemd unit runs the daemon as (`User=submitgate`).
@@ -85,6 +85,16 @@ pub(super) fn paths(config: &Config) -> Vec<Use> {
         out.push(Use {
             key: "sent_items.spool",
             path: existing_or_parent(&config.sent_items.spool),
+            need: Need::Write,
+        });
+    }
+    if let LimiterConfig::Memory {
+        state_dir: Some(dir),
+    } = &config.limiter
+    {
+        out.push(Use {
+            key: "limiter.state_dir",
+            path: existing_or_parent(dir),
             need: Need::Write,
         });
     }

@@ -8,6 +8,7 @@
 //! - `policy`: what the policy commands share (`--policies`, loading, editing, value parsers).
 //! - `org`, `mailbox`: `org get|set`, `mailbox get|set` (the Exchange cmdlets).
 //! - `status`: `status` and `reload`, through the running daemon's control socket.
+//! - `blocked_sender`: `blocked-sender list|remove` (restricted senders), through it too.
 //! - `spool`: `spool list|retry`.
 //! - `report`: the SMTP AUTH clients report from audit logs.
 //! - `generate` (hidden): man pages and shell completions from these definitions.
@@ -40,6 +41,7 @@ macro_rules! out {
 }
 
 mod access;
+mod blocked_sender;
 mod check;
 mod generate;
 mod mailbox;
@@ -50,6 +52,7 @@ mod serve;
 mod spool;
 mod status;
 
+use blocked_sender::BlockedSenderCommand;
 use mailbox::MailboxCommand;
 use org::OrgCommand;
 use report::ReportArgs;
@@ -105,6 +108,12 @@ enum Command {
     Mailbox {
         #[command(subcommand)]
         command: MailboxCommand,
+    },
+    /// Restricted senders, blocked by an outbound spam threshold (Get-/Remove-BlockedSenderAddress;
+    /// through the running daemon's control socket).
+    BlockedSender {
+        #[command(subcommand)]
+        command: BlockedSenderCommand,
     },
     /// The Sent Items spool (works beside the running daemon).
     Spool {
@@ -182,6 +191,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reload { json, config } => status::reload(json, &config),
         Command::Mailbox { command } => mailbox::run(command),
         Command::Spool { command } => spool::run(command),
+        Command::BlockedSender { command } => blocked_sender::run(command),
         Command::Report(args) => report::run(&args),
         Command::Generate { dir } => generate::run(&dir),
     }

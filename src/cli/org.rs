@@ -5,9 +5,11 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::Subcommand;
 use submitgate::policy::editor::Change;
-use submitgate::policy::PolicySnapshot;
+use submitgate::policy::{OrgAuth, PolicySnapshot, RuleMode};
 
-use super::policy::{format_list, load_policy, parse_bool, set, title, PolicyArgs};
+use super::policy::{
+    auth_rows, format_list, limit_rows, load_policy, parse_bool, parse_mode, set, title, PolicyArgs,
+};
 
 #[derive(Subcommand)]
 pub(super) enum OrgCommand {
@@ -21,6 +23,22 @@ pub(super) enum OrgCommand {
         /// Concurrent sessions per mailbox (1-100000).
         #[arg(long, value_name = "N")]
         max_concurrent_sessions: Option<u32>,
+        /// Whether Basic authentication (PLAIN, LOGIN, …) may be used for SMTP AUTH
+        /// (Set-AuthenticationPolicy -AllowBasicAuthSmtp).
+        #[arg(long, value_name = "true|false", value_parser = parse_bool)]
+        allow_basic_auth_smtp: Option<bool>,
+        /// Enforce the Basic authentication rule, or only report what it would refuse.
+        #[arg(long, value_name = "enforce|report_only", value_parser = parse_mode)]
+        basic_auth_mode: Option<RuleMode>,
+        /// Whether TLS 1.0/1.1 clients may submit (Set-TransportConfig -AllowLegacyTLSClients).
+        #[arg(long, value_name = "true|false", value_parser = parse_bool)]
+        allow_legacy_tls_clients: Option<bool>,
+        /// Whether a submission without TLS is refused.
+        #[arg(long, value_name = "true|false", value_parser = parse_bool)]
+        require_tls: Option<bool>,
+        /// Enforce the TLS rules (legacy TLS, TLS required), or only report.
+        #[arg(long, value_name = "enforce|report_only", value_parser = parse_mode)]
+        tls_mode: Option<RuleMode>,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -44,6 +62,11 @@ pub(super) fn run(command: OrgCommand) -> anyhow::Result<ExitCode> {
             name,
             smtp_client_authentication_disabled,
             max_concurrent_sessions,
+            allow_basic_auth_smtp,
+            basic_auth_mode,
+            allow_legacy_tls_clients,
+            require_tls,
+            tls_mode,
             json,
             args,
         } => {
@@ -51,6 +74,13 @@ pub(super) fn run(command: OrgCommand) -> anyhow::Result<ExitCode> {
                 name: name.clone(),
                 smtp_client_authentication_disabled,
                 max_concurrent_sessions_per_mailbox: max_concurrent_sessions,
+                auth: OrgAuth {
+                    allow_basic_auth_smtp,
+                    basic_auth_mode,
+                    allow_legacy_tls_clients,
+                    require_tls,
+                    tls_mode,
+                },
             };
             let snap = set(&args, &change)?;
             org_get(&snap, Some(&name), json)
@@ -89,6 +119,8 @@ fn org_get(snap: &PolicySnapshot, name: Option<&str>, json: bool) -> anyhow::Res
                     "smtp_client_authentication_disabled": o.smtp_client_authentication_disabled,
                     "max_concurrent_sessions_per_mailbox": o.max_concurrent_sessions_per_mailbox,
                     "sent_items": o.sent_items,
+                    "limits": o.limits,
+                    "authentication": o.auth.view(),
                     "mailboxes_with_own_settings": snap.mailboxes_of(&o.name).len(),
                 })
             })
@@ -105,7 +137,7 @@ fn org_get(snap: &PolicySnapshot, name: Option<&str>, json: bool) -> anyhow::Res
         if i > 0 {
             outln!()?;
         }
-        let rows = [
+        let mut rows = vec![
             ("Organization", o.name.clone()),
             ("File", o.file.display().to_string()),
             ("Domains", o.domains.join(", ")),
@@ -129,11 +161,13 @@ fn org_get(snap: &PolicySnapshot, name: Option<&str>, json: bool) -> anyhow::Res
                     o.sent_items.folder
                 ),
             ),
-            (
-                "MailboxesWithOwnSettings",
-                snap.mailboxes_of(&o.name).len().to_string(),
-            ),
         ];
+        rows.extend(limit_rows(&o.limits, None));
+        rows.extend(auth_rows(&o.auth.view()));
+        rows.push((
+            "MailboxesWithOwnSettings",
+            snap.mailboxes_of(&o.name).len().to_string(),
+        ));
         out!("{}", format_list(&rows))?;
     }
     Ok(ExitCode::SUCCESS)

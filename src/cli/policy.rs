@@ -7,8 +7,11 @@ use std::path::{Path, PathBuf};
 use anyhow::bail;
 use clap::Args;
 use submitgate::config::{Config, DEFAULT_CONFIG_PATH};
+use submitgate::policy::authentication::Sourced;
 use submitgate::policy::editor::{self, Change, Setting};
-use submitgate::policy::{self, LoadOptions, PolicySnapshot};
+use submitgate::policy::{
+    self, AuthView, LimitOverrides, Limits, LoadOptions, PolicySnapshot, RuleMode,
+};
 
 use super::ConfigArg;
 
@@ -46,6 +49,43 @@ pub(super) fn parse_bool(s: &str) -> Result<bool, String> {
 }
 
 /// A mailbox's own boolean: `true`, `false` or `inherit` (Exchange's `$null`).
+/// `enforce` or `report_only` (also `report-only`, `ReportOnly`).
+pub(super) fn parse_mode(s: &str) -> Result<RuleMode, String> {
+    match s.to_ascii_lowercase().replace('-', "_").as_str() {
+        "enforce" => Ok(RuleMode::Enforce),
+        "report_only" | "reportonly" => Ok(RuleMode::ReportOnly),
+        _ => Err(format!("{s:?}: expected enforce or report_only")),
+    }
+}
+
+/// `True (mailbox)`: a value and where it comes from, as `org get` / `mailbox get` show it.
+pub(super) fn sourced_bool(v: Sourced<bool>) -> String {
+    format!("{} ({})", title(v.value), v.source.as_str())
+}
+
+/// `ReportOnly (organization)`.
+pub(super) fn sourced_mode(v: Sourced<RuleMode>) -> String {
+    let name = match v.value {
+        RuleMode::Enforce => "Enforce",
+        RuleMode::ReportOnly => "ReportOnly",
+    };
+    format!("{name} ({})", v.source.as_str())
+}
+
+/// The authentication policy rows of `org get` / `mailbox get`, in Exchange's names.
+pub(super) fn auth_rows(v: &AuthView) -> [(&'static str, String); 5] {
+    [
+        ("AllowBasicAuthSmtp", sourced_bool(v.allow_basic_auth_smtp)),
+        ("BasicAuthMode", sourced_mode(v.basic_auth_mode)),
+        (
+            "AllowLegacyTLSClients",
+            sourced_bool(v.allow_legacy_tls_clients),
+        ),
+        ("RequireTls", sourced_bool(v.require_tls)),
+        ("TlsMode", sourced_mode(v.tls_mode)),
+    ]
+}
+
 pub(super) fn parse_bool_setting(s: &str) -> Result<Setting<bool>, String> {
     match s.to_ascii_lowercase().trim_start_matches('$') {
         "inherit" | "null" => Ok(Setting::Inherit),
@@ -117,4 +157,80 @@ pub(super) fn format_list(rows: &[(&str, String)]) -> String {
     rows.iter()
         .map(|(k, v)| format!("{k:<width$} : {v}\n"))
         .collect()
+}
+
+/// The sending limits and outbound spam thresholds in `Format-List` rows (Exchange's names),
+/// each with `(mailbox)` or `(organization)` when `own` says where it comes from.
+pub(super) fn limit_rows(l: &Limits, own: Option<&LimitOverrides>) -> Vec<(&'static str, String)> {
+    let from = |set: bool| match own {
+        None => "",
+        Some(_) if set => " (mailbox)",
+        Some(_) => " (organization)",
+    };
+    let n = |v: u32| {
+        if v == 0 {
+            "0 (no limit)".to_string()
+        } else {
+            v.to_string()
+        }
+    };
+    let o = own.copied().unwrap_or_default();
+    vec![
+        (
+            "MessagesPerMinute",
+            format!(
+                "{}{}",
+                n(l.messages_per_minute),
+                from(o.messages_per_minute.is_some())
+            ),
+        ),
+        (
+            "RecipientsPerDay",
+            format!(
+                "{}{}",
+                n(l.recipients_per_day),
+                from(o.recipients_per_day.is_some())
+            ),
+        ),
+        (
+            "RecipientsPerMessage",
+            format!(
+                "{}{}",
+                n(l.recipients_per_message),
+                from(o.recipients_per_message.is_some())
+            ),
+        ),
+        (
+            "RecipientLimitExternalPerHour",
+            format!(
+                "{}{}",
+                n(l.recipient_limit_external_per_hour),
+                from(o.recipient_limit_external_per_hour.is_some())
+            ),
+        ),
+        (
+            "RecipientLimitInternalPerHour",
+            format!(
+                "{}{}",
+                n(l.recipient_limit_internal_per_hour),
+                from(o.recipient_limit_internal_per_hour.is_some())
+            ),
+        ),
+        (
+            "RecipientLimitPerDay",
+            format!(
+                "{}{}",
+                n(l.recipient_limit_per_day),
+                from(o.recipient_limit_per_day.is_some())
+            ),
+        ),
+        (
+            "ActionWhenThresholdReached",
+            format!(
+                "{}{}",
+                l.action_when_threshold_reached,
+                from(o.action_when_threshold_reached.is_some())
+            ),
+        ),
+    ]
 }

@@ -53,7 +53,7 @@ pub(super) fn reload(json: bool, config: &ConfigArg) -> anyhow::Result<ExitCode>
 }
 
 /// The configured control socket.
-fn control_endpoint(c: &ConfigArg) -> anyhow::Result<Endpoint> {
+pub(super) fn control_endpoint(c: &ConfigArg) -> anyhow::Result<Endpoint> {
     let config = Config::load(&c.config).map_err(|e| anyhow::anyhow!("{e}"))?;
     config.control.ok_or_else(|| {
         anyhow::anyhow!(

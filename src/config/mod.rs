@@ -58,8 +58,9 @@ pub use crate::yaml::Errors as ConfigErrors;
 /// Which limiter backend holds the session leases.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LimiterConfig {
-    /// In this process (one MTA).
-    Memory,
+    /// In this process (one MTA); the blocked list and the counters survive a restart in
+    /// `state_dir` when it is set.
+    Memory { state_dir: Option<PathBuf> },
     /// Shared by several MTAs through Redis.
     Redis(RedisSettings),
 }

@@ -40,6 +40,12 @@ pub(super) fn resolve(config: &mut Config, base: &Path) {
         file(p);
     }
     file(&mut config.sent_items.spool);
+    if let super::LimiterConfig::Memory {
+        state_dir: Some(dir),
+    } = &mut config.limiter
+    {
+        file(dir);
+    }
     match &mut config.sent_items.store {
         StoreSettings::Maildir { root } => {
             if Path::new(root.as_str()).is_relative() {

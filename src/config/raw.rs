@@ -138,6 +138,20 @@ pub(super) struct RawLimiter {
     pub timeout: Option<String>,
     pub on_error: Option<String>,
     pub node_id: Option<String>,
+    /// Memory backend: where the blocked list and the counters survive a restart.
+    pub state_dir: Option<PathBuf>,
+    /// Redis Cluster: seed nodes (instead of `url`).
+    pub cluster: Option<Vec<String>>,
+    /// Redis Sentinel (instead of `url`).
+    pub sentinel: Option<RawSentinel>,
+}
+
+/// `limiter.sentinel:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSentinel {
+    pub master_name: String,
+    pub nodes: Vec<String>,
 }
 
 /// `audit:`.
@@ -161,6 +175,15 @@ pub(super) struct RawReplies {
     pub auth_mailbox_disabled: Option<String>,
     pub invalid_login: Option<String>,
     pub auth_invalid_login: Option<String>,
+    pub message_rate_limit: Option<String>,
+    pub recipient_rate_limit: Option<String>,
+    pub recipients_per_message: Option<String>,
+    pub sender_restricted: Option<String>,
+    pub basic_auth_disabled: Option<String>,
+    pub legacy_tls: Option<String>,
+    pub tls_required: Option<String>,
+    pub auth_basic_auth_disabled: Option<String>,
+    pub auth_tls_required: Option<String>,
 }
 
 /// `log:`.

@@ -33,6 +33,33 @@ pub(super) fn check(ck: &mut Checker, raw: Option<&RawReplies>) -> Replies {
             &r.invalid_login,
             &mut replies.invalid_login,
         ),
+        (
+            "message_rate_limit",
+            &r.message_rate_limit,
+            &mut replies.message_rate_limit,
+        ),
+        (
+            "recipient_rate_limit",
+            &r.recipient_rate_limit,
+            &mut replies.recipient_rate_limit,
+        ),
+        (
+            "recipients_per_message",
+            &r.recipients_per_message,
+            &mut replies.recipients_per_message,
+        ),
+        (
+            "sender_restricted",
+            &r.sender_restricted,
+            &mut replies.sender_restricted,
+        ),
+        (
+            "basic_auth_disabled",
+            &r.basic_auth_disabled,
+            &mut replies.basic_auth_disabled,
+        ),
+        ("legacy_tls", &r.legacy_tls, &mut replies.legacy_tls),
+        ("tls_required", &r.tls_required, &mut replies.tls_required),
     ] {
         ck.reply_at(&["replies", name], value.as_deref(), slot);
     }
@@ -51,6 +78,16 @@ pub(super) fn check(ck: &mut Checker, raw: Option<&RawReplies>) -> Replies {
             "auth_invalid_login",
             &r.auth_invalid_login,
             &mut replies.auth_invalid_login,
+        ),
+        (
+            "auth_basic_auth_disabled",
+            &r.auth_basic_auth_disabled,
+            &mut replies.auth_basic_auth_disabled,
+        ),
+        (
+            "auth_tls_required",
+            &r.auth_tls_required,
+            &mut replies.auth_tls_required,
         ),
     ] {
         ck.auth_reply_at(&["replies", name], value.as_deref(), slot);

@@ -305,6 +305,51 @@ auth_invalid_login: \"Bad login\" }\n",
 }
 
 #[test]
+fn the_authentication_policy_replies_default_and_can_be_overridden() {
+    use crate::reply::{
+        AUTH_BASIC_AUTH_DISABLED, AUTH_TLS_REQUIRED, BASIC_AUTH_DISABLED, LEGACY_TLS, TLS_REQUIRED,
+    };
+    let c = parse("policy: [\"inet:127.0.0.1:1\"]\n").unwrap();
+    assert_eq!(
+        c.replies.basic_auth_disabled.to_string(),
+        BASIC_AUTH_DISABLED
+    );
+    assert_eq!(
+        c.replies.basic_auth_disabled.to_string(),
+        "550 5.7.30 Basic authentication is not supported for Client Submission."
+    );
+    assert_eq!(c.replies.legacy_tls.to_string(), LEGACY_TLS);
+    assert_eq!(
+        c.replies.legacy_tls.to_string(),
+        "421 4.7.66 TLS 1.0 and 1.1 are not supported. Please upgrade/update your client to support TLS 1.2."
+    );
+    assert_eq!(c.replies.tls_required.to_string(), TLS_REQUIRED);
+    assert_eq!(c.replies.auth_basic_auth_disabled, AUTH_BASIC_AUTH_DISABLED);
+    assert_eq!(c.replies.auth_tls_required, AUTH_TLS_REQUIRED);
+    let c = parse(
+        "policy: [\"inet:127.0.0.1:1\"]\nreplies:\n  basic_auth_disabled: \"535 5.7.139 Use OAuth\"\n  \
+legacy_tls: \"554 5.7.66 Old TLS\"\n  tls_required: \"530 5.7.11 Encryption required\"\n  \
+auth_basic_auth_disabled: \"Use OAuth\"\n  auth_tls_required: \"Use TLS\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.replies.basic_auth_disabled.to_string(),
+        "535 5.7.139 Use OAuth"
+    );
+    assert_eq!(c.replies.legacy_tls.to_string(), "554 5.7.66 Old TLS");
+    assert_eq!(
+        c.replies.tls_required.to_string(),
+        "530 5.7.11 Encryption required"
+    );
+    assert_eq!(c.replies.auth_basic_auth_disabled, "Use OAuth");
+    assert_eq!(c.replies.auth_tls_required, "Use TLS");
+    let e = parse("policy: [\"inet:127.0.0.1:1\"]\nreplies: { legacy_tls: \"421 5.7.66 x\" }\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("replies.legacy_tls"), "{e}");
+}
+
+#[test]
 fn auth_policy_defaults_and_overrides() {
     let c = parse("policy: [\"inet:127.0.0.1:1\"]\n").unwrap();
     assert!(c.auth_policy_listeners.is_empty());
@@ -370,4 +415,95 @@ fn duration_messages_keep_their_own_examples() {
     ] {
         assert!(s.contains(expected), "missing {expected:?} in:\n{s}");
     }
+}
+
+#[test]
+fn limiter_state_dir_cluster_and_sentinel() {
+    use crate::limiter::redis::Topology;
+    let c = parse("policy: [\"inet:127.0.0.1:1\"]\nlimiter: { backend: memory, state_dir: /var/lib/submitgate }\n")
+        .unwrap();
+    assert_eq!(
+        c.limiter,
+        LimiterConfig::Memory {
+            state_dir: Some(PathBuf::from("/var/lib/submitgate"))
+        }
+    );
+    let c = parse(
+        "policy: [\"inet:127.0.0.1:1\"]\nlimiter: { backend: redis, cluster: [\"redis://10.0.0.1:7000\", \"redis://10.0.0.2:7000\"] }\n",
+    )
+    .unwrap();
+    let LimiterConfig::Redis(r) = c.limiter else {
+        panic!("{:?}", c.limiter)
+    };
+    assert_eq!(
+        r.topology,
+        Topology::Cluster(vec![
+            "redis://10.0.0.1:7000".into(),
+            "redis://10.0.0.2:7000".into()
+        ])
+    );
+    let c = parse(
+        "policy: [\"inet:127.0.0.1:1\"]\nlimiter: { backend: redis, sentinel: { master_name: mymaster, nodes: [\"redis://10.0.0.1:26379\"] } }\n",
+    )
+    .unwrap();
+    let LimiterConfig::Redis(r) = c.limiter else {
+        panic!("{:?}", c.limiter)
+    };
+    assert_eq!(
+        r.topology,
+        Topology::Sentinel {
+            master: "mymaster".into(),
+            nodes: vec!["redis://10.0.0.1:26379".into()]
+        }
+    );
+    let e = parse(
+        "policy: [\"inet:127.0.0.1:1\"]\nlimiter:\n  backend: redis\n  url: \"redis://x\"\n  cluster: []\n  key_prefix: \"a{b}\"\n  state_dir: /x\n",
+    )
+    .unwrap_err()
+    .to_string();
+    for want in [
+        "sg.yaml:3:12: limiter.backend: set one of url",
+        "sg.yaml:5:12: limiter.cluster: needs at least one redis:// node",
+        "sg.yaml:6:15: limiter.key_prefix: must not contain { or }",
+        "sg.yaml:7:14: limiter.state_dir: only applies to backend: memory",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in\n{e}");
+    }
+    let e = parse(
+        "policy: [\"inet:127.0.0.1:1\"]\nlimiter: { backend: memory, cluster: [\"redis://x\"] }\n",
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("limiter.cluster: only applies to backend: redis"),
+        "{e}"
+    );
+}
+
+#[test]
+fn sending_limit_replies_are_configurable() {
+    let c = parse(
+        "policy: [\"inet:127.0.0.1:1\"]\nreplies:\n  message_rate_limit: \"450 4.7.0 slow down\"\n  sender_restricted: \"550 5.7.1 blocked\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.replies.message_rate_limit.to_string(),
+        "450 4.7.0 slow down"
+    );
+    assert_eq!(c.replies.sender_restricted.to_string(), "550 5.7.1 blocked");
+    assert_eq!(
+        c.replies.recipient_rate_limit.to_string(),
+        crate::reply::RECIPIENT_RATE_LIMIT
+    );
+    assert_eq!(
+        c.replies.recipients_per_message.to_string(),
+        crate::reply::RECIPIENTS_PER_MESSAGE
+    );
+    let e =
+        parse("policy: [\"inet:127.0.0.1:1\"]\nreplies: { recipients_per_message: \"250 ok\" }\n")
+            .unwrap_err();
+    assert!(
+        e.to_string().contains("replies.recipients_per_message"),
+        "{e}"
+    );
 }

@@ -1,9 +1,13 @@
-//! The shared limiter backend: several MTAs count the same mailboxes in one Redis.
+//! The shared limiter backend: several MTAs count the same mailboxes in one Redis (a single
+//! server, Redis Cluster or Redis Sentinel: [`conn`]).
 //!
 //! A lease is a member (`<node id>:<counter>`, unique across nodes) of the mailbox's sorted set
-//! `<prefix>lease:<mailbox>`, scored with its expiry in Redis's own clock. Acquire is one Lua
+//! `<prefix>lease:{<mailbox>}`, scored with its expiry in Redis's own clock. Acquire is one Lua
 //! script (drop expired members, count, add when under the limit) so check-and-take is atomic
-//! across nodes. Live leases are refreshed every `lease_ttl / 3`; a crashed node's leases expire
+//! across nodes. The sending-limit counters (`<prefix>count:{<mailbox>}`) and the restricted
+//! sender's entry (`<prefix>blocked:{<mailbox>}`) share the mailbox's hash tag, so that one
+//! script ([`scripts`]) reads and writes all of them atomically, in Redis Cluster too: a
+//! decision is one round trip (`EVALSHA`), whatever it checks. Live leases are refreshed every `lease_ttl / 3`; a crashed node's leases expire
 //! by themselves after `lease_ttl`; a set's key expires with its last lease. When Redis cannot
 //! answer within `timeout`, `on_error` decides: `allow` (let the submission through, audit
 //! `limiter_unavailable` once per outage) or `tempfail`. After an outage, the leases of sessions
@@ -14,11 +18,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Script};
+use redis::Script;
 
+use super::blocked::BlockedSender;
+use super::counters::{Crossed, MessageCount, Threshold, Thresholds, Usage};
 use super::{Backend, Limiter, MailboxSessions};
 use crate::audit::{Audit, AuditEvent, EventKind};
+
+pub mod conn;
+mod scripts;
+
+use conn::Conn;
+pub use conn::Topology;
 
 /// What to do when Redis cannot answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,8 +43,11 @@ pub enum OnError {
 /// Settings of the Redis backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisSettings {
-    /// `redis://[:password@]host:port/db`, `rediss://…` (TLS) or `unix:///path`.
+    /// `redis://[:password@]host:port/db`, `rediss://…` (TLS) or `unix:///path`: the server
+    /// of [`Topology::Single`]; with a cluster or sentinels, their first node (for messages).
     pub url: String,
+    /// Single server, Redis Cluster or Redis Sentinel.
+    pub topology: Topology,
     pub key_prefix: String,
     pub lease_ttl: Duration,
     pub timeout: Duration,
@@ -126,7 +140,7 @@ struct LiveLease {
 
 /// The backend.
 pub struct RedisBackend {
-    conn: ConnectionManager,
+    conn: Conn,
     settings: RedisSettings,
     counter: AtomicU64,
     live: Mutex<HashMap<u64, LiveLease>>,
@@ -136,6 +150,52 @@ pub struct RedisBackend {
     refresh: Script,
     release: Script,
     count: Script,
+    open: Script,
+    commit: Script,
+    uncommit: Script,
+    usage: Script,
+    release_sender: Script,
+}
+
+/// What the open script found.
+pub(super) enum OpenOutcome {
+    Open { in_use: u32, usage: Usage },
+    Full(u32),
+    Blocked(BlockedSender),
+    MessageRate(Usage),
+    Unavailable,
+}
+
+/// What the commit script did.
+pub(super) enum CommitOutcome {
+    Counted {
+        usage: Usage,
+        alert: Option<Crossed>,
+        at: u64,
+    },
+    Blocked(BlockedSender),
+    MessageRate(Usage),
+    RecipientRate(Usage),
+    Restricted {
+        crossed: Crossed,
+        entry: BlockedSender,
+        usage: Usage,
+    },
+    Unavailable,
+}
+
+/// A restricted sender's entry as the commit script wrote it (`None`: empty or not ours).
+fn parse_entry(json: &str) -> Option<BlockedSender> {
+    if json.is_empty() {
+        return None;
+    }
+    serde_json::from_str(json).ok()
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The outcome of an acquire, before it becomes a lease.
@@ -153,13 +213,7 @@ impl RedisBackend {
             url: redact(&settings.url),
             source,
         };
-        let client = redis::Client::open(settings.url.as_str()).map_err(err)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.timeout.max(Duration::from_millis(200))))
-            .set_response_timeout(Some(settings.timeout.max(Duration::from_millis(200))))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(err)?;
+        let conn = Conn::open(&settings.url, &settings.topology, settings.timeout).map_err(err)?;
         Ok(RedisBackend {
             conn,
             settings,
@@ -171,11 +225,30 @@ impl RedisBackend {
             refresh: Script::new(REFRESH),
             release: Script::new(RELEASE),
             count: Script::new(COUNT),
+            open: Script::new(&scripts::open()),
+            commit: Script::new(&scripts::commit()),
+            uncommit: Script::new(scripts::UNCOMMIT),
+            usage: Script::new(&scripts::usage()),
+            release_sender: Script::new(scripts::RELEASE_SENDER),
         })
     }
 
+    /// The mailbox's lease set; its name carries the mailbox as hash tag.
     fn key(&self, mailbox: &str) -> String {
-        format!("{}lease:{mailbox}", self.settings.key_prefix)
+        self.key_of("lease", mailbox)
+    }
+
+    /// `<prefix><kind>:{<mailbox>}`: every key of a mailbox has the same hash tag.
+    fn key_of(&self, kind: &str, mailbox: &str) -> String {
+        format!("{}{kind}:{{{mailbox}}}", self.settings.key_prefix)
+    }
+
+    /// The mailbox of a key made by [`RedisBackend::key_of`].
+    fn mailbox_of<'k>(&self, kind: &str, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(self.settings.key_prefix.as_str())?
+            .strip_prefix(kind)?
+            .strip_prefix(":{")?
+            .strip_suffix('}')
     }
 
     fn member(&self, id: u64) -> String {
@@ -216,7 +289,10 @@ impl RedisBackend {
         let result = match tokio::time::timeout(timeout, op).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {timeout:?}")),
+            Err(_) => {
+                self.conn.reset();
+                Err(format!("no answer within {timeout:?}"))
+            }
         };
         match result {
             Ok(v) => {
@@ -342,44 +418,277 @@ impl RedisBackend {
 
     /// Sessions per mailbox across every node.
     pub(super) async fn sessions(&self) -> Option<Vec<MailboxSessions>> {
-        let prefix = format!("{}lease:", self.settings.key_prefix);
-        let pattern = format!("{}*", glob_escape(&prefix));
-        let mut conn = self.conn.clone();
+        let pattern = format!("{}lease:{{*", glob_escape(&self.settings.key_prefix));
         let keys: Vec<String> = self
-            .call(Duration::from_secs(5), async {
-                let mut iter = conn.scan_match::<_, String>(&pattern).await?;
-                let mut keys = Vec::new();
-                while let Some(k) = futures_util::StreamExt::next(&mut iter).await {
-                    keys.push(k?);
-                }
-                Ok(keys)
-            })
+            .call(Duration::from_secs(5), self.conn.scan(&pattern))
             .await?;
         let mut out = Vec::new();
-        for chunk in keys.chunks(500) {
+        // One key per call: in a cluster the keys of one script must share a slot.
+        for k in keys {
+            let Some(mailbox) = self.mailbox_of("lease", &k) else {
+                continue;
+            };
             let mut conn = self.conn.clone();
-            let mut invocation = self.count.prepare_invoke();
-            for k in chunk {
-                invocation.key(k);
-            }
             let counts: Vec<u32> = self
-                .call(Duration::from_secs(5), invocation.invoke_async(&mut conn))
+                .call(
+                    Duration::from_secs(5),
+                    self.count.key(&k).invoke_async(&mut conn),
+                )
                 .await?;
-            for (k, n) in chunk.iter().zip(counts) {
-                if n > 0 {
-                    out.push(MailboxSessions {
-                        mailbox: k[prefix.len()..].to_string(),
-                        sessions: n,
-                    });
-                }
+            if let Some(n) = counts.first().copied().filter(|n| *n > 0) {
+                out.push(MailboxSessions {
+                    mailbox: mailbox.to_string(),
+                    sessions: n,
+                });
             }
         }
         Some(out)
     }
 
+    /// The start of a message: restricted? over the message rate? and the lease when
+    /// `lease_limit` asks for one (member `id`), in one script.
+    pub(super) async fn open(
+        &self,
+        mailbox: &str,
+        lease_limit: Option<u32>,
+        messages_per_minute: u32,
+        id: u64,
+    ) -> OpenOutcome {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.open.prepare_invoke();
+        invocation
+            .key(self.key(mailbox))
+            .key(self.key_of("count", mailbox))
+            .key(self.key_of("blocked", mailbox))
+            .arg(if lease_limit.is_some() { "1" } else { "0" })
+            .arg(lease_limit.unwrap_or(0))
+            .arg(self.ttl_ms())
+            .arg(self.member(id))
+            .arg(messages_per_minute);
+        let answer: Option<(u8, u32, String, u32, u32, u32, u32)> = self
+            .call(self.settings.timeout, invocation.invoke_async(&mut conn))
+            .await;
+        let Some((code, in_use, entry, m, r, e, i)) = answer else {
+            return match self.settings.on_error {
+                OnError::Allow => {
+                    if lease_limit.is_some() {
+                        // Not in Redis yet: the first refresh after the outage writes it.
+                        self.track(id, mailbox, false);
+                    }
+                    OpenOutcome::Open {
+                        in_use: 0,
+                        usage: Usage::default(),
+                    }
+                }
+                OnError::Tempfail => OpenOutcome::Unavailable,
+            };
+        };
+        let usage = Usage {
+            messages_last_minute: m,
+            recipients_last_day: r,
+            external_last_hour: e,
+            internal_last_hour: i,
+        };
+        match code {
+            0 => {
+                if lease_limit.is_some() {
+                    self.track(id, mailbox, true);
+                }
+                OpenOutcome::Open { in_use, usage }
+            }
+            1 => OpenOutcome::Full(in_use),
+            2 => match parse_entry(&entry) {
+                Some(b) => OpenOutcome::Blocked(b),
+                None => self.bad_entry(mailbox, &entry),
+            },
+            _ => OpenOutcome::MessageRate(usage),
+        }
+    }
+
+    fn bad_entry(&self, mailbox: &str, entry: &str) -> OpenOutcome {
+        tracing::error!(
+            mailbox,
+            entry = %crate::text::escape(&entry.chars().take(200).collect::<String>()),
+            "redis limiter: a restricted sender's entry is not submitgate's JSON; treated as blocked"
+        );
+        OpenOutcome::Blocked(BlockedSender {
+            mailbox: mailbox.to_string(),
+            since: 0,
+            until: 0,
+            threshold: "unknown".into(),
+            count: 0,
+            limit: 0,
+            action: crate::policy::SpamAction::BlockUser,
+        })
+    }
+
+    /// The end of a message: judge, then count or block, and give back the lease with member
+    /// `release` if given, in one script.
+    pub(super) async fn commit(
+        &self,
+        mailbox: &str,
+        t: &Thresholds,
+        count: MessageCount,
+        release: Option<u64>,
+    ) -> CommitOutcome {
+        if let Some(id) = release {
+            self.untrack(id);
+        }
+        let mut conn = self.conn.clone();
+        let mut invocation = self.commit.prepare_invoke();
+        invocation
+            .key(self.key(mailbox))
+            .key(self.key_of("count", mailbox))
+            .key(self.key_of("blocked", mailbox))
+            .arg(t.messages_per_minute)
+            .arg(t.recipients_per_day)
+            .arg(t.external_per_hour)
+            .arg(t.internal_per_hour)
+            .arg(t.spam_per_day)
+            .arg(t.action.as_str())
+            .arg(count.external)
+            .arg(count.internal)
+            .arg(mailbox)
+            .arg(release.map(|id| self.member(id)).unwrap_or_default());
+        type Answer = (u8, String, u32, u32, u32, u32, u64, String, u32, u32);
+        let answer: Option<Answer> = self
+            .call(self.settings.timeout, invocation.invoke_async(&mut conn))
+            .await;
+        let Some((code, entry, m, r, e, i, secs, which, n, limit)) = answer else {
+            return match self.settings.on_error {
+                OnError::Allow => CommitOutcome::Counted {
+                    usage: Usage::default(),
+                    alert: None,
+                    at: now_secs(),
+                },
+                OnError::Tempfail => CommitOutcome::Unavailable,
+            };
+        };
+        let usage = Usage {
+            messages_last_minute: m,
+            recipients_last_day: r,
+            external_last_hour: e,
+            internal_last_hour: i,
+        };
+        let crossed = Threshold::parse(&which).map(|threshold| Crossed {
+            threshold,
+            count: n,
+            limit,
+        });
+        match code {
+            0 => CommitOutcome::Counted {
+                usage,
+                alert: crossed,
+                at: secs,
+            },
+            2 | 5 => {
+                let entry = match parse_entry(&entry) {
+                    Some(b) => b,
+                    None => match self.bad_entry(mailbox, &entry) {
+                        OpenOutcome::Blocked(b) => b,
+                        _ => return CommitOutcome::Unavailable,
+                    },
+                };
+                match (code, crossed) {
+                    (5, Some(crossed)) => CommitOutcome::Restricted {
+                        crossed,
+                        entry,
+                        usage,
+                    },
+                    _ => CommitOutcome::Blocked(entry),
+                }
+            }
+            3 => CommitOutcome::MessageRate(usage),
+            _ => CommitOutcome::RecipientRate(usage),
+        }
+    }
+
+    /// Takes back a message counted at `at` (its commit said so).
+    pub(super) async fn uncommit(&self, mailbox: &str, count: MessageCount, at: u64) {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.uncommit.key(self.key_of("count", mailbox));
+        invocation.arg(at).arg(count.external).arg(count.internal);
+        let _: Option<i64> = self
+            .call(
+                self.settings.timeout * 4,
+                invocation.invoke_async(&mut conn),
+            )
+            .await;
+    }
+
+    /// Sessions, block and usage of a mailbox (`None` when Redis cannot answer).
+    pub(super) async fn usage(&self, mailbox: &str) -> Option<(u32, Option<BlockedSender>, Usage)> {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.usage.prepare_invoke();
+        invocation
+            .key(self.key(mailbox))
+            .key(self.key_of("count", mailbox))
+            .key(self.key_of("blocked", mailbox));
+        let (n, entry, m, r, e, i): (u32, String, u32, u32, u32, u32) = self
+            .call(Duration::from_secs(5), invocation.invoke_async(&mut conn))
+            .await?;
+        Some((
+            n,
+            parse_entry(&entry),
+            Usage {
+                messages_last_minute: m,
+                recipients_last_day: r,
+                external_last_hour: e,
+                internal_last_hour: i,
+            },
+        ))
+    }
+
+    /// Every restricted sender (SCAN on every master).
+    pub(super) async fn blocked_senders(&self) -> Result<Vec<BlockedSender>, String> {
+        let pattern = format!("{}blocked:{{*", glob_escape(&self.settings.key_prefix));
+        let keys = tokio::time::timeout(Duration::from_secs(10), self.conn.scan(&pattern))
+            .await
+            .map_err(|_| "redis: no answer within 10s".to_string())?
+            .map_err(|e| format!("redis: {e}"))?;
+        let mut out = Vec::new();
+        for key in keys {
+            let mut conn = self.conn.clone();
+            let value: Option<String> = tokio::time::timeout(
+                Duration::from_secs(5),
+                redis::cmd("GET").arg(&key).query_async(&mut conn),
+            )
+            .await
+            .map_err(|_| "redis: no answer within 5s".to_string())?
+            .map_err(|e| format!("redis: {e}"))?;
+            if let Some(b) = value.as_deref().and_then(parse_entry) {
+                out.push(b);
+            }
+        }
+        out.sort_by(|a, b| {
+            a.since
+                .cmp(&b.since)
+                .then_with(|| a.mailbox.cmp(&b.mailbox))
+        });
+        Ok(out)
+    }
+
+    /// Releases a restricted sender; its entry if it was one.
+    pub(super) async fn release_sender(
+        &self,
+        mailbox: &str,
+    ) -> Result<Option<BlockedSender>, String> {
+        let mut conn = self.conn.clone();
+        let value: Option<String> = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.release_sender
+                .key(self.key_of("blocked", mailbox))
+                .invoke_async(&mut conn),
+        )
+        .await
+        .map_err(|_| "redis: no answer within 5s".to_string())?
+        .map_err(|e| format!("redis: {e}"))?;
+        Ok(value.as_deref().and_then(parse_entry))
+    }
+
     /// Extends every live lease of this node (and writes back those Redis does not know).
     async fn refresh_all(&self) {
-        let batch: Vec<(u64, Arc<str>, bool)> = match self.live.lock() {
+        let mut batch: Vec<(u64, Arc<str>, bool)> = match self.live.lock() {
             Ok(live) => live
                 .iter()
                 .map(|(id, l)| (*id, l.mailbox.clone(), l.registered))
@@ -387,7 +696,15 @@ impl RedisBackend {
             Err(_) => return,
         };
         let timeout = (self.settings.lease_ttl / 3).max(self.settings.timeout);
-        for chunk in batch.chunks(500) {
+        // In a cluster the keys of one script must live in one slot: one call per mailbox.
+        let cluster = matches!(self.settings.topology, Topology::Cluster(_));
+        batch.sort_by(|a, b| a.1.cmp(&b.1));
+        let chunks: Vec<&[(u64, Arc<str>, bool)]> = if cluster {
+            batch.chunk_by(|a, b| a.1 == b.1).collect()
+        } else {
+            batch.chunks(500).collect()
+        };
+        for chunk in chunks {
             let mut conn = self.conn.clone();
             let mut invocation = self.refresh.prepare_invoke();
             invocation.arg(self.ttl_ms());

@@ -65,6 +65,9 @@ async fn handle_connection(
     shutdown: CancellationToken,
 ) {
     tracing::debug!(peer, "milter connection opened");
+    // With the no-reply flags Postfix sends packet after packet without waiting for a reply:
+    // a delayed ACK from us would hold each one back (see `Stream`).
+    let stream = stream.keep_quickack();
     let mut framed = Framed::new(stream, MilterCodec::new(settings.max_frame));
     let mut session = Session::new(ctx, settings.spool.clone(), peer.clone());
     loop {

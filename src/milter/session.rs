@@ -34,6 +34,11 @@ use crate::sent_items::spool::{EntryMeta, Spool, SpoolWriter};
 /// leading whitespace, so that the Sent Items copy is the header byte for byte. Never asked for:
 /// `SMFIP_NOHDRS`/`SMFIP_NOBODY` (the capture needs them), `SMFIP_NR_MAIL` (the decision is
 /// made there), and anything the MTA did not offer (Postfix drops such a filter).
+///
+/// `SMFIP_NR_RCPT` stays: the sending limits that need the recipients (recipients per message,
+/// per day, the outbound spam thresholds) are judged at end-of-message, where the milter knows
+/// them all, and refuse the whole message there. Refusing at RCPT instead would cost Postfix a
+/// round trip per recipient of every message, for the rare message over a limit.
 pub const WANTED_PROTOCOL: u32 = SMFIP_NR_CONN
     | SMFIP_NR_HELO
     | SMFIP_NR_RCPT
@@ -566,12 +571,39 @@ impl Session {
         }
     }
 
-    /// End-of-message: commit the copy (durable before we answer), then "continue"; if the
-    /// copy cannot be made, tempfail so that no accepted message lacks its copy.
+    /// End-of-message: the sending limits judge the message with its recipients (refused or
+    /// deferred here, the whole message: the milter never answers at RCPT, see
+    /// [`WANTED_PROTOCOL`]); then commit the copy (durable before we answer), then "continue".
+    /// If the copy cannot be made, tempfail so that no accepted message lacks its copy, and
+    /// take the message's count back: it was not accepted.
     async fn end_of_message(&mut self) -> Reply {
         let Some(msg) = self.msg.take() else {
             return Reply::Continue;
         };
+        let Some(submitter) = &msg.submitter else {
+            return Reply::Continue;
+        };
+        let facts = facts(&self.peer, &self.conn.macros, Some(&msg));
+        let verdict = admission::accept(
+            &self.ctx,
+            &self.policy,
+            &facts,
+            &mut self.conn.hold,
+            Some(&msg.recipients),
+            None,
+        )
+        .await;
+        match verdict {
+            admission::Accept::Accepted => {}
+            admission::Accept::Refused(refusal) | admission::Accept::Deferred(refusal) => {
+                tracing::debug!(peer = %self.peer, mailbox = %submitter.mailbox, reason = %refusal.reason, "message refused at end-of-message");
+                if let Capture::Writing { writer, .. } = msg.capture {
+                    writer.abort();
+                }
+                self.conn.macros.queue_id = None;
+                return Reply::ReplyCode(refusal.reply);
+            }
+        }
         let Some(submitter) = msg.submitter else {
             return Reply::Continue;
         };
@@ -599,6 +631,7 @@ impl Session {
             }
         };
         let mut ev = self.event(EventKind::SubmissionCompleted);
+        ev.queue_id = non_empty(queue_id.as_bytes());
         ev.sender = Some(msg.sender);
         ev.mailbox = Some(submitter.mailbox);
         ev.organization = Some(submitter.organization);
@@ -614,6 +647,7 @@ impl Session {
             }
             Err(e) => {
                 tracing::error!(peer = %self.peer, queue_id = %queue_id, "cannot spool the Sent Items copy; message tempfailed: {e}");
+                admission::unaccept(&self.ctx, &mut self.conn.hold).await;
                 let reply = self.ctx.replies.tempfail.clone();
                 ev.event = EventKind::SentCopyFailed;
                 ev.reason = Some(Reason::SpoolUnavailable);

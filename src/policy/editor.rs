@@ -11,6 +11,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use super::authentication::OrgAuth;
 use super::files::{is_policy_file, read_policy_file};
 use super::load::{load_files, LoadOptions, MAX_SESSION_LIMIT};
 use super::{normalize_login, MailboxSettings, Organization, PolicyErrors, PolicySnapshot};
@@ -30,6 +31,20 @@ pub enum Setting<T> {
     Inherit,
 }
 
+/// The authentication settings `mailbox set` changes; `None` leaves one as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MailboxAuthChange {
+    pub allow_basic_auth_smtp: Option<Setting<bool>>,
+    pub allow_legacy_tls_clients: Option<Setting<bool>>,
+    pub require_tls: Option<Setting<bool>>,
+}
+
+impl MailboxAuthChange {
+    fn is_empty(&self) -> bool {
+        *self == MailboxAuthChange::default()
+    }
+}
+
 /// What `org set` / `mailbox set` asks for; `None` leaves a setting as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -37,11 +52,14 @@ pub enum Change {
         name: String,
         smtp_client_authentication_disabled: Option<bool>,
         max_concurrent_sessions_per_mailbox: Option<u32>,
+        /// Authentication policy values to write (`Some`: set the key to it).
+        auth: OrgAuth,
     },
     Mailbox {
         address: String,
         smtp_client_authentication_disabled: Option<Setting<bool>>,
         max_concurrent_sessions_per_mailbox: Option<Setting<u32>>,
+        auth: MailboxAuthChange,
     },
 }
 
@@ -58,7 +76,7 @@ pub enum EditError {
     OutsideEveryOrganization { address: String },
     #[error("max concurrent sessions must be from 1 to {MAX_SESSION_LIMIT}, not {0}")]
     InvalidLimit(u32),
-    #[error("nothing to change: give --smtp-client-authentication-disabled and/or --max-concurrent-sessions")]
+    #[error("nothing to change: give --smtp-client-authentication-disabled, --max-concurrent-sessions, --allow-basic-auth-smtp, --allow-legacy-tls-clients, --require-tls (or, for an organization, --basic-auth-mode, --tls-mode)")]
     NothingToChange,
     #[error("{file}: cannot edit this file safely: {reason}")]
     Unsupported { file: PathBuf, reason: String },
@@ -189,13 +207,15 @@ fn validate(change: &Change) -> Result<(), EditError> {
         Change::Organization {
             smtp_client_authentication_disabled: None,
             max_concurrent_sessions_per_mailbox: None,
+            auth,
             ..
-        }
-        | Change::Mailbox {
+        } if *auth == OrgAuth::default() => Err(EditError::NothingToChange),
+        Change::Mailbox {
             smtp_client_authentication_disabled: None,
             max_concurrent_sessions_per_mailbox: None,
+            auth,
             ..
-        } => Err(EditError::NothingToChange),
+        } if auth.is_empty() => Err(EditError::NothingToChange),
         Change::Organization {
             max_concurrent_sessions_per_mailbox: Some(n),
             ..
@@ -265,6 +285,7 @@ impl Model {
             Change::Organization {
                 smtp_client_authentication_disabled,
                 max_concurrent_sessions_per_mailbox,
+                auth,
                 ..
             } => {
                 if let Some(o) = self.orgs.iter_mut().find(|o| o.name == org_name) {
@@ -274,12 +295,21 @@ impl Model {
                     if let Some(n) = max_concurrent_sessions_per_mailbox {
                         o.max_concurrent_sessions_per_mailbox = *n;
                     }
+                    let a = &mut o.auth;
+                    a.allow_basic_auth_smtp =
+                        auth.allow_basic_auth_smtp.or(a.allow_basic_auth_smtp);
+                    a.basic_auth_mode = auth.basic_auth_mode.or(a.basic_auth_mode);
+                    a.allow_legacy_tls_clients =
+                        auth.allow_legacy_tls_clients.or(a.allow_legacy_tls_clients);
+                    a.require_tls = auth.require_tls.or(a.require_tls);
+                    a.tls_mode = auth.tls_mode.or(a.tls_mode);
                 }
             }
             Change::Mailbox {
                 address,
                 smtp_client_authentication_disabled,
                 max_concurrent_sessions_per_mailbox,
+                auth,
             } => {
                 let address = normalize_login(address, opts.default_domain.as_deref());
                 let before = self.mailboxes.get(&address).map(|(_, s)| s.clone());
@@ -295,6 +325,22 @@ impl Model {
                         Setting::Value(v) => Some(*v),
                         Setting::Inherit => None,
                     };
+                }
+                let own = &mut settings.overrides.auth;
+                for (change, slot) in [
+                    (auth.allow_basic_auth_smtp, &mut own.allow_basic_auth_smtp),
+                    (
+                        auth.allow_legacy_tls_clients,
+                        &mut own.allow_legacy_tls_clients,
+                    ),
+                    (auth.require_tls, &mut own.require_tls),
+                ] {
+                    if let Some(s) = change {
+                        *slot = match s {
+                            Setting::Value(v) => Some(v),
+                            Setting::Inherit => None,
+                        };
+                    }
                 }
                 // An entry that overrides nothing any more is removed — but only by a change;
                 // an existing `{}` entry that this command does not alter stays.
@@ -336,6 +382,11 @@ impl Model {
 /// Keys written by the editor.
 const DISABLED: &str = "smtp_client_authentication_disabled";
 const LIMIT: &str = "max_concurrent_sessions_per_mailbox";
+const ALLOW_BASIC: &str = "allow_basic_auth_smtp";
+const BASIC_MODE: &str = "basic_auth_mode";
+const ALLOW_LEGACY_TLS: &str = "allow_legacy_tls_clients";
+const REQUIRE_TLS: &str = "require_tls";
+const TLS_MODE: &str = "tls_mode";
 
 /// Applies the change to the text, one key at a time (re-parsing between steps, so every
 /// splice works on fresh positions).
@@ -355,6 +406,7 @@ fn edit_text(
         Change::Organization {
             smtp_client_authentication_disabled,
             max_concurrent_sessions_per_mailbox,
+            auth,
             ..
         } => {
             let steps = [
@@ -366,12 +418,26 @@ fn edit_text(
                     LIMIT,
                     max_concurrent_sessions_per_mailbox.map(|n| n.to_string()),
                 ),
+                (
+                    ALLOW_BASIC,
+                    auth.allow_basic_auth_smtp.map(|b| b.to_string()),
+                ),
+                (
+                    BASIC_MODE,
+                    auth.basic_auth_mode.map(|m| m.as_str().to_string()),
+                ),
+                (
+                    ALLOW_LEGACY_TLS,
+                    auth.allow_legacy_tls_clients.map(|b| b.to_string()),
+                ),
+                (REQUIRE_TLS, auth.require_tls.map(|b| b.to_string())),
+                (TLS_MODE, auth.tls_mode.map(|m| m.as_str().to_string())),
             ];
             for (key, value) in steps {
                 if let Some(value) = value {
                     let doc = parse(&text, path)?;
-                    text =
-                        set_key(&text, &doc, key, &value, Some("domains")).map_err(unsupported)?;
+                    let after = insert_after(&doc, key);
+                    text = set_key(&text, &doc, key, &value, Some(after)).map_err(unsupported)?;
                 }
             }
         }
@@ -379,8 +445,15 @@ fn edit_text(
             address,
             smtp_client_authentication_disabled,
             max_concurrent_sessions_per_mailbox,
+            auth,
         } => {
             let address = normalize_login(address, opts.default_domain.as_deref());
+            let setting = |s: Option<Setting<bool>>| {
+                s.map(|s| match s {
+                    Setting::Value(v) => Some(v.to_string()),
+                    Setting::Inherit => None,
+                })
+            };
             let steps = [
                 (
                     DISABLED,
@@ -396,6 +469,9 @@ fn edit_text(
                         Setting::Inherit => None,
                     }),
                 ),
+                (ALLOW_BASIC, setting(auth.allow_basic_auth_smtp)),
+                (ALLOW_LEGACY_TLS, setting(auth.allow_legacy_tls_clients)),
+                (REQUIRE_TLS, setting(auth.require_tls)),
             ];
             for (key, value) in steps {
                 let Some(value) = value else { continue };
@@ -415,6 +491,28 @@ fn edit_text(
         }
     }
     Ok(text)
+}
+
+/// Where a missing organization key goes: the settings keys after `domains`; an
+/// authentication policy key after the last of its kind already in the file (so that several
+/// set at once read in their usual order), else after `domains`.
+fn insert_after(doc: &Node, key: &str) -> &'static str {
+    const AUTH_ORDER: [&str; 5] = [
+        ALLOW_BASIC,
+        BASIC_MODE,
+        ALLOW_LEGACY_TLS,
+        REQUIRE_TLS,
+        TLS_MODE,
+    ];
+    let Some(at) = AUTH_ORDER.iter().position(|k| *k == key) else {
+        return "domains";
+    };
+    AUTH_ORDER[..at]
+        .iter()
+        .rev()
+        .find(|k| doc.get(k).is_some())
+        .copied()
+        .unwrap_or("domains")
 }
 
 fn parse(text: &str, path: &Path) -> Result<Node, EditError> {

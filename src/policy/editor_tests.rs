@@ -76,6 +76,7 @@ fn mailbox(address: &str, disabled: Option<Setting<bool>>, limit: Option<Setting
         address: address.into(),
         smtp_client_authentication_disabled: disabled,
         max_concurrent_sessions_per_mailbox: limit,
+        auth: MailboxAuthChange::default(),
     }
 }
 
@@ -87,6 +88,7 @@ fn org_set_replaces_only_the_value() {
             name: "CONTOSO".into(),
             smtp_client_authentication_disabled: Some(true),
             max_concurrent_sessions_per_mailbox: None,
+            auth: OrgAuth::default(),
         },
     )
     .unwrap();
@@ -107,6 +109,7 @@ fn org_set_inserts_a_missing_key_after_domains() {
             name: "contoso".into(),
             smtp_client_authentication_disabled: None,
             max_concurrent_sessions_per_mailbox: Some(5),
+            auth: OrgAuth::default(),
         },
     )
     .unwrap();
@@ -124,6 +127,7 @@ fn org_set_inserts_a_missing_key_after_domains() {
             name: "fabrikam".into(),
             smtp_client_authentication_disabled: Some(false),
             max_concurrent_sessions_per_mailbox: Some(7),
+            auth: OrgAuth::default(),
         },
     )
     .unwrap();
@@ -295,7 +299,8 @@ fn unchanged_settings_write_nothing() {
             Change::Organization {
                 name: "contoso".into(),
                 smtp_client_authentication_disabled: Some(false),
-                max_concurrent_sessions_per_mailbox: None
+                max_concurrent_sessions_per_mailbox: None,
+                auth: OrgAuth::default(),
             }
         ),
         None
@@ -368,7 +373,8 @@ fn errors_leave_everything_untouched() {
     assert!(err(Change::Organization {
         name: "nope".into(),
         smtp_client_authentication_disabled: Some(true),
-        max_concurrent_sessions_per_mailbox: None
+        max_concurrent_sessions_per_mailbox: None,
+        auth: OrgAuth::default(),
     })
     .contains("no organization \"nope\" (known: contoso, fabrikam)"));
     assert!(
@@ -459,4 +465,149 @@ fn apply_writes_atomically_and_keeps_mode() {
     )
     .unwrap();
     assert!(!again.changed);
+}
+
+#[test]
+fn org_set_writes_the_authentication_policy_keys() {
+    let out = edit(
+        CONTOSO,
+        Change::Organization {
+            name: "contoso".into(),
+            smtp_client_authentication_disabled: None,
+            max_concurrent_sessions_per_mailbox: None,
+            auth: OrgAuth {
+                allow_basic_auth_smtp: Some(false),
+                basic_auth_mode: Some(super::super::RuleMode::ReportOnly),
+                allow_legacy_tls_clients: Some(true),
+                require_tls: None,
+                tls_mode: None,
+            },
+        },
+    )
+    .unwrap();
+    let (removed, added) = diff(CONTOSO, &out);
+    assert!(removed.is_empty(), "{removed:?}");
+    // After domains, in their usual order.
+    assert_eq!(
+        added,
+        [
+            "allow_basic_auth_smtp: false\n",
+            "basic_auth_mode: report_only\n",
+            "allow_legacy_tls_clients: true\n",
+        ]
+    );
+    assert!(
+        out.contains("  - contoso.net\nallow_basic_auth_smtp: false\n"),
+        "{out}"
+    );
+    // And back: the values are replaced in place.
+    let (_, again) = plan(
+        &files(&out),
+        &opts(),
+        &Change::Organization {
+            name: "contoso".into(),
+            smtp_client_authentication_disabled: None,
+            max_concurrent_sessions_per_mailbox: None,
+            auth: OrgAuth {
+                basic_auth_mode: Some(super::super::RuleMode::Enforce),
+                ..OrgAuth::default()
+            },
+        },
+    )
+    .unwrap();
+    let again = again.unwrap();
+    assert_eq!(
+        diff(&out, &again),
+        (
+            vec!["basic_auth_mode: report_only\n"],
+            vec!["basic_auth_mode: enforce\n"]
+        )
+    );
+    // Asking for what is already there writes nothing.
+    let same = plan(
+        &files(&again),
+        &opts(),
+        &Change::Organization {
+            name: "contoso".into(),
+            smtp_client_authentication_disabled: None,
+            max_concurrent_sessions_per_mailbox: None,
+            auth: OrgAuth {
+                allow_basic_auth_smtp: Some(false),
+                ..OrgAuth::default()
+            },
+        },
+    )
+    .unwrap();
+    assert_eq!(same.1, None);
+}
+
+#[test]
+fn mailbox_set_writes_and_inherits_the_authentication_policy_keys() {
+    let auth = |basic, legacy, tls| Change::Mailbox {
+        address: "bob".into(),
+        smtp_client_authentication_disabled: None,
+        max_concurrent_sessions_per_mailbox: None,
+        auth: MailboxAuthChange {
+            allow_basic_auth_smtp: basic,
+            allow_legacy_tls_clients: legacy,
+            require_tls: tls,
+        },
+    };
+    let out = edit(
+        CONTOSO,
+        auth(
+            Some(Setting::Value(false)),
+            None,
+            Some(Setting::Value(true)),
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        diff(CONTOSO, &out),
+        (
+            vec!["  bob@contoso.com: {}          # $null: inherits\n"],
+            vec!["  bob@contoso.com: { allow_basic_auth_smtp: false, require_tls: true }          # $null: inherits\n"]
+        )
+    );
+    // inherit removes the key; the entry goes with its last override.
+    let (_, less) = plan(
+        &files(&out),
+        &opts(),
+        &auth(Some(Setting::Inherit), None, None),
+    )
+    .unwrap();
+    let less = less.unwrap();
+    assert_eq!(
+        diff(&out, &less).1,
+        vec!["  bob@contoso.com: { require_tls: true }          # $null: inherits\n"]
+    );
+    let (_, gone) = plan(
+        &files(&less),
+        &opts(),
+        &auth(None, None, Some(Setting::Inherit)),
+    )
+    .unwrap();
+    let gone = gone.unwrap();
+    assert!(!gone.contains("bob@contoso.com"), "{gone}");
+    // A new mailbox.
+    let out = edit(
+        CONTOSO,
+        Change::Mailbox {
+            address: "dave@contoso.com".into(),
+            smtp_client_authentication_disabled: None,
+            max_concurrent_sessions_per_mailbox: None,
+            auth: MailboxAuthChange {
+                allow_legacy_tls_clients: Some(Setting::Value(true)),
+                ..MailboxAuthChange::default()
+            },
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        diff(CONTOSO, &out).1,
+        vec!["  dave@contoso.com: { allow_legacy_tls_clients: true }\n"]
+    );
+    // Nothing asked: refused, as before.
+    let e = plan(&files(CONTOSO), &opts(), &auth(None, None, None)).unwrap_err();
+    assert!(matches!(e, EditError::NothingToChange), "{e}");
 }

@@ -2,7 +2,7 @@
 //! protocol. The front ends turn a [`Decision`] into their own replies and the limiter applies
 //! [`Allowed::limit`].
 
-use super::{effective_sent_items, PolicySnapshot, SentItems};
+use super::{effective_sent_items, AuthRules, Limits, PolicySnapshot, SentItems};
 use crate::reason::Reason;
 
 /// What the front ends know about a submission when they ask.
@@ -22,6 +22,11 @@ pub struct Allowed {
     pub limit: u32,
     /// Where the Sent Items copy goes.
     pub sent_items: SentItems,
+    /// Sending limits and outbound spam thresholds (mailbox ?? organization, key by key).
+    pub limits: Limits,
+    /// The authentication rules (mailbox ?? organization ?? default, key by key) that the
+    /// admission step applies to the session's mechanism and TLS.
+    pub auth: AuthRules,
 }
 
 /// The policy's answer.
@@ -66,6 +71,11 @@ pub fn evaluate(snapshot: &PolicySnapshot, submission: &Submission<'_>) -> Decis
             .and_then(|s| s.max_concurrent_sessions_per_mailbox)
             .unwrap_or(org.max_concurrent_sessions_per_mailbox),
         sent_items: effective_sent_items(org, own),
+        limits: own.map_or(org.limits, |s| s.overrides.limits.apply(&org.limits)),
+        auth: own.map_or_else(
+            || org.auth.rules(),
+            |s| s.overrides.auth.apply(&org.auth.rules()),
+        ),
         organization: org.name.clone(),
         mailbox,
     })

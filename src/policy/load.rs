@@ -9,8 +9,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::authentication::{OrgAuth, RuleMode};
 use super::compile::compile;
 use super::files::{digest, is_policy_file, read_policy_file, Digest, Version};
+use super::limits::{LimitOverrides, Limits};
 use super::mailboxes::{Mailboxes, TooLarge};
 use super::table::OrgTable;
 use super::{
@@ -226,7 +228,7 @@ fn compile_file(
     }
 }
 
-struct FileCtx<'a> {
+pub(super) struct FileCtx<'a> {
     file: &'a Path,
     errors: &'a mut Vec<PolicyError>,
     /// The file's mailboxes, checked and stored as they are read.
@@ -241,17 +243,29 @@ const ORG_KEYS: &[&str] = &[
     "smtp_client_authentication_disabled",
     "max_concurrent_sessions_per_mailbox",
     "sent_items",
+    "sending_limits",
+    "outbound_spam",
     "mailboxes",
+    "allow_basic_auth_smtp",
+    "basic_auth_mode",
+    "allow_legacy_tls_clients",
+    "require_tls",
+    "tls_mode",
 ];
 const MAILBOX_KEYS: &[&str] = &[
     "smtp_client_authentication_disabled",
     "max_concurrent_sessions_per_mailbox",
     "sent_items",
+    "sending_limits",
+    "outbound_spam",
+    "allow_basic_auth_smtp",
+    "allow_legacy_tls_clients",
+    "require_tls",
 ];
 const SENT_ITEMS_KEYS: &[&str] = &["enabled", "folder"];
 
 impl FileCtx<'_> {
-    fn error(&mut self, pos: Pos, kind: ErrorKind, message: impl Into<String>) {
+    pub(super) fn error(&mut self, pos: Pos, kind: ErrorKind, message: impl Into<String>) {
         self.errors.push(PolicyError {
             file: self.file.to_path_buf(),
             line: pos.line,
@@ -263,7 +277,7 @@ impl FileCtx<'_> {
 
     /// The entries of a mapping node, reporting unknown and duplicate keys. Returns the
     /// recognised entries (first occurrence of each key).
-    fn entries<'n>(
+    pub(super) fn entries<'n>(
         &mut self,
         node: &'n Node,
         what: &str,
@@ -360,6 +374,29 @@ impl FileCtx<'_> {
         }
     }
 
+    /// `enforce` or `report_only` (null: the default, enforce).
+    fn opt_mode(&mut self, node: &Node, key: &str) -> Option<RuleMode> {
+        match node.scalar() {
+            Some(Scalar::Null) => None,
+            Some(Scalar::Str(s)) if RuleMode::parse(s).is_some() => RuleMode::parse(s),
+            other => {
+                let kind = match other {
+                    Some(Scalar::Str(_)) => ErrorKind::InvalidValue,
+                    _ => ErrorKind::WrongType,
+                };
+                self.error(
+                    node.start,
+                    kind,
+                    format!(
+                        "{key} must be enforce or report_only (or null), found {}",
+                        node.describe()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
     fn string(&mut self, node: &Node, key: &str) -> Option<String> {
         match node.scalar() {
             Some(Scalar::Str(s)) => Some(s.to_string()),
@@ -420,8 +457,11 @@ impl FileCtx<'_> {
             smtp_client_authentication_disabled: false,
             max_concurrent_sessions_per_mailbox: DEFAULT_MAX_SESSIONS,
             sent_items: SentItems::default(),
+            limits: Limits::default(),
+            auth: OrgAuth::default(),
             file: self.file.to_path_buf(),
         };
+        let mut limits = LimitOverrides::default();
         let mut name_pos = doc.start;
         let mut domains = Vec::new();
         let mut has_name = false;
@@ -465,9 +505,21 @@ impl FileCtx<'_> {
                         org.sent_items.folder = f;
                     }
                 }
+                "sending_limits" | "outbound_spam" => self.limit_section(key, v, &mut limits),
+                "allow_basic_auth_smtp" => {
+                    org.auth.allow_basic_auth_smtp = self.opt_bool(v, key).unwrap_or(None)
+                }
+                "basic_auth_mode" => org.auth.basic_auth_mode = self.opt_mode(v, key),
+                "allow_legacy_tls_clients" => {
+                    org.auth.allow_legacy_tls_clients = self.opt_bool(v, key).unwrap_or(None)
+                }
+                "require_tls" => org.auth.require_tls = self.opt_bool(v, key).unwrap_or(None),
+                "tls_mode" => org.auth.tls_mode = self.opt_mode(v, key),
                 _ => mailboxes = Some(v),
             }
         }
+        // Keys left out (or null) keep Exchange's defaults.
+        org.limits = limits.apply(&org.limits);
         if !has_name {
             self.error(
                 doc.start,
@@ -597,6 +649,21 @@ impl FileCtx<'_> {
                     "max_concurrent_sessions_per_mailbox" => {
                         settings.max_concurrent_sessions_per_mailbox =
                             self.opt_limit(val, key).unwrap_or(None)
+                    }
+                    "sending_limits" | "outbound_spam" => {
+                        self.limit_section(key, val, &mut settings.overrides.limits)
+                    }
+                    "allow_basic_auth_smtp" => {
+                        settings.overrides.auth.allow_basic_auth_smtp =
+                            self.opt_bool(val, key).unwrap_or(None)
+                    }
+                    "allow_legacy_tls_clients" => {
+                        settings.overrides.auth.allow_legacy_tls_clients =
+                            self.opt_bool(val, key).unwrap_or(None)
+                    }
+                    "require_tls" => {
+                        settings.overrides.auth.require_tls =
+                            self.opt_bool(val, key).unwrap_or(None)
                     }
                     _ => {
                         let (enabled, folder) = self.sent_items(val);

@@ -10,6 +10,7 @@ use std::fmt;
 use std::hash::BuildHasher;
 use std::num::NonZeroU32;
 
+use super::overrides::Overrides;
 use super::MailboxSettings;
 
 /// XXH3 with a random seed per table: several times faster than SipHash on addresses, which
@@ -66,12 +67,16 @@ impl Entry {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 struct Rare {
     sent_items_folder: Option<Box<str>>,
+    /// Sending limits and the other rules' rarely set overrides ([`super::overrides`]).
+    /// The per-rule overrides (authentication policy, …: [`Overrides`]).
+    overrides: Overrides,
 }
 
 impl Rare {
     fn of(settings: &MailboxSettings) -> Rare {
         Rare {
             sent_items_folder: settings.sent_items_folder.as_deref().map(Box::from),
+            overrides: settings.overrides,
         }
     }
 
@@ -224,6 +229,7 @@ impl Mailboxes {
             sent_items_folder: rare
                 .and_then(|r| r.sent_items_folder.as_deref())
                 .map(str::to_string),
+            overrides: rare.map(|r| r.overrides).unwrap_or_default(),
         }
     }
 
@@ -286,6 +292,21 @@ mod tests {
             max_concurrent_sessions_per_mailbox: Some(7),
             sent_items_enabled: Some(false),
             sent_items_folder: Some("Gesendet".into()),
+            overrides: Overrides {
+                limits: super::super::limits::LimitOverrides {
+                    messages_per_minute: Some(3),
+                    ..Default::default()
+                },
+                auth: super::super::authentication::AuthOverrides {
+                    allow_basic_auth_smtp: Some(false),
+                    ..Default::default()
+                },
+            },
+        };
+        // Overrides alone also take a (shared) rare record.
+        let only_auth = MailboxSettings {
+            overrides: own.overrides,
+            ..MailboxSettings::default()
         };
         for i in 0..1000u32 {
             let settings = if i % 2 == 0 {
@@ -299,9 +320,16 @@ mod tests {
         // A second entry for an address gives back the first.
         let again = m.insert("user10@a.com", 2000, 5, &MailboxSettings::default());
         assert!(matches!(again, Ok(Err(e)) if e.line == 11));
+        m.insert("auth@a.com", 3000, 3, &only_auth)
+            .unwrap()
+            .unwrap();
+        m.insert("auth2@a.com", 3001, 3, &only_auth)
+            .unwrap()
+            .unwrap();
         m.finish();
-        assert_eq!(m.len(), 1000);
-        assert_eq!(m.rare.len(), 1, "rare settings are shared");
+        assert_eq!(m.len(), 1002);
+        assert_eq!(m.rare.len(), 2, "rare settings are shared");
+        assert_eq!(m.settings(m.get("auth2@a.com").unwrap()), only_auth);
         let e = m.get("user10@a.com").unwrap();
         assert_eq!((e.line, e.column()), (11, 3));
         assert_eq!(m.settings(e), own);

@@ -3,11 +3,14 @@
 //! into a [`Decision`] (`effective_disabled = mailbox ?? organization`). No protocol knowledge
 //! and no I/O beyond reading the policy files.
 
+pub mod authentication;
 mod compile;
 mod evaluate;
 mod files;
+pub mod limits;
 mod load;
 mod mailboxes;
+pub mod overrides;
 mod table;
 
 use table::OrgTable;
@@ -21,10 +24,13 @@ use std::time::SystemTime;
 pub use evaluate::{evaluate, Allowed, Decision, Submission};
 pub mod editor;
 pub mod reload;
+pub use authentication::{AuthOverrides, AuthRules, AuthView, OrgAuth, RuleMode};
 pub use files::{is_policy_file, version_of_dir};
+pub use limits::{LimitOverrides, Limits, SpamAction};
 pub use load::{
     load_dir, load_files, reload_dir, valid_address, valid_domain, LoadOptions, Reload,
 };
+pub use overrides::Overrides;
 
 /// Default number of concurrent sessions per mailbox (Exchange Online's value).
 pub const DEFAULT_MAX_SESSIONS: u32 = 3;
@@ -64,6 +70,10 @@ pub struct Organization {
     pub smtp_client_authentication_disabled: bool,
     pub max_concurrent_sessions_per_mailbox: u32,
     pub sent_items: SentItems,
+    /// Sending limits and outbound spam thresholds (`sending_limits:`, `outbound_spam:`).
+    pub limits: Limits,
+    /// Authentication policy: Basic authentication, legacy TLS, TLS required, and their modes.
+    pub auth: OrgAuth,
     /// The file it was loaded from.
     pub file: PathBuf,
 }
@@ -75,6 +85,9 @@ pub struct MailboxSettings {
     pub max_concurrent_sessions_per_mailbox: Option<u32>,
     pub sent_items_enabled: Option<bool>,
     pub sent_items_folder: Option<String>,
+    /// The rarely set settings (sending limits, …), kept in the table's side table.
+    /// The rarely set settings (authentication policy, …), kept in a side table.
+    pub overrides: Overrides,
 }
 
 /// The compiled policy: what every decision reads. Immutable; a reload builds a new one and
@@ -132,6 +145,15 @@ pub struct MailboxView {
     pub mailbox_max_concurrent_sessions: Option<u32>,
     pub effective_max_concurrent_sessions: Option<u32>,
     pub sent_items: Option<SentItems>,
+    /// The mailbox's own sending limits and outbound spam thresholds (absent inherit).
+    pub mailbox_limits: LimitOverrides,
+    /// The effective ones (none for an unknown organization).
+    pub effective_limits: Option<Limits>,
+    /// The mailbox's own authentication settings (absent inherit).
+    pub mailbox_authentication: AuthOverrides,
+    /// The effective authentication settings with their sources (none for an unknown
+    /// organization).
+    pub authentication: Option<AuthView>,
 }
 
 impl PolicySnapshot {
@@ -201,6 +223,13 @@ impl PolicySnapshot {
         })
     }
 
+    /// Whether a recipient domain (lower case) belongs to an organization of this policy: its
+    /// recipients are internal for the outbound spam thresholds. The `"*"` fallback makes no
+    /// domain internal.
+    pub fn is_internal_domain(&self, domain: &str) -> bool {
+        self.by_domain.contains_key(domain)
+    }
+
     /// The `Get-CASMailbox` view of one address.
     pub fn describe(&self, login: &str) -> MailboxView {
         let address = self.normalize(login);
@@ -230,6 +259,25 @@ impl PolicySnapshot {
             effective_max_concurrent_sessions: org
                 .map(|o| own_limit.unwrap_or(o.max_concurrent_sessions_per_mailbox)),
             sent_items: org.map(|o| effective_sent_items(o, entry.as_ref())),
+            mailbox_limits: entry
+                .as_ref()
+                .map(|e| e.overrides.limits)
+                .unwrap_or_default(),
+            effective_limits: org.map(|o| {
+                entry
+                    .as_ref()
+                    .map(|e| e.overrides.limits)
+                    .unwrap_or_default()
+                    .apply(&o.limits)
+            }),
+            mailbox_authentication: entry.as_ref().map(|e| e.overrides.auth).unwrap_or_default(),
+            authentication: org.map(|o| {
+                entry
+                    .as_ref()
+                    .map(|e| e.overrides.auth)
+                    .unwrap_or_default()
+                    .view(&o.auth)
+            }),
             address,
         }
     }

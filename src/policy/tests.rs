@@ -575,6 +575,123 @@ fn many_mailboxes_cost_a_few_dozen_bytes_each_and_versions_agree() {
     );
 }
 
+#[test]
+fn authentication_policy_keys_mailbox_over_organization_over_default() {
+    let contoso = "\
+organization: contoso
+domains: [contoso.com]
+allow_basic_auth_smtp: false
+basic_auth_mode: report_only
+require_tls: true
+mailboxes:
+  printer@contoso.com: { allow_basic_auth_smtp: true, allow_legacy_tls_clients: true }
+  scanner@contoso.com: { require_tls: false, allow_basic_auth_smtp: null }
+  bob@contoso.com: {}
+";
+    let fabrikam = "\
+organization: fabrikam
+domains: [fabrikam.com]
+allow_legacy_tls_clients: true
+tls_mode: report_only
+";
+    let snap = load(&[("c.yaml", contoso), ("f.yaml", fabrikam)]).unwrap();
+    let rules = |login: &str| match decide(&snap, login) {
+        Decision::Allow(a) => a.auth,
+        other => panic!("{other:?}"),
+    };
+    let org = AuthRules {
+        allow_basic_auth_smtp: false,
+        basic_auth_mode: RuleMode::ReportOnly,
+        allow_legacy_tls_clients: false,
+        require_tls: true,
+        tls_mode: RuleMode::Enforce,
+    };
+    assert_eq!(rules("alice"), org);
+    assert_eq!(rules("bob@contoso.com"), org);
+    assert_eq!(
+        rules("printer"),
+        AuthRules {
+            allow_basic_auth_smtp: true,
+            allow_legacy_tls_clients: true,
+            ..org
+        }
+    );
+    assert_eq!(
+        rules("scanner"),
+        AuthRules {
+            require_tls: false,
+            ..org
+        }
+    );
+    assert_eq!(
+        rules("x@fabrikam.com"),
+        AuthRules {
+            allow_basic_auth_smtp: true,
+            basic_auth_mode: RuleMode::Enforce,
+            allow_legacy_tls_clients: true,
+            require_tls: false,
+            tls_mode: RuleMode::ReportOnly,
+        }
+    );
+    // The organization remembers what its file sets, for `org get`'s sources.
+    let c = snap.organization("contoso").unwrap();
+    assert_eq!(c.auth.allow_basic_auth_smtp, Some(false));
+    assert_eq!(c.auth.allow_legacy_tls_clients, None);
+    let v = snap.describe("printer");
+    assert_eq!(
+        v.mailbox_authentication,
+        AuthOverrides {
+            allow_basic_auth_smtp: Some(true),
+            allow_legacy_tls_clients: Some(true),
+            require_tls: None,
+        }
+    );
+    let view = v.authentication.unwrap();
+    use authentication::ValueSource;
+    assert_eq!(view.allow_basic_auth_smtp.source, ValueSource::Mailbox);
+    assert_eq!(view.require_tls.source, ValueSource::Organization);
+    assert_eq!(view.tls_mode.source, ValueSource::Default);
+    assert!(snap.describe("x@unknown.example").authentication.is_none());
+    // Only mailboxes that set one of them hold an overrides slot; an explicit null is unset.
+    let entries: Vec<_> = snap.mailboxes_of("contoso");
+    let scanner = entries
+        .iter()
+        .find(|(a, _)| *a == "scanner@contoso.com")
+        .unwrap();
+    assert_eq!(scanner.1.overrides.auth.allow_basic_auth_smtp, None);
+    assert_eq!(scanner.1.overrides.auth.require_tls, Some(false));
+}
+
+#[test]
+fn authentication_policy_values_are_checked_with_positions() {
+    let text = "\
+organization: contoso
+domains: [contoso.com]
+allow_basic_auth_smtp: nope
+basic_auth_mode: audit
+allow_legacy_tls_clients: 1
+tls_mode: [enforce]
+require_tls: \"true\"
+mailboxes:
+  alice@contoso.com: { allow_basic_auth_smtp: maybe, basic_auth_mode: enforce }
+";
+    let e = errors(&[("c.yaml", text)]);
+    let expect = [
+        "c.yaml:3:24: allow_basic_auth_smtp must be true, false or null, found \"nope\"",
+        "c.yaml:4:18: basic_auth_mode must be enforce or report_only (or null), found \"audit\"",
+        "c.yaml:5:27: allow_legacy_tls_clients must be true, false or null, found 1",
+        "c.yaml:6:11: tls_mode must be enforce or report_only (or null), found a list",
+        "c.yaml:7:14: require_tls must be true, false or null, found \"true\"",
+        "c.yaml:9:47: allow_basic_auth_smtp must be true, false or null, found \"maybe\"",
+        // Modes are the organization's: a mailbox cannot have its own.
+        "c.yaml:9:54: unknown key \"basic_auth_mode\" in mailbox alice@contoso.com",
+    ];
+    assert_eq!(e.len(), expect.len(), "{e:#?}");
+    for (got, want) in e.iter().zip(expect) {
+        assert!(got.starts_with(want), "\n got: {got}\nwant: {want}");
+    }
+}
+
 /// Writes `files` into `dir` (name, text).
 fn write_all(dir: &std::path::Path, files: &[(&str, &str)]) {
     for (name, text) in files {
@@ -858,4 +975,80 @@ fn one_large_file_is_read_entry_by_entry_with_the_same_errors() {
     let snap = load(&[("a.yaml", &ok)]).unwrap();
     assert_eq!(snap.mailbox_count(), 2000);
     assert!(snap.describe("u1999@a.com").listed);
+}
+
+#[test]
+fn sending_limits_default_to_exchange_and_a_mailbox_overrides_key_by_key() {
+    let text = "\
+organization: contoso
+domains: [contoso.com]
+outbound_spam:
+  recipient_limit_external_per_hour: 500
+  recipient_limit_internal_per_hour: 1000
+  recipient_limit_per_day: 1000
+mailboxes:
+  alice@contoso.com:
+    sending_limits: { messages_per_minute: 5, recipients_per_day: null }
+    outbound_spam: { action_when_threshold_reached: alert }
+  bob@contoso.com: { smtp_client_authentication_disabled: false }
+";
+    let snap = load(&[("c.yaml", text)]).unwrap();
+    let org = &snap.organizations()[0].limits;
+    assert_eq!(org.messages_per_minute, 30);
+    assert_eq!(org.recipients_per_day, 10_000);
+    assert_eq!(org.recipients_per_message, 500);
+    assert_eq!(org.recipient_limit_external_per_hour, 500);
+    assert_eq!(
+        org.action_when_threshold_reached,
+        SpamAction::BlockUserForToday
+    );
+    let Decision::Allow(alice) = decide(&snap, "alice@contoso.com") else {
+        panic!("allowed")
+    };
+    assert_eq!(alice.limits.messages_per_minute, 5);
+    assert_eq!(alice.limits.recipients_per_day, 10_000, "null inherits");
+    assert_eq!(alice.limits.recipient_limit_internal_per_hour, 1000);
+    assert_eq!(
+        alice.limits.action_when_threshold_reached,
+        SpamAction::Alert
+    );
+    let Decision::Allow(bob) = decide(&snap, "bob@contoso.com") else {
+        panic!("allowed")
+    };
+    assert_eq!(bob.limits, *org);
+    let view = snap.describe("alice@contoso.com");
+    assert_eq!(view.mailbox_limits.messages_per_minute, Some(5));
+    assert_eq!(view.effective_limits.unwrap().messages_per_minute, 5);
+    assert!(snap.is_internal_domain("contoso.com"));
+    assert!(!snap.is_internal_domain("example.net"));
+}
+
+#[test]
+fn sending_limit_errors_have_positions() {
+    let text = "\
+organization: contoso
+domains: [contoso.com]
+sending_limits:
+  messages_per_minute: -1
+  recipients_per_day: many
+  recipients_per_mesage: 5
+outbound_spam:
+  action_when_threshold_reached: block
+mailboxes:
+  alice@contoso.com: { outbound_spam: { recipient_limit_per_day: 200000000 } }
+  bob@contoso.com: { sending_limits: [1] }
+";
+    let e = errors(&[("c.yaml", text)]);
+    let expect = [
+        "c.yaml:4:24: sending_limits.messages_per_minute must be a whole number from 0 (no limit) to 100000000 (or null), found -1",
+        "c.yaml:5:23: sending_limits.recipients_per_day must be a whole number",
+        "c.yaml:6:3: unknown key \"recipients_per_mesage\" in sending_limits (did you mean \"recipients_per_message\"?)",
+        "c.yaml:8:34: outbound_spam.action_when_threshold_reached must be block_user_for_today, block_user or alert, found \"block\"",
+        "c.yaml:10:66: outbound_spam.recipient_limit_per_day must be a whole number",
+        "c.yaml:11:38: sending_limits must be a mapping",
+    ];
+    assert_eq!(e.len(), expect.len(), "{e:#?}");
+    for (got, want) in e.iter().zip(expect) {
+        assert!(got.starts_with(want), "\n got: {got}\nwant: {want}");
+    }
 }

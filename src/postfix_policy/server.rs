@@ -377,48 +377,78 @@ impl Connection<'_> {
                 .fetch_add(1, Ordering::Relaxed);
             return Response::dunno();
         }
-        // A transaction holding its lease was decided at its first request: later requests of
-        // the same transaction (more RCPTs, DATA, END-OF-MESSAGE) only move it along.
-        if let Some(txn) = self
-            .txn
-            .as_mut()
-            .filter(|t| t.hold.is_held() && t.login == r.sasl_username)
-        {
-            txn.last_seen = Instant::now();
-            if r.is_end_of_message() {
-                let allowed = txn.allowed.take();
-                self.complete(r, allowed).await;
-            }
-            return Response::dunno();
-        }
         let snapshot = self.ctx.policy.load();
-        let txn = self.txn.get_or_insert_with(|| Txn {
-            key: TxnKey::of(r),
-            login: r.sasl_username.clone(),
-            allowed: None,
-            hold: Hold::new(Scope::Transaction),
-            last_seen: Instant::now(),
-        });
+        // A transaction holding its lease was admitted at its first request: later requests of
+        // the same transaction (more RCPTs, DATA, END-OF-MESSAGE) go on to the recipient and
+        // end-of-message steps.
+        let admitted = self
+            .txn
+            .as_ref()
+            .is_some_and(|t| t.hold.is_held() && t.login == r.sasl_username);
+        if !admitted {
+            let txn = self.txn.get_or_insert_with(|| Txn {
+                key: TxnKey::of(r),
+                login: r.sasl_username.clone(),
+                allowed: None,
+                hold: Hold::new(Scope::Transaction),
+                last_seen: Instant::now(),
+            });
+            txn.last_seen = Instant::now();
+            let facts = facts(self.peer, r);
+            match admission::admit(self.ctx, &snapshot, &facts, &mut txn.hold).await {
+                admission::Outcome::Admitted { allowed, .. } => {
+                    txn.login.clone_from(&r.sasl_username);
+                    txn.allowed = Some(allowed);
+                }
+                admission::Outcome::Refused(refusal) => {
+                    self.end_txn().await;
+                    return Response(refusal.reply.to_string());
+                }
+                admission::Outcome::Deferred(refusal) => {
+                    return Response(refusal.reply.to_string())
+                }
+            }
+        }
+        let Some(txn) = self.txn.as_mut() else {
+            return Response::dunno();
+        };
         txn.last_seen = Instant::now();
         let facts = facts(self.peer, r);
-        let allowed = match admission::admit(self.ctx, &snapshot, &facts, &mut txn.hold).await {
-            admission::Outcome::Admitted { allowed, .. } => allowed,
-            admission::Outcome::Refused(refusal) => {
-                self.end_txn().await;
+        if r.is_end_of_message() {
+            let verdict = admission::accept(
+                self.ctx,
+                &snapshot,
+                &facts,
+                &mut txn.hold,
+                None,
+                r.recipient_count,
+            )
+            .await;
+            let allowed = txn.allowed.take();
+            return match verdict {
+                admission::Accept::Accepted => {
+                    self.complete(r, allowed).await;
+                    Response::dunno()
+                }
+                admission::Accept::Refused(refusal) | admission::Accept::Deferred(refusal) => {
+                    self.end_txn().await;
+                    Response(refusal.reply.to_string())
+                }
+            };
+        }
+        if r.protocol_state.eq_ignore_ascii_case("RCPT") && !r.recipient.is_empty() {
+            // Refused or not, the transaction goes on (with its other recipients).
+            if let Err(refusal) =
+                admission::recipient(self.ctx, &snapshot, &facts, &mut txn.hold, &r.recipient).await
+            {
                 return Response(refusal.reply.to_string());
             }
-            admission::Outcome::Deferred(refusal) => return Response(refusal.reply.to_string()),
-        };
-        if r.is_end_of_message() {
-            self.complete(r, Some(allowed)).await;
-        } else if let Some(txn) = self.txn.as_mut() {
-            txn.login.clone_from(&r.sasl_username);
-            txn.allowed = Some(allowed);
         }
         Response::dunno()
     }
 
-    /// END-OF-MESSAGE of an allowed transaction: audit it and give the lease back.
+    /// END-OF-MESSAGE of an accepted transaction: audit it and end it (its lease went back
+    /// with the end-of-message step).
     async fn complete(&mut self, r: &Request, allowed: Option<Allowed>) {
         let mut ev = self.event(EventKind::SubmissionCompleted, r);
         if let Some(a) = allowed {

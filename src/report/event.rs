@@ -47,7 +47,20 @@ pub(super) enum Contribution {
     /// A refusal by its reason; `None` for none, or one this report does not know.
     Refusal(Option<Reason>),
     AuthFailure,
-    AuthRefused,
+    /// A `sender_restricted` event: the sender was blocked.
+    Restricted,
+    /// A `sender_released` event.
+    Released,
+    /// An `outbound_spam_alert` event.
+    SpamAlert,
+    /// A login refused at AUTH, by its reason (when the event names one this report knows).
+    AuthRefused(Option<Reason>),
+    /// A submission (`at_auth: false`) or a login at AUTH (`at_auth: true`) that an
+    /// authentication rule in `report_only` mode would have refused.
+    WouldRefuse {
+        reason: Option<Reason>,
+        at_auth: bool,
+    },
     Nothing,
 }
 
@@ -61,7 +74,14 @@ pub(super) fn classify(ev: &EventLine<'_>) -> Contribution {
             _ => Contribution::Nothing,
         },
         "auth_failed" => Contribution::AuthFailure,
-        "auth_refused_by_policy" => Contribution::AuthRefused,
+        "sender_restricted" => Contribution::Restricted,
+        "sender_released" => Contribution::Released,
+        "outbound_spam_alert" => Contribution::SpamAlert,
+        "auth_refused_by_policy" => Contribution::AuthRefused(ev.reason),
+        "would_refuse" => Contribution::WouldRefuse {
+            reason: ev.reason,
+            at_auth: ev.front_end.as_deref() == Some("auth_policy"),
+        },
         _ => Contribution::Nothing,
     }
 }
@@ -77,6 +97,8 @@ pub(super) struct EventLine<'a> {
     pub(super) mailbox: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub(super) decision: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub(super) front_end: Option<Cow<'a, str>>,
     #[serde(default, deserialize_with = "known_reason")]
     pub(super) reason: Option<Reason>,
     #[serde(borrow, default)]

@@ -25,9 +25,21 @@ impl Serialize for JsonTally<'_> {
         });
         m.serialize_entry("tls_share_percent", &shares.map(JsonPairs))?;
         m.serialize_entry("auth_mechanisms", &JsonMechanisms(&t.auth_mechanisms))?;
+        m.serialize_entry("auth_protocol", &t.auth_protocol)?;
+        let shares = t
+            .auth_protocol
+            .shares()
+            .map(|s| ["basic", "oauth"].into_iter().zip(s).collect::<Vec<_>>());
+        m.serialize_entry("auth_protocol_share_percent", &shares.map(JsonPairs))?;
         m.serialize_entry("refusals", &t.refusals)?;
         m.serialize_entry("auth_failures", &t.auth_failures)?;
         m.serialize_entry("auth_refused", &t.auth_refused)?;
+        m.serialize_entry("restricted", &t.restricted)?;
+        m.serialize_entry("released", &t.released)?;
+        m.serialize_entry("spam_alerts", &t.spam_alerts)?;
+        m.serialize_entry("auth_refusals", &t.auth_refusals)?;
+        m.serialize_entry("would_refuse", &t.would_refuse)?;
+        m.serialize_entry("would_refuse_at_auth", &t.would_refuse_at_auth)?;
         m.end()
     }
 }

@@ -13,8 +13,20 @@
 //!   `sasl_method` fields of the `submission_completed` events. Shares are percentages of the
 //!   messages whose TLS protocol is known; messages without TLS or with an unrecognised protocol
 //!   are counted in "No TLS/unknown".
+//! - **Authentication protocol** (Exchange's column of that name): the same messages by the kind
+//!   of their mechanism, Basic or OAuth ([`crate::auth_protocol`] says which is which), as
+//!   percentages of the messages sent.
 //! - **Refusals**: `submission_decision` events with decision `reject` or `defer`, by `reason`.
 //! - **Auth failures / Auth refused**: `auth_failed` / `auth_refused_by_policy` events.
+//! - **Times restricted / Times released / Spam alerts**: `sender_restricted`,
+//!   `sender_released` and `outbound_spam_alert` events (outbound spam thresholds).
+//! - **Auth failures / Auth refused**: `auth_failed` / `auth_refused_by_policy` events; the
+//!   latter also by the authentication rules' reasons, which the "Basic auth disabled" and
+//!   "TLS required" columns add to the submissions refused for the same reason (a login refused
+//!   at AUTH never reaches MAIL, so nothing is counted twice).
+//! - **Would be refused**: `would_refuse` events (authentication rules in `report_only` mode),
+//!   per sender: submissions from the milter and the policy front end, and separately logins at
+//!   AUTH from the auth policy endpoint (one login may send several messages).
 //! - Every other event kind (`session_opened`, `sent_copy_stored`, kinds added later…) is ignored.
 //!
 //! This is an offline tool that reads logs; it is not the audit writer ([`crate::audit`]) and
@@ -49,7 +61,10 @@ pub use json::write_json;
 pub use logs::rotated_logs;
 pub use range::{parse_timestamp, TimeRange};
 pub use table::{write_csv, write_table};
-pub use tally::{Refusals, Report, ReportBuilder, Row, Skipped, Tally, TlsCounts};
+pub use tally::{
+    AuthProtocolCounts, AuthRuleCounts, Refusals, Report, ReportBuilder, Row, Skipped, Tally,
+    TlsCounts,
+};
 
 /// Errors of the report command.
 #[derive(Debug, thiserror::Error)]

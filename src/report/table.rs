@@ -117,7 +117,49 @@ const COLUMNS: &[Column] = &[
     optional("Invalid login", |e| {
         e.tally.refusals.invalid_login.to_string()
     }),
+    // Authentication policies (issue 16), after the columns above for the same reason.
+    number("Basic %", |e| protocol_share(e, 0)),
+    number("OAuth %", |e| protocol_share(e, 1)),
+    optional("Basic auth disabled", |e| {
+        (e.tally.refusals.basic_auth_disabled + e.tally.auth_refusals.basic_auth_disabled)
+            .to_string()
+    }),
+    optional("Legacy TLS", |e| e.tally.refusals.legacy_tls.to_string()),
+    optional("TLS required", |e| {
+        (e.tally.refusals.tls_required + e.tally.auth_refusals.tls_required).to_string()
+    }),
+    optional("Would be refused", |e| {
+        e.tally.would_refuse.total().to_string()
+    }),
+    optional("Would be refused at AUTH", |e| {
+        e.tally.would_refuse_at_auth.total().to_string()
+    }),
+    // Sending limits and restricted senders (issue 15), last.
+    optional("Message rate limit", |e| {
+        e.tally.refusals.message_rate_limit.to_string()
+    }),
+    optional("Recipient rate limit", |e| {
+        e.tally.refusals.recipient_rate_limit.to_string()
+    }),
+    optional("Recipients per message", |e| {
+        e.tally.refusals.recipients_per_message.to_string()
+    }),
+    optional("Sender restricted", |e| {
+        e.tally.refusals.sender_restricted.to_string()
+    }),
+    optional("Times restricted", |e| e.tally.restricted.to_string()),
+    optional("Times released", |e| e.tally.released.to_string()),
+    optional("Spam alerts", |e| e.tally.spam_alerts.to_string()),
 ];
+
+/// Percent of the messages sent with Basic (0) or OAuth (1), one decimal; empty without
+/// messages.
+fn protocol_share(e: &Entry<'_>, i: usize) -> String {
+    e.tally
+        .auth_protocol
+        .shares()
+        .map_or(String::new(), |s| format!("{:.1}", s[i]))
+}
 
 /// `PLAIN:3 LOGIN:1`.
 fn mechanisms(t: &Tally) -> String {
@@ -195,6 +237,52 @@ pub fn write_table(report: &Report, out: &mut dyn Write) -> io::Result<()> {
         }
         let values: Vec<String> = columns.iter().map(|c| cell(c, &e)).collect();
         line(out, &values)?;
+    }
+    write_would_refuse(report, out)
+}
+
+/// The `report_only` summary under the table: what enforcing the rules would refuse, and how
+/// many senders that is.
+fn write_would_refuse(report: &Report, out: &mut dyn Write) -> io::Result<()> {
+    for (what, counts, senders) in [
+        (
+            "submissions",
+            report.totals.would_refuse,
+            report
+                .rows
+                .iter()
+                .filter(|r| r.tally.would_refuse.total() > 0)
+                .count(),
+        ),
+        (
+            "logins at AUTH",
+            report.totals.would_refuse_at_auth,
+            report
+                .rows
+                .iter()
+                .filter(|r| r.tally.would_refuse_at_auth.total() > 0)
+                .count(),
+        ),
+    ] {
+        if counts.total() == 0 {
+            continue;
+        }
+        let by_reason: Vec<String> = [
+            ("basic_auth_disabled", counts.basic_auth_disabled),
+            ("legacy_tls", counts.legacy_tls),
+            ("tls_required", counts.tls_required),
+            ("other", counts.other),
+        ]
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect();
+        writeln!(
+            out,
+            "\nWould be refused (report_only rules), {what}: {} from {senders} sender(s) ({})",
+            counts.total(),
+            by_reason.join(", ")
+        )?;
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ use super::event::{classify, Contribution, EventLine, Tls};
 use super::input::{decompressing, open, read_line_bounded, MAX_LINE_BYTES};
 use super::range::{parse_timestamp, TimeRange};
 use super::ReportError;
+use crate::auth_protocol::AuthProtocol;
 use crate::reason::Reason;
 
 /// Messages by TLS protocol.
@@ -79,10 +80,24 @@ pub struct Refusals {
     pub unknown_organization: u64,
     /// The login cannot be a mailbox (control characters, empty local part, too long).
     pub invalid_login: u64,
+    /// Basic authentication disabled (`allow_basic_auth_smtp: false`).
+    pub basic_auth_disabled: u64,
+    /// TLS 1.0/1.1 (`allow_legacy_tls_clients: false`).
+    pub legacy_tls: u64,
+    /// No TLS (`require_tls: true`).
+    pub tls_required: u64,
     /// Over the concurrent session limit.
     pub concurrency_limit: u64,
     /// The limiter could not be reached and the configuration says tempfail.
     pub limiter_unavailable: u64,
+    /// Over the messages per minute (deferred).
+    pub message_rate_limit: u64,
+    /// Over the recipients per day.
+    pub recipient_rate_limit: u64,
+    /// Over the recipients per message.
+    pub recipients_per_message: u64,
+    /// Refused as a restricted (blocked) sender.
+    pub sender_restricted: u64,
     /// A reason this report does not know (or none).
     pub other: u64,
 }
@@ -95,8 +110,15 @@ impl Refusals {
             Some(Reason::MailboxDisabled) => &mut self.mailbox_disabled,
             Some(Reason::UnknownOrganization) => &mut self.unknown_organization,
             Some(Reason::InvalidLogin) => &mut self.invalid_login,
+            Some(Reason::BasicAuthDisabled) => &mut self.basic_auth_disabled,
+            Some(Reason::LegacyTls) => &mut self.legacy_tls,
+            Some(Reason::TlsRequired) => &mut self.tls_required,
             Some(Reason::ConcurrencyLimit) => &mut self.concurrency_limit,
             Some(Reason::LimiterUnavailable) => &mut self.limiter_unavailable,
+            Some(Reason::MessageRateLimit) => &mut self.message_rate_limit,
+            Some(Reason::RecipientRateLimit) => &mut self.recipient_rate_limit,
+            Some(Reason::RecipientsPerMessage) => &mut self.recipients_per_message,
+            Some(Reason::SenderRestricted) => &mut self.sender_restricted,
             Some(
                 Reason::SpoolUnavailable
                 | Reason::Corrupt
@@ -113,8 +135,15 @@ impl Refusals {
         self.mailbox_disabled += o.mailbox_disabled;
         self.unknown_organization += o.unknown_organization;
         self.invalid_login += o.invalid_login;
+        self.basic_auth_disabled += o.basic_auth_disabled;
+        self.legacy_tls += o.legacy_tls;
+        self.tls_required += o.tls_required;
         self.concurrency_limit += o.concurrency_limit;
         self.limiter_unavailable += o.limiter_unavailable;
+        self.message_rate_limit += o.message_rate_limit;
+        self.recipient_rate_limit += o.recipient_rate_limit;
+        self.recipients_per_message += o.recipients_per_message;
+        self.sender_restricted += o.sender_restricted;
         self.other += o.other;
     }
 
@@ -124,9 +153,95 @@ impl Refusals {
             + self.mailbox_disabled
             + self.unknown_organization
             + self.invalid_login
+            + self.basic_auth_disabled
+            + self.legacy_tls
+            + self.tls_required
             + self.concurrency_limit
             + self.limiter_unavailable
+            + self.message_rate_limit
+            + self.recipient_rate_limit
+            + self.recipients_per_message
+            + self.sender_restricted
             + self.other
+    }
+}
+
+/// Messages sent by authentication protocol (Exchange's "Authentication protocol" column):
+/// the kind of each message's SASL mechanism, as [`AuthProtocol`] places it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct AuthProtocolCounts {
+    /// Basic authentication: a password mechanism (PLAIN, LOGIN, …).
+    pub basic: u64,
+    /// OAuth: XOAUTH2, OAUTHBEARER.
+    pub oauth: u64,
+    /// Neither (EXTERNAL, GSSAPI, …).
+    pub other: u64,
+    /// No mechanism in the event.
+    pub unknown: u64,
+}
+
+impl AuthProtocolCounts {
+    fn add(&mut self, p: AuthProtocol) {
+        *match p {
+            AuthProtocol::Basic => &mut self.basic,
+            AuthProtocol::OAuth => &mut self.oauth,
+            AuthProtocol::Other => &mut self.other,
+            AuthProtocol::Unknown => &mut self.unknown,
+        } += 1;
+    }
+
+    fn merge(&mut self, o: &AuthProtocolCounts) {
+        self.basic += o.basic;
+        self.oauth += o.oauth;
+        self.other += o.other;
+        self.unknown += o.unknown;
+    }
+
+    /// All messages counted.
+    pub fn total(&self) -> u64 {
+        self.basic + self.oauth + self.other + self.unknown
+    }
+
+    /// Basic and OAuth as percentages of all messages, rounded to 0.1; `None` without messages.
+    pub fn shares(&self) -> Option<[f64; 2]> {
+        let all = self.total();
+        (all > 0).then(|| {
+            [self.basic, self.oauth].map(|n| (n as f64 * 1000.0 / all as f64).round() / 10.0)
+        })
+    }
+}
+
+/// Counts by the authentication rules' reasons: refusals at AUTH, and what `report_only` rules
+/// would have refused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct AuthRuleCounts {
+    pub basic_auth_disabled: u64,
+    pub legacy_tls: u64,
+    pub tls_required: u64,
+    /// Any other reason (or none): not an authentication rule's.
+    pub other: u64,
+}
+
+impl AuthRuleCounts {
+    fn add(&mut self, reason: Option<Reason>) {
+        *match reason {
+            Some(Reason::BasicAuthDisabled) => &mut self.basic_auth_disabled,
+            Some(Reason::LegacyTls) => &mut self.legacy_tls,
+            Some(Reason::TlsRequired) => &mut self.tls_required,
+            _ => &mut self.other,
+        } += 1;
+    }
+
+    fn merge(&mut self, o: &AuthRuleCounts) {
+        self.basic_auth_disabled += o.basic_auth_disabled;
+        self.legacy_tls += o.legacy_tls;
+        self.tls_required += o.tls_required;
+        self.other += o.other;
+    }
+
+    /// All counted.
+    pub fn total(&self) -> u64 {
+        self.basic_auth_disabled + self.legacy_tls + self.tls_required + self.other
     }
 }
 
@@ -140,12 +255,27 @@ pub struct Tally {
     /// Messages sent by SASL mechanism (upper case; `unknown` when the event has none), the most
     /// used first.
     pub auth_mechanisms: Vec<(String, u64)>,
+    /// Messages sent by authentication protocol (Basic / OAuth).
+    pub auth_protocol: AuthProtocolCounts,
     /// Refused submissions by reason.
     pub refusals: Refusals,
     /// `auth_failed` events.
     pub auth_failures: u64,
     /// `auth_refused_by_policy` events.
     pub auth_refused: u64,
+    /// `sender_restricted` events: times the sender was blocked by an outbound spam threshold.
+    pub restricted: u64,
+    /// `sender_released` events: times an administrator (or midnight) released it.
+    pub released: u64,
+    /// `outbound_spam_alert` events: thresholds reached with the `alert` action.
+    pub spam_alerts: u64,
+    /// `auth_refused_by_policy` events by the authentication rules' reasons (the refusals of
+    /// `auth_refused` that are theirs; the rest count as other).
+    pub auth_refusals: AuthRuleCounts,
+    /// Submissions that authentication rules in `report_only` mode would have refused.
+    pub would_refuse: AuthRuleCounts,
+    /// Logins at AUTH (Dovecot's auth policy) that they would have refused.
+    pub would_refuse_at_auth: AuthRuleCounts,
 }
 
 impl Tally {
@@ -166,9 +296,16 @@ impl Tally {
         for (m, n) in &o.auth_mechanisms {
             self.add_mechanism(m, *n);
         }
+        self.auth_protocol.merge(&o.auth_protocol);
         self.refusals.merge(&o.refusals);
         self.auth_failures += o.auth_failures;
         self.auth_refused += o.auth_refused;
+        self.restricted += o.restricted;
+        self.released += o.released;
+        self.spam_alerts += o.spam_alerts;
+        self.auth_refusals.merge(&o.auth_refusals);
+        self.would_refuse.merge(&o.would_refuse);
+        self.would_refuse_at_auth.merge(&o.would_refuse_at_auth);
     }
 
     fn sort_mechanisms(&mut self) {
@@ -336,6 +473,9 @@ impl ReportBuilder {
                 tally.messages_sent += 1;
                 tally.tls.add(Tls::of(ev.tls.as_deref()));
                 let mechanism = ev.sasl_method.as_deref().map(str::trim).unwrap_or("");
+                tally
+                    .auth_protocol
+                    .add(AuthProtocol::of_mechanism(Some(mechanism)));
                 if mechanism.is_empty() {
                     tally.add_mechanism("unknown", 1);
                 } else if mechanism.bytes().any(|b| b.is_ascii_lowercase()) {
@@ -346,7 +486,20 @@ impl ReportBuilder {
             }
             Contribution::Refusal(r) => tally.refusals.add(r),
             Contribution::AuthFailure => tally.auth_failures += 1,
-            Contribution::AuthRefused => tally.auth_refused += 1,
+            Contribution::Restricted => tally.restricted += 1,
+            Contribution::Released => tally.released += 1,
+            Contribution::SpamAlert => tally.spam_alerts += 1,
+            Contribution::AuthRefused(reason) => {
+                tally.auth_refused += 1;
+                tally.auth_refusals.add(reason);
+            }
+            Contribution::WouldRefuse { reason, at_auth } => {
+                if at_auth {
+                    tally.would_refuse_at_auth.add(reason);
+                } else {
+                    tally.would_refuse.add(reason);
+                }
+            }
             Contribution::Nothing => {}
         }
         true

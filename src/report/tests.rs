@@ -121,7 +121,25 @@ fn counting_rules() {
     assert_eq!(c(r#""event":"auth_failed""#), Contribution::AuthFailure);
     assert_eq!(
         c(r#""event":"auth_refused_by_policy""#),
-        Contribution::AuthRefused
+        Contribution::AuthRefused(None)
+    );
+    assert_eq!(
+        c(r#""event":"auth_refused_by_policy","reason":"basic_auth_disabled""#),
+        Contribution::AuthRefused(Some(Reason::BasicAuthDisabled))
+    );
+    assert_eq!(
+        c(r#""event":"would_refuse","front_end":"milter","reason":"legacy_tls""#),
+        Contribution::WouldRefuse {
+            reason: Some(Reason::LegacyTls),
+            at_auth: false
+        }
+    );
+    assert_eq!(
+        c(r#""event":"would_refuse","front_end":"auth_policy","reason":"basic_auth_disabled""#),
+        Contribution::WouldRefuse {
+            reason: Some(Reason::BasicAuthDisabled),
+            at_auth: true
+        }
     );
     for ignored in [
         "auth_succeeded",
@@ -268,7 +286,167 @@ fn invalid_logins_have_their_own_column() {
     table::write_table(&r, &mut table).unwrap();
     let table = String::from_utf8(table).unwrap();
     let header = table.lines().nth(2).unwrap();
-    assert!(header.ends_with("Invalid login"), "{table}");
+    assert!(header.contains("Invalid login"), "{table}");
     // The sender is shown as the audit log has it (already escaped).
     assert!(table.contains("bob\\n@contoso.com"), "{table}");
+}
+
+#[test]
+fn authentication_protocol_and_the_authentication_rules() {
+    let ts = |n: u32| format!("2026-11-27T09:00:{n:02}.000Z");
+    let lines = [
+        // alice: two messages with Basic, one with OAuth; one refused at MAIL for Basic.
+        format!(
+            r#"{{"ts":"{}","event":"submission_completed","mailbox":"alice@contoso.com","front_end":"milter","tls":"TLSv1.3","sasl_method":"PLAIN"}}"#,
+            ts(0)
+        ),
+        format!(
+            r#"{{"ts":"{}","event":"submission_completed","mailbox":"alice@contoso.com","front_end":"milter","tls":"TLSv1.3","sasl_method":"LOGIN"}}"#,
+            ts(1)
+        ),
+        format!(
+            r#"{{"ts":"{}","event":"submission_completed","mailbox":"alice@contoso.com","front_end":"milter","tls":"TLSv1.3","sasl_method":"XOAUTH2"}}"#,
+            ts(2)
+        ),
+        format!(
+            r#"{{"ts":"{}","event":"submission_decision","mailbox":"alice@contoso.com","decision":"reject","reason":"basic_auth_disabled"}}"#,
+            ts(3)
+        ),
+        // bob: refused at AUTH for Basic, at MAIL for legacy TLS (a 421: audited as defer).
+        format!(
+            r#"{{"ts":"{}","event":"auth_refused_by_policy","mailbox":"bob@contoso.com","front_end":"auth_policy","reason":"basic_auth_disabled"}}"#,
+            ts(4)
+        ),
+        format!(
+            r#"{{"ts":"{}","event":"submission_decision","mailbox":"bob@contoso.com","decision":"defer","reason":"legacy_tls"}}"#,
+            ts(5)
+        ),
+        format!(
+            r#"{{"ts":"{}","event":"submission_decision","mailbox":"bob@contoso.com","decision":"reject","reason":"tls_required"}}"#,
+            ts(6)
+        ),
+        // dave (report_only): two messages that would be refused, one login at AUTH.
+        format!(
+            r#"{{"ts":"{}","event":"would_refuse","mailbox":"dave@fabrikam.com","front_end":"policy","reason":"basic_auth_disabled"}}"#,
+            ts(7)
+        ),
+        format!(
+            r#"{{"ts":"{}","event":"would_refuse","mailbox":"dave@fabrikam.com","front_end":"milter","reason":"legacy_tls"}}"#,
+            ts(8)
+        ),
+        format!(
+            r#"{{"ts":"{}","event":"would_refuse","mailbox":"dave@fabrikam.com","front_end":"auth_policy","reason":"basic_auth_disabled"}}"#,
+            ts(9)
+        ),
+        format!(
+            r#"{{"ts":"{}","event":"submission_completed","mailbox":"dave@fabrikam.com","front_end":"policy","sasl_method":"PLAIN"}}"#,
+            ts(10)
+        ),
+    ];
+    let log = lines.join("\n");
+    let mut b = ReportBuilder::new(TimeRange::default());
+    b.add_reader("mem", &mut log.as_bytes()).unwrap();
+    let r = b.finish();
+    let row = |s: &str| &r.rows.iter().find(|r| r.sender == s).unwrap().tally;
+    let alice = row("alice@contoso.com");
+    assert_eq!(
+        alice.auth_protocol,
+        AuthProtocolCounts {
+            basic: 2,
+            oauth: 1,
+            other: 0,
+            unknown: 0
+        }
+    );
+    assert_eq!(alice.auth_protocol.shares(), Some([66.7, 33.3]));
+    assert_eq!(alice.refusals.basic_auth_disabled, 1);
+    let bob = row("bob@contoso.com");
+    assert_eq!(bob.auth_refused, 1);
+    assert_eq!(bob.auth_refusals.basic_auth_disabled, 1);
+    assert_eq!(bob.refusals.legacy_tls, 1);
+    assert_eq!(bob.refusals.tls_required, 1);
+    assert_eq!(bob.auth_protocol.shares(), None);
+    let dave = row("dave@fabrikam.com");
+    assert_eq!(dave.would_refuse.basic_auth_disabled, 1);
+    assert_eq!(dave.would_refuse.legacy_tls, 1);
+    assert_eq!(dave.would_refuse.total(), 2);
+    assert_eq!(dave.would_refuse_at_auth.basic_auth_disabled, 1);
+    assert_eq!(r.totals.would_refuse.total(), 2);
+    assert_eq!(r.totals.refusals.total(), 3);
+
+    let mut table = Vec::new();
+    table::write_table(&r, &mut table).unwrap();
+    let table = String::from_utf8(table).unwrap();
+    for header in [
+        "Basic %",
+        "OAuth %",
+        "Basic auth disabled",
+        "Legacy TLS",
+        "TLS required",
+        "Would be refused",
+        "Would be refused at AUTH",
+    ] {
+        assert!(
+            table.lines().nth(2).unwrap().contains(header),
+            "{header}: {table}"
+        );
+    }
+    assert!(
+        table.contains(
+            "Would be refused (report_only rules), submissions: 2 from 1 sender(s) \
+             (basic_auth_disabled 1, legacy_tls 1)"
+        ),
+        "{table}"
+    );
+    assert!(
+        table.contains("logins at AUTH: 1 from 1 sender(s) (basic_auth_disabled 1)"),
+        "{table}"
+    );
+    let alice_line = table.lines().find(|l| l.starts_with("alice@")).unwrap();
+    assert!(
+        alice_line.contains("66.7") && alice_line.contains("33.3"),
+        "{table}"
+    );
+    let mut json = Vec::new();
+    write_json(&r, &mut json).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    let alice = &json["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["sender"] == "alice@contoso.com")
+        .unwrap();
+    assert_eq!(alice["auth_protocol"]["basic"], 2);
+    assert_eq!(alice["auth_protocol_share_percent"]["oauth"], 33.3);
+    assert_eq!(json["totals"]["would_refuse"]["basic_auth_disabled"], 1);
+    assert_eq!(
+        json["totals"]["would_refuse_at_auth"]["basic_auth_disabled"],
+        1
+    );
+    assert_eq!(json["totals"]["auth_refusals"]["basic_auth_disabled"], 1);
+    assert_eq!(json["totals"]["refusals"]["legacy_tls"], 1);
+
+    let mut csv = Vec::new();
+    write_csv(&r, &mut csv).unwrap();
+    let csv = String::from_utf8(csv).unwrap();
+    assert!(
+        csv.lines().next().unwrap().contains(
+            "Invalid login,Basic %,OAuth %,Basic auth disabled,Legacy TLS,TLS required,\
+             Would be refused,Would be refused at AUTH,Message rate limit,"
+        ),
+        "{csv}"
+    );
+    // Refused at AUTH and at MAIL for the same reason: one column.
+    let mut rd = csv::Reader::from_reader(csv.as_bytes());
+    let header = rd.headers().unwrap().clone();
+    let at = |h: &str| header.iter().position(|x| x == h).unwrap();
+    let bob = rd
+        .records()
+        .map(Result::unwrap)
+        .find(|r| &r[0] == "bob@contoso.com")
+        .unwrap();
+    assert_eq!(&bob[at("Basic auth disabled")], "1");
+    assert_eq!(&bob[at("Legacy TLS")], "1");
+    assert_eq!(&bob[at("TLS required")], "1");
+    assert_eq!(&bob[at("Basic %")], "");
 }

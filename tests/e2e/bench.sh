@@ -16,6 +16,17 @@
 #   sg-maildir    127.0.0.1:10589  + submitgate on inet: (durable spool, Maildir store)
 #   sg-imap       127.0.0.1:10590  + submitgate on inet: (durable spool, IMAP store into the
 #                                  run's Dovecot as its master user)
+# and, when named in BENCH_TARGETS:
+#   null-all      127.0.0.1:10591  + a do-nothing milter that negotiates no flags and so
+#                                  answers every event (milter_load --responder all): what
+#                                  the no-reply flags save
+#   sg-other      127.0.0.1:10592  + another submitgate build ($BENCH_OTHER_BIN), set up as
+#                                  sg-maildir: before/after comparisons in one run (its spool
+#                                  is not watched: another build may lay it out otherwise)
+#   sg-unix       127.0.0.1:10593  + submitgate as sg-maildir, but on the unix socket of
+#                                  README's "Preferred transport" (/var/spool/postfix/
+#                                  submitgate/milter.sock, removed at the end; Postfix names
+#                                  it unix:submitgate/milter.sock)
 # Every session: EHLO, AUTH PLAIN as user0..user999@contoso.com (Dovecot passwd-file), MAIL,
 # 2 RCPT, 10 KiB DATA, QUIT. After each submitgate phase the client waits until that
 # submitgate's spool is empty and reports how long it took (the target: within 5 s).
@@ -28,6 +39,7 @@
 #   BENCH_TARGETS="postfix null-milter sg-maildir sg-imap"   which services to measure
 #   BENCH_PERF=1                 `perf record -g` on the sg-maildir submitgate during the run
 #                                (perf.data kept in the work dir, which is then kept)
+#   BENCH_OTHER_BIN=PATH         the submitgate binary of target sg-other
 #   SUBMITGATE_BIN, E2E_KEEP     as for run.sh; without SUBMITGATE_BIN the release binary and
 #                                the two examples are built first
 # Output: per round and target sessions/s, p50, p99; then per connection count the best round
@@ -50,9 +62,14 @@ for ((i = 0; i < BENCH_USERS; i++)); do
   E2E_USERS+=("user$i@contoso.com")
 done
 
-declare -A SERVICE_PORT=([postfix]=10587 [null-milter]=10588 [sg-maildir]=10589 [sg-imap]=10590)
+declare -A SERVICE_PORT=([postfix]=10587 [null-milter]=10588 [sg-maildir]=10589 [sg-imap]=10590
+  [null-all]=10591 [sg-other]=10592 [sg-unix]=10593)
 NULL_MILTER_PORT=${E2E_NULL_MILTER_PORT:-10045}
 IMAP_MILTER_PORT=${E2E_IMAP_MILTER_PORT:-10046}
+NULL_ALL_PORT=${E2E_NULL_ALL_PORT:-10047}
+OTHER_MILTER_PORT=${E2E_OTHER_MILTER_PORT:-10048}
+UNIX_MILTER_PORT=${E2E_UNIX_MILTER_PORT:-10049}
+UNIX_MILTER_DIR=/var/spool/postfix/submitgate
 BENCH_PIDS=()
 PERF_PID=
 
@@ -67,6 +84,7 @@ bench_cleanup() {
     kill -TERM "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null
   done
+  [ -n "${UNIX_MILTER_MADE:-}" ] && rm -rf "$UNIX_MILTER_DIR"
   (exit "$rc")
   cleanup # run.sh's: Postfix stopped and its configuration put back, Dovecot stopped
 }
@@ -113,6 +131,8 @@ organization: contoso
 domains: [contoso.com]
 max_concurrent_sessions_per_mailbox: 3
 sent_items: { enabled: true, folder: "Sent Items" }
+# Judged and counted, never reached: Exchange's 30 a minute per mailbox would defer this load.
+sending_limits: { messages_per_minute: 100000, recipients_per_day: 100000000 }
 EOF
   cat >"$dir/submitgate.yaml" <<EOF
 milter: ["inet:$E2E_HOST:$port"]
@@ -147,7 +167,8 @@ bench_main() {
     port_in_use "${SERVICE_PORT[$name]}" && die "port ${SERVICE_PORT[$name]} is in use"
   done
   local var
-  for var in E2E_SASL_PORT E2E_IMAP_PORT E2E_MILTER_PORT NULL_MILTER_PORT IMAP_MILTER_PORT; do
+  for var in E2E_SASL_PORT E2E_IMAP_PORT E2E_MILTER_PORT NULL_MILTER_PORT IMAP_MILTER_PORT \
+    NULL_ALL_PORT OTHER_MILTER_PORT UNIX_MILTER_PORT; do
     if port_in_use "${!var}"; then
       printf -v "$var" '%s' "$(free_port)"
       log "port in use, $var=${!var} instead"
@@ -160,7 +181,7 @@ bench_main() {
   log "work dir $WORK"
   start_dovecot
   configure_postfix_base
-  # 50 connections on each of four services, each session an smtpd process.
+  # 50 connections on each service (up to seven), each session an smtpd process.
   postconf -e 'default_process_limit = 400' \
     "sg_e2e_milter_mail_macros = i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host} {mail_mailer}" \
     "sg_e2e_milter_helo_macros = {tls_version} {cipher} {cipher_bits} {cert_subject} {cert_issuer}"
@@ -196,7 +217,36 @@ bench_main() {
       bench_service sg-imap "inet:$E2E_HOST:$IMAP_MILTER_PORT"
       spools+=(--spool "sg-imap=$WORK/sg-imap/spool")
       ;;
-    *) die "unknown target $name (postfix, null-milter, sg-maildir, sg-imap)" ;;
+    null-all)
+      start_bench_process "$NULL_ALL_PORT" "$WORK/null-all.log" \
+        "$MILTER_LOAD_BIN" --responder all --listen "$E2E_HOST:$NULL_ALL_PORT"
+      bench_service null-all "inet:$E2E_HOST:$NULL_ALL_PORT"
+      ;;
+    sg-other)
+      [ -x "${BENCH_OTHER_BIN:-}" ] || die "target sg-other needs BENCH_OTHER_BIN=PATH"
+      write_submitgate_config "$WORK/sg-other" "$OTHER_MILTER_PORT" \
+        "{ backend: maildir, root: \"$WORK/sg-other/mail/{domain}/{local}/Maildir\" }"
+      start_bench_process "$OTHER_MILTER_PORT" "$WORK/sg-other/submitgate.log" \
+        "$BENCH_OTHER_BIN" serve --config "$WORK/sg-other/submitgate.yaml"
+      bench_service sg-other "inet:$E2E_HOST:$OTHER_MILTER_PORT"
+      ;;
+    sg-unix)
+      # README's recipe, the daemon running as root here: the directory's group and set-gid
+      # bit give the socket group postfix, its mode 0660 lets smtpd connect.
+      rm -rf "$UNIX_MILTER_DIR"
+      install -d -o root -g postfix -m 2750 "$UNIX_MILTER_DIR"
+      UNIX_MILTER_MADE=1
+      write_submitgate_config "$WORK/sg-unix" "$UNIX_MILTER_PORT" \
+        "{ backend: maildir, root: \"$WORK/sg-unix/mail/{domain}/{local}/Maildir\" }"
+      # Also on TCP (unused) so that start_bench_process can wait for it.
+      sed -i "s|^milter: .*|milter: [\"unix:$UNIX_MILTER_DIR/milter.sock\", \"inet:$E2E_HOST:$UNIX_MILTER_PORT\"]\nunix_socket_mode: \"0660\"|" \
+        "$WORK/sg-unix/submitgate.yaml"
+      start_bench_process "$UNIX_MILTER_PORT" "$WORK/sg-unix/submitgate.log" \
+        "$SUBMITGATE_BIN" serve --config "$WORK/sg-unix/submitgate.yaml"
+      bench_service sg-unix "unix:submitgate/milter.sock"
+      spools+=(--spool "sg-unix=$WORK/sg-unix/spool")
+      ;;
+    *) die "unknown target $name (postfix, null-milter, null-all, sg-maildir, sg-imap, sg-other, sg-unix)" ;;
     esac
     targets+=(--target "$name=${SERVICE_PORT[$name]}")
   done

@@ -16,8 +16,10 @@ sent_items.enabled: false gets no copy.
 
 import email.utils
 import imaplib
+import json
 import os
 import re
+import subprocess
 import sys
 import time
 
@@ -35,7 +37,8 @@ from e2e_lib import (  # noqa: E402
     text,
 )
 
-SPOOL_QUEUE = os.path.join(os.environ.get("E2E_SUITE_DIR", "."), "spool", "queue")
+SUBMITGATE_BIN = os.environ.get("SUBMITGATE_BIN", "submitgate")
+CONFIG = os.environ.get("E2E_CONFIG", "submitgate.yaml")
 IMAP_PORT = int(os.environ.get("E2E_IMAP_PORT", "10143"))
 HOST = os.environ.get("E2E_HOST", "127.0.0.1")
 PASSWORD = os.environ.get("E2E_PASSWORD", "")
@@ -84,9 +87,12 @@ def wait_for_copies(user, message_ids, timeout=20):
 
 
 def spool_pending():
-    if not os.path.isdir(SPOOL_QUEUE):
-        return []
-    return [n for n in os.listdir(SPOOL_QUEUE) if n.endswith(".msg")]
+    """Ids of the entries waiting in the spool, as `submitgate spool list --json` shows them."""
+    out = subprocess.run(
+        [SUBMITGATE_BIN, "spool", "list", "--json", "--config", CONFIG],
+        check=True, capture_output=True, text=True, timeout=30,
+    ).stdout
+    return [e["id"] for e in json.loads(out)]
 
 
 def send_raw(s, sender, subject, body_lines):

@@ -335,9 +335,11 @@ restore_postfix_config() {
 # $E2E_HOST:$E2E_SUBMISSION_PORT with SASL through Dovecot, no TLS, and the given -o options.
 # A value with spaces cannot go into master.cf through `postconf -P`: put it in a main.cf
 # parameter (postconf -e 'sg_e2e_x = a b, c') and pass NAME=\$sg_e2e_x.
+# With SUBMISSION_CHROOT=y the service runs chrooted in the queue directory, as Debian's
+# master.cf has its smtpd services.
 submission_service() {
   postconf -MX "$SUBMISSION_SERVICE" 2>/dev/null || true
-  postconf -M "$SUBMISSION_SERVICE=$E2E_HOST:$E2E_SUBMISSION_PORT inet n - n - - smtpd"
+  postconf -M "$SUBMISSION_SERVICE=$E2E_HOST:$E2E_SUBMISSION_PORT inet n - ${SUBMISSION_CHROOT:-n} - - smtpd"
   local opt
   for opt in \
     syslog_name=postfix/submission-e2e \
@@ -369,9 +371,14 @@ build_submitgate() {
 }
 
 # start_submitgate PORT...: run `submitgate serve` with $E2E_CONFIG from $WORK (relative paths
-# in the config are relative to it) and wait until every PORT listens.
+# in the config are relative to it) and wait until every PORT listens. With E2E_RUN_AS=USER it
+# runs as that user (and its group), as a packaged daemon would.
 start_submitgate() {
-  (cd "$WORK" && exec "$SUBMITGATE_BIN" serve --config "$E2E_CONFIG") \
+  local as=()
+  if [ -n "${E2E_RUN_AS:-}" ]; then
+    as=(setpriv "--reuid=$E2E_RUN_AS" "--regid=$E2E_RUN_AS" --init-groups --)
+  fi
+  (cd "$WORK" && exec "${as[@]}" "$SUBMITGATE_BIN" serve --config "$E2E_CONFIG") \
     >>"$E2E_SUBMITGATE_LOG" 2>&1 &
   SUBMITGATE_PID=$!
   echo "$SUBMITGATE_PID" >"$WORK/submitgate.pid"
@@ -440,6 +447,7 @@ run_suite() {
   mkdir -p "$E2E_SUITE_DIR"
 
   unset -f suite_setup suite_teardown
+  unset E2E_RUN_AS SUBMISSION_CHROOT
   SUITE_PORTS=()
   # shellcheck source=/dev/null
   source "$E2E_DIR/${name}_suite.sh"
@@ -511,6 +519,7 @@ main() {
   local started=$SECONDS
   install_missing_packages
   build_submitgate
+  export SUBMITGATE_BIN # scenarios run `submitgate spool list`
   log "packages and build took $((SECONDS - started)) s"
   started=$SECONDS
 

@@ -50,6 +50,8 @@ fail() { echo "FAIL $1: $2"; FAILED=$((FAILED + 1)); }
 TENANT='550 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant.'
 MAILBOX='550 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox.'
 LIMIT='432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded'
+BASIC='550 5.7.30 Basic authentication is not supported for Client Submission.'
+LEGACY='421 4.7.66 TLS 1.0 and 1.1 are not supported. Please upgrade/update your client to support TLS 1.2.'
 
 # Starts a daemon for one script in $1 (its work dir); sets PORT.
 start_daemon() {
@@ -64,6 +66,7 @@ sent_items: { enabled: true, folder: "Sent Items" }
 mailboxes:
   blocked@contoso.com: { smtp_client_authentication_disabled: true }
   solo@contoso.com: { max_concurrent_sessions_per_mailbox: 1 }
+  oauthonly@contoso.com: { allow_basic_auth_smtp: false }
 YAML
   cat >"$dir/policies/fabrikam.yaml" <<'YAML'
 organization: fabrikam
@@ -102,17 +105,40 @@ stop_daemon() {
   fi
 }
 
-# The message part of each committed spool entry, oldest first, as files NAME.eml.
+# The pending entries of the spool, oldest first: the message of the N-th as entry-N.eml, its
+# metadata as entry-N.json; prints N. Read straight from the segment files (records: a 48-byte
+# header — magic SGSPOOL2, CRC-32, kind, id or target offset, lengths — then message and JSON;
+# docs/architecture.md, "Records"), each record's checksum checked.
 extract_entries() {
-  local dir=$1
-  local n=0
-  for entry in $(ls "$dir/spool/queue/"*.msg 2>/dev/null | sort); do
-    n=$((n + 1))
-    local len
-    len=$(tail -c 24 "$entry" | head -c 8 | od -An -tu8 --endian=big | tr -d ' ')
-    head -c "$len" "$entry" >"$dir/entry-$n.eml"
-  done
-  echo "$n"
+  python3 - "$1" <<'PY'
+import os, sys, zlib
+d = sys.argv[1]
+q = os.path.join(d, "spool", "queue")
+entries = []
+for name in sorted(n for n in os.listdir(q) if n.endswith(".seg")) if os.path.isdir(q) else []:
+    b = open(os.path.join(q, name), "rb").read()
+    found, at = {}, 0
+    while at < len(b):
+        h = b[at:at + 48]
+        assert h[:8] == b"SGSPOOL2", f"{name}@{at}: no magic"
+        kind, a = h[12], int.from_bytes(h[16:24], "big")
+        jlen, dlen = int.from_bytes(h[36:40], "big"), int.from_bytes(h[40:48], "big")
+        end = at + 48 + dlen + jlen
+        assert end <= len(b), f"{name}@{at}: cut short"
+        crc = zlib.crc32(b[at + 12:at + 48], zlib.crc32(b[at + 48:end]))
+        assert crc == int.from_bytes(h[8:12], "big"), f"{name}@{at}: checksum"
+        if kind == 1:
+            found[at] = (a, int.from_bytes(h[32:36], "big"), int.from_bytes(h[24:32], "big"),
+                         b[at + 48:at + 48 + dlen], b[at + 48 + dlen:end])
+        elif kind == 3:
+            del found[a]
+        at = end
+    entries += found.values()
+for n, (_, _, _, msg, meta) in enumerate(sorted(entries), 1):
+    open(os.path.join(d, f"entry-{n}.eml"), "wb").write(msg)
+    open(os.path.join(d, f"entry-{n}.json"), "wb").write(meta)
+print(len(entries))
+PY
 }
 
 count() { grep -c -- "$2" "$1" || true; }
@@ -158,6 +184,16 @@ run_script() {
       fi
       [[ $(extract_entries "$dir") == 0 ]] || why="${why:-unexpected spool entry}"
       ;;
+    auth_rules)
+      grep -q "\"reason\":\"basic_auth_disabled\".*\"reply\":\"$BASIC\"" "$audit" || why="Basic refusal not audited"
+      grep -q "\"decision\":\"defer\",\"reason\":\"legacy_tls\".*\"reply\":\"$LEGACY\"" "$audit" ||
+        why="${why:-legacy TLS refusal not audited}"
+      [[ $(count "$audit" '"sasl_method":"XOAUTH2"') -ge 2 ]] || why="${why:-XOAUTH2 not audited}"
+      if [[ $traced == 1 ]]; then
+        grep -qF "\"$BASIC\\0\"" "$dir/strace.txt" || why="${why:-miltertest did not receive the exact Basic text}"
+        grep -qF "\"$LEGACY\\0\"" "$dir/strace.txt" || why="${why:-miltertest did not receive the exact TLS text}"
+      fi
+      ;;
     limit)
       [[ $(count "$audit" '"reason":"concurrency_limit"') -ge 1 ]] || why="expected a concurrency_limit deferral"
       grep -q "\"reply\":\"$LIMIT\"" "$audit" || why="${why:-432 text not audited}"
@@ -179,9 +215,9 @@ run_script() {
         why="spool entry differs from expected-copy.eml (see $dir/entry-1.eml)"
         MILTERTEST_KEEP=1
       fi
-      grep -q '"recipients":\["carol@example.org","dave@example.net"\]' "$dir/spool/queue/"*.msg ||
+      grep -q '"recipients":\["carol@example.org","dave@example.net"\]' "$dir/entry-1.json" ||
         why="${why:-recipients missing from the entry}"
-      grep -q '"message_id":"<copy-1@client.example>"' "$dir/spool/queue/"*.msg ||
+      grep -q '"message_id":"<copy-1@client.example>"' "$dir/entry-1.json" ||
         why="${why:-Message-ID missing from the entry}"
       ;;
     *) ;;

@@ -213,31 +213,69 @@ encryption_keysize=256\npolicy_context=\n\n",
     }
 }
 
-/// Committed entries of the spool at `dir`, oldest first: (file name, message, metadata).
-/// Reads the entry format directly (message | metadata JSON | lengths | magic).
+/// Pending spool entries, oldest first: (entry id, message bytes, metadata JSON). Read straight
+/// from the segment files (docs/architecture.md, "Records"), not through the spool's own
+/// code: every record must have its magic and its checksum right; entry records without a
+/// later done record are pending. A record that ends past the end of its file is one a running
+/// daemon is appending: the segment is read up to it.
 pub fn read_spool_entries(dir: &Path) -> Vec<(String, Vec<u8>, serde_json::Value)> {
     let mut names: Vec<String> = std::fs::read_dir(dir.join("queue"))
         .map(|rd| {
             rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .filter(|n| n.ends_with(".msg"))
+                .filter(|n| n.ends_with(".seg"))
                 .collect()
         })
         .unwrap_or_default();
     names.sort();
-    names
-        .into_iter()
-        .map(|name| {
-            let bytes = std::fs::read(dir.join("queue").join(&name)).unwrap();
-            let n = bytes.len();
-            assert!(n >= 24, "{name}: too short");
-            assert_eq!(&bytes[n - 8..], b"SGSPOOL1", "{name}: no magic");
-            let msg_len = u64::from_be_bytes(bytes[n - 24..n - 16].try_into().unwrap()) as usize;
-            let meta_len = u64::from_be_bytes(bytes[n - 16..n - 8].try_into().unwrap()) as usize;
-            assert_eq!(msg_len + meta_len + 24, n, "{name}: lengths");
-            let meta = serde_json::from_slice(&bytes[msg_len..msg_len + meta_len]).unwrap();
-            (name, bytes[..msg_len].to_vec(), meta)
-        })
-        .collect()
+    let mut entries = Vec::new();
+    for name in names {
+        let bytes = std::fs::read(dir.join("queue").join(&name)).unwrap();
+        // (offset, id, message, meta, done)
+        let mut found: Vec<(usize, String, Vec<u8>, serde_json::Value, bool)> = Vec::new();
+        let mut at = 0;
+        while at + 48 <= bytes.len() {
+            let h = &bytes[at..at + 48];
+            assert_eq!(&h[..8], b"SGSPOOL2", "{name}@{at}: no magic");
+            let be =
+                |r: std::ops::Range<usize>| h[r].iter().fold(0u64, |n, b| n << 8 | u64::from(*b));
+            let (kind, a, seq, pid) = (h[12], be(16..24), be(24..32), be(32..36));
+            let (json_len, data_len) = (be(36..40) as usize, be(40..48) as usize);
+            let end = at + 48 + data_len + json_len;
+            if end > bytes.len() {
+                break;
+            }
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&bytes[at + 48..end]);
+            crc.update(&h[12..48]);
+            assert_eq!(crc.finalize(), be(8..12) as u32, "{name}@{at}: checksum");
+            let data = &bytes[at + 48..at + 48 + data_len];
+            let json = &bytes[at + 48 + data_len..end];
+            match kind {
+                1 => found.push((
+                    at,
+                    format!("{:010}.{:06}-{pid}-{seq}", a / 1_000_000, a % 1_000_000),
+                    data.to_vec(),
+                    serde_json::from_slice(json).unwrap(),
+                    false,
+                )),
+                2 => {}
+                3 => {
+                    let entry = found.iter_mut().find(|e| e.0 as u64 == a);
+                    entry.expect("done record of an entry in the file").4 = true;
+                }
+                k => panic!("{name}@{at}: record kind {k}"),
+            }
+            at = end;
+        }
+        entries.extend(
+            found
+                .into_iter()
+                .filter(|e| !e.4)
+                .map(|(_, id, data, meta, _)| (id, data, meta)),
+        );
+    }
+    entries.sort_by(|x, y| x.0.cmp(&y.0));
+    entries
 }
 
 /// Files in the spool's `tmp/` (messages being written).

@@ -452,13 +452,10 @@ impl Rig {
         let config = Config::parse(&dir.path().join("submitgate.yaml"), &text)
             .unwrap_or_else(|e| panic!("config: {e}\n{text}"));
         let spool = Spool::open(&spool_dir).expect("spool");
-        // Entries already queued (the spool layout: `queue/<id>.msg`).
-        let entries = std::fs::read_dir(spool_dir.join("queue"))
-            .expect("spool queue")
-            .filter_map(|e| {
-                let name = e.ok()?.file_name().into_string().ok()?;
-                Some(name.strip_suffix(".msg")?.to_string())
-            })
+        // Entries already queued.
+        let entries = super::daemon::read_spool_entries(&spool_dir)
+            .into_iter()
+            .map(|(id, ..)| id)
             .collect();
         let store = Store::from_settings(&config.sent_items.store).expect("store");
         let (audit, writer) = Audit::start(&config.audit).expect("audit");

@@ -1,13 +1,15 @@
 //! What the integration test suites share, in one place: polling with a deadline
 //! ([`wait_for`], [`wait_for_sync`]) instead of sleeping, the one audit-log reader
 //! ([`read_audit`]), a real daemon under test ([`daemon`]), a private Dovecot with delivery
-//! workers ([`dovecot`]) and the one check for an external program a test needs
+//! workers ([`dovecot`]), real Redis deployments (one server, a cluster, a sentinel-watched
+//! master: [`redis`]) and the one check for an external program a test needs
 //! ([`require`]: fails under CI, skips with a note elsewhere). Each suite declares
 //! `mod support;` and uses what it needs.
 #![allow(dead_code)]
 
 pub mod daemon;
 pub mod dovecot;
+pub mod redis;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -113,6 +115,7 @@ pub fn read_audit(path: &Path) -> Vec<serde_json::Value> {
 fn package_of(program: &str) -> &str {
     match program {
         "redis-server" | "redis-cli" => "redis-server",
+        "redis-sentinel" => "redis-sentinel",
         "dovecot" | "doveadm" => "dovecot-imapd",
         "miltertest" => "miltertest",
         "openssl" => "openssl",

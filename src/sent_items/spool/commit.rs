@@ -1,65 +1,93 @@
-//! The commit queue (group commit). Each commit writes, fdatasyncs and renames its entry into
-//! `queue/` on its own blocking-pool thread, then joins the queue; the thread that finds no
-//! committer at work becomes it and drains the queue batch by batch, with **one** fsync of
-//! `queue/` per batch: a lone commit is a batch of one, under load it approaches one fsync
-//! per message. A failed directory fsync fails and withdraws (unlinks) its whole batch, so
-//! the milter tempfails every message of it. The full sequence and its crash analysis are in
+//! The committer (group commit). Every change to the queue — a new entry, a delivery state,
+//! a done mark — is an [`Op`] in the commit queue; whoever finds no committer at work becomes
+//! it and drains the queue batch by batch. A batch is whatever queued up while the previous
+//! one was syncing: its records are appended to their segments with one `pwrite` per segment,
+//! and made durable with **one `fdatasync` per segment touched** (usually one: the active
+//! segment), plus one directory fsync only when the batch created a segment or renames a large
+//! entry's own segment in. Then the index is updated and every op of the batch answered. A
+//! batch is all or nothing: if any step fails, every op of it fails and what it wrote is
+//! withdrawn (segments cut back to their length before the batch, new files unlinked), so the
+//! milter tempfails every message of it. The sequence and its crash analysis are in
 //! docs/architecture.md ("Commit sequence").
 
-use std::fs;
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::{Arc, MutexGuard, PoisonError};
 
 use tokio::sync::oneshot;
 
-use super::{Area, EntryId, Inner, SpoolError};
-use crate::fsutil::TempFile;
+use super::format::{small_record, Kind, HEADER_LEN};
+use super::segment::{SegmentId, SegmentInfo, Slot};
+use super::{Area, EntryId, Inner, SpoolError, FILE_MODE};
 
-/// Where a commit's outcome goes.
-pub(super) type Done = oneshot::Sender<Result<EntryId, SpoolError>>;
+/// A segment takes new entries until it is this long; then the next batch starts a new one
+/// (one directory fsync per segment). A segment is removed once its last entry is done, so
+/// an entry held back for days keeps at most this much of delivered mail on disk with it.
+pub const SEGMENT_BYTES: u64 = 1024 * 1024;
 
-/// The blocking-pool side of [`SpoolWriter::commit`](super::SpoolWriter::commit), run on the
-/// commit's own thread: steps 1–3 (write `rest`, fdatasync, rename into `queue/`), then the
-/// queue (steps 4–6), the outcome sent on `done`.
-pub(super) fn commit_on_this_thread(
-    inner: Arc<Inner>,
-    mut temp: TempFile,
-    rest: &[u8],
-    done: Done,
-) {
-    let renamed = temp
-        .write_all(rest)
-        .and_then(|()| temp.sync_data())
-        .map_err(SpoolError::from)
-        .and_then(|()| inner.rename_into_queue(&mut temp));
-    // Closed now, and removed unless it was renamed.
-    drop(temp);
-    match renamed {
-        Ok(PendingEntry { id, entry }) => inner.enqueue(PendingCommit { entry, id, done }),
-        Err(e) => {
-            // Let go of the spool before the caller hears (see `Committer::drain`).
-            drop(inner);
-            let _ = done.send(Err(e));
-        }
-    }
+/// Where an op's outcome goes: the entry's id.
+pub(super) type Answer = oneshot::Sender<Result<EntryId, SpoolError>>;
+
+/// One change to the queue.
+#[derive(Debug)]
+pub(super) enum Op {
+    /// A new entry, appended to the active segment: its whole record, header filled in.
+    Append {
+        id: EntryId,
+        record: Vec<u8>,
+        data_len: u64,
+        json_len: u64,
+    },
+    /// A large entry, written (and fdatasynced) as a segment of its own and renamed into
+    /// `queue/` already; the batch's directory fsync makes the name durable.
+    Renamed {
+        id: EntryId,
+        segment: Uncommitted,
+        data_len: u64,
+        json_len: u64,
+    },
+    /// A new delivery state for a pending entry.
+    State { id: EntryId, json: Vec<u8> },
+    /// A pending entry leaves the queue (stored, or copied to `failed/`).
+    Done { id: EntryId },
 }
 
-/// Entries renamed into `queue/` and waiting for the directory fsync, and whether a committer
-/// is draining them. Never locked across I/O.
+/// An op waiting in the queue, with where to answer.
+#[derive(Debug)]
+pub(super) struct Pending {
+    pub(super) op: Op,
+    pub(super) answer: Answer,
+}
+
+/// Ops waiting for the next batch, whether a committer is draining them, and the segment new
+/// entries go to. Never locked across I/O.
 #[derive(Debug, Default)]
 pub(super) struct CommitQueue {
-    pub(super) waiting: Vec<PendingCommit>,
+    pub(super) waiting: Vec<Pending>,
     draining: bool,
+    /// Held by the queue between batches, by the committer during one.
+    active: Option<Active>,
 }
 
-/// An entry renamed into `queue/` whose rename is not yet known to be durable. Dropped before
-/// it is committed (its batch failed, or the committer unwound) it is unlinked again, best
-/// effort, so that a message the milter tempfails gets no copy.
+/// The segment new entries are appended to.
 #[derive(Debug)]
-struct Uncommitted {
-    path: PathBuf,
-    committed: bool,
+struct Active {
+    id: SegmentId,
+    file: File,
+}
+
+/// A large entry's segment renamed into `queue/`, whose name is not yet known to be durable.
+/// Dropped before it is committed (its batch failed, or the committer unwound) it is unlinked
+/// again, best effort, so that a message the milter tempfails gets no copy.
+#[derive(Debug)]
+pub(super) struct Uncommitted {
+    pub(super) id: SegmentId,
+    pub(super) path: PathBuf,
+    pub(super) len: u64,
+    pub(super) committed: bool,
 }
 
 impl Drop for Uncommitted {
@@ -75,50 +103,23 @@ impl Drop for Uncommitted {
     }
 }
 
-/// One commit in the queue: its entry, visible with its data durable, and where to answer.
-#[derive(Debug)]
-pub(super) struct PendingCommit {
-    entry: Uncommitted,
-    id: EntryId,
-    done: Done,
-}
-
-impl PendingCommit {
-    /// Settles the entry — kept if `result` is a success, unlinked otherwise — before the
-    /// answer goes out.
-    fn answer(self, result: Result<EntryId, SpoolError>) -> Answer {
-        let PendingCommit {
-            mut entry, done, ..
-        } = self;
-        entry.committed = result.is_ok();
-        drop(entry);
-        Answer { done, result }
-    }
-}
-
-/// A renamed entry and its id, before it joins the queue.
-struct PendingEntry {
-    id: EntryId,
-    entry: Uncommitted,
-}
-
-/// The outcome of one commit, ready to send.
-struct Answer {
-    done: Done,
+/// The outcome of one op, ready to send.
+struct Reply {
+    answer: Answer,
     result: Result<EntryId, SpoolError>,
 }
 
-fn send_all(answers: Vec<Answer>) {
-    for Answer { done, result } in answers {
-        // A caller that went away has its entry committed all the same.
-        let _ = done.send(result);
+fn send_all(replies: Vec<Reply>) {
+    for Reply { answer, result } in replies {
+        // A caller that went away has its op committed all the same.
+        let _ = answer.send(result);
     }
 }
 
-/// The committer role, held by one thread at a time. If that thread unwinds, the role is
-/// given up and the commits still queued fail (their callers get [`SpoolError::Task`], their
-/// entries are unlinked) rather than wait for a committer that will never come.
-struct Committer {
+/// The committer role, held by one thread at a time. If that thread unwinds, its batch's
+/// writes are withdrawn (see [`Withdrawal`]), the ops of that batch fail (their callers get
+/// [`SpoolError::Task`]), and the role passes to a new thread for the ops queued since.
+pub(super) struct Committer {
     inner: Arc<Inner>,
     finished: bool,
 }
@@ -127,122 +128,517 @@ impl Committer {
     /// Commits batches until the queue is empty. The last batch is answered only after this
     /// thread has let go of the spool, so that a caller that drops its last handle on hearing
     /// the answer releases the spool's lock with it.
-    fn drain(mut self) {
+    pub(super) fn drain(inner: Arc<Inner>) {
+        let mut this = Committer {
+            inner,
+            finished: false,
+        };
+        let mut active = this.inner.lock_commits().active.take();
         loop {
             #[cfg(test)]
-            self.inner.hooks.gather(&self.inner.commits);
-            let batch = std::mem::take(&mut self.inner.lock_commits().waiting);
-            let answers = self.inner.commit_batch(batch);
-            let mut queue = self.inner.lock_commits();
+            this.inner.hooks.gather(&this.inner.commits);
+            let batch = std::mem::take(&mut this.inner.lock_commits().waiting);
+            let replies = if batch.is_empty() {
+                Vec::new()
+            } else {
+                this.inner.commit_batch(&mut active, batch)
+            };
+            let mut queue = this.inner.lock_commits();
             if queue.waiting.is_empty() {
                 queue.draining = false;
+                queue.active = active;
                 drop(queue);
-                self.finished = true;
-                drop(self);
-                send_all(answers);
+                this.finished = true;
+                drop(this);
+                send_all(replies);
                 return;
             }
             drop(queue);
-            send_all(answers);
+            send_all(replies);
         }
     }
 }
 
 impl Drop for Committer {
+    /// The committer unwound (a bug): its batch failed as it unwound. Ops that queued up
+    /// meanwhile (some may have queued after their callers heard of the failure) get a new
+    /// committer, on a thread of its own.
     fn drop(&mut self) {
         if self.finished {
             return;
         }
-        let stranded = {
-            let mut queue = self.inner.lock_commits();
-            queue.draining = false;
-            std::mem::take(&mut queue.waiting)
-        };
-        tracing::error!(
-            stranded = stranded.len(),
-            "spool committer stopped; failing the commits it left"
-        );
+        let waiting = self.inner.lock_commits().waiting.len();
+        tracing::error!(waiting, "spool committer stopped; its batch failed");
+        let inner = Arc::clone(&self.inner);
+        let spawned = std::thread::Builder::new()
+            .name("spool-committer".to_string())
+            .spawn(move || Committer::drain(inner));
+        if let Err(e) = spawned {
+            let stranded = {
+                let mut queue = self.inner.lock_commits();
+                queue.draining = false;
+                std::mem::take(&mut queue.waiting)
+            };
+            tracing::error!(error = %e, stranded = stranded.len(), "cannot start a new spool committer; failing the commits left");
+        }
     }
 }
 
+/// What a batch wrote, undone unless [`Withdrawal::disarm`] is called: each touched segment
+/// cut back to its length before the batch, a segment created by the batch unlinked. Runs on
+/// failure and when the committer unwinds.
+struct Withdrawal<'a> {
+    inner: &'a Inner,
+    /// (segment, its file, its length before the batch).
+    cut: Vec<(SegmentId, File, u64)>,
+    created: Option<SegmentId>,
+    armed: bool,
+}
+
+impl Withdrawal<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Withdrawal<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut broken = Vec::new();
+        for (segment, file, len) in &self.cut {
+            if Some(*segment) == self.created {
+                continue;
+            }
+            if let Err(e) = file.set_len(*len).and_then(|()| file.sync_data()) {
+                let path = self.inner.segment_path(segment);
+                tracing::error!(path = %path.display(), error = %e, "cannot withdraw the records of a failed commit batch; nothing more is appended to this segment, and its entries may be delivered after a restart");
+                broken.push(*segment);
+            }
+        }
+        let mut index = self.inner.lock_index();
+        for segment in broken {
+            if let Some(info) = index.segments.get_mut(&segment) {
+                info.broken = true;
+            }
+        }
+        drop(index);
+        if let Some(segment) = self.created {
+            // Unlinked before it leaves the index, so that no listing adopts it in between.
+            let path = self.inner.segment_path(&segment);
+            if let Err(e) = fs::remove_file(&path) {
+                tracing::error!(path = %path.display(), error = %e, "cannot remove a segment whose creation failed");
+            }
+            self.inner.lock_index().segments.remove(&segment);
+        }
+    }
+}
+
+/// Where one op's record goes, once planned.
+#[derive(Debug)]
+enum Planned {
+    /// Appended to `segment`; `slot` is the entry's or the target entry's place.
+    Record { segment: SegmentId, record: Vec<u8> },
+    /// Nothing to write (a renamed entry).
+    Renamed,
+}
+
 impl Inner {
-    fn lock_commits(&self) -> MutexGuard<'_, CommitQueue> {
+    pub(super) fn lock_commits(&self) -> MutexGuard<'_, CommitQueue> {
         // Nothing that can panic runs under this lock; a poisoned queue is still consistent.
         self.commits.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues a renamed entry for the next batch's directory fsync. The caller becomes the
-    /// committer if none is at work, and then drains the queue before returning.
-    fn enqueue(self: Arc<Self>, pending: PendingCommit) {
-        {
-            let mut queue = self.lock_commits();
-            queue.waiting.push(pending);
-            if queue.draining {
-                return;
-            }
-            queue.draining = true;
+    /// Queues an op for the next batch. True if the caller must now become the committer
+    /// ([`Committer::drain`]): no committer was at work.
+    pub(super) fn enqueue(&self, pending: Pending) -> bool {
+        let mut queue = self.lock_commits();
+        queue.waiting.push(pending);
+        if queue.draining {
+            return false;
         }
-        Committer {
-            inner: self,
-            finished: false,
-        }
-        .drain();
+        queue.draining = true;
+        true
     }
 
-    /// Step 5 of the commit sequence for one batch: one fsync of `queue/`, then the answers,
-    /// to send once the caller is ready to. All or nothing (see the module doc).
-    fn commit_batch(&self, batch: Vec<PendingCommit>) -> Vec<Answer> {
+    /// One batch: plan, write, sync, update the index, answer (see the module doc). `active`
+    /// is the segment new entries go to; it is replaced when full, created when missing, and
+    /// dropped if a failed write to it cannot be undone.
+    fn commit_batch(&self, active: &mut Option<Active>, batch: Vec<Pending>) -> Vec<Reply> {
         #[cfg(test)]
         self.hooks.record_batch(batch.len());
-        match self.sync_queue_dir() {
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut ops = Vec::with_capacity(batch.len());
+        // Plan: targets of state and done records; ops on entries that are not pending are
+        // answered at once and take no part in the batch.
+        {
+            let index = self.lock_index();
+            let mut done_here = Vec::new();
+            for Pending { op, answer } in batch {
+                let target = match &op {
+                    Op::State { id, .. } | Op::Done { id } => {
+                        match index.entries.get(id).filter(|_| !done_here.contains(id)) {
+                            Some(slot) => {
+                                if matches!(op, Op::Done { .. }) {
+                                    done_here.push(*id);
+                                }
+                                if index.segments.get(&slot.segment).is_some_and(|s| s.broken) {
+                                    replies.push(Reply {
+                                        answer,
+                                        result: Err(self.broken_segment(&slot.segment)),
+                                    });
+                                    continue;
+                                }
+                                Some(*slot)
+                            }
+                            None => {
+                                replies.push(Reply {
+                                    answer,
+                                    result: Err(self.unknown(Area::Queue, id)),
+                                });
+                                continue;
+                            }
+                        }
+                    }
+                    _ => None,
+                };
+                ops.push((op, target, answer));
+            }
+        }
+        if ops.is_empty() {
+            return replies;
+        }
+        match self.write_batch(active, &mut ops) {
             Ok(()) => {
-                let answers = batch
-                    .into_iter()
-                    .map(|pending| {
-                        let id = pending.id;
-                        pending.answer(Ok(id))
-                    })
-                    .collect();
-                // The batch is durable: wake the delivery workers.
-                self.committed.notify_one();
-                answers
+                let new_entries = ops
+                    .iter()
+                    .any(|(op, ..)| matches!(op, Op::Append { .. } | Op::Renamed { .. }));
+                for (op, _, answer) in ops {
+                    let id = match op {
+                        Op::Append { id, .. } | Op::State { id, .. } | Op::Done { id } => id,
+                        Op::Renamed {
+                            id, mut segment, ..
+                        } => {
+                            segment.committed = true;
+                            id
+                        }
+                    };
+                    replies.push(Reply {
+                        answer,
+                        result: Ok(id),
+                    });
+                }
+                if new_entries {
+                    // The batch is durable: wake the delivery workers.
+                    self.committed.notify_one();
+                }
             }
             Err(e) => {
-                let answers = batch
-                    .into_iter()
-                    .map(|pending| {
-                        pending.answer(Err(SpoolError::Io {
-                            op: "fsync directory",
-                            path: self.queue.path.clone(),
-                            error: copy_io(&e),
-                        }))
-                    })
-                    .collect();
-                // The entries are unlinked by now; make that durable if the directory lets us.
-                if let Err(e) = self.sync_queue_dir() {
-                    tracing::error!(path = %self.queue.path.display(), error = %e, "cannot fsync the withdrawal of a failed commit batch");
+                for (op, _, answer) in ops {
+                    if let Op::Renamed { segment, .. } = op {
+                        // Unlinked (by the drop) before it leaves the index, so that no
+                        // listing adopts it in between.
+                        let id = segment.id;
+                        drop(segment);
+                        self.lock_index().segments.remove(&id);
+                    }
+                    replies.push(Reply {
+                        answer,
+                        result: Err(copy_error(&e)),
+                    });
                 }
-                answers
+            }
+        }
+        replies
+    }
+
+    /// Writes and syncs the batch's records, then records them in the index. On error nothing
+    /// of the batch stays (the [`Withdrawal`] and the renamed entries' [`Uncommitted`] undo it).
+    fn write_batch(
+        &self,
+        active: &mut Option<Active>,
+        ops: &mut [(Op, Option<Slot>, Answer)],
+    ) -> Result<(), SpoolError> {
+        let mut withdrawal = Withdrawal {
+            inner: self,
+            cut: Vec::new(),
+            created: None,
+            armed: true,
+        };
+        let mut dir_sync = false;
+        if ops.iter().any(|(op, ..)| matches!(op, Op::Append { .. })) {
+            let full = match active {
+                Some(a) => !self
+                    .lock_index()
+                    .segments
+                    .get(&a.id)
+                    .is_some_and(|s| s.len < SEGMENT_BYTES && !s.broken),
+                None => true,
+            };
+            if full {
+                if let Some(old) = active.take() {
+                    self.retire(old.id);
+                }
+                let created = self.create_segment()?;
+                withdrawal.created = Some(created.id);
+                dir_sync = true;
+                *active = Some(created);
+            }
+        }
+        let active_id = active.as_ref().map(|a| a.id);
+        // The records of each segment, in op order.
+        let mut plan: Vec<Planned> = Vec::with_capacity(ops.len());
+        let mut per_segment: BTreeMap<SegmentId, Vec<u8>> = BTreeMap::new();
+        for (op, target, _) in ops.iter_mut() {
+            let planned = match (op, target) {
+                (Op::Append { record, .. }, _) => Planned::Record {
+                    // Created above when missing.
+                    segment: active_id.ok_or_else(|| {
+                        SpoolError::Task("no active segment for new entries".to_string())
+                    })?,
+                    record: std::mem::take(record),
+                },
+                (Op::Renamed { .. }, _) => {
+                    dir_sync = true;
+                    Planned::Renamed
+                }
+                (Op::State { json, .. }, Some(slot)) => Planned::Record {
+                    segment: slot.segment,
+                    record: small_record(Kind::State, slot.offset, json),
+                },
+                (Op::Done { .. }, Some(slot)) => Planned::Record {
+                    segment: slot.segment,
+                    record: small_record(Kind::Done, slot.offset, &[]),
+                },
+                // Every state and done op got its target when the batch was planned.
+                (Op::State { .. } | Op::Done { .. }, None) => {
+                    return Err(SpoolError::Task(
+                        "a state or done record without its entry".to_string(),
+                    ))
+                }
+            };
+            plan.push(planned);
+        }
+        // Offsets: each segment's records follow its current end, in op order.
+        let starts: BTreeMap<SegmentId, u64> = {
+            let index = self.lock_index();
+            plan.iter()
+                .filter_map(|p| match p {
+                    Planned::Record { segment, .. } => Some(*segment),
+                    Planned::Renamed => None,
+                })
+                .map(|s| (s, index.segments.get(&s).map_or(0, |i| i.len)))
+                .collect()
+        };
+        let mut offsets = Vec::with_capacity(plan.len());
+        {
+            let mut ends = starts.clone();
+            for p in &mut plan {
+                match p {
+                    Planned::Record { segment, record } => {
+                        let end = ends.entry(*segment).or_default();
+                        offsets.push(Some(*end));
+                        *end += record.len() as u64;
+                        per_segment
+                            .entry(*segment)
+                            .or_default()
+                            .extend_from_slice(record);
+                        *record = Vec::new();
+                    }
+                    Planned::Renamed => offsets.push(None),
+                }
+            }
+        }
+        for (segment, bytes) in &per_segment {
+            let start = starts.get(segment).copied().unwrap_or(0);
+            let path = self.segment_path(segment);
+            let file = match active.as_ref().filter(|a| a.id == *segment) {
+                Some(a) => a.file.try_clone(),
+                None => OpenOptions::new().write(true).open(&path),
+            }
+            .map_err(super::io_err("open segment", &path))?;
+            let written = self.append(&file, &path, bytes, start);
+            // Cut back on failure even after a partial write.
+            withdrawal.cut.push((*segment, file, start));
+            written?;
+        }
+        #[cfg(test)]
+        self.hooks.crash_point("records written, not synced");
+        for (segment, file, _) in &withdrawal.cut {
+            self.sync_segment(file, segment)?;
+        }
+        #[cfg(test)]
+        self.hooks.crash_point("records synced");
+        if dir_sync {
+            self.sync_queue_dir()
+                .map_err(super::io_err("fsync directory", &self.queue.path))?;
+            #[cfg(test)]
+            self.hooks.crash_point("directory synced");
+        }
+        // Durable. Record it.
+        let mut gone = Vec::new();
+        {
+            let mut index = self.lock_index();
+            for (segment, bytes) in &per_segment {
+                if let Some(info) = index.segments.get_mut(segment) {
+                    info.len = starts.get(segment).copied().unwrap_or(0) + bytes.len() as u64;
+                }
+            }
+            for ((op, target, _), offset) in ops.iter().zip(offsets) {
+                match (op, target, offset) {
+                    (
+                        Op::Append {
+                            id,
+                            data_len,
+                            json_len,
+                            ..
+                        },
+                        _,
+                        Some(offset),
+                    ) => {
+                        let Some(segment) = active_id else { continue };
+                        index.entries.insert(
+                            *id,
+                            Slot {
+                                segment,
+                                offset,
+                                data_len: *data_len,
+                                json_len: *json_len,
+                                state: None,
+                            },
+                        );
+                        if let Some(info) = index.segments.get_mut(&segment) {
+                            info.live += 1;
+                        }
+                    }
+                    (
+                        Op::Renamed {
+                            id,
+                            segment,
+                            data_len,
+                            json_len,
+                        },
+                        ..,
+                    ) => {
+                        index.segments.insert(
+                            segment.id,
+                            SegmentInfo {
+                                len: segment.len,
+                                live: 1,
+                                broken: false,
+                            },
+                        );
+                        index.entries.insert(
+                            *id,
+                            Slot {
+                                segment: segment.id,
+                                offset: 0,
+                                data_len: *data_len,
+                                json_len: *json_len,
+                                state: None,
+                            },
+                        );
+                    }
+                    (Op::State { id, json }, _, Some(offset)) => {
+                        if let Some(slot) = index.entries.get_mut(id) {
+                            slot.state = Some((offset + HEADER_LEN, json.len() as u64));
+                        }
+                    }
+                    (Op::Done { id }, Some(slot), Some(_)) => {
+                        index.entries.remove(id);
+                        if let Some(info) = index.segments.get_mut(&slot.segment) {
+                            info.live = info.live.saturating_sub(1);
+                            if info.live == 0 && Some(slot.segment) != active_id {
+                                gone.push(slot.segment);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            for segment in &gone {
+                index.segments.remove(segment);
+            }
+        }
+        withdrawal.disarm();
+        for segment in gone {
+            self.remove_segment(&segment);
+        }
+        Ok(())
+    }
+
+    /// A full (or broken) active segment takes no more entries; removed if nothing in it is
+    /// pending any more.
+    fn retire(&self, segment: SegmentId) {
+        let empty = {
+            let mut index = self.lock_index();
+            let empty = !index.segments.get(&segment).is_some_and(|s| s.live > 0);
+            if empty {
+                index.segments.remove(&segment);
+            }
+            empty
+        };
+        if empty {
+            self.remove_segment(&segment);
+        }
+    }
+
+    /// Unlinks a segment none of whose entries is pending. Not fsynced: should a crash undo
+    /// the unlink, the segment comes back with every entry done, and `open` removes it again.
+    pub(super) fn remove_segment(&self, segment: &SegmentId) {
+        let path = self.segment_path(segment);
+        if let Err(e) = fs::remove_file(&path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove a delivered spool segment");
             }
         }
     }
 
-    /// Step 3 of the commit sequence: gives the entry its id and renames it into `queue/`.
-    fn rename_into_queue(&self, temp: &mut TempFile) -> Result<PendingEntry, SpoolError> {
+    /// Creates a new, empty active segment (registered in the index first, so that no
+    /// directory listing adopts it meanwhile).
+    fn create_segment(&self) -> Result<Active, SpoolError> {
         let id = self.next_id();
-        let dest = self.msg_path(Area::Queue, &id);
+        self.lock_index()
+            .segments
+            .insert(id, SegmentInfo::default());
+        let path = self.segment_path(&id);
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(&path)
+        {
+            Ok(file) => Ok(Active { id, file }),
+            Err(e) => {
+                self.lock_index().segments.remove(&id);
+                Err(super::io_err("create segment", &path)(e))
+            }
+        }
+    }
+
+    fn append(
+        &self,
+        file: &File,
+        path: &std::path::Path,
+        bytes: &[u8],
+        at: u64,
+    ) -> Result<(), SpoolError> {
         #[cfg(test)]
         self.hooks
-            .rename_fault()
-            .map_err(super::io_err("commit (rename) into", &dest))?;
-        temp.rename_to(&dest, "commit (rename) into")?;
-        Ok(PendingEntry {
-            id,
-            entry: Uncommitted {
-                path: dest,
-                committed: false,
-            },
-        })
+            .write_fault()
+            .map_err(super::io_err("append to", path))?;
+        file.write_all_at(bytes, at)
+            .map_err(super::io_err("append to", path))
+    }
+
+    fn sync_segment(&self, file: &File, segment: &SegmentId) -> Result<(), SpoolError> {
+        let path = self.segment_path(segment);
+        #[cfg(test)]
+        self.hooks
+            .data_sync_fault()
+            .map_err(super::io_err("fdatasync", &path))?;
+        file.sync_data().map_err(super::io_err("fdatasync", &path))
     }
 
     fn sync_queue_dir(&self) -> io::Result<()> {
@@ -250,12 +646,29 @@ impl Inner {
         self.hooks.dir_sync_fault()?;
         self.queue.handle.sync_all()
     }
+
+    fn broken_segment(&self, segment: &SegmentId) -> SpoolError {
+        SpoolError::Io {
+            op: "append to",
+            path: self.segment_path(segment),
+            error: io::Error::other(
+                "an earlier failed write could not be undone; restart submitgate to repair the segment",
+            ),
+        }
+    }
 }
 
-/// The same OS error again, for each commit of a batch that one error failed.
-fn copy_io(error: &io::Error) -> io::Error {
-    match error.raw_os_error() {
-        Some(code) => io::Error::from_raw_os_error(code),
-        None => io::Error::new(error.kind(), error.to_string()),
+/// The same error again, for each op of a batch that one error failed.
+fn copy_error(error: &SpoolError) -> SpoolError {
+    match error {
+        SpoolError::Io { op, path, error } => SpoolError::Io {
+            op,
+            path: path.clone(),
+            error: match error.raw_os_error() {
+                Some(code) => io::Error::from_raw_os_error(code),
+                None => io::Error::new(error.kind(), error.to_string()),
+            },
+        },
+        other => SpoolError::Task(other.to_string()),
     }
 }

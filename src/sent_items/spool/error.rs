@@ -34,6 +34,12 @@ pub enum SpoolError {
     /// A writer whose earlier write failed or was cancelled; its message is incomplete.
     #[error("spool: writer for {} is unusable after an earlier failure", path.display())]
     WriterFailed { path: PathBuf },
+    /// A change to the queue asked of a spool opened beside its owner ([`Spool::attach`]),
+    /// which may only read and move entries back from `failed/`.
+    ///
+    /// [`Spool::attach`]: super::Spool::attach
+    #[error("spool {}: opened beside its owner (read-only): only the daemon changes the queue", path.display())]
+    NotOwner { path: PathBuf },
     /// The blocking-pool task doing the file work panicked or was cancelled.
     #[error("spool: background file task failed: {0}")]
     Task(String),
