@@ -63,8 +63,8 @@ fn reset_peak() {
     }
 }
 
-/// Lets the allocator hand freed memory back (mimalloc purges after a short delay), as a
-/// daemon that goes on serving would.
+/// Lets the allocator hand back what the reloader's release left (jemalloc's background
+/// thread, mimalloc's delayed purge), as a daemon that goes on serving would.
 fn settle() {
     std::thread::sleep(Duration::from_millis(500));
 }

@@ -12,8 +12,8 @@
 //!   every few transactions (limiter churn: leases given back on close too);
 //! - auth policy `allow` / `report` requests, one HTTP connection each;
 //! - a policy file rewritten and reloaded every few seconds;
-//! - Dovecot stopped half-way through and started again 5 s later (deliveries back off and
-//!   resume).
+//! - Dovecot stopped half-way through and started again 5 s later (`--outage-seconds`;
+//!   deliveries back off and resume, then drain the backlog).
 //!
 //! RSS, the bytes in use (allocated and not freed, counted by the global allocator), open file
 //! descriptors (`/proc/self/fd`), threads and live tokio tasks are measured after a warm-up and
@@ -66,7 +66,10 @@ const REPORT_EVERY: Duration = Duration::from_secs(30);
 
 fn policy_text(version: u64) -> String {
     format!(
+        // Sending limits on (counted, so the limiter's windows churn too), at values this load
+        // never reaches: Exchange's 30 messages a minute per mailbox would defer most of it.
         "organization: contoso\ndomains: [contoso.com]\nmax_concurrent_sessions_per_mailbox: 3\n\
+sending_limits: {{ messages_per_minute: 100000, recipients_per_day: 100000000 }}\n\
 mailboxes:\n  blocked@contoso.com: {{ smtp_client_authentication_disabled: true }}\n\
   # reload {version}\n  printer@contoso.com: {{ max_concurrent_sessions_per_mailbox: {} }}\n",
         5 + version % 3
@@ -108,11 +111,15 @@ fn status_field(name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// A sample of the idle daemon once the allocator has given back the free memory it can:
-/// mimalloc gives pages back only when it is called again, so RSS at an idle moment is
-/// otherwise whatever the last burst left, which says little about growth. Bytes in use are
-/// exact either way.
+/// A sample of the idle daemon once the allocator has given back the free memory it can, as
+/// the daemon does after each reload: without it, RSS at an idle moment may be whatever the
+/// last burst left (mimalloc gives pages back only when it is called again; glibc keeps its
+/// arenas' free memory until trimmed; jemalloc purges on its own over ~10 s), which says
+/// little about growth. The sample before the release is printed too ("idle, kept"). Bytes in
+/// use are exact either way.
 async fn settled_sample() -> Sample {
+    // What the allocator holds on its own, before it is asked to give memory back.
+    print_sample("idle, kept", sample());
     alloc::release();
     tokio::time::sleep(Duration::from_secs(1)).await;
     sample()
@@ -146,12 +153,16 @@ fn print_sample(label: &str, s: Sample) {
 struct Args {
     minutes: f64,
     warmup: Duration,
+    /// How long Dovecot stays stopped half-way: a longer outage leaves a larger backlog of
+    /// copies to drain (and a larger peak of memory to give back).
+    outage: Duration,
 }
 
 fn args() -> Result<Args, String> {
     let mut a = Args {
         minutes: 1.0,
         warmup: Duration::from_secs(30),
+        outage: Duration::from_secs(5),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -173,9 +184,16 @@ fn args() -> Result<Args, String> {
                         .map_err(|_| format!("--warmup-seconds {value}: whole seconds"))?,
                 )
             }
+            "--outage-seconds" => {
+                a.outage = Duration::from_secs(
+                    value
+                        .parse()
+                        .map_err(|_| format!("--outage-seconds {value}: whole seconds"))?,
+                )
+            }
             other => {
                 return Err(format!(
-                    "unknown argument {other} (--minutes N, --warmup-seconds S)"
+                    "unknown argument {other} (--minutes N, --warmup-seconds S, --outage-seconds S)"
                 ))
             }
         }
@@ -299,6 +317,7 @@ async fn load(
     c: &Arc<Counters>,
     how_long: Duration,
     dovecot: Option<&Dovecot>,
+    outage: Duration,
 ) {
     let run = Arc::new(AtomicBool::new(true));
     let mut tasks = tokio::task::JoinSet::new();
@@ -325,11 +344,12 @@ async fn load(
         if !restarted && start.elapsed() >= how_long / 2 {
             if let Some(dovecot) = dovecot {
                 println!(
-                    "   {:>4} s: stopping Dovecot for 5 s",
-                    start.elapsed().as_secs()
+                    "   {:>4} s: stopping Dovecot for {} s",
+                    start.elapsed().as_secs(),
+                    outage.as_secs()
                 );
                 tokio::task::block_in_place(|| dovecot.stop());
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                tokio::time::sleep(outage).await;
                 tokio::task::block_in_place(|| dovecot.restart());
                 println!(
                     "   {:>4} s: Dovecot started again",
@@ -426,7 +446,7 @@ auth_policy: [\"inet:127.0.0.1:0\"]\n";
         }
     );
 
-    load("warm-up", &d, &c, args.warmup, None).await;
+    load("warm-up", &d, &c, args.warmup, None, args.outage).await;
     if let Err(e) = settle(&d).await {
         eprintln!("soak: after the warm-up: {e}");
         // exit() runs no destructor: stop the private Dovecot first.
@@ -442,6 +462,7 @@ auth_policy: [\"inet:127.0.0.1:0\"]\n";
         &c,
         Duration::from_secs_f64(args.minutes * 60.0),
         dovecot.as_ref(),
+        args.outage,
     )
     .await;
     let loaded = began.elapsed();

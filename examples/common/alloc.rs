@@ -18,7 +18,7 @@ pub enum Which {
 }
 
 /// What the `submitgate` binary uses (src/main.rs).
-pub const BINARY: Which = Which::Mimalloc;
+pub const BINARY: Which = Which::Jemalloc;
 
 /// Which allocator: 0 not chosen yet, else a [`Which`].
 static CHOSEN: AtomicU8 = AtomicU8::new(0);
@@ -88,22 +88,9 @@ pub fn bytes_in_use() -> i64 {
 
 /// Sets the allocator up as src/main.rs does and registers the same memory release after a
 /// policy load or reload. Call first thing in `main`.
+/// jemalloc's background thread is on by default in this build (Cargo.toml:
+/// `background_threads`), as in the binary.
 pub fn init() {
-    if which() == Which::Jemalloc {
-        // Background threads purge unused dirty pages on their own (a decay of 10 s), so an
-        // idle process gives memory back without allocating again.
-        let on = true;
-        // SAFETY: "background_thread" is a bool control; jemalloc copies the new value.
-        unsafe {
-            tikv_jemalloc_sys::mallctl(
-                c"background_thread".as_ptr(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                &on as *const bool as *mut std::ffi::c_void,
-                std::mem::size_of::<bool>(),
-            );
-        }
-    }
     submitgate::policy::reload::set_memory_release(release);
 }
 
@@ -111,14 +98,17 @@ pub fn init() {
 /// policy load or reload.
 pub fn release() {
     match which() {
-        // SAFETY: mi_collect has no preconditions (see src/main.rs).
+        // SAFETY: mi_collect has no preconditions: any thread, any time; it frees only pages
+        // that hold no live allocation.
         Which::Mimalloc => unsafe { libmimalloc_sys::mi_collect(true) },
         Which::Glibc => {
-            // SAFETY: malloc_trim has no preconditions (see src/main.rs).
+            // SAFETY: malloc_trim has no preconditions: it locks each arena and gives back only
+            // free pages.
             unsafe { libc::malloc_trim(0) };
         }
         Which::Jemalloc => {
-            // SAFETY: "arena.4096.purge" (4096: every arena) is a void control: no values.
+            // SAFETY: "arena.4096.purge" (4096: every arena) takes and returns no value (see
+            // src/main.rs).
             unsafe {
                 tikv_jemalloc_sys::mallctl(
                     c"arena.4096.purge".as_ptr(),
