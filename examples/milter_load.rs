@@ -28,9 +28,13 @@
 #[path = "common/child.rs"]
 mod child;
 
-/// The allocator the `submitgate` binary uses (src/main.rs).
+#[path = "common/alloc.rs"]
+mod alloc;
+
+/// The allocator the `submitgate` binary uses (src/main.rs), or another one named by `ALLOC=`
+/// (glibc, mimalloc, jemalloc), in every process of the run.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: alloc::Switch = alloc::Switch::new();
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -386,6 +390,7 @@ fn report(name: &str, o: &Outcome) {
 }
 
 fn main() -> anyhow::Result<()> {
+    alloc::init();
     let args = match parse_args() {
         Mode::Load(args) => args,
         Mode::Serve(config) => return child::serve_daemon(&config),

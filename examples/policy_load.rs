@@ -30,9 +30,13 @@
 #[path = "common/child.rs"]
 mod child;
 
-/// The allocator the `submitgate` binary uses (src/main.rs).
+#[path = "common/alloc.rs"]
+mod alloc;
+
+/// The allocator the `submitgate` binary uses (src/main.rs), or another one named by `ALLOC=`
+/// (glibc, mimalloc, jemalloc), in every process of the run.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: alloc::Switch = alloc::Switch::new();
 
 use std::time::{Duration, Instant};
 
@@ -323,6 +327,7 @@ fn print(name: &str, r: &Result) {
 }
 
 fn main() {
+    alloc::init();
     let a = parse_args();
     if a.responder {
         return run_responder();
@@ -382,9 +387,10 @@ fn main() {
             return;
         };
         println!(
-            "each server is a process of its own: responder pid {}, submitgate pid {}",
+            "each server is a process of its own: responder pid {}, submitgate pid {}; {}",
             baseline.id(),
-            sg.id()
+            sg.id(),
+            alloc::name()
         );
         let (mut best_base, mut best_sg, mut best_redis, mut best_off) = (0f64, 0f64, 0f64, 0f64);
         let mut p99s = Vec::new();

@@ -4,91 +4,27 @@
 //! through /proc/self/clear_refs) and the resident memory after 10 reloads that each change one
 //! file, then the peak of one reload that changes every file (nothing to share). Reloads go through
 //! the daemon's own [`Reloader`], so the old snapshot stays in force while the new one is
-//! built, as in production. Uses the same allocator as the `submitgate` binary (mimalloc), or
-//! the C library's malloc with `SYSTEM_ALLOC=1` in the environment.
+//! built, as in production. Uses the same allocator as the `submitgate` binary, or another one
+//! named by `ALLOC=` in the environment (`glibc`, `mimalloc`, `jemalloc`).
 //!
 //! ```sh
 //! cargo run --release --example policy_memory -- --mailboxes 1000000 --files 1000
 //! ```
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use submitgate::audit::{self, Audit};
-use submitgate::policy::reload::{load, set_memory_release, PolicyHandle, ReloadOutcome, Reloader};
+use submitgate::policy::reload::{load, PolicyHandle, ReloadOutcome, Reloader};
 use submitgate::policy::LoadOptions;
 
-/// The binary's allocator (mimalloc), or with `SYSTEM_ALLOC=1` in the environment the C
-/// library's malloc, for comparison.
+#[path = "common/alloc.rs"]
+mod alloc;
+
+/// The binary's allocator, or another one named by `ALLOC=` (glibc, mimalloc, jemalloc).
 #[global_allocator]
-static ALLOCATOR: Switch = Switch;
-
-/// Which allocator: 0 not chosen yet, 1 mimalloc, 2 the C library's.
-static CHOSEN: AtomicU8 = AtomicU8::new(0);
-
-struct Switch;
-
-impl Switch {
-    /// Chosen at the first allocation, for the whole process (getenv does not allocate).
-    fn system(&self) -> bool {
-        match CHOSEN.load(Ordering::Relaxed) {
-            1 => false,
-            2 => true,
-            _ => {
-                // SAFETY: a NUL-terminated name; nothing changes the environment this early.
-                let set = unsafe { !libc::getenv(c"SYSTEM_ALLOC".as_ptr()).is_null() };
-                match CHOSEN.compare_exchange(
-                    0,
-                    1 + u8::from(set),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                ) {
-                    Ok(_) => set,
-                    Err(first) => first == 2,
-                }
-            }
-        }
-    }
-}
-
-// SAFETY: every call goes unchanged to one allocator, the same for the whole process.
-unsafe impl GlobalAlloc for Switch {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if self.system() {
-            System.alloc(layout)
-        } else {
-            mimalloc::MiMalloc.alloc(layout)
-        }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if self.system() {
-            System.dealloc(ptr, layout)
-        } else {
-            mimalloc::MiMalloc.dealloc(ptr, layout)
-        }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
-        if self.system() {
-            System.realloc(ptr, layout, new)
-        } else {
-            mimalloc::MiMalloc.realloc(ptr, layout, new)
-        }
-    }
-}
-
-/// As src/main.rs: memory freed by a load or reload goes back to the system at once.
-fn release_memory() {
-    if CHOSEN.load(Ordering::Relaxed) != 1 {
-        return;
-    }
-    // SAFETY: mi_collect has no preconditions (see src/main.rs).
-    unsafe { libmimalloc_sys::mi_collect(true) }
-}
+static ALLOCATOR: alloc::Switch = alloc::Switch::new();
 
 /// A `Vm…:` line of /proc/self/status, in KiB.
 fn status_kib(field: &str) -> u64 {
@@ -127,8 +63,8 @@ fn reset_peak() {
     }
 }
 
-/// Lets the allocator hand freed memory back (mimalloc purges after a short delay), as a
-/// daemon that goes on serving would.
+/// Lets the allocator hand back what the reloader's release left (jemalloc's background
+/// thread, mimalloc's delayed purge), as a daemon that goes on serving would.
 fn settle() {
     std::thread::sleep(Duration::from_millis(500));
 }
@@ -185,13 +121,15 @@ async fn main() -> anyhow::Result<()> {
     let reloads = arg(&args, "--reloads", 10);
     let verbose = args.iter().any(|a| a == "--verbose");
 
+    alloc::init();
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("policies");
     std::fs::create_dir(&dir)?;
     let bytes = generate(&dir, mailboxes, files)?;
     println!(
-        "{mailboxes} mailboxes in {files} files, {:.1} MB of YAML",
-        bytes as f64 / 1e6
+        "{mailboxes} mailboxes in {files} files, {:.1} MB of YAML; {}",
+        bytes as f64 / 1e6,
+        alloc::name()
     );
     let (audit, writer) = Audit::start(&audit::Settings {
         target: audit::Target::File(tmp.path().join("audit.log")),
@@ -202,7 +140,6 @@ async fn main() -> anyhow::Result<()> {
     let baseline = rss_mib();
     reset_peak();
 
-    set_memory_release(release_memory);
     let opts = LoadOptions::default();
     let started = Instant::now();
     let cpu_before = cpu_time();

@@ -12,8 +12,8 @@
 //!   every few transactions (limiter churn: leases given back on close too);
 //! - auth policy `allow` / `report` requests, one HTTP connection each;
 //! - a policy file rewritten and reloaded every few seconds;
-//! - Dovecot stopped half-way through and started again 5 s later (deliveries back off and
-//!   resume).
+//! - Dovecot stopped half-way through and started again 5 s later (`--outage-seconds`;
+//!   deliveries back off and resume, then drain the backlog).
 //!
 //! RSS, the bytes in use (allocated and not freed, counted by the global allocator), open file
 //! descriptors (`/proc/self/fd`), threads and live tokio tasks are measured after a warm-up and
@@ -23,7 +23,7 @@
 //! status 1 if the bytes in use grew by more than 10 % + 1 MiB, RSS by more than 10 % + 4 MiB,
 //! or fds or tasks by more than 2. Samples taken under load every 30 s are printed, not judged.
 //!
-//! `SOAK_SYSTEM_ALLOC=1 heaptrack …/soak --minutes 2` shows where bytes in use come from.
+//! `ALLOC=glibc heaptrack …/soak --minutes 2` shows where bytes in use come from.
 //!
 //! ```sh
 //! cargo run --release --example soak -- --minutes 10 [--warmup-seconds 60]
@@ -33,92 +33,18 @@
 #[allow(unused_imports)]
 mod support;
 
+#[path = "common/alloc.rs"]
+mod alloc;
+
 /// The allocator the `submitgate` binary uses (src/main.rs), so that RSS is what production
 /// sees, counting the bytes in use: what the process holds, apart from what the allocator
-/// keeps of freed memory. With `SOAK_SYSTEM_ALLOC=1` in the environment it is the C library's
-/// malloc instead, so that heap profilers that intercept malloc (heaptrack, valgrind) see every
+/// keeps of freed memory. `ALLOC=glibc|mimalloc|jemalloc` in the environment compares another
+/// one; with `ALLOC=glibc`, heap profilers that intercept malloc (heaptrack) see every
 /// allocation.
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: alloc::Switch = alloc::Switch::counting();
 
-/// Bytes allocated and not yet freed, by everything in the process.
-static LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
-
-/// Which allocator: 0 not chosen yet, 1 mimalloc, 2 the C library's.
-static CHOSEN: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
-
-struct Counting;
-
-impl Counting {
-    /// The allocator for every call, chosen at the first allocation of the process (so that
-    /// no block is ever freed by the other one). getenv does not allocate.
-    fn system(&self) -> bool {
-        match CHOSEN.load(Ordering::Relaxed) {
-            1 => false,
-            2 => true,
-            _ => {
-                // SAFETY: a NUL-terminated name; nothing changes the environment this early.
-                let set = unsafe { !libc::getenv(c"SOAK_SYSTEM_ALLOC".as_ptr()).is_null() };
-                let choice = if set { 2 } else { 1 };
-                match CHOSEN.compare_exchange(0, choice, Ordering::Relaxed, Ordering::Relaxed) {
-                    Ok(_) => set,
-                    Err(first) => first == 2,
-                }
-            }
-        }
-    }
-}
-
-// SAFETY: every call is passed unchanged to one allocator, the same for the whole process;
-// the counter is only arithmetic.
-unsafe impl std::alloc::GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        let p = if self.system() {
-            std::alloc::System.alloc(layout)
-        } else {
-            mimalloc::MiMalloc.alloc(layout)
-        };
-        if !p.is_null() {
-            LIVE_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
-        let p = if self.system() {
-            std::alloc::System.alloc_zeroed(layout)
-        } else {
-            mimalloc::MiMalloc.alloc_zeroed(layout)
-        };
-        if !p.is_null() {
-            LIVE_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        if self.system() {
-            std::alloc::System.dealloc(ptr, layout)
-        } else {
-            mimalloc::MiMalloc.dealloc(ptr, layout)
-        }
-        LIVE_BYTES.fetch_sub(layout.size() as i64, Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
-        let p = if self.system() {
-            std::alloc::System.realloc(ptr, layout, new)
-        } else {
-            mimalloc::MiMalloc.realloc(ptr, layout, new)
-        };
-        if !p.is_null() {
-            LIVE_BYTES.fetch_add(new as i64 - layout.size() as i64, Ordering::Relaxed);
-        }
-        p
-    }
-}
-
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -140,7 +66,10 @@ const REPORT_EVERY: Duration = Duration::from_secs(30);
 
 fn policy_text(version: u64) -> String {
     format!(
+        // Sending limits on (counted, so the limiter's windows churn too), at values this load
+        // never reaches: Exchange's 30 messages a minute per mailbox would defer most of it.
         "organization: contoso\ndomains: [contoso.com]\nmax_concurrent_sessions_per_mailbox: 3\n\
+sending_limits: {{ messages_per_minute: 100000, recipients_per_day: 100000000 }}\n\
 mailboxes:\n  blocked@contoso.com: {{ smtp_client_authentication_disabled: true }}\n\
   # reload {version}\n  printer@contoso.com: {{ max_concurrent_sessions_per_mailbox: {} }}\n",
         5 + version % 3
@@ -156,14 +85,6 @@ struct Counters {
     auth_requests: AtomicU64,
     reloads: AtomicU64,
     errors: AtomicU64,
-}
-
-/// As src/main.rs: what a policy load or reload freed goes back to the system at once.
-fn release_memory() {
-    if CHOSEN.load(Ordering::Relaxed) == 1 {
-        // SAFETY: mi_collect has no preconditions (see src/main.rs).
-        unsafe { libmimalloc_sys::mi_collect(true) }
-    }
 }
 
 /// What the process holds at one moment.
@@ -190,12 +111,16 @@ fn status_field(name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// A sample of the idle daemon once the allocator has given back the free memory it can:
-/// mimalloc gives pages back only when it is called again, so RSS at an idle moment is
-/// otherwise whatever the last burst left, which says little about growth. Bytes in use are
-/// exact either way.
+/// A sample of the idle daemon once the allocator has given back the free memory it can, as
+/// the daemon does after each reload: without it, RSS at an idle moment may be whatever the
+/// last burst left (mimalloc gives pages back only when it is called again; glibc keeps its
+/// arenas' free memory until trimmed; jemalloc purges on its own over ~10 s), which says
+/// little about growth. The sample before the release is printed too ("idle, kept"). Bytes in
+/// use are exact either way.
 async fn settled_sample() -> Sample {
-    release_memory();
+    // What the allocator holds on its own, before it is asked to give memory back.
+    print_sample("idle, kept", sample());
+    alloc::release();
     tokio::time::sleep(Duration::from_secs(1)).await;
     sample()
 }
@@ -204,7 +129,7 @@ fn sample() -> Sample {
     Sample {
         rss_kib: status_field("VmRSS:"),
         anon_kib: status_field("RssAnon:"),
-        heap_kib: LIVE_BYTES.load(Ordering::Relaxed) / 1024,
+        heap_kib: alloc::bytes_in_use() / 1024,
         fds: std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count()),
         threads: status_field("Threads:"),
         tasks: tokio::runtime::Handle::current()
@@ -228,12 +153,16 @@ fn print_sample(label: &str, s: Sample) {
 struct Args {
     minutes: f64,
     warmup: Duration,
+    /// How long Dovecot stays stopped half-way: a longer outage leaves a larger backlog of
+    /// copies to drain (and a larger peak of memory to give back).
+    outage: Duration,
 }
 
 fn args() -> Result<Args, String> {
     let mut a = Args {
         minutes: 1.0,
         warmup: Duration::from_secs(30),
+        outage: Duration::from_secs(5),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -255,9 +184,16 @@ fn args() -> Result<Args, String> {
                         .map_err(|_| format!("--warmup-seconds {value}: whole seconds"))?,
                 )
             }
+            "--outage-seconds" => {
+                a.outage = Duration::from_secs(
+                    value
+                        .parse()
+                        .map_err(|_| format!("--outage-seconds {value}: whole seconds"))?,
+                )
+            }
             other => {
                 return Err(format!(
-                    "unknown argument {other} (--minutes N, --warmup-seconds S)"
+                    "unknown argument {other} (--minutes N, --warmup-seconds S, --outage-seconds S)"
                 ))
             }
         }
@@ -381,6 +317,7 @@ async fn load(
     c: &Arc<Counters>,
     how_long: Duration,
     dovecot: Option<&Dovecot>,
+    outage: Duration,
 ) {
     let run = Arc::new(AtomicBool::new(true));
     let mut tasks = tokio::task::JoinSet::new();
@@ -407,11 +344,12 @@ async fn load(
         if !restarted && start.elapsed() >= how_long / 2 {
             if let Some(dovecot) = dovecot {
                 println!(
-                    "   {:>4} s: stopping Dovecot for 5 s",
-                    start.elapsed().as_secs()
+                    "   {:>4} s: stopping Dovecot for {} s",
+                    start.elapsed().as_secs(),
+                    outage.as_secs()
                 );
                 tokio::task::block_in_place(|| dovecot.stop());
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                tokio::time::sleep(outage).await;
                 tokio::task::block_in_place(|| dovecot.restart());
                 println!(
                     "   {:>4} s: Dovecot started again",
@@ -480,7 +418,7 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    submitgate::policy::reload::set_memory_release(release_memory);
+    alloc::init();
     let dovecot = tokio::task::block_in_place(|| Dovecot::start("soak", Options::default()));
     let store = match &dovecot {
         Some(dc) => {
@@ -497,9 +435,10 @@ auth_policy: [\"inet:127.0.0.1:0\"]\n";
         Arc::new(TestDaemon::start_with(front, &[("contoso.yaml", &policy_text(0))], &extra).await);
     let c = Arc::new(Counters::default());
     println!(
-        "soak: {} min after {} s of warm-up; Sent Items into {}",
+        "soak: {} min after {} s of warm-up, {}; Sent Items into {}",
         args.minutes,
         args.warmup.as_secs(),
+        alloc::name(),
         if dovecot.is_some() {
             "Dovecot (IMAP), restarted half-way"
         } else {
@@ -507,7 +446,7 @@ auth_policy: [\"inet:127.0.0.1:0\"]\n";
         }
     );
 
-    load("warm-up", &d, &c, args.warmup, None).await;
+    load("warm-up", &d, &c, args.warmup, None, args.outage).await;
     if let Err(e) = settle(&d).await {
         eprintln!("soak: after the warm-up: {e}");
         // exit() runs no destructor: stop the private Dovecot first.
@@ -523,6 +462,7 @@ auth_policy: [\"inet:127.0.0.1:0\"]\n";
         &c,
         Duration::from_secs_f64(args.minutes * 60.0),
         dovecot.as_ref(),
+        args.outage,
     )
     .await;
     let loaded = began.elapsed();

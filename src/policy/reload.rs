@@ -22,10 +22,10 @@ const WATCH_DEBOUNCE: Duration = Duration::from_millis(300);
 static MEMORY_RELEASE: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
 
 /// Sets what gives freed memory back to the system once a policy has been loaded or a reload
-/// has ended (swapped, unchanged or failed): the binary's allocator's own call (mimalloc's
-/// `mi_collect`), which this library, free of `unsafe`, does not make itself. It runs on the
-/// loader's thread, which made and freed the memory. Without it, memory goes back whenever the
-/// allocator decides (mimalloc: a second after it is freed, but only at its next activity).
+/// has ended (swapped, unchanged or failed): the binary's allocator's own call (jemalloc's
+/// `arena.<all>.purge`), which this library, free of `unsafe`, does not make itself. It runs on
+/// the loader's thread, which made and freed the memory. Without it, memory goes back whenever
+/// the allocator decides (jemalloc's background thread: over the ~10 s after it is freed).
 /// The first call wins.
 pub fn set_memory_release(release: fn()) {
     let _ = MEMORY_RELEASE.set(release);
