@@ -243,6 +243,24 @@ service stats {{
         }
     }
 
+    /// Ends `user`'s IMAP sessions (`doveadm kick`: each gets `* BYE` and is closed), as an
+    /// administrator or a crashing `imap` process would.
+    pub fn kick(&self, user: &str) {
+        let out = Command::new("doveadm")
+            .arg("-c")
+            .arg(&self.conf)
+            .args(["kick", user])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run doveadm kick");
+        assert!(
+            out.status.success(),
+            "doveadm kick {user}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Starts it again after [`Dovecot::stop`].
     pub fn restart(&self) {
         self.run_master();
