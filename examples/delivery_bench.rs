@@ -1,8 +1,9 @@
 //! Sent Items delivery benchmark: a backlog of 10 KiB copies drained into a private Dovecot over
-//! IMAP and into Maildir, with 1 and 8 workers; prints copies per second and drain time.
+//! IMAP and into Maildir, with 1 and 8 workers (or the counts given); prints copies per second
+//! and drain time.
 //!
 //! ```text
-//! cargo run --release --example delivery_bench [-- ENTRIES [MAILBOXES [imap|maildir]]]
+//! cargo run --release --example delivery_bench [-- ENTRIES [MAILBOXES [imap|maildir|both [WORKERS,...]]]]
 //! ```
 //!
 //! Needs Dovecot (see tests/dovecot/run.sh) and root, like the tests it borrows its harness from.
@@ -54,6 +55,14 @@ async fn main() {
     let entries: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let mailboxes: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(16);
     let only = args.next().unwrap_or_default();
+    let workers: Vec<usize> = args
+        .next()
+        .map(|w| {
+            w.split(',')
+                .map(|n| n.parse().expect("WORKERS: numbers separated by commas"))
+                .collect()
+        })
+        .unwrap_or_else(|| vec![1, 8]);
     println!("backlog of {entries} entries over {mailboxes} mailboxes, drained from start to empty queue");
 
     let mail = tempfile::tempdir().expect("tempdir");
@@ -62,7 +71,7 @@ async fn main() {
         mail.path().display()
     );
     if only != "imap" {
-        for workers in [1, 8] {
+        for &workers in &workers {
             run("maildir", &maildir, workers, entries, mailboxes).await;
         }
     }
@@ -70,12 +79,21 @@ async fn main() {
         return;
     }
 
-    let Some(dovecot) = Dovecot::start("delivery_bench", Options::default()) else {
+    // More Dovecot configuration, e.g. DELIVERY_BENCH_DOVECOT="service imap-login { service_count = 0 }".
+    let options = Options {
+        extra: std::env::var("DELIVERY_BENCH_DOVECOT").unwrap_or_default(),
+        ..Options::default()
+    };
+    let Some(dovecot) = Dovecot::start("delivery_bench", options) else {
         return;
     };
     let secret = dovecot.secret_file(SECRET);
-    let imap = dovecot.store_yaml("master_user", &secret);
-    for workers in [1, 8] {
+    let mut imap = dovecot.store_yaml("master_user", &secret);
+    // More store settings, e.g. DELIVERY_BENCH_IMAP="idle_timeout: 0s".
+    if let Ok(extra) = std::env::var("DELIVERY_BENCH_IMAP") {
+        imap = format!("{}, {extra} }}", imap.trim_end_matches('}').trim_end());
+    }
+    for &workers in &workers {
         run("imap", &imap, workers, entries, mailboxes).await;
     }
 }

@@ -1,6 +1,8 @@
 //! Sent Items delivery into a real Dovecot over IMAP: both login modes, byte-identical `\Seen`
-//! copies, TRYCREATE, a wrong master secret, an outage, and a connection cut right after the
-//! APPEND (through a small proxy in the test). Skipped, with a note, without Dovecot.
+//! copies, TRYCREATE, a wrong master secret, an outage, a connection cut right after the
+//! APPEND (through a small proxy in the test), and the connection pool (one login for many
+//! copies of a mailbox, a Dovecot restart in between, the bound on idle connections). Skipped,
+//! with a note, without Dovecot.
 
 mod support;
 
@@ -361,4 +363,160 @@ async fn connection_cut_before_the_folder_exists_appends_once() {
         false,
     )
     .await;
+}
+
+/// Logins of `user` in Dovecot's log.
+fn logins(dovecot: &Dovecot, user: &str) -> usize {
+    dovecot
+        .log()
+        .matches(&format!("Login: user=<{user}>"))
+        .count()
+}
+
+/// Every entry stored once, at its first attempt (no failed attempt, no retry).
+async fn stored_at_first_attempt(rig: &Rig, expected: usize) {
+    let events = rig.events().await;
+    let stored: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "sent_copy_stored")
+        .collect();
+    assert_eq!(stored.len(), expected, "{events:?}");
+    for e in &stored {
+        assert_eq!(e["attempts"], 1, "{e}");
+        assert!(e.get("already_stored").is_none(), "{e}");
+    }
+}
+
+/// A burst of copies from one sender goes over one session: the workers take turns on the
+/// mailbox instead of logging in once each.
+#[tokio::test]
+async fn many_copies_of_one_mailbox_share_one_login() {
+    let Some(dovecot) = Dovecot::start(
+        "many_copies_of_one_mailbox_share_one_login",
+        Options::default(),
+    ) else {
+        return;
+    };
+    let secret = dovecot.secret_file(SECRET);
+    let rig = Rig::start(&format!(
+        "  workers: 4\n  store: {}\n{FAST_RETRY}",
+        dovecot.store_yaml("master_user", &secret)
+    ));
+    let mut sent = Vec::new();
+    for n in 0..20 {
+        let (body, mid) = message(n, 4096);
+        rig.commit_quietly(ALICE, &body, &mid).await;
+        sent.push(body);
+    }
+    rig.delivery.wake();
+    rig.drained(Duration::from_secs(20)).await;
+    let stored = dovecot.fetch(ALICE, "Sent Items").await;
+    assert_eq!(stored.len(), sent.len());
+    for body in &sent {
+        assert_eq!(stored.iter().filter(|(b, _)| b == body).count(), 1);
+    }
+    stored_at_first_attempt(&rig, sent.len()).await;
+    // The fetch above logs in once more.
+    assert_eq!(logins(&dovecot, ALICE), 2, "{}", dovecot.log());
+    rig.stop().await;
+}
+
+/// The server ends a session while it waits in the pool (`doveadm kick`: `* BYE` and close),
+/// then Dovecot restarts: the next copy notices the goodbye before using the connection and
+/// logs in again, instead of failing an attempt (which would hold the copy back for
+/// `retry.initial` and then search for it); nothing is lost or stored twice.
+#[tokio::test]
+async fn a_session_ended_by_the_server_costs_a_login_not_an_attempt() {
+    let Some(dovecot) = Dovecot::start(
+        "a_session_ended_by_the_server_costs_a_login_not_an_attempt",
+        Options::default(),
+    ) else {
+        return;
+    };
+    let secret = dovecot.secret_file(SECRET);
+    // A retry would only come after a minute: the test would time out on a failed attempt.
+    let rig = Rig::start(&format!(
+        "  workers: 2\n  store: {}\n  retry: {{ initial: 60s, max: 60s }}\n",
+        dovecot.store_yaml("master_user", &secret)
+    ));
+    let mut sent = Vec::new();
+    for round in 0..3 {
+        for n in 0..5 {
+            let (body, mid) = message(round * 10 + n, 4096);
+            rig.commit(ALICE, &body, &mid).await;
+            sent.push(body);
+        }
+        rig.drained(Duration::from_secs(20)).await;
+        if round == 2 {
+            break;
+        }
+        // Dovecot 2.3 lets the sessions of a stopped master live on: kick, and wait until the
+        // session is gone (its goodbye sent), so that the next copy finds it closed.
+        let ended = |dovecot: &Dovecot| {
+            let log = dovecot.log();
+            log.lines()
+                .filter(|l| l.contains(&format!("imap({ALICE})")) && l.contains("Disconnected"))
+                .count()
+        };
+        let before = ended(&dovecot);
+        dovecot.kick(ALICE);
+        support::wait_for(Duration::from_secs(10), "the kicked session to end", || {
+            let now = ended(&dovecot);
+            async move { now > before }
+        })
+        .await;
+        if round == 1 {
+            dovecot.stop();
+            dovecot.restart();
+        }
+    }
+    stored_at_first_attempt(&rig, sent.len()).await;
+    assert_eq!(logins(&dovecot, ALICE), 3, "{}", dovecot.log());
+    let stored = dovecot.fetch(ALICE, "Sent Items").await;
+    assert_eq!(stored.len(), sent.len());
+    for body in &sent {
+        assert_eq!(stored.iter().filter(|(b, _)| b == body).count(), 1);
+    }
+    rig.stop().await;
+}
+
+/// Idle connections are bounded across mailboxes: with room for two, the others are logged
+/// out as later ones come back, and a mailbox whose connection was let go logs in again.
+#[tokio::test]
+async fn idle_connections_are_bounded_and_the_oldest_is_logged_out() {
+    let Some(dovecot) = Dovecot::start(
+        "idle_connections_are_bounded_and_the_oldest_is_logged_out",
+        Options::default(),
+    ) else {
+        return;
+    };
+    let secret = dovecot.secret_file(SECRET);
+    let store = dovecot
+        .store_yaml("master_user", &secret)
+        .replace(" }", ", max_idle_connections: 2 }");
+    let rig = Rig::start(&format!("  workers: 1\n  store: {store}\n{FAST_RETRY}"));
+    let users: Vec<String> = (0..6).map(|n| format!("user{n}@contoso.com")).collect();
+    for (n, user) in users.iter().enumerate() {
+        let (body, mid) = message(n, 2048);
+        rig.commit(user, &body, &mid).await;
+        rig.drained(Duration::from_secs(20)).await;
+    }
+    // user0..user3 were let go, user4 and user5 wait in the pool.
+    let log_outs = |dovecot: &Dovecot| dovecot.log().matches("Logged out").count();
+    support::wait_for(Duration::from_secs(10), "four logouts", || {
+        let n = log_outs(&dovecot);
+        async move { n >= 4 }
+    })
+    .await;
+    assert_eq!(log_outs(&dovecot), 4, "{}", dovecot.log());
+    // user5's connection is reused, user0 logs in again.
+    for (n, user) in [(10, &users[5]), (11, &users[0])] {
+        let (body, mid) = message(n, 2048);
+        rig.commit(user, &body, &mid).await;
+        rig.drained(Duration::from_secs(20)).await;
+    }
+    assert_eq!(logins(&dovecot, &users[5]), 1, "{}", dovecot.log());
+    assert_eq!(logins(&dovecot, &users[0]), 2, "{}", dovecot.log());
+    stored_at_first_attempt(&rig, 8).await;
+    rig.stop().await;
 }

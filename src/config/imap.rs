@@ -133,6 +133,12 @@ pub(super) fn check(ck: &mut Checker, st: &RawStore) -> Settings {
         Duration::ZERO,
         DURATION_EXAMPLES,
     );
+    let max_idle_connections = ck.number_at(
+        &key("max_idle_connections"),
+        st.max_idle_connections,
+        (0, 10_000),
+        crate::sent_items::store::imap::DEFAULT_MAX_IDLE,
+    );
     let timeout = ck.duration_at(
         &key("timeout"),
         st.timeout.as_deref(),
@@ -152,6 +158,7 @@ pub(super) fn check(ck: &mut Checker, st: &RawStore) -> Settings {
         master_password_file,
         master_separator,
         idle_timeout,
+        max_idle_connections,
         timeout,
     }
 }

@@ -104,6 +104,7 @@ pub(super) struct RawStore {
     pub master_password_file: Option<PathBuf>,
     pub master_separator: Option<String>,
     pub idle_timeout: Option<String>,
+    pub max_idle_connections: Option<usize>,
     pub timeout: Option<String>,
 }
 
@@ -121,6 +122,7 @@ impl RawStore {
             ("master_password_file", self.master_password_file.is_some()),
             ("master_separator", self.master_separator.is_some()),
             ("idle_timeout", self.idle_timeout.is_some()),
+            ("max_idle_connections", self.max_idle_connections.is_some()),
             ("timeout", self.timeout.is_some()),
         ];
         set.iter().filter(|(_, on)| *on).map(|(k, _)| *k).collect()

@@ -8,7 +8,7 @@ use crate::audit::Target;
 use crate::reply::{
     SmtpReply, AUTH_MAILBOX_DISABLED, AUTH_TENANT_DISABLED, CONCURRENCY_LIMIT, TENANT_DISABLED,
 };
-use crate::sent_items::store::imap::{LoginMode, TlsMode};
+use crate::sent_items::store::imap::{LoginMode, TlsMode, DEFAULT_MAX_IDLE};
 
 fn parse(text: &str) -> Result<Config, ConfigErrors> {
     Config::parse(Path::new("sg.yaml"), text)
@@ -97,6 +97,7 @@ sent_items:
     master_user: submitgate
     master_password_file: /etc/submitgate/imap.secret
     idle_timeout: 10s
+    max_idle_connections: 4
 ",
     )
     .unwrap();
@@ -118,6 +119,7 @@ sent_items:
     assert_eq!(imap.login, LoginMode::SaslAuthzid);
     assert_eq!(imap.master_separator, "*");
     assert_eq!(imap.idle_timeout, Duration::from_secs(10));
+    assert_eq!(imap.max_idle_connections, 4);
     assert_eq!(imap.timeout, Duration::from_secs(60));
 
     let c = parse("policy: [\"inet:127.0.0.1:1\"]\nsent_items: { store: { backend: imap, address: \"[::1]:143\", master_user: m, master_password_file: /s } }\n").unwrap();
@@ -127,6 +129,7 @@ sent_items:
     assert_eq!((imap.host.as_str(), imap.port), ("::1", 143));
     assert_eq!(imap.tls, TlsMode::Starttls, "STARTTLS by default");
     assert_eq!(imap.login, LoginMode::MasterUser);
+    assert_eq!(imap.max_idle_connections, DEFAULT_MAX_IDLE);
 
     let c = parse("policy: [\"inet:127.0.0.1:1\"]\n").unwrap();
     assert!(!c.sent_items.deliver);

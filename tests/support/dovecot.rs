@@ -36,6 +36,8 @@ pub struct Options {
     /// Serve TLS (STARTTLS on the imap port, implicit on [`Dovecot::imaps_port`]) with a
     /// certificate for `localhost`/`127.0.0.1` from a test CA (`<dir>/ca.pem`).
     pub tls: bool,
+    /// More configuration, appended as it is (e.g. `service` tuning for a benchmark).
+    pub extra: String,
 }
 
 impl Default for Options {
@@ -44,6 +46,7 @@ impl Default for Options {
             auto_sent: true,
             mail_location: None,
             tls: false,
+            extra: String::new(),
         }
     }
 }
@@ -179,7 +182,9 @@ service stats {{
     mode = 0666
   }}
 }}
+{extra}
 "#,
+            extra = options.extra,
             root = root.display(),
             mail = mail.display(),
         );
@@ -236,6 +241,24 @@ service stats {{
         {
             deadline.tick_sync();
         }
+    }
+
+    /// Ends `user`'s IMAP sessions (`doveadm kick`: each gets `* BYE` and is closed), as an
+    /// administrator or a crashing `imap` process would.
+    pub fn kick(&self, user: &str) {
+        let out = Command::new("doveadm")
+            .arg("-c")
+            .arg(&self.conf)
+            .args(["kick", user])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run doveadm kick");
+        assert!(
+            out.status.success(),
+            "doveadm kick {user}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Starts it again after [`Dovecot::stop`].

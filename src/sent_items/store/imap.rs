@@ -7,23 +7,27 @@
 //! The protocol is spoken by `imap-client`'s typed tasks over `imap-next`'s state machine (no
 //! parsing here); this module owns the transport, the login, and the delivery steps:
 //!
-//! 1. reuse an idle logged-in connection of this mailbox, or connect and log in;
+//! 0. wait for the mailbox's turn: copies of one mailbox are stored one after the other, over
+//!    one session;
+//! 1. reuse an idle logged-in connection of this mailbox (unless the server closed it or spoke
+//!    on it meanwhile), or connect and log in;
 //! 2. when an earlier attempt's outcome is unknown: `EXAMINE` the folder and
 //!    `UID SEARCH HEADER Message-ID "<id>"`; a hit counts as stored;
 //! 3. `APPEND`; on `NO [TRYCREATE]`: `CREATE`, `SUBSCRIBE` and `APPEND` once more;
-//! 4. put the connection back for [`Settings::idle_timeout`].
+//! 4. put the connection back in the pool, for at most [`Settings::idle_timeout`], beside at
+//!    most [`Settings::max_idle_connections`] others (the one idle longest is logged out to
+//!    make room).
 //!
 //! A connection that fails in any way is dropped, never reused. Once the `APPEND` has been
 //! started, a failure other than a tagged `NO`/`BAD` leaves the outcome unknown.
 //!
-//! Beside this file: `connection` (one connection and the answer helpers), `tasks` (the
-//! commands imap-client lacks), `tls` (the rustls client).
+//! Beside this file: `connection` (one connection and the answer helpers), `pool` (the idle
+//! connections and the mailboxes' turns), `tasks` (the commands imap-client lacks), `tls` (the
+//! rustls client).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use imap_client::client::tokio::MaybeTlsStream;
 use imap_client::tasks::tasks::appenduid::AppendUidTask;
@@ -39,7 +43,10 @@ use tokio_rustls::TlsConnector;
 use super::{SentCopy, SentItemsStore, StoreError, Stored};
 use crate::sent_items::spool::EntryMeta;
 pub use connection::internal_date;
-use connection::{code_is, literal, mailbox_name, no_or_bad, read_secret, within, Connection};
+use connection::{
+    code_is, literal, mailbox_name, no_or_bad, probe_of, read_secret, within, Connection,
+};
+use pool::Pool;
 use tasks::{StartTlsTask, SubscribeTask};
 use tls::tls_connector;
 
@@ -90,16 +97,23 @@ pub struct Settings {
     pub master_separator: String,
     /// How long an idle logged-in connection is kept for reuse.
     pub idle_timeout: Duration,
+    /// How many idle logged-in connections are kept, across all mailboxes.
+    pub max_idle_connections: usize,
     /// Limit for connecting, TLS, and each command.
     pub timeout: Duration,
 }
 
-/// IMAP delivery with a small pool of logged-in connections per mailbox.
+/// Idle logged-in connections kept when `max_idle_connections` is not set: enough for the
+/// bursts of a few senders beside the default workers, few enough to leave a Dovecot server's
+/// process limits to its users.
+pub const DEFAULT_MAX_IDLE: usize = 16;
+
+/// IMAP delivery with a small, bounded pool of logged-in connections.
 pub struct ImapStore {
     settings: Settings,
     tls: Option<TlsConnector>,
     server_name: ServerName<'static>,
-    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    pool: Pool,
 }
 
 impl fmt::Debug for ImapStore {
@@ -110,11 +124,6 @@ impl fmt::Debug for ImapStore {
             .field("tls", &self.settings.tls)
             .finish_non_exhaustive()
     }
-}
-
-struct Idle {
-    conn: Connection,
-    since: Instant,
 }
 
 impl ImapStore {
@@ -133,10 +142,10 @@ impl ImapStore {
         })?;
         read_secret(&settings)?;
         Ok(ImapStore {
+            pool: Pool::new(settings.max_idle_connections, settings.idle_timeout),
             settings,
             tls,
             server_name,
-            idle: Mutex::new(HashMap::new()),
         })
     }
 
@@ -144,32 +153,11 @@ impl ImapStore {
         format!("{}:{}", self.settings.host, self.settings.port)
     }
 
-    /// An idle connection of `mailbox` that has not outlived the idle time.
-    fn checkout(&self, mailbox: &str) -> Option<Connection> {
-        let mut idle = self.idle.lock().ok()?;
-        let conns = idle.get_mut(mailbox)?;
-        let mut found = None;
-        while let Some(c) = conns.pop() {
-            if c.since.elapsed() < self.settings.idle_timeout {
-                found = Some(c.conn);
-                break;
-            }
-        }
-        if conns.is_empty() {
-            idle.remove(mailbox);
-        }
-        found
-    }
-
-    fn checkin(&self, mailbox: &str, conn: Connection) {
-        if self.settings.idle_timeout.is_zero() {
-            return;
-        }
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.entry(mailbox.to_string()).or_default().push(Idle {
-                conn,
-                since: Instant::now(),
-            });
+    /// Puts a connection back in the pool; what the pool lets go (this one, or the one idle
+    /// longest) is logged out in the background.
+    fn put_back(&self, mailbox: &str, conn: Connection) {
+        if let Some(out) = self.pool.checkin(mailbox, conn) {
+            tokio::spawn(log_out(vec![out]));
         }
     }
 
@@ -184,6 +172,7 @@ impl ImapStore {
         .and_then(|r| r.map_err(|e| e.to_string()))
         .map_err(|e| StoreError::transient(format!("imap {server}: cannot connect: {e}")))?;
         let _ = tcp.set_nodelay(true);
+        let probe = probe_of(&tcp);
         let mut conn = match (self.settings.tls, &self.tls) {
             (TlsMode::Implicit, Some(tls)) => {
                 let stream = self.handshake(tls, tcp).await?;
@@ -216,6 +205,7 @@ impl ImapStore {
                 conn
             }
         };
+        conn.keep_probe(probe);
         conn.login(&self.settings, mailbox).await?;
         Ok(conn)
     }
@@ -338,12 +328,20 @@ impl SentItemsStore for ImapStore {
         let bytes = message.read_to_vec().await.map_err(|e| {
             StoreError::transient(format!("imap: reading the spooled message: {e}"))
         })?;
+        let _turn = self.pool.turn(mailbox).await;
+        let mut stale = Vec::new();
+        let reused = self.pool.checkout(mailbox, &mut stale);
+        if !stale.is_empty() {
+            tracing::debug!(mailbox = %mailbox, closed = stale.len(), "idle connection closed or spoken on by the server; not reused");
+            // Whatever the server has said, it was not to this delivery: just close them.
+            drop(stale);
+        }
         // A reused connection may have been closed by the server meanwhile; then, if the
         // failure came before the APPEND was sent, try once on a fresh one.
-        if let Some(mut conn) = self.checkout(mailbox) {
+        if let Some(mut conn) = reused {
             match self.store_on(&mut conn, meta, maybe_stored, &bytes).await {
                 Ok(stored) => {
-                    self.checkin(mailbox, conn);
+                    self.put_back(mailbox, conn);
                     return Ok(stored);
                 }
                 Err(e) if e.kind == super::FailureKind::Transient && !e.outcome_unknown => {
@@ -357,39 +355,33 @@ impl SentItemsStore for ImapStore {
             .await
             .map_err(|e| e.maybe_stored(maybe_stored))?;
         let stored = self.store_on(&mut conn, meta, maybe_stored, &bytes).await?;
-        self.checkin(mailbox, conn);
+        self.put_back(mailbox, conn);
         Ok(stored)
     }
 
     async fn release_idle(&self, all: bool) {
-        let expired: Vec<Connection> = match self.idle.lock() {
-            Ok(mut idle) => {
-                let mut out = Vec::new();
-                for conns in idle.values_mut() {
-                    let (keep, drop): (Vec<Idle>, Vec<Idle>) = conns
-                        .drain(..)
-                        .partition(|c| !all && c.since.elapsed() < self.settings.idle_timeout);
-                    *conns = keep;
-                    out.extend(drop.into_iter().map(|c| c.conn));
-                }
-                idle.retain(|_, v| !v.is_empty());
-                out
-            }
-            Err(_) => Vec::new(),
-        };
-        // Polite, concurrent and bounded; the server copes with a dropped connection too.
-        let logouts = expired.into_iter().map(|mut conn| async move {
-            let _ = conn.run(LogoutTask::new()).await;
-        });
-        let _ = within(
-            Duration::from_secs(2),
-            futures_util::future::join_all(logouts),
-        )
-        .await;
+        let expired = self.pool.take_expired(all);
+        if !expired.is_empty() {
+            log_out(expired).await;
+        }
     }
 }
 
+/// Logs connections out: polite, concurrent and bounded (the server copes with a dropped
+/// connection too).
+async fn log_out(conns: Vec<Connection>) {
+    let logouts = conns.into_iter().map(|mut conn| async move {
+        let _ = conn.run(LogoutTask::new()).await;
+    });
+    let _ = within(
+        Duration::from_secs(2),
+        futures_util::future::join_all(logouts),
+    )
+    .await;
+}
+
 mod connection;
+mod pool;
 mod tasks;
 mod tls;
 

@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::future::Future;
 use std::num::NonZeroU32;
+use std::os::fd::AsFd;
 use std::time::{Duration, SystemTime};
 
 use imap_client::client::tokio::MaybeTlsStream;
@@ -24,6 +25,7 @@ use imap_next::imap_types::mailbox::{ListMailbox, Mailbox};
 use imap_next::imap_types::response::{Capability, Code, GreetingKind, StatusBody};
 use imap_next::imap_types::search::SearchKey;
 use imap_next::imap_types::secret::Secret;
+use tokio::net::TcpStream;
 
 use super::tasks::PlainAuthzidTask;
 use super::{LoginMode, Settings};
@@ -36,6 +38,9 @@ pub(super) struct Connection {
     pub(super) capabilities: Vec<Capability<'static>>,
     pub(super) server: String,
     pub(super) timeout: Duration,
+    /// The TCP socket again (a duplicate descriptor), to look at it between commands without
+    /// going through TLS or the protocol state (see [`Connection::idle_and_open`]).
+    probe: Option<std::net::TcpStream>,
 }
 
 impl Connection {
@@ -54,6 +59,30 @@ impl Connection {
             capabilities: Vec::new(),
             server: server.to_string(),
             timeout,
+            probe: None,
+        }
+    }
+
+    /// Keeps `probe`, a duplicate of the descriptor of the socket under this connection (TLS
+    /// or not; see [`probe_of`]), for [`Connection::idle_and_open`]. Without one that check
+    /// always passes.
+    pub(super) fn keep_probe(&mut self, probe: Option<std::net::TcpStream>) {
+        self.probe = probe;
+    }
+
+    /// Whether the connection, idle since its last command completed, can take the next one:
+    /// the server has neither closed it nor sent anything. An idle IMAP session gets nothing
+    /// unasked for except a goodbye (`* BYE` when the server stops or logs the session out),
+    /// so bytes waiting, end of stream or an error all mean "do not reuse". One non-blocking
+    /// `recv(MSG_PEEK)` on the socket (tokio keeps it non-blocking); nothing is consumed.
+    pub(super) fn idle_and_open(&self) -> bool {
+        let Some(probe) = &self.probe else {
+            return true;
+        };
+        let mut byte = [0u8; 1];
+        match probe.peek(&mut byte) {
+            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+            Ok(_) => false,
         }
     }
 
@@ -278,6 +307,15 @@ impl Connection {
             .first()
             .map(|uid| (selected.uid_validity.map_or(0, NonZeroU32::get), uid.get())))
     }
+}
+
+/// A duplicate of `tcp`'s descriptor for [`Connection::keep_probe`] (`None` if the system
+/// refuses one: the connection then goes without the check).
+pub(super) fn probe_of(tcp: &TcpStream) -> Option<std::net::TcpStream> {
+    tcp.as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .map(std::net::TcpStream::from)
 }
 
 /// Runs `fut` with a time limit, the elapsed case as a message.
