@@ -9,11 +9,11 @@ use clap::Parser;
 mod cli;
 
 /// jemalloc, chosen on measurements (README "Soak", "Policy memory"): under the soak's load and
-/// after a Sent Items backlog drains it holds 17–19 MiB where mimalloc held 30–110 MiB (pages
-/// kept per thread) and glibc's malloc 16–24 MiB only when trimmed (its arenas keep freed
-/// memory otherwise), and it gives a policy reload's memory back. Its background thread
-/// (Cargo.toml: `background_threads`) purges freed pages about 10 s after they are freed, also
-/// while the daemon idles, so no request path or worker has to call anything.
+/// after a Sent Items backlog drains it holds 17–22 MiB where mimalloc held 30–110 MiB (pages
+/// kept per thread, not given back after a backlog) and glibc's malloc 16–23 MiB only when
+/// trimmed (40–45 MiB otherwise), and it gives a policy reload's memory back. Its background
+/// thread (Cargo.toml: `background_threads`) purges freed pages about 10 s after they are
+/// freed, also while the daemon idles, so no request path or worker has to call anything.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
