@@ -1,5 +1,5 @@
 //! Sent Items delivery into Maildir++: one `:2,S` file per entry, byte-identical, idempotent
-//! after a crash; how failures are classed (a name too long: permanent; a file in the way:
+//! after a crash and after a done mark lost to a power failure; how failures are classed (a name too long: permanent; a file in the way:
 //! configuration, kept queued until fixed; transient: backoff until `max_age`); and a real Dovecot reading that Maildir lists the copy `\Seen` (skipped,
 //! with a note, without Dovecot).
 
@@ -11,7 +11,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use submitgate::audit::{self, Audit};
-use submitgate::sent_items::spool::{EntryId, Spool};
+use submitgate::sent_items::spool::{EntryId, Spool, HEADER_LEN};
 use submitgate::sent_items::store::maildir::MaildirStore;
 use submitgate::sent_items::store::{SentCopy, SentItemsStore, StoreError, Stored};
 use submitgate::sent_items::worker;
@@ -100,6 +100,59 @@ async fn delivering_the_same_entry_again_leaves_one_file() {
     let cur = files(&dir.path().join("m/alice@contoso.com/.Sent Items/cur"));
     assert_eq!(cur.len(), 1, "{cur:?}");
     assert_eq!(std::fs::read(&cur[0]).expect("read"), body);
+}
+
+/// A done mark is not synced by itself (docs/architecture.md, "Done marks"): should a power
+/// failure lose it, the entry is back at the next start. The store then looks for the copy by
+/// its base name, whatever flags a reader gave it meanwhile, and stores nothing twice.
+#[tokio::test]
+async fn a_done_mark_lost_to_a_power_failure_stores_nothing_twice() {
+    let mail = tempfile::tempdir().expect("tempdir");
+    let store = format!(
+        "  store: {{ backend: maildir, root: \"{}/{{domain}}/{{local}}/Maildir\" }}\n",
+        mail.path().display()
+    );
+    let rig = Rig::start(&store);
+    let (body, mid) = message(4, 4096);
+    let id = rig.commit(ALICE, &body, &mid).await;
+    rig.drained(Duration::from_secs(10)).await;
+    let dir = rig.stop().await;
+    // The entry's records are its own and its done mark, a header alone: cut that off, as a
+    // power failure before its writeback would.
+    let segments = files(&dir.path().join("spool/queue"));
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    let segment = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segments[0])
+        .expect("segment");
+    let len = segment.metadata().expect("stat").len();
+    segment.set_len(len - HEADER_LEN).expect("cut");
+    drop(segment);
+    // Meanwhile a reader marked the copy answered.
+    let cur = mail
+        .path()
+        .join("contoso.com/alice/Maildir/.Sent Items/cur");
+    let stored = files(&cur);
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let name = stored[0].to_string_lossy().into_owned();
+    assert!(name.ends_with(":2,S"), "{name}");
+    std::fs::rename(&stored[0], name.replace(":2,S", ":2,RS")).expect("rename");
+
+    let rig = Rig::start_in(dir, &store);
+    assert_eq!(rig.spool.pending().await.expect("pending"), vec![id]);
+    rig.delivery.wake();
+    rig.drained(Duration::from_secs(10)).await;
+    let again: Vec<_> = rig
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| e["event"] == "sent_copy_stored" && e["already_stored"] == true)
+        .collect();
+    assert_eq!(again.len(), 1, "found, not stored again: {again:?}");
+    let stored = files(&cur);
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(std::fs::read(&stored[0]).expect("read"), body);
+    rig.stop().await;
 }
 
 #[tokio::test]

@@ -1,12 +1,13 @@
 //! Delivery workers: drain the spool into the configured store, at least once and without
 //! duplicates.
 //!
-//! A dispatcher task lists the spool (at start-up, after each commit into the same [`Spool`]
-//! — see [`Spool::committed`] — or a [`Delivery::wake`], after each finished attempt, and every
-//! `scan_interval`), and hands due entries, oldest first, to at most `workers` concurrent
-//! attempts. One attempt:
+//! A dispatcher task lists the spool (at start-up, after a [`Delivery::wake`], and every
+//! `scan_interval`), takes the entries committed into the same [`Spool`] as they come (see
+//! [`Spool::take_committed`]: a commit costs no listing), and hands due entries, oldest first,
+//! to at most `workers` concurrent attempts. One attempt:
 //!
-//! 1. read the entry's [`DeliveryState`]; not yet due → come back at `next_attempt_at`;
+//! 1. read the entry's [`DeliveryState`], metadata and message at once ([`Spool::load`]); not
+//!    yet due → come back at `next_attempt_at`;
 //! 2. past `max_age` since its first attempt → `fail` (moved to `failed/`), audit
 //!    `sent_copy_failed`;
 //! 3. for a store that is not idempotent (IMAP), durably record the attempt first
@@ -129,6 +130,7 @@ pub fn start<S: SentItemsStore>(
         settings,
         shutdown,
         wake: wake.clone(),
+        finished: Notify::new(),
         schedule: Mutex::new(Schedule::default()),
         jitter: RandomState::new(),
     });
@@ -143,6 +145,8 @@ struct Shared<S> {
     settings: Settings,
     shutdown: CancellationToken,
     wake: Arc<Notify>,
+    /// An attempt ended: a permit is free, and its entry may be due again at some time.
+    finished: Notify,
     schedule: Mutex<Schedule>,
     jitter: RandomState,
     problems: Problems,
@@ -170,7 +174,10 @@ async fn dispatch<S: SentItemsStore>(shared: Arc<Shared<S>>) {
     let mut ready: VecDeque<EntryId> = VecDeque::new();
     let mut queued: HashSet<EntryId> = HashSet::new();
     let mut rescan = true;
+    let mut fresh = false;
     let mut last_scan = tokio::time::Instant::now();
+    // Commits through this process tell their ids: no listing of the whole queue per commit.
+    shared.spool.watch_commits();
     tracing::info!(
         spool = %shared.spool.path().display(),
         store = shared.store.name(),
@@ -182,6 +189,20 @@ async fn dispatch<S: SentItemsStore>(shared: Arc<Shared<S>>) {
             break;
         }
         let now = SystemTime::now();
+        if std::mem::take(&mut fresh) {
+            match shared.spool.take_committed() {
+                Some(ids) => {
+                    let schedule = lock(&shared.schedule);
+                    for id in ids {
+                        // New entries have no delay yet; one the scan found first is queued.
+                        if !schedule.in_flight.contains(&id) && queued.insert(id) {
+                            ready.push_back(id);
+                        }
+                    }
+                }
+                None => rescan = true,
+            }
+        }
         if rescan || ready.is_empty() && last_scan.elapsed() >= shared.settings.scan_interval {
             rescan = false;
             last_scan = tokio::time::Instant::now();
@@ -237,7 +258,7 @@ async fn dispatch<S: SentItemsStore>(shared: Arc<Shared<S>>) {
                     }
                 }
                 drop(permit);
-                shared.wake.notify_one();
+                shared.finished.notify_one();
             });
         }
         // A drained backlog gives its room back: the queues' capacity would otherwise stay at
@@ -270,7 +291,8 @@ async fn dispatch<S: SentItemsStore>(shared: Arc<Shared<S>>) {
         }
         tokio::select! {
             _ = shared.wake.notified() => rescan = true,
-            _ = shared.spool.committed() => rescan = true,
+            _ = shared.spool.committed() => fresh = true,
+            _ = shared.finished.notified() => {}
             _ = tokio::time::sleep(sleep_for) => {}
             _ = shared.shutdown.cancelled() => break,
         }
@@ -314,7 +336,12 @@ async fn attempt<S: SentItemsStore>(shared: &Shared<S>, id: EntryId) -> Next {
         tracing::error!(entry = %id, error = %e, "{what}; retrying later");
         Next::NotBefore(SystemTime::now() + shared.settings.retry.initial)
     };
-    let mut state = match spool.read_state(&id).await {
+    let loaded = match spool.load(&id).await {
+        Ok(loaded) => loaded,
+        Err(SpoolError::UnknownEntry { .. }) => return Next::Done,
+        Err(e) => return retry_later("cannot read spool entry", &e),
+    };
+    let mut state = match loaded.state {
         Ok(state) => state,
         Err(SpoolError::UnknownEntry { .. }) => return Next::Done,
         Err(e) if e.is_corrupt() => {
@@ -333,8 +360,8 @@ async fn attempt<S: SentItemsStore>(shared: &Shared<S>, id: EntryId) -> Next {
             return Next::NotBefore(at);
         }
     }
-    let meta = match spool.read_meta(&id).await {
-        Ok(meta) => meta,
+    let (meta, message) = match loaded.entry {
+        Ok(entry) => entry,
         Err(SpoolError::UnknownEntry { .. }) => return Next::Done,
         Err(e) if e.is_corrupt() => {
             give_up(shared, id, None, &state, Reason::Corrupt, e.to_string()).await;
@@ -353,7 +380,9 @@ async fn attempt<S: SentItemsStore>(shared: &Shared<S>, id: EntryId) -> Next {
         give_up(shared, id, Some(&meta), &state, Reason::MaxAge, reason).await;
         return Next::Done;
     }
-    let maybe_stored = state.outcome_unknown;
+    // An idempotent store records no attempt: for an entry read back after a restart, only
+    // the store itself can tell whether a crash came between its copy and the done mark.
+    let maybe_stored = state.outcome_unknown || (loaded.recovered && shared.store.idempotent());
     let before = state.clone();
     state.attempts += 1;
     state.first_attempt = Some(first);
@@ -371,11 +400,6 @@ async fn attempt<S: SentItemsStore>(shared: &Shared<S>, id: EntryId) -> Next {
             };
         }
     }
-    let message = match spool.open_message(&id).await {
-        Ok(message) => message,
-        Err(SpoolError::UnknownEntry { .. }) => return Next::Done,
-        Err(e) => return retry_later("cannot open spooled message", &e),
-    };
     let copy = SentCopy {
         id,
         meta: &meta,
@@ -385,8 +409,8 @@ async fn attempt<S: SentItemsStore>(shared: &Shared<S>, id: EntryId) -> Next {
     match shared.store.deliver(copy).await {
         Ok(stored) => {
             if let Err(e) = spool.complete(&id).await {
-                // Stored but still queued: the next attempt finds it (or, for Maildir,
-                // overwrites the same file), so no duplicate.
+                // Stored but still queued: the next attempt finds it (IMAP: the recorded
+                // attempt makes it search; Maildir: the same file name), so no duplicate.
                 tracing::error!(entry = %id, error = %e, "copy stored but the spool entry could not be removed");
                 return Next::NotBefore(SystemTime::now() + shared.settings.retry.initial);
             }

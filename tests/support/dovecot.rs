@@ -559,8 +559,9 @@ impl Rig {
         read_audit(&self.dir.path().join("audit.log"))
     }
 
-    /// Stops the workers and the audit writer.
-    pub async fn stop(mut self) {
+    /// Stops the workers and the audit writer; returns the directory (spool, audit log) for a
+    /// test that starts again over it.
+    pub async fn stop(mut self) -> tempfile::TempDir {
         self.shutdown.cancel();
         self.tracker.close();
         self.tracker.wait().await;
@@ -570,6 +571,7 @@ impl Rig {
         if let Some(w) = writer {
             w.finish().await;
         }
+        self.dir
     }
 }
 

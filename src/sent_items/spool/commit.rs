@@ -4,7 +4,8 @@
 //! one was syncing: its records are appended to their segments with one `pwrite` per segment,
 //! and made durable with **one `fdatasync` per segment touched** (usually one: the active
 //! segment), plus one directory fsync only when the batch created a segment or renames a large
-//! entry's own segment in. Then the index is updated and every op of the batch answered. A
+//! entry's own segment in. A batch of done marks alone is written but not synced (see
+//! [`super::Spool::complete`]). Then the index is updated and every op of the batch answered. A
 //! batch is all or nothing: if any step fails, every op of it fails and what it wrote is
 //! withdrawn (segments cut back to their length before the batch, new files unlinked), so the
 //! milter tempfails every message of it. The sequence and its crash analysis are in
@@ -311,16 +312,19 @@ impl Inner {
         }
         match self.write_batch(active, &mut ops) {
             Ok(()) => {
-                let new_entries = ops
-                    .iter()
-                    .any(|(op, ..)| matches!(op, Op::Append { .. } | Op::Renamed { .. }));
+                let mut new_entries = Vec::new();
                 for (op, _, answer) in ops {
                     let id = match op {
-                        Op::Append { id, .. } | Op::State { id, .. } | Op::Done { id } => id,
+                        Op::State { id, .. } | Op::Done { id } => id,
+                        Op::Append { id, .. } => {
+                            new_entries.push(id);
+                            id
+                        }
                         Op::Renamed {
                             id, mut segment, ..
                         } => {
                             segment.committed = true;
+                            new_entries.push(id);
                             id
                         }
                     };
@@ -329,8 +333,9 @@ impl Inner {
                         result: Ok(id),
                     });
                 }
-                if new_entries {
+                if !new_entries.is_empty() {
                     // The batch is durable: wake the delivery workers.
+                    self.note_committed(new_entries.into_iter());
                     self.committed.notify_one();
                 }
             }
@@ -465,8 +470,15 @@ impl Inner {
         }
         #[cfg(test)]
         self.hooks.crash_point("records written, not synced");
-        for (segment, file, _) in &withdrawal.cut {
-            self.sync_segment(file, segment)?;
+        // Done marks alone are not synced: they become durable with the next fdatasync of
+        // their segment (which every later synced record forces) or the kernel's writeback;
+        // one lost to a power failure only delivers its copy again, and the stores recognise
+        // a copy they already hold (see `Spool::complete`).
+        let lazy = ops.iter().all(|(op, ..)| matches!(op, Op::Done { .. }));
+        if !lazy {
+            for (segment, file, _) in &withdrawal.cut {
+                self.sync_segment(file, segment)?;
+            }
         }
         #[cfg(test)]
         self.hooks.crash_point("records synced");
@@ -506,6 +518,7 @@ impl Inner {
                                 data_len: *data_len,
                                 json_len: *json_len,
                                 state: None,
+                                recovered: false,
                             },
                         );
                         if let Some(info) = index.segments.get_mut(&segment) {
@@ -537,6 +550,7 @@ impl Inner {
                                 data_len: *data_len,
                                 json_len: *json_len,
                                 state: None,
+                                recovered: false,
                             },
                         );
                     }

@@ -101,6 +101,32 @@ impl Dir {
     }
 }
 
+/// What [`Spool::load`] read of a pending entry.
+#[derive(Debug)]
+pub struct Loaded {
+    /// Its latest delivery state (the default when none was written);
+    /// [`SpoolError::Corrupt`] if that record is damaged.
+    pub state: Result<DeliveryState, SpoolError>,
+    /// Its metadata and message; [`SpoolError::Corrupt`] if its record is damaged.
+    pub entry: Result<(EntryMeta, Message), SpoolError>,
+    /// The entry was read back from the queue's files (at open, or put back by `submitgate
+    /// spool retry`), not committed by this process: a crash may have come after its copy was
+    /// stored and before its done mark was durable, so a store should look for the copy
+    /// before storing it again.
+    pub recovered: bool,
+}
+
+/// At most this many committed ids wait for [`Spool::take_committed`].
+pub const FRESH_MAX: usize = 65_536;
+
+/// Ids committed since the dispatcher last took them (see [`Spool::take_committed`]).
+#[derive(Debug, Default)]
+struct Fresh {
+    watching: bool,
+    ids: Vec<EntryId>,
+    overflowed: bool,
+}
+
 /// The durable queue. Cheap to clone; clones share the directory, the index and the
 /// committer.
 #[derive(Debug, Clone)]
@@ -130,6 +156,8 @@ struct Inner {
     /// Signalled after each batch with new entries, for the delivery workers
     /// ([`Spool::committed`]).
     committed: tokio::sync::Notify,
+    /// The new entries' ids, for the delivery workers ([`Spool::take_committed`]).
+    fresh: Mutex<Fresh>,
     #[cfg(test)]
     hooks: tests::Hooks,
 }
@@ -184,6 +212,24 @@ impl Spool {
         self.inner.committed.notified().await;
     }
 
+    /// From now on, keeps the ids of the entries committed through this spool for
+    /// [`Spool::take_committed`] (the delivery workers' dispatcher calls it once, so that a
+    /// commit costs it no listing of the whole queue).
+    pub fn watch_commits(&self) {
+        self.inner.lock_fresh().watching = true;
+    }
+
+    /// The entries committed since the last call, in commit order; `None` if more than
+    /// [`FRESH_MAX`] piled up meanwhile (they were dropped: list the queue instead).
+    pub fn take_committed(&self) -> Option<Vec<EntryId>> {
+        let mut fresh = self.inner.lock_fresh();
+        let ids = std::mem::take(&mut fresh.ids);
+        if std::mem::take(&mut fresh.overflowed) {
+            return None;
+        }
+        Some(ids)
+    }
+
     /// Starts capturing one message. No I/O happens until the buffer fills or the commit.
     pub fn begin(&self) -> SpoolWriter {
         SpoolWriter::new(self.clone(), self.inner.temp_path())
@@ -194,6 +240,28 @@ impl Spool {
     pub async fn pending(&self) -> Result<Vec<EntryId>, SpoolError> {
         self.run(|inner| Ok(inner.queue_slots()?.into_iter().map(|(id, _)| id).collect()))
             .await
+    }
+
+    /// What a delivery attempt reads of a pending entry, in one go (one open of its segment,
+    /// one trip to the blocking pool): its delivery state, metadata and message. Gone (done
+    /// meanwhile, or its segment removed from outside) is [`SpoolError::UnknownEntry`].
+    pub async fn load(&self, id: &EntryId) -> Result<Loaded, SpoolError> {
+        let id = *id;
+        self.run(move |inner| {
+            let slot = inner.find(&id)?;
+            let (path, file) = inner.open_segment(&slot.segment, &id)?;
+            let state = read_state(&file, &path, slot.state);
+            let entry = read_meta(&file, &path, &id, &slot).and_then(|meta| {
+                let message = Message::at(path, file, slot.offset + HEADER_LEN, slot.data_len)?;
+                Ok((meta, message))
+            });
+            Ok(Loaded {
+                state,
+                entry,
+                recovered: slot.recovered,
+            })
+        })
+        .await
     }
 
     /// Metadata of a pending entry; [`SpoolError::Corrupt`] if its record is damaged.
@@ -241,8 +309,10 @@ impl Spool {
         self.submit(Op::State { id: *id, json }).await.map(drop)
     }
 
-    /// Marks a delivered entry done, durably; its segment goes once nothing in it is pending.
-    /// Owner only.
+    /// Marks a delivered entry done; its segment goes once nothing in it is pending. The mark
+    /// is written at once but made durable only with the next fdatasync of its segment (a
+    /// batch of done marks alone is not synced): a power loss before that delivers the copy
+    /// again, which the stores recognise (docs/architecture.md, "Done marks"). Owner only.
     pub async fn complete(&self, id: &EntryId) -> Result<(), SpoolError> {
         self.inner.require_owner()?;
         self.submit(Op::Done { id: *id }).await.map(drop)
@@ -357,9 +427,28 @@ impl Inner {
             adopting: Mutex::new(()),
             _lock: lock,
             committed: tokio::sync::Notify::new(),
+            fresh: Mutex::new(Fresh::default()),
             #[cfg(test)]
             hooks: tests::Hooks::default(),
         })
+    }
+
+    fn lock_fresh(&self) -> MutexGuard<'_, Fresh> {
+        // Plain pushes and takes: consistent even if a holder panicked.
+        self.fresh.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records entries a batch committed, for [`Spool::take_committed`].
+    fn note_committed(&self, ids: impl Iterator<Item = EntryId>) {
+        let mut fresh = self.lock_fresh();
+        if !fresh.watching || fresh.overflowed {
+            return;
+        }
+        fresh.ids.extend(ids);
+        if fresh.ids.len() > FRESH_MAX {
+            fresh.ids = Vec::new();
+            fresh.overflowed = true;
+        }
     }
 
     fn lock_index(&self) -> MutexGuard<'_, Index> {
@@ -708,6 +797,7 @@ impl Inner {
                             data_len: e.data_len,
                             json_len: e.json_len,
                             state: e.state,
+                            recovered: true,
                         };
                         (
                             read_meta(&file, &path, &id, &slot),

@@ -116,6 +116,10 @@ pub(super) struct Slot {
     pub(super) json_len: u64,
     /// The JSON of its latest delivery state: (offset, length).
     pub(super) state: Option<(u64, u64)>,
+    /// Read back from a segment (at open, or put back by `submitgate spool retry`), not
+    /// committed by this process: a crash may have come between its delivery and its done
+    /// mark (see [`super::Loaded::recovered`]).
+    pub(super) recovered: bool,
 }
 
 /// One segment of the queue, as the index knows it.
@@ -157,6 +161,7 @@ impl Index {
                     data_len: e.data_len,
                     json_len: e.json_len,
                     state: e.state,
+                    recovered: true,
                 },
             );
         }

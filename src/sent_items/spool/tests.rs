@@ -854,6 +854,52 @@ async fn states_and_done_marks_share_the_batches_too() {
     }
 }
 
+/// The dispatcher learns of new entries from the committer, in commit order, once it asked.
+#[tokio::test]
+async fn committed_ids_are_told_once_watched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = Spool::open(dir.path()).expect("open");
+    commit(&spool, b"before").await;
+    assert_eq!(spool.take_committed(), Some(Vec::new()), "not watched yet");
+    spool.watch_commits();
+    let a = commit(&spool, b"a").await;
+    let b = commit(&spool, b"b").await;
+    spool.complete(&a).await.expect("complete");
+    assert_eq!(spool.take_committed(), Some(vec![a, b]));
+    assert_eq!(spool.take_committed(), Some(Vec::new()));
+}
+
+/// A batch of done marks alone is written but not synced: the marks become durable with the
+/// next synced batch of their segment (a new entry's commit, here), or the kernel's writeback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn done_marks_alone_are_not_synced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = Spool::open(dir.path()).expect("open");
+    hooks(&spool).gather.store(4, Ordering::SeqCst);
+    let ids: Vec<EntryId> = commit_concurrently(&spool, 4, numbered)
+        .await
+        .into_iter()
+        .map(|r| r.expect("commit"))
+        .collect();
+    assert_eq!(syncs(&spool), (1, 1));
+    for id in &ids[..2] {
+        spool.complete(id).await.expect("complete");
+    }
+    assert_eq!(syncs(&spool), (1, 1), "no fdatasync for done marks alone");
+    // The marks are in the file all the same (kill -9 keeps what was written).
+    let mut rest = ids[2..].to_vec();
+    rest.sort_unstable();
+    assert_eq!(spool.pending().await.expect("pending"), rest);
+    // A new entry's batch syncs the segment, the marks before it with it.
+    let new = commit(&spool, b"later").await;
+    assert_eq!(syncs(&spool), (2, 1));
+    drop(spool);
+    let spool = Spool::open(dir.path()).expect("reopen");
+    rest.push(new);
+    rest.sort_unstable();
+    assert_eq!(spool.pending().await.expect("pending"), rest);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn many_concurrent_commits_are_all_committed() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -2,9 +2,11 @@
 //! (`<root>/.<folder>/cur/<name>:2,S`), the layout Dovecot reads, marked seen.
 //!
 //! The file name is derived from the spool entry id (`<secs>.M<usecs>P<pid>Q<seq>.<host>`), so
-//! storing the same entry twice — after a crash between the rename and the spool's `complete`
+//! storing the same entry twice — after a crash between the rename and the spool's done mark
 //! — renames onto the same name and leaves one copy: the store is idempotent and the workers
-//! need no intent record for it. Sequence per copy: write `tmp/<name>`, `fdatasync`, rename to
+//! need no intent record for it. An entry read back after a restart comes as "maybe stored":
+//! then a file of the same base name in `cur/` or `new/`, whatever flags a reader gave it
+//! meanwhile, counts as the copy. Sequence per copy: write `tmp/<name>`, `fdatasync`, rename to
 //! `cur/<name>:2,S`, `fsync` the `cur/` directory.
 
 use std::collections::HashSet;
@@ -85,15 +87,15 @@ impl SentItemsStore for MaildirStore {
             if !ready {
                 ensure_folder(&dir)?;
             }
-            if maybe_stored && find_existing(&dir, &base)? {
+            let tmp = dir.join("tmp").join(&base);
+            let name = format!("{base},S={size}:2,S");
+            let dest = dir.join("cur").join(&name);
+            if maybe_stored && (dest.exists() || find_existing(&dir, &base)?) {
                 return Ok(Stored {
                     appenduid: None,
                     already_stored: true,
                 });
             }
-            let tmp = dir.join("tmp").join(&base);
-            let name = format!("{base},S={size}:2,S");
-            let dest = dir.join("cur").join(&name);
             let temp = TempFile::new(tmp, FILE_MODE).overwriting();
             let written = fsutil::replace_file(temp, &dest, fsutil::Sync::Data, |temp| {
                 let mut reader = message.into_read();
