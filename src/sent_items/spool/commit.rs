@@ -31,8 +31,9 @@ use super::{Area, EntryId, Inner, SpoolError, FILE_MODE};
 /// A new segment is written full of zeros to this length first (made durable by its first
 /// batch's fdatasync), so that later batches overwrite blocks the file already has: their
 /// fdatasync then writes the data alone, not the inode too (a file that grows has a new size
-/// and new blocks to record; on this machine's disk that was a second write and wait in every
-/// commit). A reader takes zeros where a header would be as the end of the records.
+/// and new blocks to record: on the development machine's journal-less ext4 a second write
+/// and wait in every commit, on a journaling file system a journal commit). A reader takes
+/// zeros where a header would be as the end of the records.
 pub const SEGMENT_BYTES: u64 = 1024 * 1024;
 
 /// What a new segment is filled with, a chunk at a time.
