@@ -11,7 +11,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use submitgate::audit::{self, Audit};
-use submitgate::sent_items::spool::{EntryId, Spool, HEADER_LEN};
+use submitgate::sent_items::spool::{EntryId, Spool, HEADER_LEN, RECORD_MAGIC};
 use submitgate::sent_items::store::maildir::MaildirStore;
 use submitgate::sent_items::store::{SentCopy, SentItemsStore, StoreError, Stored};
 use submitgate::sent_items::worker;
@@ -117,16 +117,23 @@ async fn a_done_mark_lost_to_a_power_failure_stores_nothing_twice() {
     let id = rig.commit(ALICE, &body, &mid).await;
     rig.drained(Duration::from_secs(10)).await;
     let dir = rig.stop().await;
-    // The entry's records are its own and its done mark, a header alone: cut that off, as a
-    // power failure before its writeback would.
+    // The entry's records are its own and its done mark, a header alone, the last record:
+    // put the zeros of the preallocated segment back in its place, as a power failure before
+    // its writeback would leave it.
     let segments = files(&dir.path().join("spool/queue"));
     assert_eq!(segments.len(), 1, "{segments:?}");
+    let bytes = std::fs::read(&segments[0]).expect("segment");
+    let done_at = bytes
+        .windows(RECORD_MAGIC.len())
+        .rposition(|w| w == RECORD_MAGIC)
+        .expect("a done record");
+    assert!(done_at > 0, "the entry record comes first");
     let segment = std::fs::OpenOptions::new()
         .write(true)
         .open(&segments[0])
         .expect("segment");
-    let len = segment.metadata().expect("stat").len();
-    segment.set_len(len - HEADER_LEN).expect("cut");
+    std::os::unix::fs::FileExt::write_all_at(&segment, &[0u8; HEADER_LEN as usize], done_at as u64)
+        .expect("zero the done mark");
     drop(segment);
     // Meanwhile a reader marked the copy answered.
     let cur = mail

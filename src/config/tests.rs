@@ -133,7 +133,7 @@ sent_items:
 
     let c = parse("policy: [\"inet:127.0.0.1:1\"]\n").unwrap();
     assert!(!c.sent_items.deliver);
-    assert_eq!(c.sent_items.worker.workers, 4);
+    assert_eq!(c.sent_items.worker.workers, 8);
     assert_eq!(c.sent_items.worker.max_age, Duration::from_secs(5 * 86400));
 }
 

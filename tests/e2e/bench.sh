@@ -37,6 +37,11 @@
 #   BENCH_SECONDS=10             seconds per target and round
 #   BENCH_ROUNDS=3               rounds (the summary shows the best round of each target)
 #   BENCH_TARGETS="postfix null-milter sg-maildir sg-imap"   which services to measure
+#   BENCH_DOVECOT=tuned          `tuned`: Dovecot's high-performance login mode and reused
+#                                `imap` processes (docs/sent-items.md, "Dovecot for the imap
+#                                store"); `default`: Dovecot as installed (two new processes per
+#                                login, which bounds the IMAP store's rate)
+#   BENCH_WORKERS=N              sent_items.workers of the submitgate targets (default: theirs)
 #   BENCH_PERF=1                 `perf record -g` on the sg-maildir submitgate during the run
 #                                (perf.data kept in the work dir, which is then kept)
 #   BENCH_OTHER_BIN=PATH         the submitgate binary of target sg-other
@@ -56,6 +61,7 @@ BENCH_SECONDS=${BENCH_SECONDS:-10}
 BENCH_ROUNDS=${BENCH_ROUNDS:-3}
 BENCH_TARGETS=${BENCH_TARGETS:-postfix null-milter sg-maildir sg-imap}
 BENCH_USERS=1000
+BENCH_DOVECOT=${BENCH_DOVECOT:-tuned}
 
 # The load's logins, beside the users run.sh's Dovecot set-up checks (bob@contoso.com).
 for ((i = 0; i < BENCH_USERS; i++)); do
@@ -143,6 +149,28 @@ sent_items:
   spool: $dir/spool
   store: $store
 EOF
+  if [ -n "${BENCH_WORKERS:-}" ]; then
+    printf '  workers: %s\n' "$BENCH_WORKERS" >>"$dir/submitgate.yaml"
+  fi
+}
+
+# tune_dovecot: the settings docs/sent-items.md recommends for many senders' copies (one
+# login process for many connections, imap processes reused), then a reload.
+tune_dovecot() {
+  cat >>"$WORK/dovecot.conf" <<'EOF'
+
+# tests/e2e/bench.sh, BENCH_DOVECOT=tuned (docs/sent-items.md)
+service imap-login {
+  service_count = 0
+  process_min_avail = 2
+}
+service imap {
+  service_count = 0
+  process_min_avail = 4
+}
+EOF
+  doveconf -c "$WORK/dovecot.conf" -n >/dev/null || die "doveconf rejects the tuned $WORK/dovecot.conf"
+  doveadm -c "$WORK/dovecot.conf" reload || die "doveadm reload failed"
 }
 
 # start_bench_process PORT LOG COMMAND...: runs COMMAND in the background, waits for PORT.
@@ -180,6 +208,11 @@ bench_main() {
   export WORK
   log "work dir $WORK"
   start_dovecot
+  case $BENCH_DOVECOT in
+  tuned) tune_dovecot ;;
+  default) ;;
+  *) die "BENCH_DOVECOT=$BENCH_DOVECOT: tuned or default" ;;
+  esac
   configure_postfix_base
   # 50 connections on each service (up to seven), each session an smtpd process.
   postconf -e 'default_process_limit = 400' \
@@ -262,7 +295,7 @@ bench_main() {
 
   local floor=()
   case " $BENCH_TARGETS " in *" null-milter "*) floor=(--floor null-milter) ;; esac
-  log "load: $BENCH_TARGETS; connections $BENCH_CONNECTIONS; ${BENCH_SECONDS}s x $BENCH_ROUNDS rounds"
+  log "load: $BENCH_TARGETS; connections $BENCH_CONNECTIONS; ${BENCH_SECONDS}s x $BENCH_ROUNDS rounds; Dovecot $BENCH_DOVECOT; workers ${BENCH_WORKERS:-default}"
   local rc=0
   "$SMTP_LOAD_BIN" "${targets[@]}" "${spools[@]}" "${floor[@]}" \
     --connections "$BENCH_CONNECTIONS" --seconds "$BENCH_SECONDS" --rounds "$BENCH_ROUNDS" \

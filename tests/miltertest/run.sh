@@ -108,7 +108,8 @@ stop_daemon() {
 # The pending entries of the spool, oldest first: the message of the N-th as entry-N.eml, its
 # metadata as entry-N.json; prints N. Read straight from the segment files (records: a 48-byte
 # header — magic SGSPOOL2, CRC-32, kind, id or target offset, lengths — then message and JSON;
-# docs/architecture.md, "Records"), each record's checksum checked.
+# docs/architecture.md, "Records"; zeros where a header would be end a segment), each record's
+# checksum checked.
 extract_entries() {
   python3 - "$1" <<'PY'
 import os, sys, zlib
@@ -120,6 +121,8 @@ for name in sorted(n for n in os.listdir(q) if n.endswith(".seg")) if os.path.is
     found, at = {}, 0
     while at < len(b):
         h = b[at:at + 48]
+        if h == bytes(48):
+            break  # the zeros a segment is preallocated with: the end of its records
         assert h[:8] == b"SGSPOOL2", f"{name}@{at}: no magic"
         kind, a = h[12], int.from_bytes(h[16:24], "big")
         jlen, dlen = int.from_bytes(h[36:40], "big"), int.from_bytes(h[40:48], "big")

@@ -235,6 +235,10 @@ pub fn read_spool_entries(dir: &Path) -> Vec<(String, Vec<u8>, serde_json::Value
         let mut at = 0;
         while at + 48 <= bytes.len() {
             let h = &bytes[at..at + 48];
+            if h.iter().all(|b| *b == 0) {
+                // The zeros a segment is preallocated with: the end of its records.
+                break;
+            }
             assert_eq!(&h[..8], b"SGSPOOL2", "{name}@{at}: no magic");
             let be =
                 |r: std::ops::Range<usize>| h[r].iter().fold(0u64, |n, b| n << 8 | u64::from(*b));

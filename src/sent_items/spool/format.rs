@@ -110,6 +110,9 @@ impl Header {
         let mut h = [0u8; HEADER_LEN as usize];
         file.read_exact_at(&mut h, offset)
             .map_err(|e| BadRecord::Io("read record header of", e))?;
+        if h.iter().all(|b| *b == 0) {
+            return Err(BadRecord::Unwritten);
+        }
         if h[..8] != RECORD_MAGIC {
             return Err(BadRecord::Damaged(format!(
                 "no record magic at offset {offset}"
@@ -172,6 +175,9 @@ impl Header {
 /// Why a record could not be read.
 #[derive(Debug)]
 pub(super) enum BadRecord {
+    /// Zeros where a header would be: the preallocated, not yet written part of a segment
+    /// (see `commit::SEGMENT_BYTES`), or a hole a power loss left.
+    Unwritten,
     /// The file ends inside the record.
     Short(String),
     /// The bytes are not a record (magic, kind, lengths or checksum wrong).
@@ -184,6 +190,7 @@ impl BadRecord {
     /// As a spool error about `path`.
     pub(super) fn into_error(self, path: &Path) -> SpoolError {
         match self {
+            BadRecord::Unwritten => corrupt(path, "zeros where a record should be"),
             BadRecord::Short(why) | BadRecord::Damaged(why) => corrupt(path, why),
             BadRecord::Io(op, e) => io_err(op, path)(e),
         }
@@ -192,6 +199,7 @@ impl BadRecord {
     /// What is wrong, for log lines.
     pub(super) fn describe(&self) -> String {
         match self {
+            BadRecord::Unwritten => "zeros where a record should be".to_string(),
             BadRecord::Short(why) | BadRecord::Damaged(why) => why.clone(),
             BadRecord::Io(op, e) => format!("cannot {op}: {e}"),
         }

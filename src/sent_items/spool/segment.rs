@@ -50,7 +50,11 @@ impl Scan {
 /// (the owner does, at open: only a record that reached the disk whole counts); without, only
 /// the headers are checked (`spool list` beside a running daemon, which may be appending).
 /// The scan stops at the first record that is not whole; state and done records about an
-/// entry that is not in the file (or already done) are skipped.
+/// entry that is not in the file (or already done) are skipped. Zeros where the next header
+/// would be are the end of what was written (a segment is preallocated with zeros); with
+/// `check_sums` everything after them must be zeros too, or the scan stops there as at a
+/// damaged record (a hole a power loss left before records that were never answered, which
+/// must not come back once new records fill the hole).
 pub(super) fn scan(file: &File, check_sums: bool) -> Result<Scan, std::io::Error> {
     let file_len = file.metadata()?.len();
     let mut entries: Vec<ScannedEntry> = Vec::new();
@@ -60,6 +64,14 @@ pub(super) fn scan(file: &File, check_sums: bool) -> Result<Scan, std::io::Error
     while offset < file_len {
         let (header, crc) = match Header::read(file, offset, file_len) {
             Ok(read) => read,
+            Err(BadRecord::Unwritten) => {
+                if check_sums && !zeros_to_end(file, offset, file_len)? {
+                    stopped = Some(BadRecord::Damaged(format!(
+                        "zeros at offset {offset}, then written bytes"
+                    )));
+                }
+                break;
+            }
             Err(bad) => {
                 stopped = Some(bad);
                 break;
@@ -105,6 +117,24 @@ pub(super) fn scan(file: &File, check_sums: bool) -> Result<Scan, std::io::Error
         file_len,
         stopped,
     })
+}
+
+/// Whether `file` holds only zeros from `offset` to `end`.
+fn zeros_to_end(file: &File, mut offset: u64, end: u64) -> Result<bool, std::io::Error> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 64 * 1024];
+    while offset < end {
+        let want = usize::try_from(end - offset).map_or(buf.len(), |n| n.min(buf.len()));
+        let n = file.read_at(&mut buf[..want], offset)?;
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().any(|b| *b != 0) {
+            return Ok(false);
+        }
+        offset += n as u64;
+    }
+    Ok(true)
 }
 
 /// Where a pending entry is.

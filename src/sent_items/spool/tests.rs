@@ -161,6 +161,15 @@ fn names(dir: &Path) -> Vec<String> {
     names
 }
 
+/// A segment's bytes up to the end of its records (a segment is preallocated with zeros).
+fn written(path: &Path) -> Vec<u8> {
+    let file = fs::File::open(path).expect("open");
+    let end = super::segment::scan(&file, true).expect("scan").valid_len;
+    let mut bytes = fs::read(path).expect("read");
+    bytes.truncate(usize::try_from(end).expect("length"));
+    bytes
+}
+
 fn segments(root: &Path) -> Vec<PathBuf> {
     names(&root.join(QUEUE_DIR))
         .into_iter()
@@ -214,7 +223,7 @@ async fn small_message_round_trips() {
     // One segment: the entry record, header then message then metadata.
     let files = segments(dir.path());
     assert_eq!(files.len(), 1);
-    let file = fs::read(&files[0]).expect("read");
+    let file = written(&files[0]);
     assert!(file.starts_with(&RECORD_MAGIC));
     assert_eq!(&file[HEADER_LEN as usize..][..body.len()], &body[..]);
     assert!(file.ends_with(b"}"));
@@ -384,7 +393,7 @@ async fn a_partial_tail_is_cut_off_at_open() {
     let b = commit(&spool, &message(1000)).await;
     let path = segment_of(&spool, &a);
     drop(spool);
-    let whole = fs::read(&path).expect("read");
+    let whole = written(&path);
     let record = |body: &[u8], json: &[u8], id_seq: u64| {
         let id = EntryId {
             micros: 1_718_022_896_000_000,
@@ -445,6 +454,49 @@ async fn a_partial_tail_is_cut_off_at_open() {
     assert_eq!(spool.pending().await.expect("pending").len(), 2);
 }
 
+/// A segment is preallocated with zeros: its records overwrite them in place (the file
+/// keeps its length, so a commit's fdatasync has no new size to write), and zeros where a
+/// header would be are the clean end of it at open. Zeros followed by written bytes are a hole
+/// a power loss left before records that were never answered: cut there, so that they cannot
+/// come back once new records fill the hole.
+#[tokio::test]
+async fn segments_are_preallocated_and_a_hole_before_written_bytes_is_cut() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = Spool::open(dir.path()).expect("open");
+    let a = commit(&spool, b"first").await;
+    let b = commit(&spool, &message(3000)).await;
+    let path = segment_of(&spool, &a);
+    assert_eq!(fs::metadata(&path).expect("stat").len(), SEGMENT_BYTES);
+    let first = written(&path);
+    spool.complete(&a).await.expect("complete");
+    assert_eq!(fs::metadata(&path).expect("stat").len(), SEGMENT_BYTES);
+    drop(spool);
+    // Reopened as it is: nothing cut, nothing lost.
+    let spool = Spool::open(dir.path()).expect("reopen");
+    assert_eq!(spool.pending().await.expect("pending"), vec![b]);
+    assert_eq!(fs::metadata(&path).expect("stat").len(), SEGMENT_BYTES);
+    drop(spool);
+    // A hole, then a whole record: `a`'s entry record again, which must not come back.
+    let at = written(&path).len() as u64;
+    let stale = &first[..HEADER_LEN as usize + 5 + 200];
+    let file = OpenOptions::new().write(true).open(&path).expect("open");
+    std::os::unix::fs::FileExt::write_all_at(&file, stale, at + 4096).expect("write");
+    drop(file);
+    let spool = Spool::open(dir.path()).expect("reopen");
+    assert_eq!(spool.pending().await.expect("pending"), vec![b]);
+    assert_eq!(
+        fs::metadata(&path).expect("stat").len(),
+        at,
+        "cut at the hole"
+    );
+    // The next record about `b` goes where the hole was; nothing else comes back.
+    spool.complete(&b).await.expect("complete");
+    let c = commit(&spool, b"third").await;
+    drop(spool);
+    let spool = Spool::open(dir.path()).expect("reopen");
+    assert_eq!(spool.pending().await.expect("pending"), vec![c]);
+}
+
 #[tokio::test]
 async fn damaged_entries_are_corrupt_not_delivered() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -452,7 +504,7 @@ async fn damaged_entries_are_corrupt_not_delivered() {
     let body = message(1000);
     let id = commit(&spool, &body).await;
     let path = segment_of(&spool, &id);
-    let whole = fs::read(&path).expect("read");
+    let whole = written(&path);
     let meta_at = HEADER_LEN as usize + body.len();
 
     let mut damaged: Vec<Vec<u8>> = [0, 1, 47, 48, 500, 1047, whole.len() - 1]
@@ -958,7 +1010,7 @@ async fn failed_fdatasync_fails_and_withdraws_the_whole_batch() {
     let spool = Spool::open(dir.path()).expect("open");
     let before = commit(&spool, b"committed before").await;
     let path = segment_of(&spool, &before);
-    let len = fs::metadata(&path).expect("stat").len();
+    let len = written(&path).len() as u64;
     hooks(&spool).fail_data_sync.store(true, Ordering::SeqCst);
     hooks(&spool).gather.store(8, Ordering::SeqCst);
     for result in commit_concurrently(&spool, 8, numbered).await {
