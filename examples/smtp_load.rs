@@ -480,7 +480,7 @@ fn summary(a: &Args, connections: usize, results: &[Vec<Outcome>]) {
             a.targets[0].name
         );
         if let Some((name, rate)) = floor {
-            if name != t.name && i > 0 {
+            if name != t.name && name != a.targets[0].name {
                 text.push_str(&format!(", {:.2} of {name}", o.rate() / rate));
             }
         }

@@ -45,6 +45,9 @@
 #   BENCH_PERF=1                 `perf record -g` on the sg-maildir submitgate during the run
 #                                (perf.data kept in the work dir, which is then kept)
 #   BENCH_OTHER_BIN=PATH         the submitgate binary of target sg-other
+#   BENCH_OTHER_DIR=DIR          where sg-other keeps its spool, Maildirs and audit log (a new
+#                                directory in DIR, removed at the end), e.g. /dev/shm: what
+#                                the disk's syncs cost, with everything else alike
 #   SUBMITGATE_BIN, E2E_KEEP     as for run.sh; without SUBMITGATE_BIN the release binary and
 #                                the two examples are built first
 # Output: per round and target sessions/s, p50, p99; then per connection count the best round
@@ -91,6 +94,7 @@ bench_cleanup() {
     wait "$pid" 2>/dev/null
   done
   [ -n "${UNIX_MILTER_MADE:-}" ] && rm -rf "$UNIX_MILTER_DIR"
+  [ -n "${OTHER_DIR_MADE:-}" ] && rm -rf "$OTHER_DIR_MADE"
   (exit "$rc")
   cleanup # run.sh's: Postfix stopped and its configuration put back, Dovecot stopped
 }
@@ -257,10 +261,15 @@ bench_main() {
       ;;
     sg-other)
       [ -x "${BENCH_OTHER_BIN:-}" ] || die "target sg-other needs BENCH_OTHER_BIN=PATH"
-      write_submitgate_config "$WORK/sg-other" "$OTHER_MILTER_PORT" \
-        "{ backend: maildir, root: \"$WORK/sg-other/mail/{domain}/{local}/Maildir\" }"
-      start_bench_process "$OTHER_MILTER_PORT" "$WORK/sg-other/submitgate.log" \
-        "$BENCH_OTHER_BIN" serve --config "$WORK/sg-other/submitgate.yaml"
+      local other_dir=$WORK/sg-other
+      if [ -n "${BENCH_OTHER_DIR:-}" ]; then
+        other_dir=$(mktemp -d "$BENCH_OTHER_DIR/sg-other.XXXXXX")
+        OTHER_DIR_MADE=$other_dir
+      fi
+      write_submitgate_config "$other_dir" "$OTHER_MILTER_PORT" \
+        "{ backend: maildir, root: \"$other_dir/mail/{domain}/{local}/Maildir\" }"
+      start_bench_process "$OTHER_MILTER_PORT" "$other_dir/submitgate.log" \
+        "$BENCH_OTHER_BIN" serve --config "$other_dir/submitgate.yaml"
       bench_service sg-other "inet:$E2E_HOST:$OTHER_MILTER_PORT"
       ;;
     sg-unix)
