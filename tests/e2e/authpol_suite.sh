@@ -122,19 +122,10 @@ suite_setup() {
   postconf -e \
     "sg_e2e_authpol_recipient_restrictions = check_policy_service $policy, permit_sasl_authenticated, reject" \
     "sg_e2e_authpol_eod_restrictions = check_policy_service $policy"
-  postconf -MX "$AUTHPOL_POLICY_SERVICE" 2>/dev/null || true
-  postconf -M "$AUTHPOL_POLICY_SERVICE=$E2E_HOST:$E2E_AUTHPOL_POLICY_SMTP_PORT inet n - n - - smtpd"
-  local opt
-  for opt in \
-    syslog_name=postfix/submission-e2e-policy \
-    smtpd_sasl_auth_enable=yes \
-    smtpd_sasl_type=dovecot \
-    "smtpd_sasl_path=inet:$E2E_HOST:$E2E_SASL_PORT" \
-    "${tls_opts[@]}" \
+  smtpd_service "$AUTHPOL_POLICY_SERVICE" "$E2E_AUTHPOL_POLICY_SMTP_PORT" n \
+    postfix/submission-e2e-policy "${tls_opts[@]}" \
     'smtpd_recipient_restrictions=$sg_e2e_authpol_recipient_restrictions' \
-    'smtpd_end_of_data_restrictions=$sg_e2e_authpol_eod_restrictions'; do
-    postconf -P "$AUTHPOL_POLICY_SERVICE/$opt"
-  done
+    'smtpd_end_of_data_restrictions=$sg_e2e_authpol_eod_restrictions'
 
   mkdir -p "$E2E_SUITE_DIR/policies"
   # contoso: the defaults (Basic allowed, legacy TLS refused, TLS not required, enforce), with
@@ -188,18 +179,11 @@ EOF
   authpol_dovecot_settings "$E2E_AUTHPOL_DOVECOT_CONF.oauth" no
   authpol_dovecot_settings "$E2E_AUTHPOL_DOVECOT_CONF.hook" yes
   cp "$E2E_AUTHPOL_DOVECOT_CONF.oauth" "$E2E_AUTHPOL_DOVECOT_CONF"
-  grep -qF "$E2E_AUTHPOL_DOVECOT_CONF" "$E2E_DOVECOT_CONF" ||
-    printf '!include_try %s\n' "$E2E_AUTHPOL_DOVECOT_CONF" >>"$E2E_DOVECOT_CONF"
-  doveconf -c "$E2E_DOVECOT_CONF" -n >/dev/null || die "doveconf rejects the authpol settings"
-  doveadm -c "$E2E_DOVECOT_CONF" reload || die "doveadm reload failed"
-  sleep 1
+  dovecot_include "$E2E_AUTHPOL_DOVECOT_CONF" "the authpol settings"
 }
 
 suite_teardown() {
   postconf -MX "$AUTHPOL_POLICY_SERVICE" 2>/dev/null || true
   # Dovecot goes back to PLAIN/LOGIN without OAuth for the suites after this one.
-  local tmp="$E2E_DOVECOT_CONF.tmp"
-  grep -vF "$E2E_AUTHPOL_DOVECOT_CONF" "$E2E_DOVECOT_CONF" >"$tmp" && mv "$tmp" "$E2E_DOVECOT_CONF"
-  doveadm -c "$E2E_DOVECOT_CONF" reload || true
-  sleep 1
+  dovecot_uninclude "$E2E_AUTHPOL_DOVECOT_CONF"
 }

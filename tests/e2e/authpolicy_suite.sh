@@ -98,11 +98,7 @@ EOF
   authpolicy_dovecot_settings "$E2E_DOVECOT_POLICY_CONF.reject" yes
   echo '# submitgate e2e: no auth policy (benchmark baseline)' >"$E2E_DOVECOT_POLICY_CONF.off"
   cp "$E2E_DOVECOT_POLICY_CONF.on" "$E2E_DOVECOT_POLICY_CONF"
-  grep -qF "$E2E_DOVECOT_POLICY_CONF" "$E2E_DOVECOT_CONF" ||
-    printf '!include_try %s\n' "$E2E_DOVECOT_POLICY_CONF" >>"$E2E_DOVECOT_CONF"
-  doveconf -c "$E2E_DOVECOT_CONF" -n >/dev/null || die "doveconf rejects the auth policy settings"
-  doveadm -c "$E2E_DOVECOT_CONF" reload || die "doveadm reload failed"
-  sleep 1
+  dovecot_include "$E2E_DOVECOT_POLICY_CONF" "the auth policy settings"
 }
 
 suite_teardown() {
@@ -120,8 +116,5 @@ suite_teardown() {
     fi
   fi
   # Dovecot goes back to no auth policy for the suites after this one.
-  local tmp="$E2E_DOVECOT_CONF.tmp"
-  grep -vF "$E2E_DOVECOT_POLICY_CONF" "$E2E_DOVECOT_CONF" >"$tmp" && mv "$tmp" "$E2E_DOVECOT_CONF"
-  doveadm -c "$E2E_DOVECOT_CONF" reload || true
-  sleep 1
+  dovecot_uninclude "$E2E_DOVECOT_POLICY_CONF"
 }

@@ -28,19 +28,10 @@ suite_setup() {
     'milter_mail_macros=$sg_e2e_milter_mail_macros' \
     'smtpd_recipient_restrictions=permit_sasl_authenticated,reject'
   # The policy front end's service: like submission_service, on its own port.
-  postconf -MX "$LIMITS_POLICY_SERVICE" 2>/dev/null || true
-  postconf -M "$LIMITS_POLICY_SERVICE=$E2E_HOST:$E2E_LIMITS_POLICY_PORT inet n - n - - smtpd"
-  local opt
-  for opt in \
-    syslog_name=postfix/submission-e2e-policy \
-    smtpd_tls_security_level=none \
-    smtpd_sasl_auth_enable=yes \
-    smtpd_sasl_type=dovecot \
-    "smtpd_sasl_path=inet:$E2E_HOST:$E2E_SASL_PORT" \
+  smtpd_service "$LIMITS_POLICY_SERVICE" "$E2E_LIMITS_POLICY_PORT" n \
+    postfix/submission-e2e-policy smtpd_tls_security_level=none \
     'smtpd_recipient_restrictions=$sg_e2e_policy_recipient_restrictions' \
-    'smtpd_end_of_data_restrictions=$sg_e2e_policy_eod_restrictions'; do
-    postconf -P "$LIMITS_POLICY_SERVICE/$opt"
-  done
+    'smtpd_end_of_data_restrictions=$sg_e2e_policy_eod_restrictions'
 
   mkdir -p "$E2E_SUITE_DIR/policies"
   # Exchange's sending limits for everyone (30 messages a minute, 10 000 recipients a day, 500

@@ -108,6 +108,25 @@ wait_port() {
 
 port_in_use() { (exec 3<>"/dev/tcp/$E2E_HOST/$1") 2>/dev/null; }
 
+# dovecot_include FILE WHAT: includes FILE from the run's dovecot.conf (once), checks the
+# result with doveconf (dying with "doveconf rejects WHAT") and reloads Dovecot.
+dovecot_include() {
+  local file=$1 what=$2
+  grep -qF "$file" "$E2E_DOVECOT_CONF" || printf '!include_try %s\n' "$file" >>"$E2E_DOVECOT_CONF"
+  doveconf -c "$E2E_DOVECOT_CONF" -n >/dev/null || die "doveconf rejects $what"
+  doveadm -c "$E2E_DOVECOT_CONF" reload || die "doveadm reload failed"
+  sleep 1
+}
+
+# dovecot_uninclude FILE: drops FILE's include from the run's dovecot.conf and reloads Dovecot
+# (best effort: it runs in suite tear-downs).
+dovecot_uninclude() {
+  local file=$1 tmp="$E2E_DOVECOT_CONF.tmp"
+  grep -vF "$file" "$E2E_DOVECOT_CONF" >"$tmp" && mv "$tmp" "$E2E_DOVECOT_CONF"
+  doveadm -c "$E2E_DOVECOT_CONF" reload || true
+  sleep 1
+}
+
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -338,17 +357,25 @@ restore_postfix_config() {
 # With SUBMISSION_CHROOT=y the service runs chrooted in the queue directory, as Debian's
 # master.cf has its smtpd services.
 submission_service() {
-  postconf -MX "$SUBMISSION_SERVICE" 2>/dev/null || true
-  postconf -M "$SUBMISSION_SERVICE=$E2E_HOST:$E2E_SUBMISSION_PORT inet n - ${SUBMISSION_CHROOT:-n} - - smtpd"
+  smtpd_service "$SUBMISSION_SERVICE" "$E2E_SUBMISSION_PORT" "${SUBMISSION_CHROOT:-n}" \
+    postfix/submission-e2e smtpd_tls_security_level=none "$@"
+}
+
+# smtpd_service SERVICE PORT CHROOT SYSLOG_NAME OPTION...: master.cf's SERVICE (HOST:PORT/inet)
+# replaced by an smtpd on E2E_HOST:PORT with Dovecot SASL and the -o OPTIONs.
+smtpd_service() {
+  local service=$1 port=$2 chroot=$3 syslog=$4
+  shift 4
+  postconf -MX "$service" 2>/dev/null || true
+  postconf -M "$service=$E2E_HOST:$port inet n - $chroot - - smtpd"
   local opt
   for opt in \
-    syslog_name=postfix/submission-e2e \
-    smtpd_tls_security_level=none \
+    "syslog_name=$syslog" \
     smtpd_sasl_auth_enable=yes \
     smtpd_sasl_type=dovecot \
     "smtpd_sasl_path=inet:$E2E_HOST:$E2E_SASL_PORT" \
     "$@"; do
-    postconf -P "$SUBMISSION_SERVICE/$opt"
+    postconf -P "$service/$opt"
   done
 }
 
