@@ -69,11 +69,6 @@ impl MaildirStore {
             set.insert(dir);
         }
     }
-
-    /// How many folders the store currently remembers as existing (for the tests).
-    pub fn known_folders(&self) -> usize {
-        self.ready.lock().map_or(0, |set| set.len())
-    }
 }
 
 impl SentItemsStore for MaildirStore {
@@ -474,6 +469,47 @@ mod tests {
         assert_eq!(file_base(&id, "mx1"), "1718022896.M0P1Q0.mx1");
         assert_eq!(maildir_host("a/b:c"), "a\\057b\\072c");
         assert_eq!(maildir_host(""), "localhost");
+    }
+
+    #[test]
+    fn the_memory_of_known_folders_is_bounded() {
+        let store = MaildirStore::new("/m/{mailbox}".into());
+        for n in 0..=READY_LIMIT {
+            store.mark_ready(PathBuf::from(format!("/m/user{n}/.Sent Items")));
+        }
+        let known = store.ready.lock().map(|set| set.len()).unwrap_or(0);
+        assert!(known >= 1 && known <= READY_LIMIT, "{known}");
+        assert!(store.is_ready(Path::new(&format!("/m/user{READY_LIMIT}/.Sent Items"))));
+    }
+
+    /// The message is a window of a larger file (a spool segment): exactly its bytes are
+    /// copied, on the same file system (`copy_file_range`) and from another (`sendfile`).
+    #[test]
+    fn copies_exactly_the_message_window() {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shm = tempfile::tempdir_in("/dev/shm").ok();
+        let bytes: Vec<u8> = (0..300_000u32).map(|n| (n % 251) as u8).collect();
+        let mut sources = vec![dir.path().to_path_buf()];
+        sources.extend(shm.as_ref().map(|d| d.path().to_path_buf()));
+        for source in sources {
+            let segment = source.join("segment");
+            File::create(&segment)
+                .and_then(|mut f| f.write_all(&bytes))
+                .expect("segment");
+            let mut file = File::open(&segment).expect("open");
+            file.seek(SeekFrom::Start(1000)).expect("seek");
+            let mut reader = file.take(200_000);
+            let out_path = dir.path().join("copy");
+            let out = File::create(&out_path).expect("create");
+            let copied = copy_message(&mut reader, &out).expect("copy");
+            assert_eq!(copied, 200_000, "{}", source.display());
+            let mut written = Vec::new();
+            File::open(&out_path)
+                .and_then(|mut f| f.read_to_end(&mut written))
+                .expect("read");
+            assert!(written == bytes[1000..201_000], "{}", source.display());
+        }
     }
 
     #[test]
