@@ -1,6 +1,6 @@
 //! Sent Items delivery into Maildir++: one `:2,S` file per entry, byte-identical, idempotent
 //! after a crash and after a done mark lost to a power failure; how failures are classed (a name too long: permanent; a file in the way:
-//! configuration, kept queued until fixed; transient: backoff until `max_age`); and a real Dovecot reading that Maildir lists the copy `\Seen` (skipped,
+//! configuration, kept queued until fixed; transient: backoff until `max_age`); a folder removed under the store is made again by the next copy; and a real Dovecot reading that Maildir lists the copy `\Seen` (skipped,
 //! with a note, without Dovecot).
 
 mod support;
