@@ -1,6 +1,6 @@
 //! Sent Items delivery into Maildir++: one `:2,S` file per entry, byte-identical, idempotent
 //! after a crash and after a done mark lost to a power failure; how failures are classed (a name too long: permanent; a file in the way:
-//! configuration, kept queued until fixed; transient: backoff until `max_age`); and a real Dovecot reading that Maildir lists the copy `\Seen` (skipped,
+//! configuration, kept queued until fixed; transient: backoff until `max_age`); a folder removed under the store is made again by the next copy; and a real Dovecot reading that Maildir lists the copy `\Seen` (skipped,
 //! with a note, without Dovecot).
 
 mod support;
@@ -459,4 +459,32 @@ async fn a_commit_wakes_the_workers_without_waiting_for_a_scan() {
     let cur = files(&mail.path().join("alice@contoso.com/.Sent Items/cur"));
     assert_eq!(cur.len(), 3);
     rig.stop().await;
+}
+
+/// The store remembers folders it made, so that a copy into them checks nothing first; a
+/// folder removed behind its back (a user deleting it) is made again by the next copy rather
+/// than failing it.
+#[tokio::test]
+async fn a_folder_removed_under_the_store_is_made_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spool = Spool::open(dir.path().join("spool")).expect("spool");
+    let store = MaildirStore::new(format!("{}/m/{{mailbox}}", dir.path().display()));
+    let folder = dir.path().join("m/alice@contoso.com/.Sent Items");
+    for n in 0..2 {
+        let (body, mid) = message(10 + n, 2000);
+        let id = support::dovecot::commit(&spool, ALICE, &body, &mid).await;
+        let meta = spool.read_meta(&id).await.expect("meta");
+        let copy = SentCopy {
+            id,
+            meta: &meta,
+            message: spool.open_message(&id).await.expect("message"),
+            maybe_stored: false,
+        };
+        store.deliver(copy).await.expect("deliver");
+        let cur = files(&folder.join("cur"));
+        assert_eq!(cur.len(), 1, "{cur:?}");
+        assert_eq!(std::fs::read(&cur[0]).expect("read"), body);
+        assert!(folder.join("maildirfolder").exists());
+        std::fs::remove_dir_all(&folder).expect("remove the folder");
+    }
 }
