@@ -1,7 +1,9 @@
 //! The committer (group commit). Every change to the queue — a new entry, a delivery state,
 //! a done mark — is an [`Op`] in the commit queue; whoever finds no committer at work becomes
-//! it and drains the queue batch by batch. A batch is whatever queued up while the previous
-//! one was syncing: its records are appended to their segments with one `pwrite` per segment,
+//! it (on the blocking pool) and drains the queue batch by batch; a committer whose queue runs
+//! empty waits a few milliseconds ([`LINGER`]) for the next op, which wakes it with one condvar
+//! signal. A batch is whatever queued up while the previous one was syncing: its records are
+//! appended to their segments with one `pwritev` per segment (from the ops' own buffers),
 //! and made durable with **one `fdatasync` per segment touched** (usually one: the active
 //! segment), plus one directory fsync only when the batch created a segment or renames a large
 //! entry's own segment in. A batch of done marks alone is written but not synced (see
@@ -14,9 +16,11 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::io::IoSlice;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
-use std::sync::{Arc, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -73,12 +77,41 @@ pub(super) struct Pending {
     pub(super) answer: Answer,
 }
 
+/// How long a committer whose queue ran empty waits for the next op before its thread goes
+/// back to the pool. Under steady load the next commit comes well within it, and is handed to
+/// this thread with one condvar signal instead of a new blocking-pool task each time the
+/// queue goes from empty to busy.
+pub(super) const LINGER: Duration = Duration::from_millis(5);
+
+/// The commit queue and the condvar a lingering committer waits on. Shared (by `Arc`) between
+/// the spool and a lingering committer, which holds no reference to the spool itself, so that
+/// dropping the last [`super::Spool`] handle still releases the spool's lock at once.
+#[derive(Debug, Default)]
+pub(super) struct CommitShared {
+    pub(super) queue: Mutex<CommitQueue>,
+    wake: Condvar,
+}
+
+/// Whether a committer is at work on the queue.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// None: the next op's caller starts one.
+    #[default]
+    Idle,
+    /// One is draining the queue; new ops join its next batch.
+    Busy,
+    /// One is waiting (for at most [`LINGER`]) for the next op, to be handed the spool with it.
+    Lingering,
+}
+
 /// Ops waiting for the next batch, whether a committer is draining them, and the segment new
 /// entries go to. Never locked across I/O.
 #[derive(Debug, Default)]
 pub(super) struct CommitQueue {
     pub(super) waiting: Vec<Pending>,
-    draining: bool,
+    role: Role,
+    /// The spool, handed by the op that wakes a lingering committer.
+    handoff: Option<Arc<Inner>>,
     /// Held by the queue between batches, by the committer during one.
     active: Option<Active>,
 }
@@ -87,7 +120,8 @@ pub(super) struct CommitQueue {
 #[derive(Debug)]
 struct Active {
     id: SegmentId,
-    file: File,
+    /// Shared with the batch's [`Withdrawal`] (no descriptor duplicated per batch).
+    file: Arc<File>,
 }
 
 /// A large entry's segment renamed into `queue/`, whose name is not yet known to be durable.
@@ -136,10 +170,22 @@ pub(super) struct Committer {
 }
 
 impl Committer {
-    /// Commits batches until the queue is empty. The last batch is answered only after this
-    /// thread has let go of the spool, so that a caller that drops its last handle on hearing
-    /// the answer releases the spool's lock with it.
+    /// Commits batches until the queue is empty, then lingers (see [`LINGER`]) for the next op
+    /// and goes on with it. The last batch is answered only after this thread has let go of
+    /// the spool, so that a caller that drops its last handle on hearing the answer releases
+    /// the spool's lock with it.
     pub(super) fn drain(inner: Arc<Inner>) {
+        let shared = Arc::clone(&inner.commits);
+        let mut next = Some(inner);
+        while let Some(inner) = next.take() {
+            Committer::drain_busy(inner);
+            next = linger(&shared);
+        }
+    }
+
+    /// One busy period: batches until the queue is empty; the role is left
+    /// [`Role::Lingering`].
+    fn drain_busy(inner: Arc<Inner>) {
         let mut this = Committer {
             inner,
             finished: false,
@@ -147,7 +193,7 @@ impl Committer {
         let mut active = this.inner.lock_commits().active.take();
         loop {
             #[cfg(test)]
-            this.inner.hooks.gather(&this.inner.commits);
+            this.inner.hooks.gather(&this.inner.commits.queue);
             let batch = std::mem::take(&mut this.inner.lock_commits().waiting);
             let replies = if batch.is_empty() {
                 Vec::new()
@@ -156,7 +202,7 @@ impl Committer {
             };
             let mut queue = this.inner.lock_commits();
             if queue.waiting.is_empty() {
-                queue.draining = false;
+                queue.role = Role::Lingering;
                 queue.active = active;
                 drop(queue);
                 this.finished = true;
@@ -167,6 +213,32 @@ impl Committer {
             drop(queue);
             send_all(replies);
         }
+    }
+}
+
+/// Waits up to [`LINGER`] for an op to hand this thread the spool; `None` (the role given
+/// up) if none came.
+fn linger(shared: &CommitShared) -> Option<Arc<Inner>> {
+    let deadline = Instant::now() + LINGER;
+    let mut queue = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
+    loop {
+        if let Some(inner) = queue.handoff.take() {
+            return Some(inner);
+        }
+        if queue.role != Role::Lingering {
+            // Not ours any more (cannot happen: only a handoff ends lingering).
+            return None;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            queue.role = Role::Idle;
+            return None;
+        }
+        queue = shared
+            .wake
+            .wait_timeout(queue, left)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
     }
 }
 
@@ -187,7 +259,7 @@ impl Drop for Committer {
         if let Err(e) = spawned {
             let stranded = {
                 let mut queue = self.inner.lock_commits();
-                queue.draining = false;
+                queue.role = Role::Idle;
                 std::mem::take(&mut queue.waiting)
             };
             tracing::error!(error = %e, stranded = stranded.len(), "cannot start a new spool committer; failing the commits left");
@@ -201,7 +273,7 @@ impl Drop for Committer {
 struct Withdrawal<'a> {
     inner: &'a Inner,
     /// (segment, its file, its length before the batch).
-    cut: Vec<(SegmentId, File, u64)>,
+    cut: Vec<(SegmentId, Arc<File>, u64)>,
     created: Option<SegmentId>,
     armed: bool,
 }
@@ -258,19 +330,31 @@ enum Planned {
 impl Inner {
     pub(super) fn lock_commits(&self) -> MutexGuard<'_, CommitQueue> {
         // Nothing that can panic runs under this lock; a poisoned queue is still consistent.
-        self.commits.lock().unwrap_or_else(PoisonError::into_inner)
+        self.commits
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues an op for the next batch. True if the caller must now become the committer
-    /// ([`Committer::drain`]): no committer was at work.
-    pub(super) fn enqueue(&self, pending: Pending) -> bool {
+    /// Queues an op for the next batch, waking a lingering committer with it. True if the
+    /// caller must now become the committer ([`Committer::drain`]): none was at work.
+    pub(super) fn enqueue(self: &Arc<Inner>, pending: Pending) -> bool {
         let mut queue = self.lock_commits();
         queue.waiting.push(pending);
-        if queue.draining {
-            return false;
+        match queue.role {
+            Role::Busy => false,
+            Role::Lingering => {
+                queue.role = Role::Busy;
+                queue.handoff = Some(Arc::clone(self));
+                drop(queue);
+                self.commits.wake.notify_one();
+                false
+            }
+            Role::Idle => {
+                queue.role = Role::Busy;
+                true
+            }
         }
-        queue.draining = true;
-        true
     }
 
     /// One batch: plan, write, sync, update the index, answer (see the module doc). `active`
@@ -404,7 +488,8 @@ impl Inner {
         let active_id = active.as_ref().map(|a| a.id);
         // The records of each segment, in op order.
         let mut plan: Vec<Planned> = Vec::with_capacity(ops.len());
-        let mut per_segment: BTreeMap<SegmentId, Vec<u8>> = BTreeMap::new();
+        // Each segment's records, written with one pwritev from the ops' own buffers.
+        let mut per_segment: BTreeMap<SegmentId, Vec<Vec<u8>>> = BTreeMap::new();
         for (op, target, _) in ops.iter_mut() {
             let planned = match (op, target) {
                 (Op::Append { record, .. }, _) => Planned::Record {
@@ -447,33 +532,27 @@ impl Inner {
                 .collect()
         };
         let mut offsets = Vec::with_capacity(plan.len());
-        {
-            let mut ends = starts.clone();
-            for p in &mut plan {
-                match p {
-                    Planned::Record { segment, record } => {
-                        let end = ends.entry(*segment).or_default();
-                        offsets.push(Some(*end));
-                        *end += record.len() as u64;
-                        per_segment
-                            .entry(*segment)
-                            .or_default()
-                            .extend_from_slice(record);
-                        *record = Vec::new();
-                    }
-                    Planned::Renamed => offsets.push(None),
+        let mut ends = starts.clone();
+        for p in plan {
+            match p {
+                Planned::Record { segment, record } => {
+                    let end = ends.entry(segment).or_default();
+                    offsets.push(Some(*end));
+                    *end += record.len() as u64;
+                    per_segment.entry(segment).or_default().push(record);
                 }
+                Planned::Renamed => offsets.push(None),
             }
         }
-        for (segment, bytes) in &per_segment {
+        for (segment, records) in &per_segment {
             let start = starts.get(segment).copied().unwrap_or(0);
             let path = self.segment_path(segment);
             let file = match active.as_ref().filter(|a| a.id == *segment) {
-                Some(a) => a.file.try_clone(),
-                None => OpenOptions::new().write(true).open(&path),
+                Some(a) => Ok(Arc::clone(&a.file)),
+                None => OpenOptions::new().write(true).open(&path).map(Arc::new),
             }
             .map_err(super::io_err("open segment", &path))?;
-            let written = self.append(&file, &path, bytes, start);
+            let written = self.append(&file, &path, records, start);
             // Cut back on failure even after a partial write.
             withdrawal.cut.push((*segment, file, start));
             written?;
@@ -502,9 +581,11 @@ impl Inner {
         let mut gone = Vec::new();
         {
             let mut index = self.lock_index();
-            for (segment, bytes) in &per_segment {
-                if let Some(info) = index.segments.get_mut(segment) {
-                    info.len = starts.get(segment).copied().unwrap_or(0) + bytes.len() as u64;
+            for segment in per_segment.keys() {
+                if let (Some(info), Some(end)) =
+                    (index.segments.get_mut(segment), ends.get(segment))
+                {
+                    info.len = *end;
                 }
             }
             for ((op, target, _), offset) in ops.iter().zip(offsets) {
@@ -647,7 +728,10 @@ impl Inner {
                 }
             });
         match created {
-            Ok(file) => Ok(Active { id, file }),
+            Ok(file) => Ok(Active {
+                id,
+                file: Arc::new(file),
+            }),
             Err(e) => {
                 self.lock_index().segments.remove(&id);
                 Err(e)
@@ -659,15 +743,14 @@ impl Inner {
         &self,
         file: &File,
         path: &std::path::Path,
-        bytes: &[u8],
+        records: &[Vec<u8>],
         at: u64,
     ) -> Result<(), SpoolError> {
         #[cfg(test)]
         self.hooks
             .write_fault()
             .map_err(super::io_err("append to", path))?;
-        file.write_all_at(bytes, at)
-            .map_err(super::io_err("append to", path))
+        write_all_vectored_at(file, records, at).map_err(super::io_err("append to", path))
     }
 
     fn sync_segment(&self, file: &File, segment: &SegmentId) -> Result<(), SpoolError> {
@@ -694,6 +777,47 @@ impl Inner {
             ),
         }
     }
+}
+
+/// Writes `records` one after another at `at`: `pwritev`, as many records a call as it takes
+/// (at most `IOV_MAX`), again after a short write.
+pub(super) fn write_all_vectored_at(
+    file: &File,
+    records: &[Vec<u8>],
+    mut at: u64,
+) -> io::Result<()> {
+    /// Linux's `IOV_MAX`.
+    const MAX_SLICES: usize = 1024;
+    // The first record not wholly written, and how much of it is.
+    let (mut next, mut done) = (0, 0);
+    while next < records.len() {
+        let slices: Vec<IoSlice<'_>> = records[next..]
+            .iter()
+            .enumerate()
+            .map(|(i, r)| IoSlice::new(if i == 0 { &r[done..] } else { r }))
+            .take(MAX_SLICES)
+            .collect();
+        let mut written = match rustix::io::pwritev(file, &slices, at) {
+            Ok(0) if slices.iter().any(|s| !s.is_empty()) => {
+                return Err(io::ErrorKind::WriteZero.into())
+            }
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(io::Error::from_raw_os_error(e.raw_os_error())),
+        };
+        at += written as u64;
+        // Past the records written whole, into the one cut short.
+        for slice in &slices {
+            if written < slice.len() {
+                done += written;
+                break;
+            }
+            written -= slice.len();
+            next += 1;
+            done = 0;
+        }
+    }
+    Ok(())
 }
 
 /// The same error again, for each op of a batch that one error failed.
