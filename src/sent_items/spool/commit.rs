@@ -116,6 +116,14 @@ pub(super) struct CommitQueue {
     active: Option<Active>,
 }
 
+#[cfg(test)]
+impl CommitQueue {
+    /// No committer is at work or lingering.
+    pub(super) fn role_is_idle(&self) -> bool {
+        self.role == Role::Idle
+    }
+}
+
 /// The segment new entries are appended to.
 #[derive(Debug)]
 struct Active {
