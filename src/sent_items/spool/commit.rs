@@ -1,9 +1,8 @@
 //! The committer (group commit). Every change to the queue — a new entry, a delivery state,
 //! a done mark — is an [`Op`] in the commit queue; whoever finds no committer at work becomes
-//! it (on the blocking pool) and drains the queue batch by batch; a committer whose queue runs
-//! empty waits a few milliseconds ([`LINGER`]) for the next op, which wakes it with one condvar
-//! signal. A batch is whatever queued up while the previous one was syncing: its records are
-//! appended to their segments with one `pwritev` per segment (from the ops' own buffers),
+//! it and drains the queue batch by batch. A batch is whatever queued up while the previous
+//! one was syncing: its records are appended to their segments with one `pwritev` per segment
+//! (from the ops' own buffers),
 //! and made durable with **one `fdatasync` per segment touched** (usually one: the active
 //! segment), plus one directory fsync only when the batch created a segment or renames a large
 //! entry's own segment in. A batch of done marks alone is written but not synced (see
@@ -19,8 +18,7 @@ use std::io;
 use std::io::IoSlice;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, MutexGuard, PoisonError};
 
 use tokio::sync::oneshot;
 
@@ -77,51 +75,14 @@ pub(super) struct Pending {
     pub(super) answer: Answer,
 }
 
-/// How long a committer whose queue ran empty waits for the next op before its thread goes
-/// back to the pool. Under steady load the next commit comes well within it, and is handed to
-/// this thread with one condvar signal instead of a new blocking-pool task each time the
-/// queue goes from empty to busy.
-pub(super) const LINGER: Duration = Duration::from_millis(5);
-
-/// The commit queue and the condvar a lingering committer waits on. Shared (by `Arc`) between
-/// the spool and a lingering committer, which holds no reference to the spool itself, so that
-/// dropping the last [`super::Spool`] handle still releases the spool's lock at once.
-#[derive(Debug, Default)]
-pub(super) struct CommitShared {
-    pub(super) queue: Mutex<CommitQueue>,
-    wake: Condvar,
-}
-
-/// Whether a committer is at work on the queue.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    /// None: the next op's caller starts one.
-    #[default]
-    Idle,
-    /// One is draining the queue; new ops join its next batch.
-    Busy,
-    /// One is waiting (for at most [`LINGER`]) for the next op, to be handed the spool with it.
-    Lingering,
-}
-
 /// Ops waiting for the next batch, whether a committer is draining them, and the segment new
 /// entries go to. Never locked across I/O.
 #[derive(Debug, Default)]
 pub(super) struct CommitQueue {
     pub(super) waiting: Vec<Pending>,
-    role: Role,
-    /// The spool, handed by the op that wakes a lingering committer.
-    handoff: Option<Arc<Inner>>,
+    draining: bool,
     /// Held by the queue between batches, by the committer during one.
     active: Option<Active>,
-}
-
-#[cfg(test)]
-impl CommitQueue {
-    /// No committer is at work or lingering.
-    pub(super) fn role_is_idle(&self) -> bool {
-        self.role == Role::Idle
-    }
 }
 
 /// The segment new entries are appended to.
@@ -178,22 +139,10 @@ pub(super) struct Committer {
 }
 
 impl Committer {
-    /// Commits batches until the queue is empty, then lingers (see [`LINGER`]) for the next op
-    /// and goes on with it. The last batch is answered only after this thread has let go of
-    /// the spool, so that a caller that drops its last handle on hearing the answer releases
-    /// the spool's lock with it.
+    /// Commits batches until the queue is empty. The last batch is answered only after this
+    /// thread has let go of the spool, so that a caller that drops its last handle on hearing
+    /// the answer releases the spool's lock with it.
     pub(super) fn drain(inner: Arc<Inner>) {
-        let shared = Arc::clone(&inner.commits);
-        let mut next = Some(inner);
-        while let Some(inner) = next.take() {
-            Committer::drain_busy(inner);
-            next = linger(&shared);
-        }
-    }
-
-    /// One busy period: batches until the queue is empty; the role is left
-    /// [`Role::Lingering`].
-    fn drain_busy(inner: Arc<Inner>) {
         let mut this = Committer {
             inner,
             finished: false,
@@ -201,7 +150,7 @@ impl Committer {
         let mut active = this.inner.lock_commits().active.take();
         loop {
             #[cfg(test)]
-            this.inner.hooks.gather(&this.inner.commits.queue);
+            this.inner.hooks.gather(&this.inner.commits);
             let batch = std::mem::take(&mut this.inner.lock_commits().waiting);
             let replies = if batch.is_empty() {
                 Vec::new()
@@ -210,7 +159,7 @@ impl Committer {
             };
             let mut queue = this.inner.lock_commits();
             if queue.waiting.is_empty() {
-                queue.role = Role::Lingering;
+                queue.draining = false;
                 queue.active = active;
                 drop(queue);
                 this.finished = true;
@@ -221,32 +170,6 @@ impl Committer {
             drop(queue);
             send_all(replies);
         }
-    }
-}
-
-/// Waits up to [`LINGER`] for an op to hand this thread the spool; `None` (the role given
-/// up) if none came.
-fn linger(shared: &CommitShared) -> Option<Arc<Inner>> {
-    let deadline = Instant::now() + LINGER;
-    let mut queue = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
-    loop {
-        if let Some(inner) = queue.handoff.take() {
-            return Some(inner);
-        }
-        if queue.role != Role::Lingering {
-            // Not ours any more (cannot happen: only a handoff ends lingering).
-            return None;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            queue.role = Role::Idle;
-            return None;
-        }
-        queue = shared
-            .wake
-            .wait_timeout(queue, left)
-            .unwrap_or_else(PoisonError::into_inner)
-            .0;
     }
 }
 
@@ -267,7 +190,7 @@ impl Drop for Committer {
         if let Err(e) = spawned {
             let stranded = {
                 let mut queue = self.inner.lock_commits();
-                queue.role = Role::Idle;
+                queue.draining = false;
                 std::mem::take(&mut queue.waiting)
             };
             tracing::error!(error = %e, stranded = stranded.len(), "cannot start a new spool committer; failing the commits left");
@@ -338,31 +261,19 @@ enum Planned {
 impl Inner {
     pub(super) fn lock_commits(&self) -> MutexGuard<'_, CommitQueue> {
         // Nothing that can panic runs under this lock; a poisoned queue is still consistent.
-        self.commits
-            .queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.commits.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues an op for the next batch, waking a lingering committer with it. True if the
-    /// caller must now become the committer ([`Committer::drain`]): none was at work.
-    pub(super) fn enqueue(self: &Arc<Inner>, pending: Pending) -> bool {
+    /// Queues an op for the next batch. True if the caller must now become the committer
+    /// ([`Committer::drain`]): no committer was at work.
+    pub(super) fn enqueue(&self, pending: Pending) -> bool {
         let mut queue = self.lock_commits();
         queue.waiting.push(pending);
-        match queue.role {
-            Role::Busy => false,
-            Role::Lingering => {
-                queue.role = Role::Busy;
-                queue.handoff = Some(Arc::clone(self));
-                drop(queue);
-                self.commits.wake.notify_one();
-                false
-            }
-            Role::Idle => {
-                queue.role = Role::Busy;
-                true
-            }
+        if queue.draining {
+            return false;
         }
+        queue.draining = true;
+        true
     }
 
     /// One batch: plan, write, sync, update the index, answer (see the module doc). `active`

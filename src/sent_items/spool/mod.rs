@@ -46,7 +46,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
 use crate::fsutil::{self, TempFile};
-use commit::{CommitShared, Committer, Op, Pending};
+use commit::{CommitQueue, Committer, Op, Pending};
 use error::{corrupt, io_err};
 use format::{small_record, Header, Kind};
 use segment::{scan, Index, Scan, SegmentId, Slot};
@@ -145,7 +145,7 @@ struct Inner {
     /// True for the owner ([`Spool::open`]): only it writes to `queue/`.
     owner: bool,
     /// Ops waiting for their batch (see [`commit`]).
-    commits: Arc<CommitShared>,
+    commits: Mutex<CommitQueue>,
     /// The owner's view of the queue (unused beside it, where each call scans afresh).
     index: Mutex<Index>,
     /// Held while segments found in `queue/` are adopted into the index, so that two
@@ -422,7 +422,7 @@ impl Inner {
             pid: std::process::id(),
             seq: AtomicU64::new(0),
             owner: lock.is_some(),
-            commits: Arc::default(),
+            commits: Mutex::new(CommitQueue::default()),
             index: Mutex::new(Index::default()),
             adopting: Mutex::new(()),
             _lock: lock,

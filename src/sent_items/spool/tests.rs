@@ -1543,29 +1543,3 @@ fn vectored_append_writes_more_records_than_one_pwritev_takes() {
     }
     assert_eq!(fs::read(&path).expect("read"), expected);
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lingering_committer_keeps_no_spool_alive_and_gives_way_when_idle() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spool = Spool::open(dir.path()).expect("open");
-    let first = commit(&spool, b"first").await;
-    // The committer lingers now, holding no handle: dropping the last one releases the lock.
-    drop(spool);
-    let spool = Spool::open(dir.path()).expect("reopen while the old committer lingers");
-    assert_eq!(spool.pending().await.expect("pending"), vec![first]);
-    // Past the linger the role is given up; the next commit starts a committer again.
-    let second = commit(&spool, b"second").await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !spool.inner.lock_commits().role_is_idle() {
-        assert!(
-            Instant::now() < deadline,
-            "the committer never gave up its role"
-        );
-        tokio::time::sleep(super::commit::LINGER).await;
-    }
-    let third = commit(&spool, b"third").await;
-    assert_eq!(
-        spool.pending().await.expect("pending"),
-        vec![first, second, third]
-    );
-}
