@@ -2,10 +2,9 @@
 //! a done mark — is an [`Op`] in the commit queue; whoever finds no committer at work becomes
 //! it and drains the queue batch by batch. A batch is whatever queued up while the previous
 //! one was syncing: its records are appended to their segments with one `pwritev` per segment
-//! (from the ops' own buffers),
-//! and made durable with **one `fdatasync` per segment touched** (usually one: the active
-//! segment), plus one directory fsync only when the batch created a segment or renames a large
-//! entry's own segment in. A batch of done marks alone is written but not synced (see
+//! (from the ops' own buffers), and made durable with **one `fdatasync` per segment touched**
+//! (usually one: the active segment), plus one directory fsync only when the batch created a
+//! segment or renames a large entry's own segment in. A batch of done marks alone is written but not synced (see
 //! [`super::Spool::complete`]). Then the index is updated and every op of the batch answered. A
 //! batch is all or nothing: if any step fails, every op of it fails and what it wrote is
 //! withdrawn (segments cut back to their length before the batch, new files unlinked), so the
