@@ -1,10 +1,10 @@
 //! The committer (group commit). Every change to the queue — a new entry, a delivery state,
 //! a done mark — is an [`Op`] in the commit queue; whoever finds no committer at work becomes
 //! it and drains the queue batch by batch. A batch is whatever queued up while the previous
-//! one was syncing: its records are appended to their segments with one `pwrite` per segment,
-//! and made durable with **one `fdatasync` per segment touched** (usually one: the active
-//! segment), plus one directory fsync only when the batch created a segment or renames a large
-//! entry's own segment in. A batch of done marks alone is written but not synced (see
+//! one was syncing: its records are appended to their segments with one `pwritev` per segment
+//! (from the ops' own buffers), and made durable with **one `fdatasync` per segment touched**
+//! (usually one: the active segment), plus one directory fsync only when the batch created a
+//! segment or renames a large entry's own segment in. A batch of done marks alone is written but not synced (see
 //! [`super::Spool::complete`]). Then the index is updated and every op of the batch answered. A
 //! batch is all or nothing: if any step fails, every op of it fails and what it wrote is
 //! withdrawn (segments cut back to their length before the batch, new files unlinked), so the
@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::io::IoSlice;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::{Arc, MutexGuard, PoisonError};
@@ -87,7 +88,8 @@ pub(super) struct CommitQueue {
 #[derive(Debug)]
 struct Active {
     id: SegmentId,
-    file: File,
+    /// Shared with the batch's [`Withdrawal`] (no descriptor duplicated per batch).
+    file: Arc<File>,
 }
 
 /// A large entry's segment renamed into `queue/`, whose name is not yet known to be durable.
@@ -201,7 +203,7 @@ impl Drop for Committer {
 struct Withdrawal<'a> {
     inner: &'a Inner,
     /// (segment, its file, its length before the batch).
-    cut: Vec<(SegmentId, File, u64)>,
+    cut: Vec<(SegmentId, Arc<File>, u64)>,
     created: Option<SegmentId>,
     armed: bool,
 }
@@ -404,7 +406,8 @@ impl Inner {
         let active_id = active.as_ref().map(|a| a.id);
         // The records of each segment, in op order.
         let mut plan: Vec<Planned> = Vec::with_capacity(ops.len());
-        let mut per_segment: BTreeMap<SegmentId, Vec<u8>> = BTreeMap::new();
+        // Each segment's records, written with one pwritev from the ops' own buffers.
+        let mut per_segment: BTreeMap<SegmentId, Vec<Vec<u8>>> = BTreeMap::new();
         for (op, target, _) in ops.iter_mut() {
             let planned = match (op, target) {
                 (Op::Append { record, .. }, _) => Planned::Record {
@@ -447,33 +450,27 @@ impl Inner {
                 .collect()
         };
         let mut offsets = Vec::with_capacity(plan.len());
-        {
-            let mut ends = starts.clone();
-            for p in &mut plan {
-                match p {
-                    Planned::Record { segment, record } => {
-                        let end = ends.entry(*segment).or_default();
-                        offsets.push(Some(*end));
-                        *end += record.len() as u64;
-                        per_segment
-                            .entry(*segment)
-                            .or_default()
-                            .extend_from_slice(record);
-                        *record = Vec::new();
-                    }
-                    Planned::Renamed => offsets.push(None),
+        let mut ends = starts.clone();
+        for p in plan {
+            match p {
+                Planned::Record { segment, record } => {
+                    let end = ends.entry(segment).or_default();
+                    offsets.push(Some(*end));
+                    *end += record.len() as u64;
+                    per_segment.entry(segment).or_default().push(record);
                 }
+                Planned::Renamed => offsets.push(None),
             }
         }
-        for (segment, bytes) in &per_segment {
+        for (segment, records) in &per_segment {
             let start = starts.get(segment).copied().unwrap_or(0);
             let path = self.segment_path(segment);
             let file = match active.as_ref().filter(|a| a.id == *segment) {
-                Some(a) => a.file.try_clone(),
-                None => OpenOptions::new().write(true).open(&path),
+                Some(a) => Ok(Arc::clone(&a.file)),
+                None => OpenOptions::new().write(true).open(&path).map(Arc::new),
             }
             .map_err(super::io_err("open segment", &path))?;
-            let written = self.append(&file, &path, bytes, start);
+            let written = self.append(&file, &path, records, start);
             // Cut back on failure even after a partial write.
             withdrawal.cut.push((*segment, file, start));
             written?;
@@ -502,9 +499,11 @@ impl Inner {
         let mut gone = Vec::new();
         {
             let mut index = self.lock_index();
-            for (segment, bytes) in &per_segment {
-                if let Some(info) = index.segments.get_mut(segment) {
-                    info.len = starts.get(segment).copied().unwrap_or(0) + bytes.len() as u64;
+            for segment in per_segment.keys() {
+                if let (Some(info), Some(end)) =
+                    (index.segments.get_mut(segment), ends.get(segment))
+                {
+                    info.len = *end;
                 }
             }
             for ((op, target, _), offset) in ops.iter().zip(offsets) {
@@ -647,7 +646,10 @@ impl Inner {
                 }
             });
         match created {
-            Ok(file) => Ok(Active { id, file }),
+            Ok(file) => Ok(Active {
+                id,
+                file: Arc::new(file),
+            }),
             Err(e) => {
                 self.lock_index().segments.remove(&id);
                 Err(e)
@@ -659,15 +661,14 @@ impl Inner {
         &self,
         file: &File,
         path: &std::path::Path,
-        bytes: &[u8],
+        records: &[Vec<u8>],
         at: u64,
     ) -> Result<(), SpoolError> {
         #[cfg(test)]
         self.hooks
             .write_fault()
             .map_err(super::io_err("append to", path))?;
-        file.write_all_at(bytes, at)
-            .map_err(super::io_err("append to", path))
+        write_all_vectored_at(file, records, at).map_err(super::io_err("append to", path))
     }
 
     fn sync_segment(&self, file: &File, segment: &SegmentId) -> Result<(), SpoolError> {
@@ -694,6 +695,47 @@ impl Inner {
             ),
         }
     }
+}
+
+/// Writes `records` one after another at `at`: `pwritev`, as many records a call as it takes
+/// (at most `IOV_MAX`), again after a short write.
+pub(super) fn write_all_vectored_at(
+    file: &File,
+    records: &[Vec<u8>],
+    mut at: u64,
+) -> io::Result<()> {
+    /// Linux's `IOV_MAX`.
+    const MAX_SLICES: usize = 1024;
+    // The first record not wholly written, and how much of it is.
+    let (mut next, mut done) = (0, 0);
+    while next < records.len() {
+        let slices: Vec<IoSlice<'_>> = records[next..]
+            .iter()
+            .enumerate()
+            .map(|(i, r)| IoSlice::new(if i == 0 { &r[done..] } else { r }))
+            .take(MAX_SLICES)
+            .collect();
+        let mut written = match rustix::io::pwritev(file, &slices, at) {
+            Ok(0) if slices.iter().any(|s| !s.is_empty()) => {
+                return Err(io::ErrorKind::WriteZero.into())
+            }
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(io::Error::from_raw_os_error(e.raw_os_error())),
+        };
+        at += written as u64;
+        // Past the records written whole, into the one cut short.
+        for slice in &slices {
+            if written < slice.len() {
+                done += written;
+                break;
+            }
+            written -= slice.len();
+            next += 1;
+            done = 0;
+        }
+    }
+    Ok(())
 }
 
 /// The same error again, for each op of a batch that one error failed.

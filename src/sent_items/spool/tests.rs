@@ -1526,3 +1526,20 @@ fn state_round_trips_and_tolerates_missing_fields() {
     assert_eq!(old.attempts, 4);
     assert_eq!(old.first_attempt, None);
 }
+
+#[test]
+fn vectored_append_writes_more_records_than_one_pwritev_takes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("segment");
+    let file = File::create(&path).expect("create");
+    // More than IOV_MAX (1024) records, of different lengths, some empty.
+    let records: Vec<Vec<u8>> = (0..2500u32)
+        .map(|i| vec![(i % 251) as u8; (i % 37) as usize])
+        .collect();
+    super::commit::write_all_vectored_at(&file, &records, 7).expect("write");
+    let mut expected = vec![0u8; 7];
+    for r in &records {
+        expected.extend_from_slice(r);
+    }
+    assert_eq!(fs::read(&path).expect("read"), expected);
+}
