@@ -246,13 +246,7 @@ service stats {{
     /// Ends `user`'s IMAP sessions (`doveadm kick`: each gets `* BYE` and is closed), as an
     /// administrator or a crashing `imap` process would.
     pub fn kick(&self, user: &str) {
-        let out = Command::new("doveadm")
-            .arg("-c")
-            .arg(&self.conf)
-            .args(["kick", user])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("run doveadm kick");
+        let out = self.doveadm(&["kick", user]);
         assert!(
             out.status.success(),
             "doveadm kick {user}: {}{}",
@@ -301,14 +295,20 @@ service stats {{
         fetch(self.port, user, folder).await
     }
 
-    /// Whether `folder` is subscribed for `user`.
-    pub fn subscribed(&self, user: &str, folder: &str) -> bool {
-        let out = Command::new("doveadm")
+    /// Runs `doveadm ARGS` against this instance and returns what it printed and its status.
+    fn doveadm(&self, args: &[&str]) -> std::process::Output {
+        Command::new("doveadm")
             .arg("-c")
             .arg(&self.conf)
-            .args(["mailbox", "list", "-s", "-u", user])
+            .args(args)
+            .stdin(std::process::Stdio::null())
             .output()
-            .expect("doveadm mailbox list");
+            .unwrap_or_else(|e| panic!("run doveadm {args:?}: {e}"))
+    }
+
+    /// Whether `folder` is subscribed for `user`.
+    pub fn subscribed(&self, user: &str, folder: &str) -> bool {
+        let out = self.doveadm(&["mailbox", "list", "-s", "-u", user]);
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .any(|l| l.trim() == folder)
