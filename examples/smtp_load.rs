@@ -11,6 +11,12 @@
 //! summary shows the best round of each target and its ratio to the first target (and to
 //! `--floor NAME`).
 //!
+//! A target given `--pid NAME=PID` has its milter's process watched as well: the CPU time it
+//! used (user + system, `/proc/PID/stat`, its exited threads included) from the start of each
+//! phase until its spool was empty again, per session. Unlike sessions/s, this hardly moves
+//! with the rest of the machine's load, so it compares two builds, or a milter with the floor,
+//! more finely than the throughput ratio does.
+//!
 //! Sessions log in as `user0..user{N-1}@DOMAIN` (`--users N --domain D --password P`):
 //! connection `c` uses `user(c + connections × k)` for its `k`-th session, so that no two
 //! connections use one mailbox at the same time.
@@ -35,6 +41,9 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 const DRAIN_TARGET: Duration = Duration::from_secs(5);
 /// How long the client waits for a spool to drain before giving up on it.
 const DRAIN_GIVE_UP: Duration = Duration::from_secs(60);
+/// After a phase of a target with a watched process but no watched spool, wait this long before
+/// reading its CPU time.
+const CPU_SETTLE: Duration = Duration::from_millis(500);
 /// The message body's size, headers included.
 const MESSAGE_BYTES: usize = 10 * 1024;
 
@@ -42,6 +51,8 @@ struct Target {
     name: String,
     port: u16,
     spool: Option<PathBuf>,
+    /// The milter's process, whose CPU time is reported per session.
+    pid: Option<u32>,
 }
 
 struct Args {
@@ -58,7 +69,7 @@ struct Args {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: smtp_load --target NAME=PORT... [--spool NAME=DIR]... [--floor NAME] \
+        "usage: smtp_load --target NAME=PORT... [--spool NAME=DIR]... [--pid NAME=PID]... [--floor NAME] \
          [--connections N[,N...]] [--seconds S] [--rounds R] [--warmup S] [--users N] \
          [--domain D] --password P"
     );
@@ -78,6 +89,7 @@ fn parse_args() -> Args {
         floor: None,
     };
     let mut spools = Vec::new();
+    let mut pids = Vec::new();
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().unwrap_or_else(|| usage());
@@ -89,11 +101,16 @@ fn parse_args() -> Args {
                     name: name.to_string(),
                     port: port.parse().unwrap_or_else(|_| usage()),
                     spool: None,
+                    pid: None,
                 });
             }
             "--spool" => {
                 let (name, dir) = value.split_once('=').unwrap_or_else(|| usage());
                 spools.push((name.to_string(), PathBuf::from(dir)));
+            }
+            "--pid" => {
+                let (name, pid) = value.split_once('=').unwrap_or_else(|| usage());
+                pids.push((name.to_string(), pid.parse().unwrap_or_else(|_| usage())));
             }
             "--connections" => {
                 a.connections = value
@@ -115,6 +132,12 @@ fn parse_args() -> Args {
     for (name, dir) in spools {
         match a.targets.iter_mut().find(|t| t.name == name) {
             Some(t) => t.spool = Some(dir),
+            None => usage(),
+        }
+    }
+    for (name, pid) in pids {
+        match a.targets.iter_mut().find(|t| t.name == name) {
+            Some(t) => t.pid = Some(pid),
             None => usage(),
         }
     }
@@ -249,11 +272,20 @@ struct Outcome {
     latencies: Vec<Duration>,
     /// How long the spool took to be empty after the phase (`None`: not watched).
     drain: Option<Duration>,
+    /// CPU time the target's milter used from the phase's start until its spool was empty
+    /// (`None`: no `--pid`, or its `/proc` entry unreadable).
+    cpu: Option<Duration>,
 }
 
 impl Outcome {
     fn rate(&self) -> f64 {
         self.sessions as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The milter's CPU time per session, in milliseconds.
+    fn cpu_ms(&self) -> Option<f64> {
+        let cpu = self.cpu?;
+        (self.sessions > 0).then(|| ms(cpu) / self.sessions as f64)
     }
 
     fn percentile(&self, p: f64) -> Duration {
@@ -327,6 +359,21 @@ async fn drain(spool: &Spool) -> Option<Duration> {
     None
 }
 
+/// User + system CPU time of process `pid`, its exited threads included (`/proc/PID/stat`
+/// fields 14 and 15, in clock ticks of 1/100 s on Linux).
+fn cpu_time(pid: u32) -> Option<Duration> {
+    const TICKS_PER_SECOND: u64 = 100;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_millis(
+        (utime + stime) * 1000 / TICKS_PER_SECOND,
+    ))
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -343,12 +390,16 @@ fn line(name: &str, o: &Outcome) -> String {
         (Some(d), _) => format!("  spool empty after {:.2} s", d.as_secs_f64()),
         (None, _) => String::new(),
     };
+    let cpu = match o.cpu_ms() {
+        Some(c) => format!("  cpu {c:.2} ms/session"),
+        None => String::new(),
+    };
     let failed = match &o.first_error {
         Some(e) => format!("  {} FAILED (first: {e})", o.failures),
         None => String::new(),
     };
     format!(
-        "{name:<14} {:>7.0} sessions/s  p50 {:>6.1} ms  p99 {:>6.1} ms  ({} sessions){drain}{failed}",
+        "{name:<14} {:>7.0} sessions/s  p50 {:>6.1} ms  p99 {:>6.1} ms  ({} sessions){cpu}{drain}{failed}",
         o.rate(),
         ms(o.percentile(0.5)),
         ms(o.percentile(0.99)),
@@ -418,12 +469,22 @@ fn main() -> anyhow::Result<()> {
                 );
                 for (i, t) in a.targets.iter().enumerate() {
                     n += 1 << 40;
+                    let cpu_before = t.pid.and_then(cpu_time);
                     let mut o = phase(&a, t.port, connections, slice, n).await;
                     if let Some(spool) = spools.get(&t.name) {
                         o.drain = drain(spool).await;
                         if o.drain.map_or(true, |d| d > DRAIN_TARGET) {
                             failed = true;
                         }
+                    }
+                    if t.pid.is_some() && t.spool.is_none() {
+                        // Work the milter finishes after the replies (a delivery from an
+                        // unwatched spool) counts as well.
+                        tokio::time::sleep(CPU_SETTLE).await;
+                    }
+                    let cpu_after = t.pid.and_then(cpu_time);
+                    if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
+                        o.cpu = Some(after.saturating_sub(before));
                     }
                     failed |= o.failures > 0;
                     println!("{}", line(&t.name, &o));
@@ -483,6 +544,20 @@ fn summary(a: &Args, connections: usize, results: &[Vec<Outcome>]) {
             if name != t.name && name != a.targets[0].name {
                 text.push_str(&format!(", {:.2} of {name}", o.rate() / rate));
             }
+        }
+        // CPU per session over every round: more sessions, less rounding than the best one.
+        let (cpu, sessions) = results[i].iter().fold((None, 0), |(cpu, n), r| {
+            match (cpu, r.cpu) {
+                (_, None) => (cpu, n),
+                (None, Some(c)) => (Some(c), n + r.sessions),
+                (Some(sum), Some(c)) => (Some(sum + c), n + r.sessions),
+            }
+        });
+        if let (Some(cpu), true) = (cpu, sessions > 0) {
+            text.push_str(&format!(
+                "; milter cpu {:.2} ms/session (all rounds)",
+                ms(cpu) / sessions as f64
+            ));
         }
         if t.spool.is_some() {
             match drain {

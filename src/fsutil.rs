@@ -1,7 +1,9 @@
 //! Durable file-system steps shared by the spool, the Maildir store and the policy editor:
 //! a temp file that is renamed into place or removed ([`TempFile`]), the whole
 //! write → fsync → rename → directory fsync sequence ([`replace_file`]), directory fsync,
-//! `flock(2)` locks and the host name. System calls go through `rustix`'s safe wrappers.
+//! `flock(2)` locks and the host name, and where file work runs ([`run_blocking`]: inline on a
+//! thread that may block, else on tokio's blocking pool). System calls go through `rustix`'s
+//! safe wrappers.
 //!
 //! A leaf module: it knows nothing of the callers' error types. Every failure is a
 //! [`FsError`] naming the step (`op`) and the path, which callers map into their own errors.
@@ -209,6 +211,37 @@ pub fn hostname() -> String {
         .nodename()
         .to_string_lossy()
         .into_owned()
+}
+
+thread_local! {
+    static MAY_BLOCK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the calling thread as one on which file work may block: [`run_blocking`] then runs it
+/// in place. For threads that serve nothing else waiting on them (the Sent Items delivery
+/// runtime's workers), never for the runtime that serves Postfix's connections.
+pub fn allow_blocking_here() {
+    MAY_BLOCK.with(|b| b.set(true));
+}
+
+/// Whether [`allow_blocking_here`] was called on this thread.
+pub fn may_block() -> bool {
+    MAY_BLOCK.with(std::cell::Cell::get)
+}
+
+/// Runs blocking file work: in place on a thread marked by [`allow_blocking_here`] (no hand-off
+/// to another thread and back), otherwise on tokio's blocking pool. The error is the pool's,
+/// when the task panicked or the runtime is shutting down.
+pub async fn run_blocking<T, F>(f: F) -> Result<T, tokio::task::JoinError>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    if may_block() {
+        Ok(f())
+    } else {
+        tokio::task::spawn_blocking(f).await
+    }
 }
 
 #[cfg(test)]

@@ -151,3 +151,33 @@ fn hostname_is_the_kernel_host_name() {
         assert_eq!(host, kernel.trim_end_matches('\n'));
     }
 }
+
+#[test]
+fn run_blocking_runs_in_place_only_on_a_thread_that_may_block() {
+    // A thread of its own: the mark stays with the thread (libtest may run several tests on
+    // one).
+    std::thread::spawn(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let here = std::thread::current().id();
+        // Not marked: the work goes to the blocking pool, another thread.
+        let there = rt
+            .block_on(run_blocking(|| std::thread::current().id()))
+            .expect("blocking pool");
+        assert_ne!(there, here);
+        assert!(!may_block());
+        // Marked: in place, no hand-off.
+        allow_blocking_here();
+        assert!(may_block());
+        let there = rt
+            .block_on(run_blocking(|| std::thread::current().id()))
+            .expect("in place");
+        assert_eq!(there, here);
+        // The mark is the thread's own.
+        let other = std::thread::spawn(may_block).join().expect("thread");
+        assert!(!other);
+    })
+    .join()
+    .expect("test thread");
+}

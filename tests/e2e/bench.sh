@@ -27,9 +27,13 @@
 #                                  README's "Preferred transport" (/var/spool/postfix/
 #                                  submitgate/milter.sock, removed at the end; Postfix names
 #                                  it unix:submitgate/milter.sock)
+#   sg-spool      127.0.0.1:10594  + submitgate with its durable spool but no store (copies
+#                                  stay queued): sg-maildir without the Sent Items delivery
 # Every session: EHLO, AUTH PLAIN as user0..user999@contoso.com (Dovecot passwd-file), MAIL,
 # 2 RCPT, 10 KiB DATA, QUIT. After each submitgate phase the client waits until that
-# submitgate's spool is empty and reports how long it took (the target: within 5 s).
+# submitgate's spool is empty and reports how long it took (the target: within 5 s), and for
+# every milter its process's CPU time per session, from the phase's start until its spool was
+# empty (a figure that moves far less with the machine's load than sessions/s).
 #
 # Usage:  tests/e2e/bench.sh
 # Environment:
@@ -72,12 +76,13 @@ for ((i = 0; i < BENCH_USERS; i++)); do
 done
 
 declare -A SERVICE_PORT=([postfix]=10587 [null-milter]=10588 [sg-maildir]=10589 [sg-imap]=10590
-  [null-all]=10591 [sg-other]=10592 [sg-unix]=10593)
+  [null-all]=10591 [sg-other]=10592 [sg-unix]=10593 [sg-spool]=10594)
 NULL_MILTER_PORT=${E2E_NULL_MILTER_PORT:-10045}
 IMAP_MILTER_PORT=${E2E_IMAP_MILTER_PORT:-10046}
 NULL_ALL_PORT=${E2E_NULL_ALL_PORT:-10047}
 OTHER_MILTER_PORT=${E2E_OTHER_MILTER_PORT:-10048}
 UNIX_MILTER_PORT=${E2E_UNIX_MILTER_PORT:-10049}
+SPOOL_MILTER_PORT=${E2E_SPOOL_MILTER_PORT:-10050}
 UNIX_MILTER_DIR=/var/spool/postfix/submitgate
 BENCH_PIDS=()
 PERF_PID=
@@ -132,7 +137,8 @@ bench_service() {
   SUBMISSION_SERVICE="$E2E_HOST:$port/inet" E2E_SUBMISSION_PORT=$port submission_service "${opts[@]}"
 }
 
-# write_submitgate_config DIR MILTER_PORT STORE: policies and configuration for one submitgate.
+# write_submitgate_config DIR MILTER_PORT STORE: policies and configuration for one submitgate
+# (STORE `none`: a spool and no store, so no delivery).
 write_submitgate_config() {
   local dir=$1 port=$2 store=$3
   mkdir -p "$dir/policies"
@@ -151,8 +157,10 @@ audit: { path: $dir/audit.log }
 limiter: { backend: memory }
 sent_items:
   spool: $dir/spool
-  store: $store
 EOF
+  if [ "$store" != none ]; then
+    printf '  store: %s\n' "$store" >>"$dir/submitgate.yaml"
+  fi
   if [ -n "${BENCH_WORKERS:-}" ]; then
     printf '  workers: %s\n' "$BENCH_WORKERS" >>"$dir/submitgate.yaml"
   fi
@@ -200,7 +208,7 @@ bench_main() {
   done
   local var
   for var in E2E_SASL_PORT E2E_IMAP_PORT E2E_MILTER_PORT NULL_MILTER_PORT IMAP_MILTER_PORT \
-    NULL_ALL_PORT OTHER_MILTER_PORT UNIX_MILTER_PORT; do
+    NULL_ALL_PORT OTHER_MILTER_PORT UNIX_MILTER_PORT SPOOL_MILTER_PORT; do
     if port_in_use "${!var}"; then
       printf -v "$var" '%s' "$(free_port)"
       log "port in use, $var=${!var} instead"
@@ -223,7 +231,7 @@ bench_main() {
     "sg_e2e_milter_mail_macros = i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host} {mail_mailer}" \
     "sg_e2e_milter_helo_macros = {tls_version} {cipher} {cipher_bits} {cert_subject} {cert_issuer}"
 
-  local targets=() spools=()
+  local targets=() spools=() pids=()
   for name in $BENCH_TARGETS; do
     case $name in
     postfix) bench_service postfix ;;
@@ -288,9 +296,19 @@ bench_main() {
       bench_service sg-unix "unix:submitgate/milter.sock"
       spools+=(--spool "sg-unix=$WORK/sg-unix/spool")
       ;;
-    *) die "unknown target $name (postfix, null-milter, null-all, sg-maildir, sg-imap, sg-other, sg-unix)" ;;
+    sg-spool)
+      write_submitgate_config "$WORK/sg-spool" "$SPOOL_MILTER_PORT" none
+      start_bench_process "$SPOOL_MILTER_PORT" "$WORK/sg-spool/submitgate.log" \
+        "$SUBMITGATE_BIN" serve --config "$WORK/sg-spool/submitgate.yaml"
+      bench_service sg-spool "inet:$E2E_HOST:$SPOOL_MILTER_PORT"
+      ;;
+    *) die "unknown target $name (postfix, null-milter, null-all, sg-maildir, sg-imap, sg-other, sg-unix, sg-spool)" ;;
     esac
     targets+=(--target "$name=${SERVICE_PORT[$name]}")
+    # The milter's process (start_bench_process's), for its CPU time per session.
+    if [ "$name" != postfix ]; then
+      pids+=(--pid "$name=$LAST_PID")
+    fi
   done
   # start_postfix waits for E2E_SUBMISSION_PORT: the first target's (postfix's 10587 may not
   # be among them).
@@ -306,7 +324,7 @@ bench_main() {
   case " $BENCH_TARGETS " in *" null-milter "*) floor=(--floor null-milter) ;; esac
   log "load: $BENCH_TARGETS; connections $BENCH_CONNECTIONS; ${BENCH_SECONDS}s x $BENCH_ROUNDS rounds; Dovecot $BENCH_DOVECOT; workers ${BENCH_WORKERS:-default}"
   local rc=0
-  "$SMTP_LOAD_BIN" "${targets[@]}" "${spools[@]}" "${floor[@]}" \
+  "$SMTP_LOAD_BIN" "${targets[@]}" "${spools[@]}" "${pids[@]}" "${floor[@]}" \
     --connections "$BENCH_CONNECTIONS" --seconds "$BENCH_SECONDS" --rounds "$BENCH_ROUNDS" \
     --users "$BENCH_USERS" --domain contoso.com --password "$E2E_PASSWORD" |
     tee "$WORK/bench.out" || rc=$?

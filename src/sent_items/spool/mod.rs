@@ -21,7 +21,8 @@
 //! layout of earlier versions.
 //!
 //! [`Spool::open`] and [`Spool::attach`] block (call them at start-up); every other file
-//! operation is an `async` method that runs on tokio's blocking pool.
+//! operation is an `async` method that runs on tokio's blocking pool, or in place on a thread
+//! that may block ([`fsutil::run_blocking`]).
 
 mod commit;
 mod entry;
@@ -64,13 +65,14 @@ const LOCK_FILE: &str = "lock";
 const SEGMENT_EXT: &str = ".seg";
 const FILE_MODE: u32 = 0o600;
 
-/// Runs file work on tokio's blocking pool.
+/// Runs file work on tokio's blocking pool, or in place on a thread that may block (the
+/// delivery workers of a Maildir store, see [`fsutil::run_blocking`]).
 async fn blocking<T, F>(f: F) -> Result<T, SpoolError>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    tokio::task::spawn_blocking(f)
+    fsutil::run_blocking(f)
         .await
         .map_err(|e| SpoolError::Task(e.to_string()))
 }

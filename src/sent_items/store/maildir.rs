@@ -89,6 +89,10 @@ impl SentItemsStore for MaildirStore {
         true
     }
 
+    fn blocking_io(&self) -> bool {
+        true
+    }
+
     async fn deliver(&self, copy: SentCopy<'_>) -> Result<Stored, StoreError> {
         let dir = self
             .folder_dir(&copy.meta.mailbox, &copy.meta.folder)
@@ -99,7 +103,7 @@ impl SentItemsStore for MaildirStore {
         let message = copy.message;
         let size = message.len();
         let task_dir = dir.clone();
-        let result = tokio::task::spawn_blocking(move || -> Result<Stored, StoreError> {
+        let result = fsutil::run_blocking(move || -> Result<Stored, StoreError> {
             let dir = task_dir;
             if !ready {
                 ensure_folder(&dir)?;

@@ -156,6 +156,13 @@ pub trait SentItemsStore: Send + Sync + 'static {
     /// not record an attempt before making it.
     fn idempotent(&self) -> bool;
 
+    /// True when a delivery is file work that blocks its thread (Maildir) rather than network
+    /// I/O: the workers then run the attempts on threads of their own that may block, and
+    /// the spool reads and the copy take no hand-off to tokio's blocking pool and back.
+    fn blocking_io(&self) -> bool {
+        false
+    }
+
     /// Stores one copy, marked seen, into `copy.meta.folder` of `copy.meta.mailbox`.
     fn deliver(
         &self,
@@ -224,6 +231,13 @@ impl SentItemsStore for Store {
         match self {
             Store::Maildir(s) => s.idempotent(),
             Store::Imap(s) => s.idempotent(),
+        }
+    }
+
+    fn blocking_io(&self) -> bool {
+        match self {
+            Store::Maildir(s) => s.blocking_io(),
+            Store::Imap(s) => s.blocking_io(),
         }
     }
 
