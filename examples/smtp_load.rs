@@ -546,13 +546,13 @@ fn summary(a: &Args, connections: usize, results: &[Vec<Outcome>]) {
             }
         }
         // CPU per session over every round: more sessions, less rounding than the best one.
-        let (cpu, sessions) = results[i].iter().fold((None, 0), |(cpu, n), r| {
-            match (cpu, r.cpu) {
+        let (cpu, sessions) = results[i]
+            .iter()
+            .fold((None, 0), |(cpu, n), r| match (cpu, r.cpu) {
                 (_, None) => (cpu, n),
                 (None, Some(c)) => (Some(c), n + r.sessions),
                 (Some(sum), Some(c)) => (Some(sum + c), n + r.sessions),
-            }
-        });
+            });
         if let (Some(cpu), true) = (cpu, sessions > 0) {
             text.push_str(&format!(
                 "; milter cpu {:.2} ms/session (all rounds)",

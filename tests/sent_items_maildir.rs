@@ -286,7 +286,9 @@ impl Workers {
         self.tracker.close();
         self.tracker.wait().await;
         drop(self.delivery);
-        self.audit.flush().await;
+        // As the daemon does: the writer ends after what was recorded, even while an attempt
+        // abandoned at shutdown still holds a handle.
+        self.audit.close().await;
         drop(self.audit);
         self.writer.finish().await;
         support::read_audit(&self.dir.path().join("audit.log"))
@@ -487,4 +489,110 @@ async fn a_folder_removed_under_the_store_is_made_again() {
         assert!(folder.join("maildirfolder").exists());
         std::fs::remove_dir_all(&folder).expect("remove the folder");
     }
+}
+
+/// Where each delivery ran: the thread's name, and whether it may block in place.
+type Seen = Arc<std::sync::Mutex<Vec<(Option<String>, bool)>>>;
+
+/// A store that records the thread each delivery ran on, optionally blocking it for a while
+/// (a sync on a slow disk), and then stores nothing.
+struct WhereDelivered {
+    blocking: bool,
+    hold: Duration,
+    seen: Seen,
+}
+
+impl SentItemsStore for WhereDelivered {
+    fn name(&self) -> &'static str {
+        "maildir"
+    }
+
+    fn idempotent(&self) -> bool {
+        true
+    }
+
+    fn blocking_io(&self) -> bool {
+        self.blocking
+    }
+
+    async fn deliver(&self, _copy: SentCopy<'_>) -> Result<Stored, StoreError> {
+        let thread = std::thread::current().name().map(str::to_string);
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.push((thread, submitgate::fsutil::may_block()));
+        }
+        if !self.hold.is_zero() {
+            // Blocks the thread in place, as a Maildir copy's syncs do.
+            std::thread::sleep(self.hold);
+        }
+        Ok(Stored::default())
+    }
+
+    async fn release_idle(&self, _all: bool) {}
+}
+
+#[tokio::test]
+async fn a_blocking_store_delivers_on_threads_that_may_block_and_a_network_store_does_not() {
+    for blocking in [true, false] {
+        let seen = Seen::default();
+        let store = WhereDelivered {
+            blocking,
+            hold: Duration::ZERO,
+            seen: seen.clone(),
+        };
+        let w = Workers::start(tempfile::tempdir().expect("tempdir"), store);
+        for n in 0..4 {
+            w.commit(ALICE, n).await;
+        }
+        let s = w.spool.clone();
+        support::wait_for(Duration::from_secs(10), "entries delivered", move || {
+            let s = s.clone();
+            async move { s.pending().await.map(|p| p.is_empty()).unwrap_or(false) }
+        })
+        .await;
+        w.stop().await;
+        let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        assert_eq!(seen.len(), 4, "{seen:?}");
+        for (thread, may_block) in seen {
+            if blocking {
+                // The Maildir store's file work runs in place, on the delivery threads.
+                assert_eq!(thread.as_deref(), Some("sent-items"));
+                assert!(may_block);
+            } else {
+                // The IMAP store's attempts stay on the daemon's runtime.
+                assert_ne!(thread.as_deref(), Some("sent-items"));
+                assert!(!may_block);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_delivery_blocked_in_place() {
+    let seen = Seen::default();
+    let store = WhereDelivered {
+        blocking: true,
+        hold: Duration::from_secs(30),
+        seen: seen.clone(),
+    };
+    let w = Workers::start(tempfile::tempdir().expect("tempdir"), store);
+    let id = w.commit(ALICE, 1).await;
+    support::wait_for(Duration::from_secs(10), "the delivery to start", {
+        let seen = seen.clone();
+        move || {
+            let started = seen.lock().map(|s| !s.is_empty()).unwrap_or(false);
+            async move { started }
+        }
+    })
+    .await;
+    assert_eq!(w.spool.pending().await.expect("pending"), vec![id]);
+    let started = std::time::Instant::now();
+    // shutdown_grace is 1 s in these workers: the stop waits that and a second more, not 30 s.
+    let events = w.stop().await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
+    // Abandoned, not reported stored: the entry stays queued for the next start.
+    assert!(
+        !events.iter().any(|e| e["event"] == "sent_copy_stored"),
+        "{events:?}"
+    );
 }

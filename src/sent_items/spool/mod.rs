@@ -400,13 +400,25 @@ impl Spool {
         blocking(move || f(&inner)).await?
     }
 
-    /// Queues `op` for the committer (becoming it, on the blocking pool, if none is at work)
-    /// and waits for its batch.
+    /// Queues `op` for the committer (becoming it, on the blocking pool, if none is at work;
+    /// in place on a thread that may block, as the Maildir store's delivery threads, which
+    /// saves their done marks a trip to another thread) and waits for its batch.
     async fn submit(&self, op: Op) -> Result<EntryId, SpoolError> {
         let (answer, answered) = oneshot::channel();
         if self.inner.enqueue(Pending { op, answer }) {
             let inner = Arc::clone(&self.inner);
-            drop(tokio::task::spawn_blocking(move || Committer::drain(inner)));
+            if fsutil::may_block() {
+                // A committer that unwinds (a bug) fails its batch (its `Drop`); this caller
+                // then hears of it through its answer, as from the blocking pool.
+                let drained = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    Committer::drain(inner)
+                }));
+                if drained.is_err() {
+                    tracing::error!("spool committer panicked on a delivery thread");
+                }
+            } else {
+                drop(tokio::task::spawn_blocking(move || Committer::drain(inner)));
+            }
         }
         answered
             .await
