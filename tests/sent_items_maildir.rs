@@ -596,3 +596,58 @@ async fn shutdown_does_not_wait_for_a_delivery_blocked_in_place() {
         "{events:?}"
     );
 }
+
+#[test]
+fn workers_dropped_with_their_runtime_do_not_wait_for_a_blocked_delivery() {
+    // No stop: the daemon's runtime ends with the dispatcher still running (a failed start, a
+    // panic). Its delivery threads must be let go, not waited for.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let seen = Seen::default();
+    let w = runtime.block_on(async {
+        let store = WhereDelivered {
+            blocking: true,
+            hold: Duration::from_secs(30),
+            seen: seen.clone(),
+        };
+        let w = Workers::start(tempfile::tempdir().expect("tempdir"), store);
+        w.commit(ALICE, 1).await;
+        support::wait_for(Duration::from_secs(10), "the delivery to start", {
+            let seen = seen.clone();
+            move || {
+                let started = seen.lock().map(|s| !s.is_empty()).unwrap_or(false);
+                async move { started }
+            }
+        })
+        .await;
+        w
+    });
+    // A delivery runtime dropped plainly inside the daemon's would panic there ("Cannot drop
+    // a runtime in a context where blocking is not allowed"; tokio catches it): count those.
+    let dropped_in_async = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let previous = std::panic::take_hook();
+    let count = dropped_in_async.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        if info.to_string().contains("Cannot drop a runtime") {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        previous(info);
+    }));
+    let started = std::time::Instant::now();
+    drop(runtime);
+    let took = started.elapsed();
+    drop(std::panic::take_hook());
+    drop(w);
+    assert!(
+        took < Duration::from_secs(10),
+        "the runtime's drop took {took:?}"
+    );
+    assert_eq!(
+        dropped_in_async.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the delivery runtime was dropped inside the daemon's runtime"
+    );
+}
