@@ -502,6 +502,20 @@ struct WhereDelivered {
     seen: Seen,
 }
 
+/// Waits until the store has seen its first delivery.
+async fn delivery_started(seen: &Seen) {
+    let seen = seen.clone();
+    support::wait_for(
+        Duration::from_secs(10),
+        "the delivery to start",
+        move || {
+            let started = seen.lock().map(|s| !s.is_empty()).unwrap_or(false);
+            async move { started }
+        },
+    )
+    .await;
+}
+
 impl SentItemsStore for WhereDelivered {
     fn name(&self) -> &'static str {
         "maildir"
@@ -576,14 +590,7 @@ async fn shutdown_does_not_wait_for_a_delivery_blocked_in_place() {
     };
     let w = Workers::start(tempfile::tempdir().expect("tempdir"), store);
     let id = w.commit(ALICE, 1).await;
-    support::wait_for(Duration::from_secs(10), "the delivery to start", {
-        let seen = seen.clone();
-        move || {
-            let started = seen.lock().map(|s| !s.is_empty()).unwrap_or(false);
-            async move { started }
-        }
-    })
-    .await;
+    delivery_started(&seen).await;
     assert_eq!(w.spool.pending().await.expect("pending"), vec![id]);
     let started = std::time::Instant::now();
     // shutdown_grace is 1 s in these workers: the stop waits that and a second more, not 30 s.
@@ -615,14 +622,7 @@ fn workers_dropped_with_their_runtime_do_not_wait_for_a_blocked_delivery() {
         };
         let w = Workers::start(tempfile::tempdir().expect("tempdir"), store);
         w.commit(ALICE, 1).await;
-        support::wait_for(Duration::from_secs(10), "the delivery to start", {
-            let seen = seen.clone();
-            move || {
-                let started = seen.lock().map(|s| !s.is_empty()).unwrap_or(false);
-                async move { started }
-            }
-        })
-        .await;
+        delivery_started(&seen).await;
         w
     });
     // A delivery runtime dropped plainly inside the daemon's would panic there ("Cannot drop
