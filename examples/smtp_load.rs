@@ -129,17 +129,18 @@ fn parse_args() -> Args {
             _ => usage(),
         }
     }
+    // `--spool` and `--pid` name a target given by `--target`.
+    fn named<'a>(targets: &'a mut [Target], name: &str) -> &'a mut Target {
+        targets
+            .iter_mut()
+            .find(|t| t.name == name)
+            .unwrap_or_else(|| usage())
+    }
     for (name, dir) in spools {
-        match a.targets.iter_mut().find(|t| t.name == name) {
-            Some(t) => t.spool = Some(dir),
-            None => usage(),
-        }
+        named(&mut a.targets, &name).spool = Some(dir);
     }
     for (name, pid) in pids {
-        match a.targets.iter_mut().find(|t| t.name == name) {
-            Some(t) => t.pid = Some(pid),
-            None => usage(),
-        }
+        named(&mut a.targets, &name).pid = Some(pid);
     }
     if a.targets.is_empty() || a.password.is_empty() || a.users == 0 {
         usage();
@@ -546,14 +547,12 @@ fn summary(a: &Args, connections: usize, results: &[Vec<Outcome>]) {
             }
         }
         // CPU per session over every round: more sessions, less rounding than the best one.
-        let (cpu, sessions) = results[i]
+        let measured = results[i]
             .iter()
-            .fold((None, 0), |(cpu, n), r| match (cpu, r.cpu) {
-                (_, None) => (cpu, n),
-                (None, Some(c)) => (Some(c), n + r.sessions),
-                (Some(sum), Some(c)) => (Some(sum + c), n + r.sessions),
-            });
-        if let (Some(cpu), true) = (cpu, sessions > 0) {
+            .filter_map(|r| r.cpu.map(|cpu| (cpu, r.sessions)));
+        let (cpu, sessions) =
+            measured.fold((Duration::ZERO, 0), |(sum, n), (cpu, k)| (sum + cpu, n + k));
+        if sessions > 0 {
             text.push_str(&format!(
                 "; milter cpu {:.2} ms/session (all rounds)",
                 ms(cpu) / sessions as f64
